@@ -1,0 +1,312 @@
+"""Fast ops: thin wrappers that check, pad, allocate, and call a Numba kernel.
+
+Every function here has the signature of its twin in
+``ece662.layers.reference`` (read that one first: it is the spec) and returns
+the same numbers to float32 tolerance.  The loops themselves live in
+``ece662.layers.kernels``.
+
+Shapes: ``x (N, C, H, W)``, ``w (F, C, HH, WW)``, ``b (F,)``,
+``out (N, F, H', W')`` with ``H' = 1 + (H + 2*pad - HH) // stride``.
+"""
+import numba
+import numpy as np
+
+from ece662.layers import kernels
+from ece662.layers.checks import check_float32, check_nchw, check_same_shape
+from ece662.layers.shapes import conv_output_size
+
+
+def _threads():
+    return max(1, numba.get_num_threads())
+
+
+def _pad(x, pad):
+    """Zero-pad H and W by ``pad`` on each side (a no-op copy-free view when pad == 0)."""
+    if pad == 0:
+        return x
+    return np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
+
+
+def _alive(v, n, name, where):
+    """An all-True vector when ``v`` is None, else ``v`` checked as a bool vector of length n."""
+    if v is None:
+        return np.ones(n, dtype=np.bool_)
+    v = np.asarray(v)
+    if v.dtype != np.bool_ or v.shape != (n,):
+        raise ValueError(f"{where}: expected {name} to be a boolean vector of shape ({n},), "
+                         f"got dtype {v.dtype} and shape {v.shape}")
+    return np.ascontiguousarray(v)
+
+
+def _check_conv_args(x, w, b, where):
+    x = check_float32(x, "x", where)
+    w = check_float32(w, "w", where)
+    if w.ndim != 4:
+        raise ValueError(f"{where}: expected w of shape (F, C, HH, WW), got {w.shape}")
+    check_nchw(x, where, channels=w.shape[1])
+    F = w.shape[0]
+    if b is None:
+        b = np.zeros(F, dtype=np.float32)
+    b = check_float32(b, "b", where)
+    if b.shape != (F,):
+        raise ValueError(f"{where}: expected b of shape ({F},) for {F} filters, got {b.shape}")
+    return x, w, b
+
+
+# ============================================================================ conv
+def conv2d_forward_numba(x, w, b, stride=1, pad=0, alive_f=None, alive_c=None, version=3):
+    """Convolution forward; fast twin of ``reference.conv2d_forward_reference``.
+
+    Parameters
+    ----------
+    x : ndarray, (N, C, H, W) float32
+    w : ndarray, (F, C, HH, WW) float32
+    b : ndarray, (F,) float32 or None
+    stride, pad : int
+    alive_f : ndarray of bool, (F,), optional
+        Filters to compute; a dead filter's output plane is just its bias
+        (exactly what the dense op gives when that filter's weights are zero).
+    alive_c : ndarray of bool, (C,), optional
+        Input channels to read; a dead channel must be all zeros in ``x`` or
+        in ``w[:, c]`` for the result to equal the dense op's.
+    version : {1, 2, 3}
+        Which kernel of ``ece662.layers.kernels`` runs (see its docstring): 1 direct
+        loops, 2 flattened rows (stride 1 only; other strides fall back to 1),
+        3 register-tiled patches (the default, fastest).
+
+    Returns
+    -------
+    out : ndarray, (N, F, H', W') float32
+
+    Examples
+    --------
+    >>> x = np.arange(16, dtype=np.float32).reshape(1, 1, 4, 4)
+    >>> w = np.ones((1, 1, 2, 2), dtype=np.float32)
+    >>> conv2d_forward_numba(x, w, None, stride=2)[0, 0]
+    array([[10., 18.],
+           [42., 50.]], dtype=float32)
+    """
+    where = "conv2d_forward"
+    x, w, b = _check_conv_args(x, w, b, where)
+    N, C, H, W = x.shape
+    F, _, HH, WW = w.shape
+    H_out = conv_output_size(H, HH, stride, pad)
+    W_out = conv_output_size(W, WW, stride, pad)
+    alive_f = _alive(alive_f, F, "alive_f", where)
+    alive_c = _alive(alive_c, C, "alive_c", where)
+    xp = _pad(x, pad)
+    out = np.empty((N, F, H_out, W_out), dtype=np.float32)
+    if version == 3:
+        fidx = np.flatnonzero(alive_f).astype(np.int64)
+        cidx = np.flatnonzero(alive_c).astype(np.int64)
+        K = cidx.size * HH * WW
+        Kp = max(16, -(-K // 16) * 16)               # round up to a multiple of 16 lanes
+        wk = np.zeros((F, Kp), dtype=np.float32)
+        wk[:, :K] = w[:, cidx].reshape(F, K)
+        scratch = np.empty((min(_threads(), N), H_out * W_out, Kp), dtype=np.float32)
+        kernels.conv2d_forward_patches(xp, wk, b, fidx, cidx, HH, WW, stride, scratch, out)
+    elif version == 2 and stride == 1:
+        Hp, Wp = xp.shape[2], xp.shape[3]
+        L = (H_out - 1) * Wp + W_out
+        scratch = np.empty((_threads(), L), dtype=np.float32)
+        kernels.conv2d_forward_rows(xp.reshape(N, C, Hp * Wp), Wp, w, b, alive_f, alive_c,
+                                    scratch, out)
+    else:
+        kernels.conv2d_forward_direct(xp, w, b, alive_f, alive_c, stride, out)
+    return out
+
+
+def conv2d_forward_direct(x, w, b, stride=1, pad=0):
+    """Kernel v1 (direct loops) behind the same signature, for tests and teaching."""
+    return conv2d_forward_numba(x, w, b, stride, pad, version=1)
+
+
+def conv2d_forward_rows(x, w, b, stride=1, pad=0):
+    """Kernel v2 (flattened rows; stride 1, else v1) behind the same signature."""
+    return conv2d_forward_numba(x, w, b, stride, pad, version=2)
+
+
+def conv2d_backward_numba(dout, x, w, stride=1, pad=0):
+    """Convolution backward; fast twin of ``reference.conv2d_backward_reference``.
+
+    Parameters
+    ----------
+    dout : ndarray, (N, F, H', W') float32
+    x : ndarray, (N, C, H, W) float32
+    w : ndarray, (F, C, HH, WW) float32
+    stride, pad : int
+
+    Returns
+    -------
+    dx : ndarray, (N, C, H, W)
+    dw : ndarray, (F, C, HH, WW)
+    db : ndarray, (F,)
+    """
+    where = "conv2d_backward"
+    x, w, _ = _check_conv_args(x, w, None, where)
+    dout = check_float32(dout, "dout", where)
+    N, C, H, W = x.shape
+    F, _, HH, WW = w.shape
+    expected = (N, F, conv_output_size(H, HH, stride, pad), conv_output_size(W, WW, stride, pad))
+    if dout.shape != expected:
+        raise ValueError(f"{where}: expected dout of shape {expected}, got {dout.shape}")
+    xp = _pad(x, pad)
+    Hp, Wp = xp.shape[2], xp.shape[3]
+    T = min(_threads(), N)
+    dxp = np.zeros_like(xp)
+    dw_part = np.zeros((T, F, C, HH, WW), dtype=np.float32)
+    if stride == 1:
+        H_out, W_out = expected[2], expected[3]
+        L = (H_out - 1) * Wp + W_out
+        scratch = np.empty((T, F, L), dtype=np.float32)
+        kernels.conv2d_backward_rows(dout, xp.reshape(N, C, Hp * Wp), Wp, w,
+                                     dxp.reshape(N, C, Hp * Wp), dw_part, scratch)
+    else:
+        kernels.conv2d_backward_direct(dout, xp, w, stride, dxp, dw_part)
+    dx = np.ascontiguousarray(dxp[:, :, pad:pad + H, pad:pad + W])
+    dw = dw_part.sum(axis=0)
+    db = dout.sum(axis=(0, 2, 3), dtype=np.float64).astype(np.float32)
+    return dx, dw, db
+
+
+# ============================================================================ max pool
+def maxpool2d_forward_numba(x, kernel_size=2, stride=2):
+    """Max pooling forward; fast twin of ``reference.maxpool2d_forward_reference``.
+
+    Parameters
+    ----------
+    x : ndarray, (N, C, H, W) float32
+    kernel_size, stride : int
+
+    Returns
+    -------
+    out : ndarray, (N, C, H', W') with ``H' = 1 + (H - kernel_size) // stride``
+
+    Examples
+    --------
+    >>> x = np.arange(16, dtype=np.float32).reshape(1, 1, 4, 4)
+    >>> maxpool2d_forward_numba(x)[0, 0]
+    array([[ 5.,  7.],
+           [13., 15.]], dtype=float32)
+    """
+    where = "maxpool2d_forward"
+    x = check_float32(x, "x", where)
+    check_nchw(x, where)
+    N, C, H, W = x.shape
+    out = np.empty((N, C, conv_output_size(H, kernel_size, stride),
+                    conv_output_size(W, kernel_size, stride)), dtype=np.float32)
+    kernels.maxpool2d_forward(x, kernel_size, stride, out)
+    return out
+
+
+def maxpool2d_backward_numba(dout, x, kernel_size=2, stride=2):
+    """Max pooling backward; fast twin of ``reference.maxpool2d_backward_reference``.
+
+    Returns
+    -------
+    dx : ndarray, (N, C, H, W)
+    """
+    where = "maxpool2d_backward"
+    x = check_float32(x, "x", where)
+    dout = check_float32(dout, "dout", where)
+    check_nchw(x, where)
+    N, C, H, W = x.shape
+    expected = (N, C, conv_output_size(H, kernel_size, stride),
+                conv_output_size(W, kernel_size, stride))
+    if dout.shape != expected:
+        raise ValueError(f"{where}: expected dout of shape {expected}, got {dout.shape}")
+    dx = np.zeros_like(x)
+    kernels.maxpool2d_backward(dout, x, kernel_size, stride, dx)
+    return dx
+
+
+# ============================================================================ linear
+def _check_linear_args(x, w, where):
+    x = check_float32(x, "x", where)
+    w = check_float32(w, "w", where)
+    if w.ndim != 2:
+        raise ValueError(f"{where}: expected w of shape (out_features, in_features), got {w.shape}")
+    if x.ndim != 2 or x.shape[1] != w.shape[1]:
+        raise ValueError(f"{where}: expected x of shape (N, {w.shape[1]}), got {x.shape}; "
+                         f"flatten feature maps first (ece662.layers.Flatten)")
+    return x, w
+
+
+def linear_forward_numba(x, w, b):
+    """Fully connected forward; fast twin of ``reference.linear_forward_reference``.
+
+    Parameters
+    ----------
+    x : ndarray, (N, in_features) float32
+    w : ndarray, (out_features, in_features) float32
+    b : ndarray, (out_features,) float32 or None
+
+    Returns
+    -------
+    out : ndarray, (N, out_features)
+
+    Examples
+    --------
+    >>> x = np.array([[1., 2.]], dtype=np.float32)
+    >>> w = np.array([[1., 1.], [0., 3.]], dtype=np.float32)
+    >>> linear_forward_numba(x, w, np.array([0.5, 0.], dtype=np.float32))
+    array([[3.5, 6. ]], dtype=float32)
+    """
+    where = "linear_forward"
+    x, w = _check_linear_args(x, w, where)
+    M = w.shape[0]
+    b = np.zeros(M, dtype=np.float32) if b is None else check_float32(b, "b", where)
+    if b.shape != (M,):
+        raise ValueError(f"{where}: expected b of shape ({M},), got {b.shape}")
+    out = np.empty((x.shape[0], M), dtype=np.float32)
+    kernels.linear_forward(x, w, b, out)
+    return out
+
+
+def linear_backward_numba(dout, x, w):
+    """Fully connected backward; fast twin of ``reference.linear_backward_reference``.
+
+    Returns
+    -------
+    dx : ndarray, (N, in_features)
+    dw : ndarray, (out_features, in_features)
+    db : ndarray, (out_features,)
+    """
+    where = "linear_backward"
+    x, w = _check_linear_args(x, w, where)
+    dout = check_float32(dout, "dout", where)
+    if dout.shape != (x.shape[0], w.shape[0]):
+        raise ValueError(f"{where}: expected dout of shape {(x.shape[0], w.shape[0])}, "
+                         f"got {dout.shape}")
+    dx = np.zeros_like(x)
+    dw = np.zeros_like(w)
+    kernels.linear_backward_dx(dout, w, dx)
+    kernels.linear_backward_dw(dout, x, dw)
+    db = dout.sum(axis=0, dtype=np.float64).astype(np.float32)
+    return dx, dw, db
+
+
+# ============================================================================ relu
+def relu_forward_numba(x):
+    """ReLU forward, any shape; fast twin of ``reference.relu_forward_reference``.
+
+    Examples
+    --------
+    >>> relu_forward_numba(np.array([-1., 0., 2.], dtype=np.float32))
+    array([0., 0., 2.], dtype=float32)
+    """
+    x = check_float32(x, "x", "relu_forward")
+    out = np.empty_like(x)
+    kernels.relu_forward(x.reshape(-1), out.reshape(-1))
+    return out
+
+
+def relu_backward_numba(dout, x):
+    """ReLU backward, any shape; fast twin of ``reference.relu_backward_reference``."""
+    where = "relu_backward"
+    x = check_float32(x, "x", where)
+    dout = check_float32(dout, "dout", where)
+    check_same_shape(dout, x, "dout", "x", where)
+    dx = np.empty_like(x)
+    kernels.relu_backward(dout.reshape(-1), x.reshape(-1), dx.reshape(-1))
+    return dx

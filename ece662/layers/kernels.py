@@ -1,0 +1,351 @@
+"""Numba kernels: loops only.
+
+No validation, no allocation policy, no padding decisions live here: the thin
+wrappers in ``ece662.layers.functional`` check inputs, pad, allocate every
+output and scratch buffer, and then call one of these.  The plain-loop specs
+are in ``ece662.layers.reference``; every kernel is tested against them.
+
+Versions
+--------
+conv forward
+    v1 ``conv2d_forward_direct``  any stride: six nested loops, output pixel by pixel.
+    v2 ``conv2d_forward_rows``    stride 1: "flattened rows".  A padded image channel of
+       shape (Hp, Wp) is one vector of length Hp*Wp; the output position (i, j) reads
+       x[(i+kh)*Wp + (j+kw)] = x[i*Wp + j + off] with off = kh*Wp + kw.  So for each tap
+       (c, kh, kw) the whole output plane is one long, contiguous axpy
+       ``acc[p] += w * x[p + off]`` over p = i*Wp + j, which LLVM vectorises.  Columns
+       j >= W' are computed and thrown away (Wp - W' of every Wp).
+    v3 ``conv2d_forward_patches`` any stride, register-tiled (the one layers use).  Per image,
+       copy every receptive field into a row of a patch matrix ``pat (P, K)`` (K = C*HH*WW,
+       padded with zeros to a multiple of 16 so no scalar tail is left), then compute a tile
+       of 2 output positions x 4 filters at a time as 8 dot products over k that share their
+       loads: 6 vector loads feed 8 fused multiply-adds, and the 8 running sums stay in
+       registers.  This is the trick behind every fast GEMM, written as plain loops.
+    v1 and v2 take ``alive_f`` (F,) and ``alive_c`` (C,) boolean vectors and skip dead output
+    filters and dead input channels outright; v3 takes the list of live filters ``fidx``
+    and the list of live channels ``cidx`` instead (its tiles walk over live filters only).
+    A dead filter's output plane is its bias.  With everything alive they are dense kernels.
+conv backward
+    v1 ``conv2d_backward_direct`` any stride, direct loops.
+    v2 ``conv2d_backward_rows``   stride 1, flattened rows as above: dw is a dot product
+       of two contiguous vectors per tap, dx an axpy per tap.
+    Both split the batch into ``T`` chunks (one per thread) that each accumulate their own
+    slice ``dw_part[t]``; the wrapper sums the slices (no races, deterministic).
+max pool forward / backward, linear forward / backward, relu forward / backward:
+    one version each, parallel over the batch (or the output features).
+
+Indices: loop counters are plain ``range`` values; numba vectorises the inner
+``p`` loops.  All arrays are C-contiguous float32 (the wrappers ensure it).
+"""
+import os
+
+import numba
+import numpy as np
+from numba import njit, prange
+
+# Numba's default OpenMP layer fights OpenBLAS' threads when numba kernels and
+# numpy BLAS calls alternate (measured: much slower training steps); the
+# workqueue layer does not.  An explicit NUMBA_THREADING_LAYER still wins.
+if "NUMBA_THREADING_LAYER" not in os.environ:
+    numba.config.THREADING_LAYER = "workqueue"
+
+
+# ============================================================================ conv forward
+@njit(parallel=True, cache=True)
+def conv2d_forward_direct(xp, w, b, alive_f, alive_c, stride, out):
+    """v1. xp: (N, C, Hp, Wp) padded input; out: (N, F, H', W') written in full."""
+    N, C, Hp, Wp = xp.shape
+    F, _, HH, WW = w.shape
+    _, _, H_out, W_out = out.shape
+    for n in prange(N):                              # images are independent
+        for f in range(F):
+            for i in range(H_out):
+                for j in range(W_out):
+                    out[n, f, i, j] = b[f]
+            if not alive_f[f]:                       # dead filter: its plane is the bias
+                continue
+            for c in range(C):
+                if not alive_c[c]:                   # dead input channel: contributes 0
+                    continue
+                for kh in range(HH):
+                    for kw in range(WW):
+                        wv = w[f, c, kh, kw]
+                        for i in range(H_out):
+                            row = i * stride + kh
+                            for j in range(W_out):
+                                out[n, f, i, j] += wv * xp[n, c, row, j * stride + kw]
+
+
+@njit(parallel=True, cache=True)
+def conv2d_forward_rows(xflat, Wp, w, b, alive_f, alive_c, scratch, out):
+    """v2, stride 1. xflat: (N, C, Hp*Wp); scratch: (T, L) with L = (H'-1)*Wp + W';
+    out: (N, F, H', W') written in full."""
+    N, C, _ = xflat.shape
+    F, _, HH, WW = w.shape
+    _, _, H_out, W_out = out.shape
+    T, L = scratch.shape
+    chunk = (N + T - 1) // T
+    for t in prange(T):                              # one chunk of images per thread
+        acc = scratch[t]
+        for n in range(t * chunk, min(N, (t + 1) * chunk)):
+            for f in range(F):
+                if not alive_f[f]:
+                    for i in range(H_out):
+                        for j in range(W_out):
+                            out[n, f, i, j] = b[f]
+                    continue
+                for p in range(L):
+                    acc[p] = 0.0
+                for c in range(C):
+                    if not alive_c[c]:
+                        continue
+                    x_c = xflat[n, c]
+                    for kh in range(HH):
+                        for kw in range(WW):
+                            wv = w[f, c, kh, kw]
+                            off = kh * Wp + kw
+                            for p in range(L):       # the whole output plane, one tap
+                                acc[p] += wv * x_c[p + off]
+                # keep columns j < W' of each row, add the bias
+                for i in range(H_out):
+                    for j in range(W_out):
+                        out[n, f, i, j] = acc[i * Wp + j] + b[f]
+
+
+@njit(parallel=True, cache=True, fastmath=True)
+def conv2d_forward_patches(xp, wk, b, fidx, cidx, HH, WW, stride, scratch, out):
+    """v3. xp: (N, C, Hp, Wp); wk: (F, Kp) the live channels' weights flattened in
+    (c, kh, kw) order, zero beyond len(cidx)*HH*WW; fidx: live filters; cidx: live input
+    channels; scratch: (T, P, Kp) with P = H'*W'; out: (N, F, H', W') written in full."""
+    N = xp.shape[0]
+    F, Kp = wk.shape
+    _, _, H_out, W_out = out.shape
+    T = scratch.shape[0]
+    P = H_out * W_out
+    K = cidx.shape[0] * HH * WW
+    nf = fidx.shape[0]
+    chunk = (N + T - 1) // T
+    for t in prange(T):
+        pat = scratch[t]
+        for n in range(t * chunk, min(N, (t + 1) * chunk)):
+            # dead filters: the bias plane (the dense result of all-zero weights)
+            for f in range(F):
+                for i in range(H_out):
+                    for j in range(W_out):
+                        out[n, f, i, j] = b[f]
+            # the patch matrix: row p = i*W' + j holds the receptive field of (i, j)
+            for i in range(H_out):
+                for j in range(W_out):
+                    row = pat[i * W_out + j]
+                    k = 0
+                    for ci in range(cidx.shape[0]):
+                        c = cidx[ci]
+                        for kh in range(HH):
+                            for kw in range(WW):
+                                row[k] = xp[n, c, i * stride + kh, j * stride + kw]
+                                k += 1
+                    for k in range(K, Kp):
+                        row[k] = 0.0
+            # 2 positions x 4 filters per tile, eight dot products sharing their loads
+            for p in range(0, P - 1, 2):
+                a0 = pat[p]
+                a1 = pat[p + 1]
+                i0, j0 = p // W_out, p % W_out
+                i1, j1 = (p + 1) // W_out, (p + 1) % W_out
+                for q in range(0, nf - 3, 4):
+                    f0, f1, f2, f3 = fidx[q], fidx[q + 1], fidx[q + 2], fidx[q + 3]
+                    w0, w1, w2, w3 = wk[f0], wk[f1], wk[f2], wk[f3]
+                    s00 = s01 = s02 = s03 = np.float32(0.0)
+                    s10 = s11 = s12 = s13 = np.float32(0.0)
+                    for k in range(Kp):
+                        u = a0[k]
+                        v = a1[k]
+                        s00 += u * w0[k]
+                        s01 += u * w1[k]
+                        s02 += u * w2[k]
+                        s03 += u * w3[k]
+                        s10 += v * w0[k]
+                        s11 += v * w1[k]
+                        s12 += v * w2[k]
+                        s13 += v * w3[k]
+                    out[n, f0, i0, j0] += s00
+                    out[n, f1, i0, j0] += s01
+                    out[n, f2, i0, j0] += s02
+                    out[n, f3, i0, j0] += s03
+                    out[n, f0, i1, j1] += s10
+                    out[n, f1, i1, j1] += s11
+                    out[n, f2, i1, j1] += s12
+                    out[n, f3, i1, j1] += s13
+                for q in range(nf - nf % 4, nf):     # leftover filters, one at a time
+                    f0 = fidx[q]
+                    w0 = wk[f0]
+                    s00 = s10 = np.float32(0.0)
+                    for k in range(Kp):
+                        s00 += a0[k] * w0[k]
+                        s10 += a1[k] * w0[k]
+                    out[n, f0, i0, j0] += s00
+                    out[n, f0, i1, j1] += s10
+            if P % 2 == 1:                           # leftover position
+                p = P - 1
+                a0 = pat[p]
+                for q in range(nf):
+                    f0 = fidx[q]
+                    s00 = np.float32(0.0)
+                    for k in range(Kp):
+                        s00 += a0[k] * wk[f0, k]
+                    out[n, f0, p // W_out, p % W_out] += s00
+
+
+# ============================================================================ conv backward
+@njit(parallel=True, cache=True)
+def conv2d_backward_direct(dout, xp, w, stride, dxp, dw_part):
+    """v1. dout: (N, F, H', W'); xp: (N, C, Hp, Wp); dxp: (N, C, Hp, Wp) zeroed;
+    dw_part: (T, F, C, HH, WW) zeroed, one slice per chunk of images."""
+    N, C, Hp, Wp = xp.shape
+    F, _, HH, WW = w.shape
+    _, _, H_out, W_out = dout.shape
+    T = dw_part.shape[0]
+    chunk = (N + T - 1) // T
+    for t in prange(T):
+        for n in range(t * chunk, min(N, (t + 1) * chunk)):
+            for f in range(F):
+                for c in range(C):
+                    for kh in range(HH):
+                        for kw in range(WW):
+                            wv = w[f, c, kh, kw]
+                            g = np.float32(0.0)
+                            for i in range(H_out):
+                                row = i * stride + kh
+                                for j in range(W_out):
+                                    d = dout[n, f, i, j]
+                                    g += d * xp[n, c, row, j * stride + kw]
+                                    dxp[n, c, row, j * stride + kw] += wv * d
+                            dw_part[t, f, c, kh, kw] += g
+
+
+@njit(parallel=True, cache=True, fastmath=True)
+def conv2d_backward_rows(dout, xflat, Wp, w, dxflat, dw_part, scratch):
+    """v2, stride 1. xflat, dxflat: (N, C, Hp*Wp) (dxflat zeroed); scratch: (T, F, L);
+    dw_part: (T, F, C, HH, WW) zeroed."""
+    N, C, _ = xflat.shape
+    F, _, HH, WW = w.shape
+    _, _, H_out, W_out = dout.shape
+    T = dw_part.shape[0]
+    L = scratch.shape[2]
+    chunk = (N + T - 1) // T
+    for t in prange(T):
+        g = scratch[t]                               # dout laid out on the Wp-wide rows
+        for n in range(t * chunk, min(N, (t + 1) * chunk)):
+            for f in range(F):
+                for p in range(L):
+                    g[f, p] = 0.0
+                for i in range(H_out):
+                    for j in range(W_out):
+                        g[f, i * Wp + j] = dout[n, f, i, j]
+            for c in range(C):
+                x_c = xflat[n, c]
+                dx_c = dxflat[n, c]
+                for f in range(F):
+                    g_f = g[f]
+                    for kh in range(HH):
+                        for kw in range(WW):
+                            off = kh * Wp + kw
+                            wv = w[f, c, kh, kw]
+                            s = np.float32(0.0)
+                            for p in range(L):       # dw: a dot product; dx: an axpy
+                                s += g_f[p] * x_c[p + off]
+                                dx_c[p + off] += wv * g_f[p]
+                            dw_part[t, f, c, kh, kw] += s
+
+
+# ============================================================================ max pool
+@njit(parallel=True, cache=True)
+def maxpool2d_forward(x, k, stride, out):
+    """x: (N, C, H, W); out: (N, C, H', W'). First maximum wins."""
+    N, C, H, W = x.shape
+    _, _, H_out, W_out = out.shape
+    for n in prange(N):
+        for c in range(C):
+            for i in range(H_out):
+                for j in range(W_out):
+                    m = x[n, c, i * stride, j * stride]
+                    for a in range(k):
+                        for bb in range(k):
+                            v = x[n, c, i * stride + a, j * stride + bb]
+                            if v > m:
+                                m = v
+                    out[n, c, i, j] = m
+
+
+@njit(parallel=True, cache=True)
+def maxpool2d_backward(dout, x, k, stride, dx):
+    """dout: (N, C, H', W'); x: (N, C, H, W); dx: (N, C, H, W) zeroed."""
+    N, C, H, W = x.shape
+    _, _, H_out, W_out = dout.shape
+    for n in prange(N):
+        for c in range(C):
+            for i in range(H_out):
+                for j in range(W_out):
+                    bi, bj = i * stride, j * stride
+                    m = x[n, c, bi, bj]
+                    for a in range(k):
+                        for bb in range(k):
+                            v = x[n, c, i * stride + a, j * stride + bb]
+                            if v > m:                # strict: the first maximum keeps it
+                                m = v
+                                bi, bj = i * stride + a, j * stride + bb
+                    dx[n, c, bi, bj] += dout[n, c, i, j]
+
+
+# ============================================================================ linear
+@njit(parallel=True, cache=True, fastmath=True)
+def linear_forward(x, w, b, out):
+    """x: (N, D); w: (M, D); b: (M,); out: (N, M)."""
+    N, D = x.shape
+    M = w.shape[0]
+    for n in prange(N):
+        for o in range(M):
+            s = np.float32(0.0)
+            for i in range(D):
+                s += x[n, i] * w[o, i]
+            out[n, o] = s + b[o]
+
+
+@njit(parallel=True, cache=True)
+def linear_backward_dx(dout, w, dx):
+    """dout: (N, M); w: (M, D); dx: (N, D) zeroed."""
+    N, M = dout.shape
+    D = w.shape[1]
+    for n in prange(N):
+        for o in range(M):
+            d = dout[n, o]
+            for i in range(D):
+                dx[n, i] += d * w[o, i]
+
+
+@njit(parallel=True, cache=True)
+def linear_backward_dw(dout, x, dw):
+    """dout: (N, M); x: (N, D); dw: (M, D) zeroed."""
+    N, M = dout.shape
+    D = x.shape[1]
+    for o in prange(M):
+        for n in range(N):
+            d = dout[n, o]
+            for i in range(D):
+                dw[o, i] += d * x[n, i]
+
+
+# ============================================================================ relu
+@njit(parallel=True, cache=True)
+def relu_forward(x, out):
+    """x, out: 1-D views of the same length."""
+    for i in prange(x.shape[0]):
+        v = x[i]
+        out[i] = v if v > 0 else np.float32(0.0)
+
+
+@njit(parallel=True, cache=True)
+def relu_backward(dout, x, dx):
+    """dout, x, dx: 1-D views of the same length."""
+    for i in prange(x.shape[0]):
+        dx[i] = dout[i] if x[i] > 0 else np.float32(0.0)

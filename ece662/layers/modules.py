@@ -1,0 +1,671 @@
+"""Layers with torch-compatible names, arguments and parameter shapes.
+
+A ``Module`` owns named parameters (float32 arrays), named buffers (e.g. a
+pruning mask), a gradient per parameter after ``backward``, and a train/eval
+flag.  Forward runs the fast kernels of ``ece662.layers.functional``;
+backward stores gradients in ``module.grads[name]`` and returns the gradient
+of its input -- it never updates a weight (that is ``ece662.optim``'s job).
+
+Pruning meets the layers at two points, exactly as in ``torch.nn.utils.prune``:
+
+* a *forward pre-hook* recomputes the effective ``weight = weight_orig * weight_mask``
+  before every forward, and
+* ``_store_grad`` routes the gradient of the effective weight to ``weight_orig``
+  multiplied by the mask, so a pruned weight gets a gradient of exactly 0.
+"""
+from collections import OrderedDict
+
+import numpy as np
+
+from ece662.layers import functional as fn
+from ece662.layers.checks import (check_finite, check_float32, check_nchw,
+                                  check_nonnegative_int, check_positive_int)
+from ece662.layers.shapes import conv_output_size
+
+
+class _HookHandle:
+    """Returned by ``register_forward_pre_hook``; ``remove()`` unregisters the hook."""
+
+    def __init__(self, hooks, key):
+        self._hooks, self._key = hooks, key
+
+    def remove(self):
+        self._hooks.pop(self._key, None)
+
+
+def _rng(seed, rng):
+    if rng is not None:
+        return rng
+    return np.random.default_rng(seed)
+
+
+class Module:
+    """Base class: parameters, buffers, gradients, hooks, train/eval, state dicts."""
+
+    def __init__(self):
+        object.__setattr__(self, "_parameters", OrderedDict())
+        object.__setattr__(self, "_buffers", OrderedDict())
+        object.__setattr__(self, "_modules", OrderedDict())
+        object.__setattr__(self, "_forward_pre_hooks", OrderedDict())
+        object.__setattr__(self, "_next_hook_id", 0)
+        self.grads = {}
+        self.training = True
+
+    # -- attribute access: parameters and buffers read like plain attributes
+    def __getattr__(self, name):
+        for store in ("_parameters", "_buffers", "_modules"):
+            d = self.__dict__.get(store)
+            if d is not None and name in d:
+                return d[name]
+        raise AttributeError(f"{type(self).__name__} has no attribute {name!r}")
+
+    def __setattr__(self, name, value):
+        if name in self._parameters:
+            self._parameters[name] = value
+        elif name in self._buffers:
+            self._buffers[name] = value
+        else:
+            object.__setattr__(self, name, value)
+
+    def __delattr__(self, name):
+        for store in (self._parameters, self._buffers, self._modules):
+            if name in store:
+                del store[name]
+                return
+        object.__delattr__(self, name)
+
+    def register_parameter(self, name, value):
+        """Add a float32 parameter named ``name`` (``None`` is allowed, as for a missing bias)."""
+        self.__dict__.pop(name, None)
+        self._parameters[name] = value
+
+    def register_buffer(self, name, value):
+        """Add a non-trainable array (a pruning mask) that is saved in the state dict."""
+        self.__dict__.pop(name, None)
+        self._buffers[name] = value
+
+    def register_forward_pre_hook(self, hook):
+        """Call ``hook(module, inputs)`` before every forward; returns a handle with ``remove()``."""
+        key = self._next_hook_id
+        object.__setattr__(self, "_next_hook_id", key + 1)
+        self._forward_pre_hooks[key] = hook
+        return _HookHandle(self._forward_pre_hooks, key)
+
+    # -- running
+    def __call__(self, x):
+        for hook in list(self._forward_pre_hooks.values()):
+            hook(self, (x,))
+        return self.forward(x)
+
+    def forward(self, x):
+        raise NotImplementedError
+
+    def backward(self, dout):
+        raise NotImplementedError
+
+    def _store_grad(self, name, g):
+        """Record the gradient of the *effective* parameter ``name``.
+
+        When ``name`` is pruned (``name_orig`` and ``name_mask`` exist) the trainable
+        array is ``name_orig`` and its gradient is ``g * mask``: a pruned entry gets 0.
+        """
+        mask = self._buffers.get(name + "_mask")
+        if mask is not None and name + "_orig" in self._parameters:
+            self.grads[name + "_orig"] = g * mask
+        else:
+            self.grads[name] = g
+
+    def train(self, mode=True):
+        """Set training mode (caches activations for backward; Dropout drops) on every module."""
+        for _, m in self.named_modules():
+            object.__setattr__(m, "training", bool(mode))
+        return self
+
+    def eval(self):
+        """Set evaluation mode: deterministic, nothing cached."""
+        return self.train(False)
+
+    def zero_grad(self):
+        for _, m in self.named_modules():
+            m.grads = {}
+
+    # -- traversal, with torch's names
+    def named_children(self):
+        return iter(self._modules.items())
+
+    def children(self):
+        return (m for _, m in self.named_children())
+
+    def named_modules(self, prefix=""):
+        """Yield ``(name, module)`` for this module (name ``prefix``) and every descendant."""
+        yield prefix, self
+        for name, child in self._modules.items():
+            yield from child.named_modules(prefix + "." + name if prefix else name)
+
+    def modules(self):
+        return (m for _, m in self.named_modules())
+
+    def named_parameters(self, prefix="", recurse=True):
+        """Yield ``(dotted name, array)`` for every trainable parameter (``weight_orig`` once pruned)."""
+        mods = self.named_modules(prefix) if recurse else [(prefix, self)]
+        for mod_name, m in mods:
+            for name, p in m._parameters.items():
+                if p is not None:
+                    yield (mod_name + "." + name if mod_name else name), p
+
+    def parameters(self, recurse=True):
+        return (p for _, p in self.named_parameters(recurse=recurse))
+
+    def named_buffers(self, prefix=""):
+        for mod_name, m in self.named_modules(prefix):
+            for name, b in m._buffers.items():
+                if b is not None:
+                    yield (mod_name + "." + name if mod_name else name), b
+
+    def named_grads(self):
+        """Yield ``(dotted name, gradient)`` matching ``named_parameters`` after a backward."""
+        for mod_name, m in self.named_modules():
+            for name in m._parameters:
+                if name in m.grads:
+                    yield (mod_name + "." + name if mod_name else name), m.grads[name]
+
+    # -- state dicts, torch-style keys ("conv1.weight", "conv1.weight_mask")
+    def state_dict(self):
+        """An ordered ``{dotted name: copy of array}`` of parameters and buffers."""
+        sd = OrderedDict()
+        for name, p in self.named_parameters():
+            sd[name] = p.copy()
+        for name, b in self.named_buffers():
+            sd[name] = b.copy()
+        return sd
+
+    def load_state_dict(self, state_dict, strict=True):
+        """Copy arrays into this model's parameters and buffers.
+
+        Every key and shape is checked before anything is assigned, so a
+        failing load leaves the model exactly as it was.
+
+        Raises
+        ------
+        KeyError
+            Missing or unexpected keys (with ``strict=True``), listing both.
+        ValueError
+            A shape that does not fit, naming the key and both shapes.
+        """
+        own = OrderedDict()
+        for mod_name, m in self.named_modules():
+            for store in (m._parameters, m._buffers):
+                for name, arr in store.items():
+                    if arr is not None:
+                        own[(mod_name + "." + name) if mod_name else name] = (m, store, name, arr)
+        missing = [k for k in own if k not in state_dict]
+        unexpected = [k for k in state_dict if k not in own]
+        if strict and (missing or unexpected):
+            raise KeyError(
+                f"state_dict does not match the model: missing keys {missing}, unexpected keys "
+                f"{unexpected}; the model expects {list(own)}. If the file holds a pruned model, "
+                f"prune the same parameters first or load it with ece662.load_model")
+        staged = []
+        for key, (m, store, name, arr) in own.items():
+            if key not in state_dict:
+                continue
+            value = np.asarray(state_dict[key])
+            if value.shape != arr.shape:
+                raise ValueError(f"state_dict['{key}'] has shape {value.shape}, but the model's "
+                                 f"{key} has shape {arr.shape}")
+            staged.append((m, store, name, value.astype(arr.dtype, copy=True)))
+        for m, store, name, value in staged:
+            store[name] = value
+        # pruned modules recompute their effective weights from the new arrays
+        for _, m in self.named_modules():
+            for hook in list(m._forward_pre_hooks.values()):
+                hook(m, None)
+        return self
+
+    # -- description
+    def extra_repr(self):
+        return ""
+
+    def __repr__(self):
+        if not self._modules:
+            return f"{type(self).__name__}({self.extra_repr()})"
+        lines = [f"{type(self).__name__}("]
+        for name, child in self._modules.items():
+            child_repr = repr(child).replace("\n", "\n  ")
+            lines.append(f"  ({name}): {child_repr}")
+        lines.append(")")
+        return "\n".join(lines)
+
+    def output_shape(self, input_shape):
+        """Shape of the output for an input of ``input_shape`` (batch axis included)."""
+        return tuple(input_shape)
+
+    def flops(self, input_shape):
+        """Floating-point operations for one input of ``input_shape``: 2 per multiply-add
+        of conv and linear layers; 0 for ReLU, pooling, flatten and dropout."""
+        return 0
+
+    def spec(self):
+        """``{"type": ..., "args": {...}}``: enough to rebuild the layer (``ece662.io``)."""
+        return {"type": type(self).__name__, "args": {}}
+
+
+class Conv2d(Module):
+    """2-D convolution, ``torch.nn.Conv2d``'s arguments and shapes.
+
+    Parameters
+    ----------
+    in_channels, out_channels : int
+        C and F.
+    kernel_size : int or (int, int)
+        HH, WW.
+    stride, padding : int
+    bias : bool
+    seed, rng : optional
+        Initialisation randomness: ``U(-1/sqrt(fan_in), 1/sqrt(fan_in))`` for the
+        weight and the bias, as torch's default gives.
+
+    Shapes: x ``(N, C, H, W)`` -> out ``(N, F, H', W')``;
+    ``weight (F, C, HH, WW)``, ``bias (F,)``.
+
+    Examples
+    --------
+    >>> conv = Conv2d(3, 8, 3, padding=1, seed=0)
+    >>> conv(np.zeros((2, 3, 5, 5), dtype=np.float32)).shape
+    (2, 8, 5, 5)
+    """
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, bias=True,
+                 seed=None, rng=None):
+        super().__init__()
+        where = "Conv2d"
+        self.in_channels = check_positive_int(in_channels, "in_channels", where)
+        self.out_channels = check_positive_int(out_channels, "out_channels", where)
+        if isinstance(kernel_size, (tuple, list)):
+            kh, kw = kernel_size
+        else:
+            kh = kw = kernel_size
+        self.kernel_size = (check_positive_int(kh, "kernel_size", where),
+                            check_positive_int(kw, "kernel_size", where))
+        self.stride = check_positive_int(stride, "stride", where)
+        self.padding = check_nonnegative_int(padding, "padding", where)
+        rng = _rng(seed, rng)
+        fan_in = self.in_channels * kh * kw
+        bound = 1.0 / np.sqrt(fan_in)
+        shape = (self.out_channels, self.in_channels, kh, kw)
+        self.register_parameter("weight", rng.uniform(-bound, bound, shape).astype(np.float32))
+        self.register_parameter(
+            "bias", rng.uniform(-bound, bound, self.out_channels).astype(np.float32) if bias else None)
+        self.name = "Conv2d"
+        self._cache = None
+
+    def _where(self):
+        return f"{self.name} (Conv2d {self.in_channels}->{self.out_channels})"
+
+    def alive_filters(self):
+        """``(F,)`` bool: False for filters whose weight mask is all False (pruned away)."""
+        mask = self._buffers.get("weight_mask")
+        if mask is None:
+            return np.ones(self.out_channels, dtype=np.bool_)
+        return mask.reshape(self.out_channels, -1).any(axis=1)
+
+    def forward(self, x):
+        where = self._where()
+        x = check_float32(x, "x", where)
+        check_nchw(x, where, channels=self.in_channels)
+        check_finite(x, "x", where)
+        H, W = x.shape[2], x.shape[3]
+        HH, WW = self.kernel_size
+        if H + 2 * self.padding < HH or W + 2 * self.padding < WW:
+            raise ValueError(f"{where}: kernel {HH}x{WW} is larger than the padded input "
+                             f"{H + 2 * self.padding}x{W + 2 * self.padding} (x of shape {x.shape}); "
+                             f"use a smaller kernel, more padding or larger images")
+        alive = self.alive_filters()
+        out = fn.conv2d_forward_numba(x, self.weight, self.bias, self.stride, self.padding,
+                                      alive_f=None if alive.all() else alive)
+        self._cache = x if self.training else None
+        return out
+
+    def backward(self, dout):
+        if self._cache is None:
+            raise RuntimeError(f"{self._where()}: backward needs a forward in training mode "
+                               f"first; call model.train() before the forward pass")
+        x = self._cache
+        dx, dw, db = fn.conv2d_backward_numba(dout, x, self.weight, self.stride, self.padding)
+        self._store_grad("weight", dw)
+        if self.bias is not None:
+            self._store_grad("bias", db)
+        return dx
+
+    def output_shape(self, input_shape):
+        N, C, H, W = input_shape
+        HH, WW = self.kernel_size
+        return (N, self.out_channels, conv_output_size(H, HH, self.stride, self.padding),
+                conv_output_size(W, WW, self.stride, self.padding))
+
+    def flops(self, input_shape):
+        _, F, Ho, Wo = self.output_shape(input_shape)
+        HH, WW = self.kernel_size
+        return 2 * F * self.in_channels * HH * WW * Ho * Wo
+
+    def extra_repr(self):
+        s = (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+             f"stride={self.stride}, padding={self.padding}")
+        return s + (", bias=False" if self._parameters.get("bias") is None
+                    and "bias_orig" not in self._parameters else "")
+
+    def spec(self):
+        has_bias = self._parameters.get("bias") is not None or "bias_orig" in self._parameters
+        return {"type": "Conv2d", "args": {
+            "in_channels": self.in_channels, "out_channels": self.out_channels,
+            "kernel_size": list(self.kernel_size), "stride": self.stride,
+            "padding": self.padding, "bias": has_bias}}
+
+
+class Linear(Module):
+    """Fully connected layer, ``torch.nn.Linear``'s arguments and shapes.
+
+    Shapes: x ``(N, in_features)`` -> out ``(N, out_features)``;
+    ``weight (out_features, in_features)``, ``bias (out_features,)``.
+
+    Examples
+    --------
+    >>> fc = Linear(4, 2, seed=0)
+    >>> fc(np.ones((3, 4), dtype=np.float32)).shape
+    (3, 2)
+    """
+
+    def __init__(self, in_features, out_features, bias=True, seed=None, rng=None):
+        super().__init__()
+        self.in_features = check_positive_int(in_features, "in_features", "Linear")
+        self.out_features = check_positive_int(out_features, "out_features", "Linear")
+        rng = _rng(seed, rng)
+        bound = 1.0 / np.sqrt(self.in_features)
+        self.register_parameter(
+            "weight", rng.uniform(-bound, bound, (self.out_features, self.in_features)).astype(np.float32))
+        self.register_parameter(
+            "bias", rng.uniform(-bound, bound, self.out_features).astype(np.float32) if bias else None)
+        self.name = "Linear"
+        self._cache = None
+
+    def _where(self):
+        return f"{self.name} (Linear {self.in_features}->{self.out_features})"
+
+    def forward(self, x):
+        where = self._where()
+        x = check_float32(x, "x", where)
+        if x.ndim != 2 or x.shape[1] != self.in_features:
+            hint = (" (feature maps must be flattened first: add a Flatten layer)" if x.ndim > 2
+                    and int(np.prod(x.shape[1:])) == self.in_features else "")
+            raise ValueError(f"{where}: expected x of shape (N, {self.in_features}), got "
+                             f"{x.shape}{hint}")
+        check_finite(x, "x", where)
+        out = fn.linear_forward_numba(x, self.weight, self.bias)
+        self._cache = x if self.training else None
+        return out
+
+    def backward(self, dout):
+        if self._cache is None:
+            raise RuntimeError(f"{self._where()}: backward needs a forward in training mode "
+                               f"first; call model.train() before the forward pass")
+        dx, dw, db = fn.linear_backward_numba(dout, self._cache, self.weight)
+        self._store_grad("weight", dw)
+        if self.bias is not None:
+            self._store_grad("bias", db)
+        return dx
+
+    def output_shape(self, input_shape):
+        return (input_shape[0], self.out_features)
+
+    def flops(self, input_shape):
+        return 2 * self.in_features * self.out_features
+
+    def extra_repr(self):
+        return f"in_features={self.in_features}, out_features={self.out_features}"
+
+    def spec(self):
+        has_bias = self._parameters.get("bias") is not None or "bias_orig" in self._parameters
+        return {"type": "Linear", "args": {"in_features": self.in_features,
+                                           "out_features": self.out_features, "bias": has_bias}}
+
+
+class ReLU(Module):
+    """``max(x, 0)`` elementwise, any shape."""
+
+    def __init__(self):
+        super().__init__()
+        self._cache = None
+
+    def forward(self, x):
+        out = fn.relu_forward_numba(x)
+        self._cache = x if self.training else None
+        return out
+
+    def backward(self, dout):
+        if self._cache is None:
+            raise RuntimeError("ReLU: backward needs a forward in training mode first")
+        return fn.relu_backward_numba(dout, self._cache)
+
+
+class MaxPool2d(Module):
+    """Max pooling over ``kernel_size`` windows, ``torch.nn.MaxPool2d``'s arguments
+    (``stride`` defaults to ``kernel_size``; no padding).
+
+    Shapes: x ``(N, C, H, W)`` -> out ``(N, C, H', W')``, ``H' = 1 + (H - k) // stride``.
+    """
+
+    def __init__(self, kernel_size, stride=None):
+        super().__init__()
+        self.kernel_size = check_positive_int(kernel_size, "kernel_size", "MaxPool2d")
+        self.stride = self.kernel_size if stride is None else check_positive_int(
+            stride, "stride", "MaxPool2d")
+        self._cache = None
+
+    def forward(self, x):
+        where = f"MaxPool2d(kernel_size={self.kernel_size})"
+        x = check_float32(x, "x", where)
+        check_nchw(x, where)
+        if x.shape[2] < self.kernel_size or x.shape[3] < self.kernel_size:
+            raise ValueError(f"{where}: the pooling window is larger than the input {x.shape}")
+        out = fn.maxpool2d_forward_numba(x, self.kernel_size, self.stride)
+        self._cache = x if self.training else None
+        return out
+
+    def backward(self, dout):
+        if self._cache is None:
+            raise RuntimeError("MaxPool2d: backward needs a forward in training mode first")
+        return fn.maxpool2d_backward_numba(dout, self._cache, self.kernel_size, self.stride)
+
+    def output_shape(self, input_shape):
+        N, C, H, W = input_shape
+        return (N, C, conv_output_size(H, self.kernel_size, self.stride),
+                conv_output_size(W, self.kernel_size, self.stride))
+
+    def extra_repr(self):
+        return f"kernel_size={self.kernel_size}, stride={self.stride}"
+
+    def spec(self):
+        return {"type": "MaxPool2d", "args": {"kernel_size": self.kernel_size, "stride": self.stride}}
+
+
+class Flatten(Module):
+    """``(N, C, H, W) -> (N, C*H*W)``, channel-major as in torch (channel c owns
+    features ``c*H*W ... (c+1)*H*W - 1``)."""
+
+    def __init__(self):
+        super().__init__()
+        self._shape = None
+
+    def forward(self, x):
+        self._shape = x.shape
+        return x.reshape(x.shape[0], -1)
+
+    def backward(self, dout):
+        return dout.reshape(self._shape)
+
+    def output_shape(self, input_shape):
+        return (input_shape[0], int(np.prod(input_shape[1:])))
+
+
+class Dropout(Module):
+    """Inverted dropout: in training, zero each entry with probability ``p`` and scale the
+    rest by ``1/(1-p)``; in eval mode the identity."""
+
+    def __init__(self, p=0.5, seed=None, rng=None):
+        super().__init__()
+        if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 <= p < 1:
+            raise ValueError(f"Dropout: expected p in [0, 1), got {p!r}")
+        self.p = float(p)
+        self._rng = _rng(seed, rng)
+        self._keep = None
+
+    def forward(self, x):
+        if not self.training or self.p == 0:
+            self._keep = None
+            return x
+        self._keep = (self._rng.random(x.shape) >= self.p).astype(np.float32) / (1 - self.p)
+        return x * self._keep
+
+    def backward(self, dout):
+        return dout if self._keep is None else dout * self._keep
+
+    def extra_repr(self):
+        return f"p={self.p}"
+
+    def spec(self):
+        return {"type": "Dropout", "args": {"p": self.p}}
+
+
+class Sequential(Module):
+    """Children run in order; each has a name (``"0"``, ``"1"``, ... or the keys given).
+
+    Parameters
+    ----------
+    *layers : Module, or one ``OrderedDict`` / list of ``(name, Module)`` pairs
+
+    Examples
+    --------
+    >>> net = Sequential(OrderedDict([("fc", Linear(4, 2, seed=0)), ("relu", ReLU())]))
+    >>> [name for name, _ in net.named_modules()]
+    ['', 'fc', 'relu']
+    >>> net(np.ones((1, 4), dtype=np.float32)).shape
+    (1, 2)
+    """
+
+    def __init__(self, *layers):
+        super().__init__()
+        if len(layers) == 1 and isinstance(layers[0], (OrderedDict, dict)):
+            items = list(layers[0].items())
+        elif len(layers) == 1 and isinstance(layers[0], list):
+            items = list(layers[0])
+        else:
+            items = [(str(i), m) for i, m in enumerate(layers)]
+        for name, m in items:
+            if not isinstance(m, Module):
+                raise TypeError(f"Sequential: layer {name!r} is a {type(m).__name__}, expected an "
+                                f"ece662 Module (Conv2d, Linear, ReLU, ...)")
+            if not isinstance(name, str) or not name or "." in name:
+                raise ValueError(f"Sequential: layer names must be non-empty strings without dots, "
+                                 f"got {name!r}")
+            self._modules[name] = m
+            if hasattr(m, "name"):
+                m.name = name
+
+    def __getitem__(self, i):
+        if isinstance(i, str):
+            return self._modules[i]
+        return list(self._modules.values())[i]
+
+    def __len__(self):
+        return len(self._modules)
+
+    def __iter__(self):
+        return iter(self._modules.values())
+
+    def forward(self, x):
+        for m in self._modules.values():
+            x = m(x)
+        return x
+
+    def backward(self, dout):
+        for m in reversed(list(self._modules.values())):
+            dout = m.backward(dout)
+        return dout
+
+    def output_shape(self, input_shape):
+        for m in self._modules.values():
+            input_shape = m.output_shape(input_shape)
+        return input_shape
+
+    def flops(self, input_shape):
+        total = 0
+        for m in self._modules.values():
+            total += m.flops(input_shape)
+            input_shape = m.output_shape(input_shape)
+        return total
+
+    def summary(self, input_shape=(3, 32, 32), file=None):
+        """Print and return one record per layer: name, type, output shape, parameters, FLOPs.
+
+        Parameters
+        ----------
+        input_shape : tuple
+            The shape of one input without the batch axis, e.g. ``(3, 32, 32)``.
+
+        Returns
+        -------
+        list of dict
+            ``{"name", "type", "output_shape", "params", "flops"}`` per layer (output shapes
+            without the batch axis; FLOPs per image), then a ``"total"`` record.
+        """
+        import sys
+        shape = (1,) + tuple(input_shape)
+        rows = []
+        for name, m in self._modules.items():
+            flops = m.flops(shape)
+            shape = m.output_shape(shape)
+            params = sum(int(p.size) for _, p in m.named_parameters())
+            rows.append({"name": name, "type": type(m).__name__, "output_shape": shape[1:],
+                         "params": params, "flops": flops})
+        rows.append({"name": "total", "type": "", "output_shape": shape[1:],
+                     "params": sum(r["params"] for r in rows), "flops": sum(r["flops"] for r in rows)})
+        out = file or sys.stdout
+        print(f"{'layer':<10} {'type':<10} {'output shape':<16} {'params':>10} {'FLOPs':>12}", file=out)
+        for r in rows:
+            print(f"{r['name']:<10} {r['type']:<10} {str(r['output_shape']):<16} "
+                  f"{r['params']:>10,} {r['flops']:>12,}", file=out)
+        return rows
+
+    def spec(self):
+        return {"type": "Sequential",
+                "layers": [[name, m.spec()] for name, m in self._modules.items()]}
+
+
+LAYER_TYPES = {cls.__name__: cls for cls in (Conv2d, Linear, ReLU, MaxPool2d, Flatten, Dropout)}
+
+
+def from_spec(spec):
+    """Rebuild a model from ``Module.spec()`` output (weights are not part of a spec).
+
+    Raises
+    ------
+    ValueError
+        For an unknown layer type or arguments that do not fit it.
+    """
+    if not isinstance(spec, dict) or spec.get("type") != "Sequential":
+        raise ValueError(f"expected a Sequential spec {{'type': 'Sequential', 'layers': [...]}}, "
+                         f"got {str(spec)[:80]}")
+    layers = OrderedDict()
+    for name, layer_spec in spec["layers"]:
+        cls = LAYER_TYPES.get(layer_spec.get("type"))
+        if cls is None:
+            raise ValueError(f"layer {name!r}: unknown type {layer_spec.get('type')!r}; "
+                             f"known types are {sorted(LAYER_TYPES)}")
+        args = dict(layer_spec.get("args", {}))
+        if "kernel_size" in args and isinstance(args["kernel_size"], list):
+            args["kernel_size"] = tuple(args["kernel_size"])
+        try:
+            layers[name] = cls(**args)
+        except TypeError as e:
+            raise ValueError(f"layer {name!r}: arguments {args} do not fit {cls.__name__}: {e}") from None
+    return Sequential(layers)

@@ -1,0 +1,32 @@
+"""ece662: pruning small CNNs on CINIC-10 with hand-written NumPy + Numba layers.
+
+Install for use:              pip install -e .
+Install for the test suite:   pip install -e ".[test]"
+Also run the torch oracle:    pip install -e ".[test,oracle]"
+"""
+from setuptools import find_packages, setup
+
+setup(
+    name="ece662",
+    version="0.1.0",
+    description="From-scratch NumPy + Numba CNN layers and pruning for the CINIC-10 course assignment",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["ece662", "ece662.*"]),
+    package_data={"ece662": ["models/*.npz", "models/*.md"]},
+    install_requires=[
+        "numpy>=1.24",
+        "numba>=0.59",       # the jitted kernels (cache=True; NUMBA_DISABLE_JIT=1 still runs them)
+        "matplotlib>=3.7",   # plots; brings Pillow, which decodes the CINIC-10 PNGs
+        "tqdm>=4.60",        # progress bars for decoding 270,000 PNGs and for training: a well-kept,
+                             # dependency-free library that handles terminals and notebooks alike
+    ],
+    extras_require={
+        "test": ["pytest>=7", "hypothesis>=6"],
+        # an optional outside reference for the tests and the benchmarks; never imported by the library.
+        # 2.13.0 is the CPU build that lies on the course machines' disk (other specs download gigabytes)
+        "oracle": ["torch==2.13.0"],
+    },
+    entry_points={"console_scripts": ["ece662=ece662.cli:main"]},
+)

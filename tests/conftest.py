@@ -1,0 +1,31 @@
+import os
+
+import numpy as np
+import pytest
+
+try:  # the optional outside reference
+    import torch
+    torch.set_num_threads(2)
+except ImportError:  # pragma: no cover - depends on the machine
+    torch = None
+
+requires_torch = pytest.mark.skipif(torch is None, reason="torch is not installed (optional oracle)")
+
+FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures")
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(12345)
+
+
+def assert_close(actual, expected, config, rtol=1e-4, atol=1e-4, what="result"):
+    """allclose with a message that shows the configuration and where the arrays differ."""
+    actual, expected = np.asarray(actual), np.asarray(expected)
+    assert actual.shape == expected.shape, f"{what}: shape {actual.shape} != {expected.shape} for {config}"
+    bad = ~np.isclose(actual, expected, rtol=rtol, atol=atol)
+    if bad.any():
+        idx = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise AssertionError(
+            f"{what} differs for {config}: {int(bad.sum())} of {bad.size} entries, first at {idx}: "
+            f"{actual[idx]} vs {expected[idx]} (max abs diff {np.abs(actual - expected).max():.3g})")

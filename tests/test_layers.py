@@ -1,0 +1,184 @@
+"""Layers and Sequential: shapes, traversal, state dicts, whole-model gradients, bad input."""
+import io as _stdio
+from collections import OrderedDict
+
+import numpy as np
+import pytest
+
+from conftest import assert_close, requires_torch, torch
+from ece662.layers import (Conv2d, Dropout, Flatten, Linear, MaxPool2d, ReLU, Sequential,
+                           from_spec)
+from ece662.models import default_convnet
+
+
+def test_default_convnet_shapes_and_names():
+    """The course network has the course's layer names, parameter shapes and output shape."""
+    net = default_convnet(seed=0).eval()
+    shapes = {k: v.shape for k, v in net.state_dict().items()}
+    assert shapes == {"conv1.weight": (32, 3, 5, 5), "conv1.bias": (32,),
+                      "conv2.weight": (32, 32, 3, 3), "conv2.bias": (32,),
+                      "fc.weight": (10, 1152), "fc.bias": (10,)}
+    assert net(np.zeros((3, 3, 32, 32), np.float32)).shape == (3, 10)
+    assert [n for n, _ in net.named_modules()][:3] == ["", "conv1", "relu1"]
+    assert isinstance(dict(net.named_modules())["conv2"], Conv2d)
+
+
+def test_initialisation_is_deterministic_per_seed():
+    """The same seed gives the same weights; another seed does not."""
+    a, b, c = default_convnet(seed=3), default_convnet(seed=3), default_convnet(seed=4)
+    for k in a.state_dict():
+        np.testing.assert_array_equal(a.state_dict()[k], b.state_dict()[k])
+    assert not np.array_equal(a.state_dict()["fc.weight"], c.state_dict()["fc.weight"])
+
+
+def test_summary_counts_params_and_flops():
+    """summary() reports per-layer output shapes, parameter counts and FLOPs (2 per multiply-add)."""
+    rows = default_convnet().summary((3, 32, 32), file=_stdio.StringIO())
+    by = {r["name"]: r for r in rows}
+    assert by["conv1"]["output_shape"] == (32, 28, 28)
+    assert by["conv1"]["params"] == 32 * 75 + 32
+    assert by["conv1"]["flops"] == 2 * 32 * 75 * 28 * 28
+    assert by["conv2"]["flops"] == 2 * 32 * 288 * 12 * 12
+    assert by["fc"]["params"] == 1152 * 10 + 10
+    assert by["total"]["params"] == 23210
+
+
+def test_state_dict_round_trip_and_failed_load_changes_nothing():
+    """load_state_dict copies arrays in; a mismatching dict leaves the model untouched."""
+    a, b = default_convnet(seed=1), default_convnet(seed=2)
+    b.load_state_dict(a.state_dict())
+    x = np.random.default_rng(0).standard_normal((2, 3, 32, 32)).astype(np.float32)
+    np.testing.assert_array_equal(a.eval()(x), b.eval()(x))
+    before = b.state_dict()
+    bad = a.state_dict()
+    bad["fc.weight"] = np.zeros((10, 1000), np.float32)
+    with pytest.raises(ValueError, match="fc.weight"):
+        b.load_state_dict(bad)
+    missing = a.state_dict()
+    del missing["fc.bias"]
+    with pytest.raises(KeyError, match="fc.bias"):
+        b.load_state_dict(missing)
+    for k, v in b.state_dict().items():
+        np.testing.assert_array_equal(v, before[k])
+
+
+def test_spec_rebuilds_the_same_architecture():
+    """from_spec(model.spec()) gives the same layers in the same order."""
+    net = Sequential(Conv2d(3, 4, 3, stride=2, padding=1, bias=False), ReLU(), MaxPool2d(2),
+                     Flatten(), Dropout(0.25), Linear(64, 5))
+    again = from_spec(net.spec())
+    assert repr(again) == repr(net)
+    assert {k: v.shape for k, v in again.state_dict().items()} == {k: v.shape for k, v in net.state_dict().items()}
+
+
+def _model_loss_grads(net, x, dout):
+    net.train()
+    net.zero_grad()
+    out = net(x)
+    dx = net.backward(dout)
+    return out, dx, dict(net.named_grads())
+
+
+def test_whole_model_gradients_match_numerical(rng):
+    """Backward through conv-relu-pool-conv-relu-pool-flatten-linear equals finite differences."""
+    net = Sequential(OrderedDict([("conv1", Conv2d(2, 3, 3, padding=1, seed=0)), ("relu1", ReLU()),
+                                  ("pool1", MaxPool2d(2)), ("conv2", Conv2d(3, 4, 3, seed=1)),
+                                  ("relu2", ReLU()), ("flatten", Flatten()), ("fc", Linear(16, 3, seed=2))]))
+    x = rng.standard_normal((2, 2, 8, 8)).astype(np.float32)
+    dout = rng.standard_normal((2, 3)).astype(np.float32)
+    _, dx, grads = _model_loss_grads(net, x, dout)
+    net.eval()
+
+    def loss():
+        return float(np.sum(net(x).astype(np.float64) * dout))
+
+    eps = 1e-3   # small enough that no ReLU or max switches sides, large for float32 noise
+    for name, p in net.named_parameters():
+        flat = p.reshape(-1)
+        for i in rng.choice(flat.size, size=min(6, flat.size), replace=False):
+            old = flat[i]
+            flat[i] = old + eps
+            lp = loss()
+            flat[i] = old - eps
+            lm = loss()
+            flat[i] = old
+            num = (lp - lm) / (2 * eps)
+            got = grads[name].reshape(-1)[i]
+            assert abs(num - got) < 5e-3 * max(1.0, abs(num)), (name, i, num, got)
+
+
+@requires_torch
+def test_default_convnet_forward_backward_match_torch(rng):
+    """The whole course network agrees with the same network in torch, forward and backward."""
+    net = default_convnet(seed=0)
+    sd = net.state_dict()
+    tn = torch.nn
+    tnet = tn.Sequential(tn.Conv2d(3, 32, 5), tn.ReLU(), tn.MaxPool2d(2), tn.Conv2d(32, 32, 3),
+                         tn.ReLU(), tn.MaxPool2d(2), tn.Flatten(), tn.Linear(1152, 10))
+    tnet.load_state_dict({"0.weight": torch.tensor(sd["conv1.weight"]), "0.bias": torch.tensor(sd["conv1.bias"]),
+                          "3.weight": torch.tensor(sd["conv2.weight"]), "3.bias": torch.tensor(sd["conv2.bias"]),
+                          "7.weight": torch.tensor(sd["fc.weight"]), "7.bias": torch.tensor(sd["fc.bias"])})
+    x = rng.standard_normal((4, 3, 32, 32)).astype(np.float32)
+    dout = rng.standard_normal((4, 10)).astype(np.float32)
+    tx = torch.tensor(x, requires_grad=True)
+    tout = tnet(tx)
+    tout.backward(torch.tensor(dout))
+    out, dx, grads = _model_loss_grads(net, x, dout)
+    assert_close(out, tout.detach().numpy(), "logits", rtol=1e-3, atol=1e-4)
+    assert_close(dx, tx.grad.numpy(), "dx", rtol=1e-3, atol=1e-4)
+    assert_close(grads["conv1.weight"], tnet[0].weight.grad.numpy(), "conv1.weight", rtol=1e-3, atol=1e-3)
+    assert_close(grads["fc.weight"], tnet[7].weight.grad.numpy(), "fc.weight", rtol=1e-3, atol=1e-3)
+
+
+def test_dropout_is_identity_in_eval_and_seeded_in_train():
+    """Dropout does nothing in eval mode and drops the same entries for the same seed."""
+    x = np.ones((4, 100), np.float32)
+    d = Dropout(0.5, seed=0).eval()
+    np.testing.assert_array_equal(d(x), x)
+    a = Dropout(0.5, seed=0).train()(x)
+    b = Dropout(0.5, seed=0).train()(x)
+    np.testing.assert_array_equal(a, b)
+    assert set(np.unique(a)) == {0.0, 2.0}
+
+
+# ----------------------------------------------------------------------------- bad input
+@pytest.mark.parametrize("x, exc, match", [
+    (np.zeros((2, 32, 32, 3), np.float32), ValueError, "NHWC.*transpose"),
+    (np.zeros((3, 32, 32), np.float32), ValueError, "batch axis"),
+    (np.zeros((2, 1, 32, 32), np.float32), ValueError, "3 channels"),
+    (np.zeros((2, 3, 32, 32), np.float64), TypeError, "float32"),
+    (np.zeros((2, 3, 32, 32), np.uint8), TypeError, "normalis"),
+    (np.full((2, 3, 32, 32), np.nan, np.float32), ValueError, "NaN"),
+    (np.zeros((2, 3, 3, 3), np.float32), ValueError, "larger than the padded input"),
+    ([[1.0]], TypeError, "numpy.ndarray"),
+])
+def test_bad_input_gets_a_clear_error(x, exc, match):
+    """Wrong rank, layout, channels, dtype, NaN or a too-small image: an error naming conv1."""
+    net = default_convnet().eval()
+    with pytest.raises(exc, match=match) as info:
+        net(x)
+    assert "conv1" in str(info.value)
+
+
+def test_linear_without_flatten_says_so():
+    """Feeding feature maps to a Linear layer suggests adding Flatten."""
+    with pytest.raises(ValueError, match="Flatten"):
+        Linear(12, 2)(np.zeros((1, 3, 2, 2), np.float32))
+
+
+def test_backward_without_training_forward_is_an_error():
+    """backward after an eval-mode forward explains what to do."""
+    net = default_convnet().eval()
+    net(np.zeros((1, 3, 32, 32), np.float32))
+    with pytest.raises(RuntimeError, match="model.train()"):
+        net.backward(np.zeros((1, 10), np.float32))
+
+
+@pytest.mark.parametrize("kwargs", [dict(in_channels=0), dict(kernel_size=-1), dict(stride=1.5),
+                                    dict(padding=-1)])
+def test_bad_constructor_arguments(kwargs):
+    """Conv2d refuses non-positive channels, kernels, fractional strides, negative padding."""
+    args = dict(in_channels=3, out_channels=4, kernel_size=3)
+    args.update(kwargs)
+    with pytest.raises(ValueError, match="Conv2d"):
+        Conv2d(**args)

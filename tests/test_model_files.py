@@ -1,0 +1,152 @@
+"""Model files: ece662's .npz format, PyTorch state_dicts read without torch, hostile files."""
+import os
+import pickle
+import sys
+import zipfile
+
+import numpy as np
+import pytest
+
+from conftest import FIXTURES, assert_close
+from ece662 import io as mio
+from ece662.layers import Conv2d, Flatten, Linear, MaxPool2d, ReLU, Sequential
+from ece662.models import default_convnet
+from ece662.pruning_helper import load_model, test_model
+
+
+def test_npz_round_trip_is_exact(tmp_path):
+    """save_model then load_model gives bit-identical weights and logits."""
+    net = default_convnet(seed=7)
+    path = tmp_path / "net.npz"
+    mio.save_model(net, path)
+    again = load_model(str(path))
+    for k, v in net.state_dict().items():
+        np.testing.assert_array_equal(again.state_dict()[k], v)
+    x = np.random.default_rng(0).standard_normal((3, 3, 32, 32)).astype(np.float32)
+    np.testing.assert_array_equal(again(x), net.eval()(x))
+
+
+def test_failed_save_keeps_the_old_file(tmp_path, monkeypatch):
+    """A save that fails midway leaves the previous file intact and no temporary files."""
+    path = tmp_path / "net.npz"
+    mio.save_model(default_convnet(seed=1), path)
+    before = path.read_bytes()
+
+    def broken_savez(f, **arrays):
+        f.write(b"half a file")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(mio.np, "savez", broken_savez)
+    with pytest.raises(OSError, match="disk full"):
+        mio.save_model(default_convnet(seed=2), path)
+    assert path.read_bytes() == before
+    assert os.listdir(tmp_path) == ["net.npz"]
+
+
+def test_torch_fixture_loads_without_torch_and_gives_torch_logits(monkeypatch):
+    """A real torch.save state_dict loads with torch unimportable and reproduces torch's logits."""
+    monkeypatch.setitem(sys.modules, "torch", None)   # any `import torch` now fails
+    net = load_model(os.path.join(FIXTURES, "torch_default_convnet.pt"), mode="torch")
+    io = np.load(os.path.join(FIXTURES, "torch_default_convnet_io.npz"))
+    assert_close(net(io["x"]), io["logits"], "torch fixture", rtol=1e-4, atol=1e-5)
+
+
+def test_torch_sequential_loads_into_a_matching_model():
+    """Any Sequential whose keys and shapes match can take a torch state_dict."""
+    model = Sequential(Conv2d(3, 8, 3, stride=2, padding=1), ReLU(), MaxPool2d(2), Flatten(),
+                       Linear(8 * 8 * 8, 5))
+    net = load_model(os.path.join(FIXTURES, "torch_sequential.pt"), mode="torch", model=model)
+    io = np.load(os.path.join(FIXTURES, "torch_sequential_io.npz"))
+    assert_close(net(io["x"]), io["logits"], "torch sequential", rtol=1e-4, atol=1e-5)
+
+
+def test_torch_state_dict_of_another_architecture_is_explained():
+    """Loading a non-default state_dict without model= names the keys it found."""
+    with pytest.raises(ValueError, match="default course network.*model=Sequential"):
+        load_model(os.path.join(FIXTURES, "torch_sequential.pt"), mode="torch")
+    wrong = Sequential(Conv2d(3, 4, 3, stride=2, padding=1), ReLU(), MaxPool2d(2), Flatten(),
+                       Linear(4 * 8 * 8, 5))
+    with pytest.raises(ValueError, match="0.weight"):
+        load_model(os.path.join(FIXTURES, "torch_sequential.pt"), mode="torch", model=wrong)
+
+
+class _Evil:
+    def __reduce__(self):
+        return (os.system, ("echo pwned > /dev/null",))
+
+
+def _torch_like_zip(path, payload):
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("evil/data.pkl", payload)
+        z.writestr("evil/byteorder", "little")
+
+
+def test_malicious_torch_file_is_refused(tmp_path):
+    """A .pt whose pickle calls os.system is refused before anything runs."""
+    path = tmp_path / "evil.pt"
+    _torch_like_zip(path, pickle.dumps({"conv1.weight": _Evil()}, protocol=2))
+    with pytest.raises(ValueError, match="refusing to load (posix|os|nt).system"):
+        load_model(str(path), mode="torch")
+
+
+def test_pickled_model_object_gets_a_state_dict_hint(tmp_path):
+    """A whole pickled nn.Module (not a state_dict) is refused with the fix in the message."""
+    payload = b"\x80\x02ctorch.nn.modules.container\nSequential\nq\x00)\x81q\x01."
+    path = tmp_path / "model.pt"
+    _torch_like_zip(path, payload)
+    with pytest.raises(ValueError, match=r"state_dict\(\)"):
+        load_model(str(path), mode="torch")
+
+
+def test_npz_with_pickled_objects_is_refused(tmp_path):
+    """An .npz carrying an object array is not unpickled."""
+    path = tmp_path / "evil.npz"
+    np.savez(path, __ece662_spec__=np.array([_Evil()], dtype=object))
+    with pytest.raises(ValueError, match="pickled"):
+        load_model(str(path))
+
+
+@pytest.mark.parametrize("mode", ["numpy", "torch"])
+def test_truncated_and_foreign_files_get_clear_errors(tmp_path, mode):
+    """Truncated archives, text files and other .npz files say what they are not."""
+    good = tmp_path / "good"
+    if mode == "numpy":
+        mio.save_model(default_convnet(), good)
+    else:
+        good.write_bytes(open(os.path.join(FIXTURES, "torch_default_convnet.pt"), "rb").read())
+    truncated = tmp_path / "truncated"
+    truncated.write_bytes(good.read_bytes()[:2000])
+    text = tmp_path / "notes.txt"
+    text.write_text("hello")
+    for path in (truncated, text):
+        with pytest.raises(ValueError, match="truncated|not a"):
+            load_model(str(path), mode=mode)
+    other = tmp_path / "other.npz"
+    np.savez(other, X=np.zeros(3))
+    with pytest.raises(ValueError, match="not"):
+        load_model(str(other), mode=mode)
+    with pytest.raises(FileNotFoundError):
+        load_model(str(tmp_path / "missing.npz"), mode=mode)
+    with pytest.raises(ValueError, match="unknown mode"):
+        load_model(str(good), mode="caffe")
+
+
+def test_test_model_prints_and_returns_a_deterministic_accuracy(capsys):
+    """test_model prints 'Test Acc: x.xxxx' and gives the same number every time."""
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((50, 3, 32, 32)).astype(np.float32)
+    y = rng.integers(0, 10, 50)
+    net = default_convnet(seed=0)
+    a = test_model(net, [X, y], batch_size=7)
+    b = test_model(net, [X, y], batch_size=50)
+    assert a == b
+    expected = float(np.mean(net.eval()(X).argmax(1) == y))
+    assert a == expected
+    assert capsys.readouterr().out.splitlines() == [f"Test Acc: {a:.4f}"] * 2
+
+
+def test_test_model_explains_uint8_images():
+    """Raw uint8 NHWC images get a hint to use the data loader's normalisation."""
+    X = np.zeros((4, 32, 32, 3), np.uint8)
+    with pytest.raises(TypeError, match="get_CINIC10_data"):
+        test_model(default_convnet(), [X, np.zeros(4, int)])

@@ -1,0 +1,239 @@
+"""Every implementation of every op against the plain-loop reference (and torch, if present).
+
+One suite, every implementation: a new kernel is added to IMPLS and gets every test.
+"""
+import numpy as np
+import pytest
+
+from conftest import assert_close, requires_torch, torch
+from ece662.layers import functional as fn
+from ece662.layers import reference as ref
+from ece662.layers.shapes import conv_output_size
+
+CONV_FORWARD_IMPLS = {
+    "numba_v1_direct": fn.conv2d_forward_direct,
+    "numba_v2_rows": fn.conv2d_forward_rows,
+    "numba_v3_patches": fn.conv2d_forward_numba,
+}
+
+# (N, C, H, W, F, HH, WW, stride, pad): odd sizes, stride 2, pad 0/1/2, N=1, F=1, 1x1 kernels,
+# a kernel as large as the padded input, and the two layers of the default network
+CONV_CASES = [
+    (2, 3, 7, 9, 4, 3, 3, 1, 0),
+    (1, 1, 5, 5, 1, 3, 3, 1, 1),
+    (3, 2, 8, 7, 5, 3, 3, 2, 1),
+    (2, 4, 9, 9, 3, 5, 5, 2, 2),
+    (1, 3, 6, 6, 7, 1, 1, 1, 0),
+    (2, 2, 5, 4, 3, 3, 2, 1, 2),
+    (1, 3, 4, 4, 2, 6, 6, 1, 1),
+    (2, 5, 11, 10, 6, 3, 3, 3, 0),
+    (2, 3, 32, 32, 32, 5, 5, 1, 0),
+    (3, 32, 14, 14, 32, 3, 3, 1, 0),
+]
+
+
+def _conv_inputs(rng, case):
+    N, C, H, W, F, HH, WW, stride, pad = case
+    x = rng.standard_normal((N, C, H, W)).astype(np.float32)
+    w = rng.standard_normal((F, C, HH, WW)).astype(np.float32)
+    b = rng.standard_normal(F).astype(np.float32)
+    return x, w, b, stride, pad
+
+
+@pytest.mark.parametrize("impl", list(CONV_FORWARD_IMPLS))
+@pytest.mark.parametrize("case", CONV_CASES, ids=str)
+def test_conv_forward_matches_reference(impl, case, rng):
+    """Each conv kernel computes what the six-loop reference computes."""
+    x, w, b, stride, pad = _conv_inputs(rng, case)
+    expected = ref.conv2d_forward_reference(x, w, b, stride, pad)
+    got = CONV_FORWARD_IMPLS[impl](x, w, b, stride, pad)
+    assert_close(got, expected, {"impl": impl, "case": case})
+
+
+@pytest.mark.parametrize("case", CONV_CASES, ids=str)
+def test_conv_backward_matches_reference(case, rng):
+    """dx, dw and db of the Numba backward equal the reference's."""
+    x, w, b, stride, pad = _conv_inputs(rng, case)
+    out = ref.conv2d_forward_reference(x, w, b, stride, pad)
+    dout = rng.standard_normal(out.shape).astype(np.float32)
+    for name, e, g in zip(("dx", "dw", "db"), ref.conv2d_backward_reference(dout, x, w, stride, pad),
+                          fn.conv2d_backward_numba(dout, x, w, stride, pad)):
+        assert_close(g, e, {"case": case}, rtol=1e-3, atol=1e-3, what=name)
+
+
+@pytest.mark.parametrize("impl", list(CONV_FORWARD_IMPLS))
+@pytest.mark.parametrize("dead", ["none", "some", "all"])
+def test_conv_skipping_dead_filters_gives_dense_result(impl, dead, rng):
+    """A dead filter's plane is its bias, as the dense op gives with zero weights."""
+    x, w, b, stride, pad = _conv_inputs(rng, (2, 3, 9, 8, 6, 3, 3, 1, 1))
+    alive = {"none": np.ones(6, bool), "some": np.array([1, 0, 1, 1, 0, 0], bool),
+             "all": np.zeros(6, bool)}[dead]
+    w_masked = w * alive[:, None, None, None]
+    expected = ref.conv2d_forward_reference(x, w_masked, b, stride, pad)
+    version = {"numba_v1_direct": 1, "numba_v2_rows": 2, "numba_v3_patches": 3}[impl]
+    got = fn.conv2d_forward_numba(x, w, b, stride, pad, alive_f=alive, version=version)
+    assert_close(got, expected, {"impl": impl, "dead": dead})
+
+
+POOL_CASES = [(2, 3, 8, 8, 2, 2), (1, 1, 7, 9, 2, 2), (2, 2, 9, 9, 3, 2), (1, 4, 6, 5, 3, 3),
+              (3, 32, 28, 28, 2, 2)]
+
+
+@pytest.mark.parametrize("case", POOL_CASES, ids=str)
+def test_maxpool_forward_and_backward_match_reference(case, rng):
+    """Max pooling picks the same maxima and routes gradients to the same places."""
+    N, C, H, W, k, s = case
+    x = rng.standard_normal((N, C, H, W)).astype(np.float32)
+    out = fn.maxpool2d_forward_numba(x, k, s)
+    assert_close(out, ref.maxpool2d_forward_reference(x, k, s), case)
+    dout = rng.standard_normal(out.shape).astype(np.float32)
+    assert_close(fn.maxpool2d_backward_numba(dout, x, k, s),
+                 ref.maxpool2d_backward_reference(dout, x, k, s), case, what="dx")
+
+
+def test_maxpool_ties_go_to_the_first_maximum():
+    """With equal values in a window the whole gradient goes to the first (row-major) one."""
+    x = np.zeros((1, 1, 2, 2), np.float32)
+    dx = fn.maxpool2d_backward_numba(np.ones((1, 1, 1, 1), np.float32), x, 2, 2)
+    assert dx[0, 0].tolist() == [[1.0, 0.0], [0.0, 0.0]]
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 1), (5, 7, 3), (4, 1152, 10), (3, 17, 1)])
+def test_linear_matches_reference(shape, rng):
+    """Linear forward and backward equal the triple-loop reference."""
+    N, D, M = shape
+    x = rng.standard_normal((N, D)).astype(np.float32)
+    w = rng.standard_normal((M, D)).astype(np.float32)
+    b = rng.standard_normal(M).astype(np.float32)
+    assert_close(fn.linear_forward_numba(x, w, b), ref.linear_forward_reference(x, w, b), shape)
+    dout = rng.standard_normal((N, M)).astype(np.float32)
+    for name, e, g in zip(("dx", "dw", "db"), ref.linear_backward_reference(dout, x, w),
+                          fn.linear_backward_numba(dout, x, w)):
+        assert_close(g, e, shape, what=name)
+
+
+@pytest.mark.parametrize("shape", [(7,), (2, 3, 5, 5)])
+def test_relu_matches_reference(shape, rng):
+    """ReLU forward/backward equal the reference, including exact zeros."""
+    x = rng.standard_normal(shape).astype(np.float32)
+    x.reshape(-1)[0] = 0.0
+    dout = rng.standard_normal(shape).astype(np.float32)
+    assert_close(fn.relu_forward_numba(x), ref.relu_forward_reference(x), shape)
+    assert_close(fn.relu_backward_numba(dout, x), ref.relu_backward_reference(dout, x), shape)
+
+
+# ----------------------------------------------------------------------------- numerical gradients
+def _numeric_grad(f, a, eps=1e-2):
+    """Central differences of the scalar f() with respect to every entry of a (float64)."""
+    g = np.zeros_like(a)
+    it = np.nditer(a, flags=["multi_index"])
+    for _ in it:
+        i = it.multi_index
+        old = a[i]
+        a[i] = old + eps
+        fp = f()
+        a[i] = old - eps
+        fm = f()
+        a[i] = old
+        g[i] = (fp - fm) / (2 * eps)
+    return g
+
+
+@pytest.mark.parametrize("case", [(2, 2, 5, 6, 3, 3, 3, 1, 1), (1, 2, 7, 7, 2, 3, 3, 2, 0)], ids=str)
+def test_conv_backward_matches_numerical_gradient(case, rng):
+    """The analytic conv gradients equal central differences of the loss."""
+    x, w, b, stride, pad = _conv_inputs(rng, case)
+    x, w, b = x.astype(np.float64), w.astype(np.float64), b.astype(np.float64)
+    out = ref.conv2d_forward_reference(x, w, b, stride, pad)
+    dout = rng.standard_normal(out.shape)
+    loss = lambda: float(np.sum(ref.conv2d_forward_reference(x, w, b, stride, pad) * dout))  # noqa: E731
+    dx, dw, db = fn.conv2d_backward_numba(dout.astype(np.float32), x.astype(np.float32),
+                                          w.astype(np.float32), stride, pad)
+    assert_close(dx, _numeric_grad(loss, x), case, rtol=1e-3, atol=1e-3, what="dx")
+    assert_close(dw, _numeric_grad(loss, w), case, rtol=1e-3, atol=1e-3, what="dw")
+    assert_close(db, _numeric_grad(loss, b), case, rtol=1e-3, atol=1e-3, what="db")
+
+
+def test_maxpool_linear_relu_backward_match_numerical_gradient(rng):
+    """Pool, linear and ReLU gradients equal central differences (no ties in the data)."""
+    x = rng.permutation(np.arange(2 * 2 * 6 * 6)).reshape(2, 2, 6, 6).astype(np.float64) / 10
+    dout = rng.standard_normal((2, 2, 3, 3))
+    loss = lambda: float(np.sum(ref.maxpool2d_forward_reference(x, 2, 2) * dout))  # noqa: E731
+    got = fn.maxpool2d_backward_numba(dout.astype(np.float32), x.astype(np.float32), 2, 2)
+    assert_close(got, _numeric_grad(loss, x, eps=1e-3), "maxpool", rtol=1e-3, atol=1e-3)
+
+    xl = rng.standard_normal((3, 5))
+    wl = rng.standard_normal((4, 5))
+    bl = rng.standard_normal(4)
+    dl = rng.standard_normal((3, 4))
+    loss = lambda: float(np.sum(ref.linear_forward_reference(xl, wl, bl) * dl))  # noqa: E731
+    dx, dw, db = fn.linear_backward_numba(dl.astype(np.float32), xl.astype(np.float32), wl.astype(np.float32))
+    assert_close(dx, _numeric_grad(loss, xl), "linear dx", rtol=1e-3, atol=1e-3)
+    assert_close(dw, _numeric_grad(loss, wl), "linear dw", rtol=1e-3, atol=1e-3)
+    assert_close(db, _numeric_grad(loss, bl), "linear db", rtol=1e-3, atol=1e-3)
+
+    xr = rng.standard_normal(20) + 0.05   # keep away from the kink at 0
+    dr = rng.standard_normal(20)
+    loss = lambda: float(np.sum(ref.relu_forward_reference(xr) * dr))  # noqa: E731
+    got = fn.relu_backward_numba(dr.astype(np.float32), xr.astype(np.float32))
+    assert_close(got, _numeric_grad(loss, xr, eps=1e-4), "relu", rtol=1e-3, atol=1e-3)
+
+
+def test_output_size_formula():
+    """H' = 1 + (H + 2*pad - HH) // stride, and a kernel that does not fit is an error."""
+    assert conv_output_size(32, 5) == 28
+    assert conv_output_size(14, 3) == 12
+    assert conv_output_size(9, 3, 2, 1) == 5
+    with pytest.raises(ValueError, match="does not fit"):
+        conv_output_size(3, 5, 1, 0)
+
+
+# ----------------------------------------------------------------------------- torch oracle
+@requires_torch
+@pytest.mark.parametrize("case", CONV_CASES, ids=str)
+def test_conv_matches_torch(case, rng):
+    """Forward and backward agree with torch.nn.functional.conv2d."""
+    x, w, b, stride, pad = _conv_inputs(rng, case)
+    tx = torch.tensor(x, requires_grad=True)
+    tw = torch.tensor(w, requires_grad=True)
+    tb = torch.tensor(b, requires_grad=True)
+    tout = torch.nn.functional.conv2d(tx, tw, tb, stride=stride, padding=pad)
+    dout = rng.standard_normal(tuple(tout.shape)).astype(np.float32)
+    tout.backward(torch.tensor(dout))
+    assert_close(fn.conv2d_forward_numba(x, w, b, stride, pad), tout.detach().numpy(), case)
+    dx, dw, db = fn.conv2d_backward_numba(dout, x, w, stride, pad)
+    assert_close(dx, tx.grad.numpy(), case, rtol=1e-3, atol=1e-3, what="dx")
+    assert_close(dw, tw.grad.numpy(), case, rtol=1e-3, atol=1e-3, what="dw")
+    assert_close(db, tb.grad.numpy(), case, rtol=1e-3, atol=1e-3, what="db")
+
+
+@requires_torch
+@pytest.mark.parametrize("case", POOL_CASES, ids=str)
+def test_maxpool_matches_torch(case, rng):
+    """Max pooling forward and backward agree with torch.nn.functional.max_pool2d."""
+    N, C, H, W, k, s = case
+    x = rng.standard_normal((N, C, H, W)).astype(np.float32)
+    tx = torch.tensor(x, requires_grad=True)
+    tout = torch.nn.functional.max_pool2d(tx, k, s)
+    dout = rng.standard_normal(tuple(tout.shape)).astype(np.float32)
+    tout.backward(torch.tensor(dout))
+    assert_close(fn.maxpool2d_forward_numba(x, k, s), tout.detach().numpy(), case)
+    assert_close(fn.maxpool2d_backward_numba(dout, x, k, s), tx.grad.numpy(), case, what="dx")
+
+
+@requires_torch
+def test_linear_and_relu_match_torch(rng):
+    """Linear and ReLU forward/backward agree with torch."""
+    x = rng.standard_normal((6, 1152)).astype(np.float32)
+    w = rng.standard_normal((10, 1152)).astype(np.float32)
+    b = rng.standard_normal(10).astype(np.float32)
+    tx, tw, tb = (torch.tensor(a, requires_grad=True) for a in (x, w, b))
+    tout = torch.nn.functional.linear(torch.relu(tx), tw, tb)
+    dout = rng.standard_normal((6, 10)).astype(np.float32)
+    tout.backward(torch.tensor(dout))
+    h = fn.relu_forward_numba(x)
+    assert_close(fn.linear_forward_numba(h, w, b), tout.detach().numpy(), "linear", rtol=1e-3, atol=1e-3)
+    dh, dw, db = fn.linear_backward_numba(dout, h, w)
+    assert_close(fn.relu_backward_numba(dh, x), tx.grad.numpy(), "relu dx", rtol=1e-3, atol=1e-3)
+    assert_close(dw, tw.grad.numpy(), "linear dw", rtol=1e-3, atol=1e-3)
+    assert_close(db, tb.grad.numpy(), "linear db", rtol=1e-3, atol=1e-3)
