@@ -23,7 +23,7 @@ def check_float32(x, name, where):
     if x.dtype != np.float32:
         if np.issubdtype(x.dtype, np.integer) or x.dtype == np.bool_:
             hint = ("integer images must be normalised first, e.g. with "
-                    "ece662.data_utils.normalize(images)" if x.dtype == np.uint8 else
+                    "ece662.data_utils.normalize_images(images)" if x.dtype == np.uint8 else
                     f"use {name}.astype(np.float32)")
         else:
             hint = f"use {name}.astype(np.float32)"

@@ -126,7 +126,7 @@ def conv2d_forward_rows(x, w, b, stride=1, pad=0):
     return conv2d_forward_numba(x, w, b, stride, pad, version=2)
 
 
-def conv2d_backward_numba(dout, x, w, stride=1, pad=0):
+def conv2d_backward_numba(dout, x, w, stride=1, pad=0, need_dx=True, version=3):
     """Convolution backward; fast twin of ``reference.conv2d_backward_reference``.
 
     Parameters
@@ -135,10 +135,15 @@ def conv2d_backward_numba(dout, x, w, stride=1, pad=0):
     x : ndarray, (N, C, H, W) float32
     w : ndarray, (F, C, HH, WW) float32
     stride, pad : int
+    need_dx : bool
+        ``False`` skips the input gradient (the first layer of a network needs none)
+        and returns ``None`` in its place.
+    version : {2, 3}
+        Kernel version (see ``ece662.layers.kernels``); strides other than 1 always use v1.
 
     Returns
     -------
-    dx : ndarray, (N, C, H, W)
+    dx : ndarray, (N, C, H, W), or None
     dw : ndarray, (F, C, HH, WW)
     db : ndarray, (F,)
     """
@@ -147,26 +152,38 @@ def conv2d_backward_numba(dout, x, w, stride=1, pad=0):
     dout = check_float32(dout, "dout", where)
     N, C, H, W = x.shape
     F, _, HH, WW = w.shape
-    expected = (N, F, conv_output_size(H, HH, stride, pad), conv_output_size(W, WW, stride, pad))
-    if dout.shape != expected:
-        raise ValueError(f"{where}: expected dout of shape {expected}, got {dout.shape}")
+    H_out, W_out = conv_output_size(H, HH, stride, pad), conv_output_size(W, WW, stride, pad)
+    if dout.shape != (N, F, H_out, W_out):
+        raise ValueError(f"{where}: expected dout of shape {(N, F, H_out, W_out)}, got {dout.shape}")
+    db = dout.sum(axis=(0, 2, 3), dtype=np.float64).astype(np.float32)
     xp = _pad(x, pad)
     Hp, Wp = xp.shape[2], xp.shape[3]
     T = min(_threads(), N)
+    if stride == 1 and version == 3:
+        K, P = C * HH * WW, H_out * W_out
+        dw_part = np.zeros((T, F, K), dtype=np.float32)
+        kernels.conv2d_weight_grad_patches(dout, xp, HH, WW, 1, np.empty((T, K, P), np.float32), dw_part)
+        dw = dw_part.sum(axis=0).reshape(F, C, HH, WW)
+        dx = None
+        if need_dx:
+            # dx = full correlation of dout with the flipped filters, read as a forward conv:
+            # dxp[c, i, j] = sum_{f,kh,kw} dout_padded[f, i + HH-1-kh, j + WW-1-kw] * w[f, c, kh, kw]
+            w_flip = np.ascontiguousarray(w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))
+            dxp = conv2d_forward_numba(np.pad(dout, ((0, 0), (0, 0), (HH - 1, HH - 1), (WW - 1, WW - 1))),
+                                       w_flip, None, 1, 0, version=3)
+            dx = np.ascontiguousarray(dxp[:, :, pad:pad + H, pad:pad + W])
+        return dx, dw, db
     dxp = np.zeros_like(xp)
     dw_part = np.zeros((T, F, C, HH, WW), dtype=np.float32)
     if stride == 1:
-        H_out, W_out = expected[2], expected[3]
         L = (H_out - 1) * Wp + W_out
         scratch = np.empty((T, F, L), dtype=np.float32)
         kernels.conv2d_backward_rows(dout, xp.reshape(N, C, Hp * Wp), Wp, w,
                                      dxp.reshape(N, C, Hp * Wp), dw_part, scratch)
     else:
         kernels.conv2d_backward_direct(dout, xp, w, stride, dxp, dw_part)
-    dx = np.ascontiguousarray(dxp[:, :, pad:pad + H, pad:pad + W])
-    dw = dw_part.sum(axis=0)
-    db = dout.sum(axis=(0, 2, 3), dtype=np.float64).astype(np.float32)
-    return dx, dw, db
+    dx = np.ascontiguousarray(dxp[:, :, pad:pad + H, pad:pad + W]) if need_dx else None
+    return dx, dw_part.sum(axis=0), db
 
 
 # ============================================================================ max pool

@@ -29,7 +29,13 @@ conv backward
     v1 ``conv2d_backward_direct`` any stride, direct loops.
     v2 ``conv2d_backward_rows``   stride 1, flattened rows as above: dw is a dot product
        of two contiguous vectors per tap, dx an axpy per tap.
-    Both split the batch into ``T`` chunks (one per thread) that each accumulate their own
+    v3 (stride 1, the one layers use) splits the work in two:
+       dx is a *forward* convolution of dout, zero-padded by HH-1 / WW-1, with the filters
+       flipped and transposed (``conv2d_forward_patches`` again), and
+       ``conv2d_weight_grad_patches`` computes dw[f, k] = sum_p dout[n, f, p] * patT[k, p]
+       from the transposed patch matrix ``patT (K, P)``, in tiles of 4 filters x 2 taps
+       (eight dot products over p that share their loads, like the forward tile).
+    All split the batch into ``T`` chunks (one per thread) that each accumulate their own
     slice ``dw_part[t]``; the wrapper sums the slices (no races, deterministic).
 max pool forward / backward, linear forward / backward, relu forward / backward:
     one version each, parallel over the batch (or the output features).
@@ -256,6 +262,69 @@ def conv2d_backward_rows(dout, xflat, Wp, w, dxflat, dw_part, scratch):
                                 s += g_f[p] * x_c[p + off]
                                 dx_c[p + off] += wv * g_f[p]
                             dw_part[t, f, c, kh, kw] += s
+
+
+@njit(parallel=True, cache=True, fastmath=True)
+def conv2d_weight_grad_patches(dout, xp, HH, WW, stride, scratch, dw_part):
+    """v3 dw. dout: (N, F, H', W'); xp: (N, C, Hp, Wp); scratch: (T, K, P) with
+    K = C*HH*WW, P = H'*W'; dw_part: (T, F, K) zeroed."""
+    N, C, _, _ = xp.shape
+    F = dout.shape[1]
+    _, _, H_out, W_out = dout.shape
+    T, K, P = scratch.shape
+    chunk = (N + T - 1) // T
+    for t in prange(T):
+        patT = scratch[t]
+        acc = dw_part[t]
+        for n in range(t * chunk, min(N, (t + 1) * chunk)):
+            # row k = (c, kh, kw) of patT: what that tap sees at every output position
+            for c in range(C):
+                for kh in range(HH):
+                    for kw in range(WW):
+                        row = patT[(c * HH + kh) * WW + kw]
+                        for i in range(H_out):
+                            for j in range(W_out):
+                                row[i * W_out + j] = xp[n, c, i * stride + kh, j * stride + kw]
+            d = dout[n].reshape(F, P)
+            for f in range(0, F - 3, 4):
+                d0, d1, d2, d3 = d[f], d[f + 1], d[f + 2], d[f + 3]
+                for k in range(0, K - 1, 2):
+                    u0 = patT[k]
+                    u1 = patT[k + 1]
+                    s00 = s01 = s10 = s11 = np.float32(0.0)
+                    s20 = s21 = s30 = s31 = np.float32(0.0)
+                    for p in range(P):
+                        a = u0[p]
+                        b = u1[p]
+                        s00 += d0[p] * a
+                        s01 += d0[p] * b
+                        s10 += d1[p] * a
+                        s11 += d1[p] * b
+                        s20 += d2[p] * a
+                        s21 += d2[p] * b
+                        s30 += d3[p] * a
+                        s31 += d3[p] * b
+                    acc[f, k] += s00
+                    acc[f, k + 1] += s01
+                    acc[f + 1, k] += s10
+                    acc[f + 1, k + 1] += s11
+                    acc[f + 2, k] += s20
+                    acc[f + 2, k + 1] += s21
+                    acc[f + 3, k] += s30
+                    acc[f + 3, k + 1] += s31
+                if K % 2 == 1:                       # leftover tap
+                    u0 = patT[K - 1]
+                    for q in range(4):
+                        s00 = np.float32(0.0)
+                        for p in range(P):
+                            s00 += d[f + q, p] * u0[p]
+                        acc[f + q, K - 1] += s00
+            for f in range(F - F % 4, F):            # leftover filters
+                for k in range(K):
+                    s00 = np.float32(0.0)
+                    for p in range(P):
+                        s00 += d[f, p] * patT[k, p]
+                    acc[f, k] += s00
 
 
 # ============================================================================ max pool

@@ -326,12 +326,15 @@ class Conv2d(Module):
         self._cache = x if self.training else None
         return out
 
-    def backward(self, dout):
+    def backward(self, dout, need_dx=True):
+        """Store ``grads['weight']`` (or ``weight_orig``) and ``grads['bias']``; return dx
+        (``None`` with ``need_dx=False``, which the first layer of a network uses)."""
         if self._cache is None:
             raise RuntimeError(f"{self._where()}: backward needs a forward in training mode "
                                f"first; call model.train() before the forward pass")
         x = self._cache
-        dx, dw, db = fn.conv2d_backward_numba(dout, x, self.weight, self.stride, self.padding)
+        dx, dw, db = fn.conv2d_backward_numba(dout, x, self.weight, self.stride, self.padding,
+                                              need_dx=need_dx)
         self._store_grad("weight", dw)
         if self.bias is not None:
             self._store_grad("bias", db)
@@ -587,8 +590,15 @@ class Sequential(Module):
             x = m(x)
         return x
 
-    def backward(self, dout):
-        for m in reversed(list(self._modules.values())):
+    def backward(self, dout, need_input_grad=True):
+        """Backpropagate ``dout`` through every layer, last to first; return the input's
+        gradient, or ``None`` with ``need_input_grad=False`` (then a first Conv2d skips
+        computing it, which training does)."""
+        layers = list(self._modules.values())
+        for i in range(len(layers) - 1, -1, -1):
+            m = layers[i]
+            if i == 0 and not need_input_grad and isinstance(m, Conv2d):
+                return m.backward(dout, need_dx=False)
             dout = m.backward(dout)
         return dout
 

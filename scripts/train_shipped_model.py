@@ -1,0 +1,53 @@
+"""Train the model ece662 ships (ece662/models/default_convnet.npz), with ece662 itself.
+
+    python scripts/train_shipped_model.py [--data ../shared/datasets/cifar10_real.npz] [--epochs 20]
+
+Recipe (the same as the PyTorch yardstick in the model card): the default course CNN,
+all 25,000 train + val images, SGD with Nesterov momentum 0.9, weight decay 5e-4,
+one-cycle learning rate peaking at 0.05, batch 128, random horizontal flip and 2-pixel
+reflect-padded crop, CINIC-10 normalisation, seed 0.  Prints the test accuracy on the
+10,000-image test split and writes the weights and a JSON record of the run.
+"""
+import argparse
+import json
+import os
+import time
+
+import numpy as np
+
+from ece662.data_utils import get_CINIC10_data
+from ece662.io import save_model
+from ece662.models import default_convnet
+from ece662.pruning_helper import test_model
+from ece662.train import Trainer
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", default=None, help="data path (default: the library's lookup)")
+    ap.add_argument("--epochs", type=int, default=20)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", default=os.path.join(HERE, "..", "ece662", "models", "default_convnet.npz"))
+    args = ap.parse_args()
+    raw = get_CINIC10_data(args.data, normalize=False, channels_first=False)
+    X = np.concatenate([raw["X_train"], raw["X_val"]])
+    y = np.concatenate([raw["y_train"], raw["y_val"]])
+    model = default_convnet(seed=args.seed)
+    t0 = time.time()
+    trainer = Trainer(model, X, y, epochs=args.epochs, batch_size=128, max_lr=0.05, seed=args.seed)
+    history = trainer.fit()
+    train_time = time.time() - t0
+    test = get_CINIC10_data(args.data, splits=("test",))
+    acc = test_model(model, [test["X_test"], test["y_test"]])
+    save_model(model, args.out)
+    record = {"data": raw["source"], "train_images": int(len(y)), "epochs": args.epochs,
+              "seed": args.seed, "train_seconds": round(train_time, 1), "test_images": int(len(test["y_test"])),
+              "test_accuracy": acc, "history": history}
+    with open(os.path.splitext(args.out)[0] + "_training.json", "w") as f:
+        json.dump(record, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
