@@ -5,6 +5,7 @@ import pytest
 
 try:  # the optional outside reference
     import torch
+    import torch.nn.utils.prune  # noqa: F401  (a submodule torch does not import by itself)
     torch.set_num_threads(2)
 except ImportError:  # pragma: no cover - depends on the machine
     torch = None

@@ -1,0 +1,22 @@
+"""Pruning with explicit boolean masks, speaking ``torch.nn.utils.prune``'s language.
+
+``import ece662.pruning as prune`` and then, as in the course notebook::
+
+    prune.global_unstructured(params, pruning_method=prune.L1Unstructured, amount=0.3)
+    prune.ln_structured(module, 'weight', amount=8, n=2, dim=0)
+    prune.remove(module, 'weight')
+
+* ``masks``   -- pure functions: scores + amount (+ previous mask) -> boolean mask
+* ``methods`` -- the torch-like API on layers (weight_orig, weight_mask, hooks)
+"""
+from ece662.pruning.masks import amount_to_count
+from ece662.pruning.methods import (BasePruningMethod, CustomFromMask, Identity, L1Unstructured,
+                                    LnStructured, RandomStructured, RandomUnstructured,
+                                    custom_from_mask, global_unstructured, identity, is_pruned,
+                                    l1_unstructured, ln_structured, random_structured,
+                                    random_unstructured, remove)
+
+__all__ = ["BasePruningMethod", "CustomFromMask", "Identity", "L1Unstructured", "LnStructured",
+           "RandomStructured", "RandomUnstructured", "amount_to_count", "custom_from_mask",
+           "global_unstructured", "identity", "is_pruned", "l1_unstructured", "ln_structured",
+           "random_structured", "random_unstructured", "remove"]

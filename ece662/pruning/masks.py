@@ -1,0 +1,223 @@
+"""Pure mask functions: scores + amount (+ the previous mask) -> a boolean mask.
+
+Nothing here knows about layers.  ``True`` means *kept*, ``False`` means *pruned*.
+Every function returns a new mask of the scores' shape that is a subset of the
+previous mask (masks only ever shrink), and prunes an *exact* number of entries
+or channels, however many scores tie.
+
+How many: :func:`amount_to_count`.  An ``int`` amount is a count; a ``float`` in
+[0, 1] is a fraction of what is still unpruned, rounded half-to-even
+(``0.4 * 17 = 6.8 -> 7``; ``0.5 * 5 = 2.5 -> 2``).  So ``1`` prunes one unit and
+``1.0`` prunes all of them, as in ``torch.nn.utils.prune``.
+"""
+import numbers
+
+import numpy as np
+
+
+def amount_to_count(amount, n):
+    """How many of ``n`` units an ``amount`` prunes.
+
+    Raises
+    ------
+    TypeError
+        ``amount`` is not an int or a float (bools are refused too).
+    ValueError
+        A negative int, a float outside [0, 1], or a count above ``n``.
+
+    Examples
+    --------
+    >>> amount_to_count(0.4, 17), amount_to_count(0.5, 5), amount_to_count(1, 10), amount_to_count(1.0, 10)
+    (7, 2, 1, 10)
+    """
+    if isinstance(amount, (bool, np.bool_)) or not isinstance(amount, numbers.Real):
+        raise TypeError(f"amount must be an int (a count) or a float in [0, 1] (a fraction), "
+                        f"got {type(amount).__name__} {amount!r}")
+    if isinstance(amount, numbers.Integral):
+        if amount < 0:
+            raise ValueError(f"amount={amount} must be a non-negative count")
+        if amount > n:
+            raise ValueError(f"amount={amount} is more than the {n} units that can be pruned; "
+                             f"use a float such as {min(1.0, amount / max(n, 1)):.2f} for a fraction")
+        return int(amount)
+    if not 0.0 <= amount <= 1.0:
+        raise ValueError(f"amount={amount} is a float, so it must be a fraction in [0, 1]")
+    return int(round(amount * n))      # Python's round is round-half-to-even
+
+
+def validate_amount(amount):
+    """Check an amount's type and range before anything is pruned (the count is checked later)."""
+    amount_to_count(amount, amount if isinstance(amount, numbers.Integral) and amount > 0 else 0)
+    return amount
+
+
+def _prev(mask, shape):
+    if mask is None:
+        return np.ones(shape, dtype=bool)
+    mask = np.asarray(mask)
+    if mask.shape != tuple(shape):
+        raise ValueError(f"the previous mask has shape {mask.shape}, expected {tuple(shape)}")
+    return mask.astype(bool, copy=True)
+
+
+def _prune_lowest(mask_flat, scores_flat, k):
+    """Prune the k lowest-scoring kept entries (ties: lower index first). In place."""
+    kept = np.flatnonzero(mask_flat)
+    order = np.argsort(scores_flat[kept], kind="stable")
+    mask_flat[kept[order[:k]]] = False
+
+
+def l1_unstructured(scores, amount, mask=None):
+    """Prune the ``amount`` entries with the smallest ``|scores|`` among those still kept.
+
+    Parameters
+    ----------
+    scores : ndarray, any shape
+        Usually the (masked) weights.
+    amount : int or float
+        Counted over the entries that ``mask`` still keeps.
+    mask : ndarray of bool, same shape, optional
+        The previous mask (all True when absent).
+
+    Returns
+    -------
+    ndarray of bool, the shape of ``scores``
+
+    Examples
+    --------
+    >>> l1_unstructured(np.array([0.5, -0.1, 2.0, 0.3]), 2)
+    array([ True, False,  True, False])
+    """
+    scores = np.asarray(scores)
+    new = _prev(mask, scores.shape)
+    k = amount_to_count(amount, int(new.sum()))
+    _prune_lowest(new.reshape(-1), np.abs(scores).reshape(-1).astype(np.float64), k)
+    return new
+
+
+def random_unstructured(shape, amount, rng, mask=None):
+    """Prune ``amount`` entries chosen uniformly at random among those still kept.
+
+    Examples
+    --------
+    >>> m = random_unstructured((4, 5), 0.5, np.random.default_rng(0))
+    >>> int((~m).sum())
+    10
+    """
+    new = _prev(mask, shape)
+    k = amount_to_count(amount, int(new.sum()))
+    kept = np.flatnonzero(new)
+    new.reshape(-1)[rng.choice(kept, size=k, replace=False)] = False
+    return new
+
+
+def _check_dim(ndim, dim):
+    if ndim < 2:
+        raise ValueError(f"structured pruning needs a tensor with at least 2 dimensions, got {ndim}-D; "
+                         f"use unstructured pruning for biases and other vectors")
+    if not isinstance(dim, (int, np.integer)) or isinstance(dim, bool) or not -ndim <= dim < ndim:
+        raise IndexError(f"dim={dim!r} is out of range for a {ndim}-D tensor (expected {-ndim}..{ndim - 1})")
+    return dim % ndim
+
+
+def _channel_view(a, dim):
+    """``a`` as (channels along dim, everything else)."""
+    return np.moveaxis(a, dim, 0).reshape(a.shape[dim], -1)
+
+
+def channel_norms(scores, n, dim):
+    """The Ln norm of every slice along ``dim`` (n = 1, 2, ..., inf, -inf or 'fro').
+
+    Examples
+    --------
+    >>> channel_norms(np.array([[3., 4.], [1., 0.]]), 2, 0)
+    array([5., 1.])
+    """
+    flat = _channel_view(np.asarray(scores, dtype=np.float64), dim)
+    if n == "fro":
+        n = 2
+    if isinstance(n, bool) or not (isinstance(n, numbers.Real)):
+        raise ValueError(f"n must be a number, inf, -inf or 'fro', got {n!r}")
+    return np.linalg.norm(flat, ord=n, axis=1)
+
+
+def _expand(channel_keep, shape, dim):
+    """A full-shape mask that keeps whole channels along ``dim``."""
+    view = [1] * len(shape)
+    view[dim] = shape[dim]
+    return np.broadcast_to(channel_keep.reshape(view), shape)
+
+
+def ln_structured(scores, amount, n, dim, mask=None):
+    """Prune whole channels along ``dim`` with the smallest Ln norm.
+
+    Only channels not already fully pruned are candidates, and ``amount`` counts
+    over them (as torch's repeated pruning does).  The new mask is the old mask with
+    the chosen channels set to False.
+
+    Raises
+    ------
+    ValueError
+        ``scores`` has fewer than 2 dimensions.
+    IndexError
+        ``dim`` is out of range.
+
+    Examples
+    --------
+    >>> w = np.array([[1., 1.], [5., 5.], [0.1, 0.]])
+    >>> ln_structured(w, 1, n=2, dim=0)
+    array([[ True,  True],
+           [ True,  True],
+           [False, False]])
+    """
+    scores = np.asarray(scores)
+    dim = _check_dim(scores.ndim, dim)
+    new = _prev(mask, scores.shape)
+    alive = _channel_view(new, dim).any(axis=1)
+    k = amount_to_count(amount, int(alive.sum()))
+    norms = channel_norms(scores, n, dim)
+    keep = alive.copy()
+    _prune_lowest(keep, norms, k)
+    return new & _expand(keep, scores.shape, dim)
+
+
+def random_structured(shape, amount, dim, rng, mask=None):
+    """Prune ``amount`` whole channels along ``dim``, chosen at random among live ones."""
+    dim = _check_dim(len(shape), dim)
+    new = _prev(mask, shape)
+    alive = np.flatnonzero(_channel_view(new, dim).any(axis=1))
+    k = amount_to_count(amount, alive.size)
+    keep = np.ones(shape[dim], dtype=bool)
+    keep[rng.choice(alive, size=k, replace=False)] = False
+    return new & _expand(keep, tuple(shape), dim)
+
+
+def global_l1_unstructured(scores_list, amount, masks=None):
+    """One magnitude ranking over several tensors at once (torch's ``global_unstructured``).
+
+    The tensors are flattened and joined into one vector, which is pruned like a single
+    tensor by :func:`l1_unstructured`: ``amount`` counts over the entries still kept
+    anywhere, and the ``k`` smallest ``|score|`` among them are pruned, wherever they are.
+
+    Returns
+    -------
+    list of ndarray of bool, one per tensor
+
+    Examples
+    --------
+    >>> a, b = np.array([1., 9.]), np.array([[3., 0.5], [7., 2.]])
+    >>> [m.tolist() for m in global_l1_unstructured([a, b], 3)]
+    [[False, True], [[True, False], [True, False]]]
+    """
+    scores_list = [np.asarray(s) for s in scores_list]
+    if not scores_list:
+        raise ValueError("global pruning needs at least one tensor")
+    masks = masks or [None] * len(scores_list)
+    prev = np.concatenate([_prev(m, s.shape).reshape(-1) for m, s in zip(masks, scores_list)])
+    flat_scores = np.concatenate([s.reshape(-1) for s in scores_list])
+    flat_new = l1_unstructured(flat_scores, amount, prev)
+    out, start = [], 0
+    for s in scores_list:
+        out.append(flat_new[start:start + s.size].reshape(s.shape))
+        start += s.size
+    return out

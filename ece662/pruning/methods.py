@@ -1,0 +1,285 @@
+"""The layer-facing pruning API, with ``torch.nn.utils.prune``'s names and semantics.
+
+Pruning parameter ``weight`` of a module:
+
+1. the first time, ``weight`` moves to a trainable ``weight_orig``;
+2. a boolean buffer ``weight_mask`` of the same shape is (re)computed by a pure
+   function of ``ece662.pruning.masks`` from the scores (default: the current
+   effective weight) and the previous mask, so masks only shrink;
+3. ``weight`` becomes a plain attribute equal to ``weight_orig * weight_mask``,
+   recomputed by a forward pre-hook before every forward.
+
+``remove(module, 'weight')`` folds the mask in for good.  A call that fails
+(a bad amount, a bad dim) raises before anything is changed, so the module is
+exactly as it was.
+"""
+import numpy as np
+
+from ece662.pruning import masks as M
+
+
+class _ApplyMask:
+    """The forward pre-hook: ``module.<name> = <name>_orig * <name>_mask``."""
+
+    def __init__(self, name):
+        self.name = name
+
+    def __call__(self, module, inputs):
+        orig = module._parameters[self.name + "_orig"]
+        mask = module._buffers[self.name + "_mask"]
+        object.__setattr__(module, self.name, orig * mask)
+
+
+def _hooks(module):
+    if "_prune_hooks" not in module.__dict__:
+        object.__setattr__(module, "_prune_hooks", {})
+    return module.__dict__["_prune_hooks"]
+
+
+def _is_param_pruned(module, name):
+    return name + "_orig" in module._parameters and name + "_mask" in module._buffers
+
+
+def _current(module, name):
+    """The effective tensor and the previous mask (None before the first pruning)."""
+    if _is_param_pruned(module, name):
+        return module._parameters[name + "_orig"] * module._buffers[name + "_mask"], \
+            module._buffers[name + "_mask"]
+    p = module._parameters.get(name)
+    if p is None:
+        raise ValueError(f"{type(module).__name__} has no parameter named {name!r} to prune; "
+                         f"it has {[k for k, v in module._parameters.items() if v is not None]}")
+    return p, None
+
+
+def _set_mask(module, name, mask):
+    """Install ``mask`` (already computed and checked): the only place that mutates."""
+    if not _is_param_pruned(module, name):
+        orig = module._parameters.pop(name)
+        module._parameters[name + "_orig"] = orig
+        module._buffers[name + "_mask"] = mask
+        _hooks(module)[name] = module.register_forward_pre_hook(_ApplyMask(name))
+    else:
+        module._buffers[name + "_mask"] = mask
+    _ApplyMask(name)(module, None)
+    return module
+
+
+# ============================================================================ method classes
+class BasePruningMethod:
+    """A pruning method: ``compute_mask(t, default_mask)`` -> a boolean mask.
+
+    ``t`` holds the importance scores (by default the effective weight) and
+    ``default_mask`` the previous mask; the result must be a subset of it.
+    Subclass it and implement ``compute_mask``; ``apply(module, name, ...)`` does the rest.
+    """
+
+    PRUNING_TYPE = "unstructured"
+
+    def compute_mask(self, t, default_mask):
+        raise NotImplementedError
+
+    @classmethod
+    def apply(cls, module, name, *args, importance_scores=None, **kwargs):
+        """Prune ``module.<name>`` with this method; returns the module."""
+        method = cls(*args, **kwargs)
+        t, prev = _current(module, name)
+        scores = t if importance_scores is None else np.asarray(importance_scores)
+        if scores.shape != t.shape:
+            raise ValueError(f"importance_scores of shape {scores.shape} do not match {name} of "
+                             f"shape {t.shape}")
+        default = np.ones(t.shape, dtype=bool) if prev is None else prev
+        mask = np.asarray(method.compute_mask(scores, default_mask=default)).astype(bool)
+        if mask.shape != t.shape:
+            raise ValueError(f"{cls.__name__}.compute_mask returned shape {mask.shape}, expected {t.shape}")
+        return _set_mask(module, name, mask & default)
+
+
+class Identity(BasePruningMethod):
+    """Prunes nothing (but reparametrises, as torch's ``identity``)."""
+
+    def compute_mask(self, t, default_mask):
+        return default_mask.copy()
+
+
+class L1Unstructured(BasePruningMethod):
+    """The ``amount`` smallest-magnitude entries among those still kept."""
+
+    def __init__(self, amount):
+        M.validate_amount(amount)
+        self.amount = amount
+
+    def compute_mask(self, t, default_mask):
+        return M.l1_unstructured(t, self.amount, default_mask)
+
+
+class RandomUnstructured(BasePruningMethod):
+    """``amount`` entries at random among those still kept (seeded)."""
+
+    def __init__(self, amount, seed=None, rng=None):
+        M.validate_amount(amount)
+        self.amount, self.rng = amount, rng if rng is not None else np.random.default_rng(seed)
+
+    def compute_mask(self, t, default_mask):
+        return M.random_unstructured(t.shape, self.amount, self.rng, default_mask)
+
+
+class LnStructured(BasePruningMethod):
+    """Whole channels along ``dim`` with the smallest Ln norm (filters for ``dim=0``)."""
+
+    PRUNING_TYPE = "structured"
+
+    def __init__(self, amount, n, dim=-1):
+        M.validate_amount(amount)
+        self.amount, self.n, self.dim = amount, n, dim
+
+    def compute_mask(self, t, default_mask):
+        return M.ln_structured(t, self.amount, self.n, self.dim, default_mask)
+
+
+class RandomStructured(BasePruningMethod):
+    """Whole channels along ``dim`` at random (seeded)."""
+
+    PRUNING_TYPE = "structured"
+
+    def __init__(self, amount, dim=-1, seed=None, rng=None):
+        M.validate_amount(amount)
+        self.amount, self.dim = amount, dim
+        self.rng = rng if rng is not None else np.random.default_rng(seed)
+
+    def compute_mask(self, t, default_mask):
+        return M.random_structured(t.shape, self.amount, self.dim, self.rng, default_mask)
+
+
+class CustomFromMask(BasePruningMethod):
+    """A mask you give (combined with any previous mask)."""
+
+    PRUNING_TYPE = "global"
+
+    def __init__(self, mask):
+        self.mask = np.asarray(mask).astype(bool)
+
+    def compute_mask(self, t, default_mask):
+        if self.mask.shape != t.shape:
+            raise ValueError(f"mask of shape {self.mask.shape} does not match the parameter's shape {t.shape}")
+        return default_mask & self.mask
+
+
+# ============================================================================ functions
+def identity(module, name):
+    """Reparametrise ``module.<name>`` with an all-True mask."""
+    return Identity.apply(module, name)
+
+
+def l1_unstructured(module, name, amount, importance_scores=None):
+    """Prune the ``amount`` smallest-magnitude entries of ``module.<name>``.
+
+    Examples
+    --------
+    >>> from ece662.layers import Linear
+    >>> fc = Linear(4, 3, seed=0)
+    >>> _ = l1_unstructured(fc, "weight", amount=0.5)
+    >>> int(fc.weight_mask.sum()), fc.weight_mask.dtype, bool((fc.weight == fc.weight_orig * fc.weight_mask).all())
+    (6, dtype('bool'), True)
+    """
+    return L1Unstructured.apply(module, name, amount, importance_scores=importance_scores)
+
+
+def random_unstructured(module, name, amount, seed=None, rng=None):
+    """Prune ``amount`` random entries of ``module.<name>``."""
+    return RandomUnstructured.apply(module, name, amount, seed=seed, rng=rng)
+
+
+def ln_structured(module, name, amount, n, dim, importance_scores=None):
+    """Prune the ``amount`` channels along ``dim`` with the smallest Ln norm.
+
+    ``dim=0`` of a conv weight ``(F, C, HH, WW)`` removes whole filters.
+    The bias is left alone, as in torch (see ``ece662/pruning/README.md``).
+    """
+    return LnStructured.apply(module, name, amount, n, dim, importance_scores=importance_scores)
+
+
+def random_structured(module, name, amount, dim, seed=None, rng=None):
+    """Prune ``amount`` random channels along ``dim``."""
+    return RandomStructured.apply(module, name, amount, dim, seed=seed, rng=rng)
+
+
+def custom_from_mask(module, name, mask):
+    """Prune ``module.<name>`` with a given boolean mask (combined with any previous one)."""
+    return CustomFromMask.apply(module, name, mask)
+
+
+def global_unstructured(parameters, pruning_method, importance_scores=None, **kwargs):
+    """Rank the entries of several parameters together and prune them as one.
+
+    Parameters
+    ----------
+    parameters : iterable of (module, name)
+    pruning_method : L1Unstructured or RandomUnstructured (the class)
+    importance_scores : dict {(module, name): scores}, optional
+    **kwargs
+        ``amount=``: counted over the entries of all the parameters that are still kept
+        (so 0.5 twice prunes 75% overall, as in torch).
+
+    Examples
+    --------
+    >>> from ece662.layers import Conv2d, Linear
+    >>> from ece662.models import default_convnet
+    >>> net = default_convnet()
+    >>> params = [(m, "weight") for _, m in net.named_modules() if isinstance(m, (Conv2d, Linear))]
+    >>> global_unstructured(params, pruning_method=L1Unstructured, amount=0.3)
+    >>> total = sum(m.weight_mask.size for m, _ in params)
+    >>> round(sum(int((~m.weight_mask).sum()) for m, _ in params) / total, 4)
+    0.3
+    """
+    parameters = list(parameters)
+    if not parameters:
+        raise ValueError("global_unstructured: parameters is empty; pass [(module, 'weight'), ...]")
+    importance_scores = importance_scores or {}
+    current = [_current(m, n) for m, n in parameters]
+    scores = []
+    for (m, n), (t, _) in zip(parameters, current):
+        s = np.asarray(importance_scores.get((m, n), t))
+        if s.shape != t.shape:
+            raise ValueError(f"importance_scores for {n} have shape {s.shape}, expected {t.shape}")
+        scores.append(s)
+    prev = [p for _, p in current]
+    if pruning_method is L1Unstructured:
+        new = M.global_l1_unstructured(scores, kwargs["amount"], prev)
+    elif pruning_method is RandomUnstructured:
+        flat_prev = np.concatenate([(np.ones(s.shape, bool) if p is None else p).reshape(-1)
+                                    for s, p in zip(scores, prev)])
+        rng = kwargs.get("rng") or np.random.default_rng(kwargs.get("seed"))
+        flat = M.random_unstructured(flat_prev.shape, kwargs["amount"], rng, flat_prev)
+        new, start = [], 0
+        for s in scores:
+            new.append(flat[start:start + s.size].reshape(s.shape))
+            start += s.size
+    else:
+        raise TypeError(f"global_unstructured supports L1Unstructured and RandomUnstructured, "
+                        f"got {pruning_method!r}")
+    for (m, n), mask in zip(parameters, new):
+        _set_mask(m, n, mask)
+
+
+def remove(module, name):
+    """Make pruning permanent: ``<name> = <name>_orig * <name>_mask`` as a plain parameter.
+
+    Raises
+    ------
+    ValueError
+        If ``module.<name>`` is not pruned.
+    """
+    if not _is_param_pruned(module, name):
+        raise ValueError(f"Parameter '{name}' of module {type(module).__name__} has to be pruned "
+                         f"before pruning can be removed")
+    folded = module._parameters.pop(name + "_orig") * module._buffers.pop(name + "_mask")
+    _hooks(module).pop(name).remove()
+    module.__dict__.pop(name, None)
+    module._parameters[name] = folded.astype(np.float32)
+    return module
+
+
+def is_pruned(module):
+    """True if ``module`` or any of its submodules has a pruned parameter."""
+    return any(n.endswith("_mask") for _, m in module.named_modules() for n in m._buffers)

@@ -1,0 +1,280 @@
+"""Pruning: mask invariants (Hypothesis), torch.nn.utils.prune semantics, and torch itself."""
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+
+import ece662.pruning as prune
+from conftest import requires_torch, torch
+from ece662.io import load_model, save_model
+from ece662.layers import Conv2d, Linear
+from ece662.models import default_convnet
+from ece662.pruning import masks as M
+
+SETTINGS = settings(max_examples=60, deadline=None)
+
+shapes = st.lists(st.integers(1, 6), min_size=1, max_size=4).map(tuple)
+finite = st.floats(-10, 10, allow_nan=False, width=32)
+fractions = st.floats(0, 1)
+
+
+@st.composite
+def tensor_and_amount(draw, min_dims=1):
+    shape = draw(st.lists(st.integers(1, 6), min_size=min_dims, max_size=4).map(tuple))
+    t = draw(arrays(np.float32, shape, elements=finite))
+    amount = draw(st.one_of(fractions, st.integers(0, int(np.prod(shape)))))
+    return t, amount
+
+
+@SETTINGS
+@given(tensor_and_amount())
+def test_mask_shape_equals_parameter_shape(ta):
+    """A mask is a boolean array of exactly the parameter's shape."""
+    t, amount = ta
+    m = M.l1_unstructured(t, amount)
+    assert m.shape == t.shape and m.dtype == np.bool_
+
+
+@SETTINGS
+@given(tensor_and_amount())
+def test_exact_pruned_count_even_with_ties(ta):
+    """Exactly amount_to_count(amount, n) entries are pruned, however many scores tie."""
+    t, amount = ta
+    t = np.round(t)          # plenty of ties
+    m = M.l1_unstructured(t, amount)
+    assert int((~m).sum()) == M.amount_to_count(amount, t.size)
+
+
+@SETTINGS
+@given(tensor_and_amount())
+def test_pruned_entries_are_the_smallest(ta):
+    """No kept entry has a smaller magnitude than a pruned one."""
+    t, amount = ta
+    m = M.l1_unstructured(t, amount)
+    if m.all() or not m.any():
+        return
+    assert np.abs(t[~m]).max() <= np.abs(t[m]).min()
+
+
+@SETTINGS
+@given(tensor_and_amount(), fractions)
+def test_masks_only_shrink_under_repeated_pruning(ta, second):
+    """Pruning again keeps a subset of what was kept, and takes `amount` of what is left."""
+    t, amount = ta
+    m1 = M.l1_unstructured(t, amount)
+    m2 = M.l1_unstructured(t * m1, second, m1)
+    assert not (m2 & ~m1).any()
+    assert int((m1 & ~m2).sum()) == M.amount_to_count(second, int(m1.sum()))
+
+
+def test_half_twice_is_three_quarters():
+    """0.5 then 0.5 prunes 75% of the entries."""
+    fc = Linear(10, 8, seed=0)
+    prune.l1_unstructured(fc, "weight", 0.5)
+    prune.l1_unstructured(fc, "weight", 0.5)
+    assert (~fc.weight_mask).sum() == 60
+
+
+@SETTINGS
+@given(tensor_and_amount(min_dims=2), st.integers(0, 3), st.sampled_from([1, 2, np.inf, "fro"]))
+def test_structured_masks_are_constant_along_all_but_dim(ta, dim, n):
+    """Structured pruning keeps or drops whole slices along dim, and an exact number of them."""
+    t, _ = ta
+    dim = dim % t.ndim
+    amount = t.shape[dim] // 2
+    m = M.ln_structured(t, amount, n, dim)
+    per_channel = np.moveaxis(m, dim, 0).reshape(t.shape[dim], -1)
+    assert (per_channel.all(axis=1) | ~per_channel.any(axis=1)).all()
+    assert int((~per_channel.any(axis=1)).sum()) == amount
+
+
+@SETTINGS
+@given(st.lists(arrays(np.float32, st.integers(1, 20), elements=finite), min_size=1, max_size=4), fractions)
+def test_global_pruning_is_one_threshold_across_tensors(ts, amount):
+    """Global pruning prunes the k smallest magnitudes over all tensors together."""
+    ms = M.global_l1_unstructured(ts, amount)
+    scores = np.concatenate([np.abs(t) for t in ts])
+    kept = np.concatenate(ms)
+    assert int((~kept).sum()) == M.amount_to_count(amount, scores.size)
+    if kept.any() and not kept.all():
+        assert scores[~kept].max() <= scores[kept].min()
+
+
+@SETTINGS
+@given(tensor_and_amount())
+def test_amount_zero_and_identity_change_nothing(ta):
+    """amount=0 and identity keep every entry and leave the effective weight equal to the original."""
+    t, _ = ta
+    assert M.l1_unstructured(t, 0).all() and M.l1_unstructured(t, 0.0).all()
+    fc = Linear(5, 3, seed=1)
+    w = fc.weight.copy()
+    prune.identity(fc, "weight")
+    assert fc.weight_mask.all() and np.array_equal(fc.weight, w)
+
+
+def _pruned_net():
+    net = default_convnet(seed=3)
+    params = [(m, "weight") for _, m in net.named_modules() if isinstance(m, (Conv2d, Linear))]
+    prune.global_unstructured(params, pruning_method=prune.L1Unstructured, amount=0.6)
+    prune.ln_structured(net.conv1, "weight", amount=8, n=2, dim=0)
+    return net, params
+
+
+def test_masked_weight_is_exactly_zero_and_remove_keeps_the_output():
+    """A masked weight is exactly zero in the effective weight; remove() changes no logit."""
+    net, params = _pruned_net()
+    for m, _ in params:
+        assert (m.weight[~m.weight_mask] == 0).all()
+        assert np.array_equal(m.weight, m.weight_orig * m.weight_mask)
+    x = np.random.default_rng(0).standard_normal((4, 3, 32, 32)).astype(np.float32)
+    before = net.eval()(x)
+    for m, name in params:
+        prune.remove(m, name)
+    assert not prune.is_pruned(net)
+    np.testing.assert_array_equal(net(x), before)
+    assert set(net.state_dict()) == {"conv1.weight", "conv1.bias", "conv2.weight", "conv2.bias",
+                                     "fc.weight", "fc.bias"}
+
+
+def test_pruned_model_state_dict_uses_torch_names():
+    """A pruned model's state dict has weight_orig and a boolean weight_mask, as torch's does."""
+    net, _ = _pruned_net()
+    sd = net.state_dict()
+    assert "conv1.weight_orig" in sd and sd["conv1.weight_mask"].dtype == np.bool_
+    assert "conv1.weight" not in sd
+    assert prune.is_pruned(net)
+
+
+def test_masks_round_trip_through_model_files(tmp_path):
+    """Saved masks come back as masks: same mask, same weight_orig, same logits."""
+    net, _ = _pruned_net()
+    save_model(net, tmp_path / "p.npz")
+    again = load_model(tmp_path / "p.npz")
+    for k, v in net.state_dict().items():
+        np.testing.assert_array_equal(again.state_dict()[k], v)
+    x = np.random.default_rng(1).standard_normal((2, 3, 32, 32)).astype(np.float32)
+    np.testing.assert_array_equal(again(x), net.eval()(x))
+
+
+@pytest.mark.parametrize("call, exc", [
+    (lambda m: prune.l1_unstructured(m, "weight", amount=1.5), ValueError),
+    (lambda m: prune.l1_unstructured(m, "weight", amount=-1), ValueError),
+    (lambda m: prune.l1_unstructured(m, "weight", amount=10 ** 6), ValueError),
+    (lambda m: prune.l1_unstructured(m, "weight", amount="half"), TypeError),
+    (lambda m: prune.l1_unstructured(m, "weight", amount=True), TypeError),
+    (lambda m: prune.ln_structured(m, "weight", amount=2, n=2, dim=4), IndexError),
+    (lambda m: prune.ln_structured(m, "bias", amount=2, n=2, dim=0), ValueError),
+    (lambda m: prune.l1_unstructured(m, "kernel", amount=2), ValueError),
+    (lambda m: prune.remove(m, "bias"), ValueError),
+])
+def test_failed_pruning_leaves_the_layer_unchanged(call, exc):
+    """A bad amount, dim or name raises and leaves parameters, buffers and hooks as they were."""
+    conv = Conv2d(3, 4, 3, seed=0)
+    prune.l1_unstructured(conv, "weight", amount=0.25)
+    before = {k: v.copy() for k, v in conv.state_dict().items()}
+    hooks = dict(conv._forward_pre_hooks)
+    with pytest.raises(exc):
+        call(conv)
+    after = conv.state_dict()
+    assert before.keys() == after.keys()
+    for k in before:
+        np.testing.assert_array_equal(before[k], after[k])
+    assert conv._forward_pre_hooks == hooks
+
+
+def test_amount_rounding_is_half_to_even():
+    """0.4 of 17 -> 7, 0.5 of 5 -> 2, 1 is one unit, 1.0 is all."""
+    assert M.amount_to_count(0.4, 17) == 7
+    assert M.amount_to_count(0.5, 5) == 2
+    assert M.amount_to_count(0.5, 7) == 4
+    assert M.amount_to_count(1, 9) == 1
+    assert M.amount_to_count(1.0, 9) == 9
+
+
+def test_structured_repeat_only_considers_live_channels():
+    """A second structured pass counts its amount over filters that are still alive."""
+    conv = Conv2d(3, 8, 3, seed=0)
+    prune.ln_structured(conv, "weight", amount=0.5, n=2, dim=0)
+    prune.ln_structured(conv, "weight", amount=0.5, n=2, dim=0)
+    assert int(conv.alive_filters().sum()) == 2
+
+
+def test_random_pruning_is_seeded():
+    """The same seed prunes the same entries."""
+    a, b = Linear(6, 6, seed=0), Linear(6, 6, seed=0)
+    prune.random_unstructured(a, "weight", 0.5, seed=3)
+    prune.random_unstructured(b, "weight", 0.5, seed=3)
+    np.testing.assert_array_equal(a.weight_mask, b.weight_mask)
+    prune.random_structured(a, "weight", 2, dim=0, seed=1)
+    assert (~a.weight_mask.any(axis=1)).sum() == 2
+
+
+# ----------------------------------------------------------------------------- torch oracle
+def _torch_pair(seed=0):
+    net = default_convnet(seed=seed)
+    tnet = torch.nn.ModuleDict({"conv1": torch.nn.Conv2d(3, 32, 5), "conv2": torch.nn.Conv2d(32, 32, 3),
+                                "fc": torch.nn.Linear(1152, 10)})
+    with torch.no_grad():
+        for name in ("conv1", "conv2", "fc"):
+            tnet[name].weight.copy_(torch.tensor(getattr(net, name).weight))
+            tnet[name].bias.copy_(torch.tensor(getattr(net, name).bias))
+    return net, tnet
+
+
+@requires_torch
+@pytest.mark.parametrize("amounts", [(0.3,), (0.5, 0.5), (7, 0.2), (0.8,)])
+def test_l1_unstructured_matches_torch(amounts):
+    """Repeated l1_unstructured gives torch's masks on the same weights (no ties)."""
+    net, tnet = _torch_pair()
+    for a in amounts:
+        for name in ("conv1", "conv2", "fc"):
+            prune.l1_unstructured(getattr(net, name), "weight", a)
+            torch.nn.utils.prune.l1_unstructured(tnet[name], "weight", a)
+    for name in ("conv1", "conv2", "fc"):
+        np.testing.assert_array_equal(getattr(net, name).weight_mask, tnet[name].weight_mask.numpy().astype(bool))
+
+
+@requires_torch
+@pytest.mark.parametrize("amounts, n", [((8,), 2), ((0.25, 0.5), 1), ((0.5,), np.inf), ((3, 0.3), 3)])
+def test_ln_structured_matches_torch(amounts, n):
+    """Repeated ln_structured along dim 0 gives torch's filter masks."""
+    net, tnet = _torch_pair(1)
+    for a in amounts:
+        for name in ("conv1", "conv2"):
+            prune.ln_structured(getattr(net, name), "weight", a, n=n, dim=0)
+            torch.nn.utils.prune.ln_structured(tnet[name], "weight", a, n=n, dim=0)
+    for name in ("conv1", "conv2"):
+        np.testing.assert_array_equal(getattr(net, name).weight_mask, tnet[name].weight_mask.numpy().astype(bool))
+
+
+@requires_torch
+@pytest.mark.parametrize("amounts", [(0.3,), (0.2, 0.4), (5000,)])
+def test_global_unstructured_matches_torch(amounts):
+    """global_unstructured (repeated too) gives torch's masks across all conv and linear weights."""
+    net, tnet = _torch_pair(2)
+    names = ("conv1", "conv2", "fc")
+    for a in amounts:
+        prune.global_unstructured([(getattr(net, n), "weight") for n in names],
+                                  pruning_method=prune.L1Unstructured, amount=a)
+        torch.nn.utils.prune.global_unstructured([(tnet[n], "weight") for n in names],
+                                                 pruning_method=torch.nn.utils.prune.L1Unstructured, amount=a)
+    for n in names:
+        np.testing.assert_array_equal(getattr(net, n).weight_mask, tnet[n].weight_mask.numpy().astype(bool))
+
+
+@requires_torch
+def test_importance_scores_match_torch():
+    """importance_scores rank the entries instead of the weights, as in torch."""
+    net, tnet = _torch_pair(3)
+    scores = np.random.default_rng(0).standard_normal(net.fc.weight.shape).astype(np.float32)
+    prune.l1_unstructured(net.fc, "weight", 0.4, importance_scores=scores)
+    torch.nn.utils.prune.l1_unstructured(tnet["fc"], "weight", 0.4, importance_scores=torch.tensor(scores))
+    np.testing.assert_array_equal(net.fc.weight_mask, tnet["fc"].weight_mask.numpy().astype(bool))
+
+
+def test_fro_is_the_l2_norm_of_each_slice():
+    """n='fro' ranks channels by the L2 norm of all their entries (torch 2.13 rejects 'fro' on 4-D)."""
+    w = np.random.default_rng(0).standard_normal((8, 3, 3, 3)).astype(np.float32)
+    np.testing.assert_array_equal(M.ln_structured(w, 3, "fro", 0), M.ln_structured(w, 3, 2, 0))
+    np.testing.assert_allclose(M.channel_norms(w, "fro", 0), np.sqrt((w.astype(np.float64) ** 2).sum(axis=(1, 2, 3))))
