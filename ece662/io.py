@@ -60,6 +60,9 @@ def save_model(model, path):
     if not os.path.isdir(folder):
         raise FileNotFoundError(f"save_model: the folder {folder} does not exist; create it first")
     fd, tmp = tempfile.mkstemp(prefix=".ece662-", suffix=".npz.tmp", dir=folder)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)      # mkstemp makes 0600; a model file is an ordinary file
     try:
         with os.fdopen(fd, "wb") as f:
             np.savez(f, **arrays)

@@ -30,3 +30,18 @@ def assert_close(actual, expected, config, rtol=1e-4, atol=1e-4, what="result"):
         raise AssertionError(
             f"{what} differs for {config}: {int(bad.sum())} of {bad.size} entries, first at {idx}: "
             f"{actual[idx]} vs {expected[idx]} (max abs diff {np.abs(actual - expected).max():.3g})")
+
+
+@pytest.fixture(scope="session")
+def real_data():
+    """The real data folder (../shared/datasets); in CI its absence is a failure, not a skip."""
+    candidates = [os.environ.get("ECE662_DATA"),
+                  os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..",
+                               "shared", "datasets")]
+    for c in candidates:
+        if c and os.path.isfile(os.path.join(c, "cifar10_real_small.npz")):
+            return os.path.abspath(c)
+    msg = f"real data not found (looked at {candidates}); set ECE662_DATA to ../shared/datasets"
+    if os.environ.get("CI"):
+        pytest.fail(msg)
+    pytest.skip(msg)

@@ -1,0 +1,3 @@
+from ece662.cli import main
+
+raise SystemExit(main())

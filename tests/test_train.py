@@ -1,0 +1,106 @@
+"""Training: losses, masks held through SGD and Adam, divergence, and the shipped model."""
+import json
+import os
+
+import numpy as np
+import pytest
+
+import ece662.pruning as prune
+from ece662.data_utils import get_CINIC10_data
+from ece662.layers import Conv2d, Linear
+from ece662.models import default_convnet
+from ece662.optim import SGD, Adam, softmax_cross_entropy
+from ece662.pruning_helper import load_model, shipped_model_path, test_model
+from ece662.train import Trainer, TrainingDiverged
+
+
+def _tiny_data(n=64, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8), rng.integers(0, 10, n)
+
+
+def test_cross_entropy_is_stable_and_its_gradient_is_right():
+    """Huge logits give a finite loss; the gradient equals finite differences."""
+    loss, d = softmax_cross_entropy(np.array([[1000.0, 0.0]], np.float32), np.array([1]))
+    assert np.isfinite(loss) and abs(loss - 1000) < 1e-3
+    rng = np.random.default_rng(0)
+    z = rng.standard_normal((3, 4))
+    y = np.array([0, 3, 1])
+    _, g = softmax_cross_entropy(z, y)
+    eps = 1e-5
+    for i in range(3):
+        for j in range(4):
+            zp, zm = z.copy(), z.copy()
+            zp[i, j] += eps
+            zm[i, j] -= eps
+            num = (softmax_cross_entropy(zp, y)[0] - softmax_cross_entropy(zm, y)[0]) / (2 * eps)
+            assert abs(num - g[i, j]) < 1e-4
+
+
+@pytest.mark.parametrize("make_opt", [lambda: SGD(0.1, momentum=0.9, nesterov=True, weight_decay=5e-4),
+                                      lambda: Adam(1e-2, weight_decay=1e-4)])
+def test_masked_weights_stay_zero_through_training(make_opt):
+    """After pruning, training steps never revive a pruned weight nor change a mask."""
+    net = default_convnet(seed=0)
+    params = [(m, "weight") for _, m in net.named_modules() if isinstance(m, (Conv2d, Linear))]
+    prune.global_unstructured(params, pruning_method=prune.L1Unstructured, amount=0.7)
+    prune.ln_structured(net.conv2, "weight", amount=8, n=2, dim=0)
+    masks = [m.weight_mask.copy() for m, _ in params]
+    X, y = _tiny_data()
+    Trainer(net, X, y, epochs=2, batch_size=16, max_lr=0.1, schedule="constant", optimizer=make_opt(),
+            progress=False).fit()
+    net.eval()(np.zeros((1, 3, 32, 32), np.float32))
+    for (m, _), mask in zip(params, masks):
+        np.testing.assert_array_equal(m.weight_mask, mask)
+        assert (m.weight[~mask] == 0).all()
+        assert m.grads["weight_orig"][~mask].max(initial=0) == 0
+
+
+def test_training_learns_and_is_deterministic():
+    """Two runs with one seed give identical weights, and the loss goes down."""
+    X, y = _tiny_data(96)
+    runs = []
+    for _ in range(2):
+        net = default_convnet(seed=0)
+        h = Trainer(net, X, y, epochs=6, batch_size=32, max_lr=0.02, seed=5, progress=False).fit()
+        runs.append((net.state_dict(), h))
+    for k in runs[0][0]:
+        np.testing.assert_array_equal(runs[0][0][k], runs[1][0][k])
+    losses = runs[0][1]["train_loss"]
+    assert losses[-1] < losses[0]
+
+
+def test_nan_loss_stops_with_epoch_and_step_and_keeps_weights():
+    """A diverging run stops naming epoch and step, with the last good weights in place."""
+    net = default_convnet(seed=0)
+    X, y = _tiny_data(32)
+    with pytest.raises(TrainingDiverged, match=r"epoch \d+, step \d+"):
+        Trainer(net, X, y, epochs=5, batch_size=8, max_lr=1e6, schedule="constant", progress=False).fit()
+    assert all(np.isfinite(v).all() for v in net.state_dict().values())
+
+
+@pytest.mark.parametrize("kwargs, match", [(dict(max_lr=-1), "positive"), (dict(max_lr=float("nan")), "positive")])
+def test_bad_learning_rate(kwargs, match):
+    """A learning rate that is not a positive number is refused."""
+    X, y = _tiny_data(8)
+    with pytest.raises(ValueError, match=match):
+        Trainer(default_convnet(), X, y, **kwargs)
+
+
+def test_bad_training_data():
+    """Mismatched lengths and labels out of range are refused."""
+    X, y = _tiny_data(8)
+    with pytest.raises(ValueError, match="8 images but y holds 7"):
+        Trainer(default_convnet(), X, y[:7])
+    with pytest.raises(ValueError, match="0..9"):
+        Trainer(default_convnet(), X, y + 10)
+
+
+def test_shipped_model_reproduces_its_model_card(real_data):
+    """load_model() with no path gives the recorded test accuracy on the 10,000-image split."""
+    with open(os.path.splitext(shipped_model_path())[0] + "_training.json") as f:
+        card = json.load(f)
+    data = get_CINIC10_data(os.path.join(real_data, "cifar10_real.npz"), splits=("test",))
+    acc = test_model(load_model(), [data["X_test"], data["y_test"]], verbose=False)
+    assert acc == card["test_accuracy"]
+    assert acc >= 0.72
