@@ -237,3 +237,32 @@ def test_linear_and_relu_match_torch(rng):
     assert_close(fn.relu_backward_numba(dh, x), tx.grad.numpy(), "relu dx", rtol=1e-3, atol=1e-3)
     assert_close(dw, tw.grad.numpy(), "linear dw", rtol=1e-3, atol=1e-3)
     assert_close(db, tb.grad.numpy(), "linear db", rtol=1e-3, atol=1e-3)
+
+
+def test_kernels_run_as_plain_python_with_jit_disabled():
+    """NUMBA_DISABLE_JIT=1 runs every kernel as Python and still matches the reference."""
+    import os
+    import subprocess
+    import sys
+    code = """
+import numpy as np
+from ece662.layers import functional as fn, reference as ref
+rng = np.random.default_rng(0)
+x = rng.standard_normal((2, 3, 6, 5)).astype(np.float32)
+w = rng.standard_normal((5, 3, 3, 3)).astype(np.float32)
+b = rng.standard_normal(5).astype(np.float32)
+for v in (1, 2, 3):
+    np.testing.assert_allclose(fn.conv2d_forward_numba(x, w, b, 1, 1, version=v),
+                               ref.conv2d_forward_reference(x, w, b, 1, 1), rtol=1e-4, atol=1e-4)
+d = rng.standard_normal((2, 5, 6, 5)).astype(np.float32)
+for got, exp in zip(fn.conv2d_backward_numba(d, x, w, 1, 1), ref.conv2d_backward_reference(d, x, w, 1, 1)):
+    np.testing.assert_allclose(got, exp, rtol=1e-3, atol=1e-3)
+p = fn.maxpool2d_forward_numba(x, 2, 2)
+fn.maxpool2d_backward_numba(p, x, 2, 2)
+fn.linear_backward_numba(np.ones((2, 4), np.float32), x.reshape(2, -1), np.ones((4, 90), np.float32))
+fn.relu_backward_numba(x, fn.relu_forward_numba(x))
+print("ok")
+"""
+    env = dict(os.environ, NUMBA_DISABLE_JIT="1")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr
