@@ -94,12 +94,26 @@ def unstructured_sweep(model, X, y, amounts=UNSTRUCTURED_AMOUNTS, origin=None, b
     return records
 
 
-def structured_sweep(model, X, y, amounts=STRUCTURED_AMOUNTS, n=2, origin=None, batch_size=1000):
-    """Ln filter pruning (dim 0) of every conv layer, each layer by ``amount``, one record per amount."""
+def structured_sweep(model, X, y, amounts=STRUCTURED_AMOUNTS, n=2, origin=None, batch_size=1000,
+                     scope="layer"):
+    """Ln filter pruning (dim 0) of the conv layers, one record per amount.
+
+    ``scope='layer'`` prunes each conv layer by ``amount`` (the course notebook's way);
+    ``scope='global'`` ranks the filters of all conv layers together, with norms
+    normalised per layer (``ece662.pruning.global_structured``).
+    """
+    if scope not in ("layer", "global"):
+        raise ValueError(f"scope must be 'layer' or 'global', got {scope!r}")
     records = []
     for a in amounts:
         m = copy_model(model)
-        for _, conv in prunable(m, (Conv2d,)):
-            prune.ln_structured(conv, "weight", amount=a, n=n, dim=0)
-        records.append(_record(f"l{n}_structured_filters", a, m, X, y, origin, batch_size))
+        convs = prunable(m, (Conv2d,))
+        if scope == "layer":
+            for _, conv in convs:
+                prune.ln_structured(conv, "weight", amount=a, n=n, dim=0)
+        else:
+            prune.global_structured([(conv, "weight") for _, conv in convs], amount=a, n=n, dim=0,
+                                    normalize=True)
+        method = f"l{n}_structured_filters" + ("_global" if scope == "global" else "")
+        records.append(_record(method, a, m, X, y, origin, batch_size))
     return records

@@ -278,3 +278,81 @@ def test_fro_is_the_l2_norm_of_each_slice():
     w = np.random.default_rng(0).standard_normal((8, 3, 3, 3)).astype(np.float32)
     np.testing.assert_array_equal(M.ln_structured(w, 3, "fro", 0), M.ln_structured(w, 3, 2, 0))
     np.testing.assert_allclose(M.channel_norms(w, "fro", 0), np.sqrt((w.astype(np.float64) ** 2).sum(axis=(1, 2, 3))))
+
+
+# ----------------------------------------------------------------------------- beyond torch
+@SETTINGS
+@given(st.lists(st.tuples(st.integers(1, 8), st.integers(1, 4)), min_size=1, max_size=3), fractions,
+       st.booleans())
+def test_global_structured_prunes_an_exact_count_and_keeps_one_per_layer(shapes_, amount, normalize):
+    """Global filter pruning removes exactly k live filters overall and never empties a layer."""
+    rng = np.random.default_rng(0)
+    ts = [rng.standard_normal((f, c, 2, 2)).astype(np.float32) for f, c in shapes_]
+    total = sum(f for f, _ in shapes_)
+    k = M.amount_to_count(amount, total)
+    if k > total - len(ts):
+        with pytest.raises(ValueError, match="keeping one per tensor"):
+            M.global_ln_structured(ts, amount, 2, 0, normalize=normalize)
+        return
+    ms = M.global_ln_structured(ts, amount, 2, 0, normalize=normalize)
+    dead = [~m.reshape(m.shape[0], -1).any(axis=1) for m in ms]
+    assert sum(int(d.sum()) for d in dead) == k
+    assert all((~d).any() for d in dead)
+
+
+def test_global_structured_without_normalisation_is_one_threshold():
+    """Without normalisation, every pruned filter has a smaller norm than every kept one."""
+    net = default_convnet(seed=0)
+    convs = [(net.conv1, "weight"), (net.conv2, "weight")]
+    prune.global_structured(convs, amount=0.5, n=2, dim=0)
+    norms = [np.linalg.norm(m.weight_orig.reshape(m.out_channels, -1), axis=1) for m, _ in convs]
+    alive = [m.alive_filters() for m, _ in convs]
+    pruned_max = max(n[~a].max() for n, a in zip(norms, alive) if (~a).any())
+    kept_min = min(n[a].min() for n, a in zip(norms, alive))
+    assert pruned_max <= kept_min
+    assert sum(int((~a).sum()) for a in alive) == 32
+
+
+def test_prune_bias_zeroes_dead_filter_outputs():
+    """With prune_bias, a dead filter's output plane is exactly zero; without, it is its bias."""
+    x = np.random.default_rng(0).standard_normal((2, 3, 8, 8)).astype(np.float32)
+    a, b = Conv2d(3, 6, 3, seed=0).eval(), Conv2d(3, 6, 3, seed=0).eval()
+    prune.ln_structured(a, "weight", amount=3, n=2, dim=0)
+    prune.ln_structured(b, "weight", amount=3, n=2, dim=0, prune_bias=True)
+    dead = ~a.alive_filters()
+    np.testing.assert_array_equal(a(x)[:, dead], np.broadcast_to(a.bias[dead][None, :, None, None], (2, 3, 6, 6)))
+    assert (b(x)[:, dead] == 0).all() and (b.bias_mask == ~dead).all()
+    with pytest.raises(ValueError, match="dim=0"):
+        prune.ln_structured(Conv2d(3, 6, 3), "weight", amount=1, n=2, dim=1, prune_bias=True)
+
+
+def test_pruning_history_records_every_method():
+    """The PruningContainer lists the methods applied to a tensor, in order."""
+    conv = Conv2d(3, 4, 3, seed=0)
+    prune.l1_unstructured(conv, "weight", 0.2)
+    prune.ln_structured(conv, "weight", 1, n=1, dim=0)
+    hist = prune.pruning_history(conv, "weight")
+    assert [type(m).__name__ for m in hist] == ["L1Unstructured", "LnStructured"]
+    assert hist in conv._forward_pre_hooks.values()
+    prune.remove(conv, "weight")
+    assert not conv._forward_pre_hooks
+
+
+def test_report_counts_on_a_hand_made_case():
+    """report() counts parameters, zeros, dead filters and FLOPs exactly."""
+    import io
+    net = default_convnet(seed=0)
+    mask = np.ones((32, 3, 5, 5), bool)
+    mask[:8] = False                      # 8 dead filters in conv1
+    mask[8, 0, 0, 0] = False              # plus one single weight
+    prune.custom_from_mask(net.conv1, "weight", mask)
+    prune.ln_structured(net.conv2, "weight", amount=16, n=2, dim=0)
+    rows = {r["name"]: r for r in prune.report(net, file=io.StringIO())}
+    assert rows["conv1"]["zeros"] == 8 * 75 + 1 and rows["conv1"]["dead_filters"] == 8
+    assert rows["conv1"]["params"] == 32 * 75 + 32
+    assert rows["conv1"]["flops_dense"] == 2 * 32 * 75 * 28 * 28
+    assert rows["conv1"]["flops_skip"] == 2 * 24 * 75 * 28 * 28
+    assert rows["conv2"]["flops_skip"] == 2 * 16 * 24 * 9 * 12 * 12
+    assert rows["fc"]["flops_skip"] == 2 * 10 * 16 * 36
+    assert rows["total"]["zeros"] == 8 * 75 + 1 + 16 * 288
+    assert rows["total"]["dead_filters"] == 24

@@ -8,15 +8,19 @@
 
 * ``masks``   -- pure functions: scores + amount (+ previous mask) -> boolean mask
 * ``methods`` -- the torch-like API on layers (weight_orig, weight_mask, hooks)
+* ``report``  -- per-layer parameters, zeros, dead filters, FLOPs dense vs filter-skipping
 """
 from ece662.pruning.masks import amount_to_count
 from ece662.pruning.methods import (BasePruningMethod, CustomFromMask, Identity, L1Unstructured,
                                     LnStructured, RandomStructured, RandomUnstructured,
-                                    custom_from_mask, global_unstructured, identity, is_pruned,
-                                    l1_unstructured, ln_structured, random_structured,
+                                    PruningContainer, custom_from_mask, global_structured,
+                                    global_unstructured, identity, is_pruned, l1_unstructured,
+                                    ln_structured, pruning_history, random_structured,
                                     random_unstructured, remove)
+from ece662.pruning.report import report
 
 __all__ = ["BasePruningMethod", "CustomFromMask", "Identity", "L1Unstructured", "LnStructured",
-           "RandomStructured", "RandomUnstructured", "amount_to_count", "custom_from_mask",
+           "RandomStructured", "RandomUnstructured", "PruningContainer", "amount_to_count",
+           "global_structured", "pruning_history", "report", "custom_from_mask",
            "global_unstructured", "identity", "is_pruned", "l1_unstructured", "ln_structured",
            "random_structured", "random_unstructured", "remove"]

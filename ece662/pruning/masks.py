@@ -221,3 +221,69 @@ def global_l1_unstructured(scores_list, amount, masks=None):
         out.append(flat_new[start:start + s.size].reshape(s.shape))
         start += s.size
     return out
+
+
+def global_ln_structured(scores_list, amount, n, dim, masks=None, normalize=False,
+                         keep_one_per_tensor=True):
+    """Rank the live channels along ``dim`` of several tensors together by Ln norm.
+
+    Parameters
+    ----------
+    scores_list : list of ndarray
+        Each with at least 2 dimensions; they may differ in shape.
+    amount : int or float
+        Counted over the live channels of all tensors together.
+    normalize : bool
+        Divide each tensor's channel norms by the root mean square of its live channels'
+        norms, so tensors of different scale compete fairly.
+    keep_one_per_tensor : bool
+        Never prune a tensor's last live channel (its strongest is left out of the ranking).
+
+    Returns
+    -------
+    list of ndarray of bool
+
+    Examples
+    --------
+    >>> a = np.array([[1., 1.], [0.1, 0.1]]); b = np.array([[5., 5.], [2., 2.], [3., 3.]])
+    >>> [m[:, 0].tolist() for m in global_ln_structured([a, b], 2, 2, 0)]
+    [[True, False], [True, False, True]]
+    """
+    if not scores_list:
+        raise ValueError("global pruning needs at least one tensor")
+    masks = masks or [None] * len(scores_list)
+    norms, alive, owner, index, prevs = [], [], [], [], []
+    for i, (s, m) in enumerate(zip(scores_list, masks)):
+        s = np.asarray(s)
+        d = _check_dim(s.ndim, dim)
+        prev = _prev(m, s.shape)
+        live = _channel_view(prev, d).any(axis=1)
+        nrm = channel_norms(s, n, d)
+        if normalize and live.any():
+            rms = np.sqrt(np.mean(nrm[live] ** 2))
+            nrm = nrm / rms if rms > 0 else nrm
+        candidate = live.copy()
+        if keep_one_per_tensor and live.any():
+            best = np.flatnonzero(live)[np.argmax(nrm[live])]
+            candidate[best] = False
+        norms.append(nrm)
+        alive.append(candidate)
+        owner.append(np.full(len(nrm), i))
+        index.append(np.arange(len(nrm)))
+        prevs.append((prev, d, live))
+    total_live = int(sum(p[2].sum() for p in prevs))
+    k = amount_to_count(amount, total_live)
+    cand = np.concatenate(alive)
+    if k > cand.sum():
+        raise ValueError(f"cannot prune {k} of {total_live} channels while keeping one per tensor; "
+                         f"lower the amount or pass allow_empty_layers=True")
+    flat_norms, flat_owner, flat_index = np.concatenate(norms), np.concatenate(owner), np.concatenate(index)
+    keep = cand.copy()
+    _prune_lowest(keep, flat_norms, k)
+    pruned = cand & ~keep
+    out = []
+    for i, (prev, d, _) in enumerate(prevs):
+        channel_keep = np.ones(prev.shape[d], dtype=bool)
+        channel_keep[flat_index[pruned & (flat_owner == i)]] = False
+        out.append(prev & _expand(channel_keep, prev.shape, d))
+    return out

@@ -18,16 +18,49 @@ import numpy as np
 from ece662.pruning import masks as M
 
 
-class _ApplyMask:
-    """The forward pre-hook: ``module.<name> = <name>_orig * <name>_mask``."""
+class PruningContainer:
+    """Every pruning method applied to one tensor, in order; also its forward pre-hook.
 
-    def __init__(self, name):
-        self.name = name
+    As in torch, the container is what sits in ``module._forward_pre_hooks``: before
+    every forward it sets ``module.<name> = <name>_orig * <name>_mask``.
+
+    Examples
+    --------
+    >>> from ece662.layers import Linear
+    >>> fc = Linear(4, 4, seed=0)
+    >>> _ = l1_unstructured(fc, "weight", 0.5); _ = l1_unstructured(fc, "weight", 0.5)
+    >>> c = pruning_history(fc, "weight")
+    >>> [type(m).__name__ for m in c], int((~fc.weight_mask).sum())
+    (['L1Unstructured', 'L1Unstructured'], 12)
+    """
+
+    def __init__(self, name, *methods):
+        self._tensor_name = name
+        self._pruning_methods = tuple(methods)
+
+    def add_pruning_method(self, method):
+        self._pruning_methods += (method,)
+
+    def __len__(self):
+        return len(self._pruning_methods)
+
+    def __iter__(self):
+        return iter(self._pruning_methods)
+
+    def __getitem__(self, i):
+        return self._pruning_methods[i]
+
+    def compute_mask(self, t, default_mask):
+        """Apply every method in turn, each to what the previous ones kept."""
+        mask = default_mask
+        for method in self._pruning_methods:
+            mask = method.compute_mask(t * mask, default_mask=mask) & mask
+        return mask
 
     def __call__(self, module, inputs):
-        orig = module._parameters[self.name + "_orig"]
-        mask = module._buffers[self.name + "_mask"]
-        object.__setattr__(module, self.name, orig * mask)
+        orig = module._parameters[self._tensor_name + "_orig"]
+        mask = module._buffers[self._tensor_name + "_mask"]
+        object.__setattr__(module, self._tensor_name, orig * mask)
 
 
 def _hooks(module):
@@ -52,17 +85,34 @@ def _current(module, name):
     return p, None
 
 
-def _set_mask(module, name, mask):
+def _set_mask(module, name, mask, method=None):
     """Install ``mask`` (already computed and checked): the only place that mutates."""
     if not _is_param_pruned(module, name):
         orig = module._parameters.pop(name)
         module._parameters[name + "_orig"] = orig
         module._buffers[name + "_mask"] = mask
-        _hooks(module)[name] = module.register_forward_pre_hook(_ApplyMask(name))
+        container = PruningContainer(name)
+        _hooks(module)[name] = (container, module.register_forward_pre_hook(container))
     else:
         module._buffers[name + "_mask"] = mask
-    _ApplyMask(name)(module, None)
+    container = _hooks(module)[name][0]
+    if method is not None:
+        container.add_pruning_method(method)
+    container(module, None)
     return module
+
+
+def pruning_history(module, name):
+    """The :class:`PruningContainer` of ``module.<name>``: the methods applied so far.
+
+    Raises
+    ------
+    ValueError
+        If ``module.<name>`` is not pruned.
+    """
+    if not _is_param_pruned(module, name):
+        raise ValueError(f"Parameter '{name}' of module {type(module).__name__} is not pruned")
+    return _hooks(module)[name][0]
 
 
 # ============================================================================ method classes
@@ -92,7 +142,7 @@ class BasePruningMethod:
         mask = np.asarray(method.compute_mask(scores, default_mask=default)).astype(bool)
         if mask.shape != t.shape:
             raise ValueError(f"{cls.__name__}.compute_mask returned shape {mask.shape}, expected {t.shape}")
-        return _set_mask(module, name, mask & default)
+        return _set_mask(module, name, mask & default, method)
 
 
 class Identity(BasePruningMethod):
@@ -190,18 +240,48 @@ def random_unstructured(module, name, amount, seed=None, rng=None):
     return RandomUnstructured.apply(module, name, amount, seed=seed, rng=rng)
 
 
-def ln_structured(module, name, amount, n, dim, importance_scores=None):
+def ln_structured(module, name, amount, n, dim, importance_scores=None, prune_bias=False):
     """Prune the ``amount`` channels along ``dim`` with the smallest Ln norm.
 
-    ``dim=0`` of a conv weight ``(F, C, HH, WW)`` removes whole filters.
-    The bias is left alone, as in torch (see ``ece662/pruning/README.md``).
+    ``dim=0`` of a conv weight ``(F, C, HH, WW)`` removes whole filters.  By default the
+    bias is left alone, as in torch, so a dead filter still outputs ``bias`` (and
+    ``relu(bias)`` after a ReLU).  ``prune_bias=True`` (``dim=0`` only) also prunes the
+    bias entries of the filters that died, so their output is exactly 0.
+
+    Examples
+    --------
+    >>> from ece662.layers import Conv2d
+    >>> conv = Conv2d(3, 4, 3, seed=0)
+    >>> _ = ln_structured(conv, "weight", amount=2, n=2, dim=0, prune_bias=True)
+    >>> conv.alive_filters().tolist() == conv.bias_mask.tolist()
+    True
     """
-    return LnStructured.apply(module, name, amount, n, dim, importance_scores=importance_scores)
+    _check_prune_bias(module, name, dim, prune_bias)
+    LnStructured.apply(module, name, amount, n, dim, importance_scores=importance_scores)
+    return _prune_dead_bias(module, name) if prune_bias else module
 
 
-def random_structured(module, name, amount, dim, seed=None, rng=None):
-    """Prune ``amount`` random channels along ``dim``."""
-    return RandomStructured.apply(module, name, amount, dim, seed=seed, rng=rng)
+def random_structured(module, name, amount, dim, seed=None, rng=None, prune_bias=False):
+    """Prune ``amount`` random channels along ``dim`` (``prune_bias`` as in :func:`ln_structured`)."""
+    _check_prune_bias(module, name, dim, prune_bias)
+    RandomStructured.apply(module, name, amount, dim, seed=seed, rng=rng)
+    return _prune_dead_bias(module, name) if prune_bias else module
+
+
+def _check_prune_bias(module, name, dim, prune_bias):
+    if not prune_bias:
+        return
+    ndim = _current(module, name)[0].ndim
+    if name != "weight" or not isinstance(dim, (int, np.integer)) or ndim < 2 or dim % ndim != 0:
+        raise ValueError("prune_bias=True needs name='weight' and dim=0 (whole output filters)")
+    if module._parameters.get("bias") is None and "bias_orig" not in module._parameters:
+        raise ValueError(f"prune_bias=True, but {type(module).__name__} has no bias")
+
+
+def _prune_dead_bias(module, name):
+    """Prune the bias entries of output channels whose weights are all masked."""
+    alive = module._buffers[name + "_mask"].reshape(module._buffers[name + "_mask"].shape[0], -1).any(axis=1)
+    return custom_from_mask(module, "bias", alive)
 
 
 def custom_from_mask(module, name, mask):
@@ -259,7 +339,52 @@ def global_unstructured(parameters, pruning_method, importance_scores=None, **kw
         raise TypeError(f"global_unstructured supports L1Unstructured and RandomUnstructured, "
                         f"got {pruning_method!r}")
     for (m, n), mask in zip(parameters, new):
-        _set_mask(m, n, mask)
+        _set_mask(m, n, mask, CustomFromMask(mask))
+
+
+def global_structured(parameters, amount, n=2, dim=0, normalize=False, allow_empty_layers=False,
+                      prune_bias=False):
+    """Rank the channels (filters, for ``dim=0``) of several layers together; prune the weakest.
+
+    Beyond torch.  ``amount`` counts over the live channels of all the parameters.
+
+    Parameters
+    ----------
+    parameters : iterable of (module, name)
+    amount : int or float
+    n : 1, 2, inf or 'fro'
+        The norm that scores a channel.
+    normalize : bool
+        Divide each layer's channel norms by their root mean square first, so layers
+        whose weights have different scales (conv1 vs conv2) compete fairly.
+    allow_empty_layers : bool
+        Unless True, each layer keeps at least its strongest channel: a layer with no
+        filter left would cut the network in two.
+    prune_bias : bool
+        Also prune the bias of the channels that die (see :func:`ln_structured`).
+
+    Examples
+    --------
+    >>> from ece662.layers import Conv2d
+    >>> from ece662.models import default_convnet
+    >>> net = default_convnet()
+    >>> convs = [(m, "weight") for _, m in net.named_modules() if isinstance(m, Conv2d)]
+    >>> global_structured(convs, amount=0.5, n=2, dim=0, normalize=True)
+    >>> sum(int((~m.alive_filters()).sum()) for m, _ in convs)
+    32
+    """
+    parameters = list(parameters)
+    if not parameters:
+        raise ValueError("global_structured: parameters is empty; pass [(module, 'weight'), ...]")
+    for m, name in parameters:
+        _check_prune_bias(m, name, dim, prune_bias)
+    current = [_current(m, name) for m, name in parameters]
+    new = M.global_ln_structured([t for t, _ in current], amount, n, dim, [p for _, p in current],
+                                 normalize=normalize, keep_one_per_tensor=not allow_empty_layers)
+    for (m, name), mask in zip(parameters, new):
+        _set_mask(m, name, mask, CustomFromMask(mask))
+        if prune_bias:
+            _prune_dead_bias(m, name)
 
 
 def remove(module, name):
@@ -274,7 +399,7 @@ def remove(module, name):
         raise ValueError(f"Parameter '{name}' of module {type(module).__name__} has to be pruned "
                          f"before pruning can be removed")
     folded = module._parameters.pop(name + "_orig") * module._buffers.pop(name + "_mask")
-    _hooks(module).pop(name).remove()
+    _hooks(module).pop(name)[1].remove()
     module.__dict__.pop(name, None)
     module._parameters[name] = folded.astype(np.float32)
     return module

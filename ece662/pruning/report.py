@@ -1,0 +1,104 @@
+"""``report(model)``: what pruning did to each layer, as records and a table.
+
+For every Conv2d and Linear layer: parameters, zeros, sparsity, dead filters, and two
+FLOP counts per image: *dense* (what a kernel that multiplies by zeros does) and *skip*
+(what ece662's filter-skipping path still does: only live filters, and only input
+channels / features that are not constant because a dead filter upstream made them so).
+"""
+import sys
+
+import numpy as np
+
+from ece662.layers import Conv2d, Flatten, Linear, MaxPool2d, ReLU
+
+
+def _const_channels(conv):
+    """Output channels of ``conv`` that are constant planes (dead filters) and their values."""
+    alive = conv.alive_filters()
+    bias = conv.bias if conv.bias is not None else np.zeros(conv.out_channels, np.float32)
+    return ~alive, np.where(alive, 0.0, bias).astype(np.float32)
+
+
+def report(model, input_shape=(3, 32, 32), file=None, verbose=True):
+    """Per-layer and overall pruning statistics of a Sequential model.
+
+    Parameters
+    ----------
+    model : Sequential
+    input_shape : tuple
+        One input without the batch axis.
+    file : file-like, optional
+        Where the table goes (default stdout).
+    verbose : bool
+        Print the table.
+
+    Returns
+    -------
+    list of dict
+        ``name, type, params, zeros, sparsity, dead_filters, flops_dense, flops_skip`` per
+        Conv2d / Linear layer, then a ``total`` record.
+
+    Examples
+    --------
+    >>> from ece662.models import default_convnet
+    >>> import ece662.pruning as prune
+    >>> net = default_convnet()
+    >>> _ = prune.ln_structured(net.conv1, "weight", amount=16, n=2, dim=0)
+    >>> rows = report(net, verbose=False)
+    >>> rows[0]["dead_filters"], rows[0]["flops_skip"] / rows[0]["flops_dense"]
+    (16, 0.5)
+    """
+    shape = (1,) + tuple(input_shape)
+    const = None          # (is_constant (C,), value (C,)) of the current activation's channels
+    feat_const = None     # after Flatten: is_constant per feature
+    rows = []
+    for name, m in model.named_children():
+        out_shape = m.output_shape(shape)
+        if isinstance(m, (Conv2d, Linear)):
+            w = m.weight
+            zeros = int(w.size - np.count_nonzero(w))
+            params = int(w.size + (m.bias.size if m.bias is not None else 0))
+            dense = m.flops(shape)
+            if isinstance(m, Conv2d):
+                alive = m.alive_filters()
+                live_in = m.in_channels
+                if const is not None and m.padding == 0:
+                    live_in = int((~const[0]).sum())
+                skip = dense * int(alive.sum()) * live_in // (m.out_channels * m.in_channels)
+                dead = int((~alive).sum())
+            else:
+                live_in = m.in_features if feat_const is None else int((~feat_const).sum())
+                skip = 2 * m.out_features * live_in
+                dead = 0
+            rows.append({"name": name, "type": type(m).__name__, "params": params, "zeros": zeros,
+                         "sparsity": zeros / w.size, "dead_filters": dead,
+                         "flops_dense": int(dense), "flops_skip": int(skip)})
+        # how constant channels flow to the next layer
+        if isinstance(m, Conv2d):
+            const = _const_channels(m)
+            feat_const = None
+        elif isinstance(m, ReLU) and const is not None:
+            const = (const[0], np.maximum(const[1], 0))
+        elif isinstance(m, MaxPool2d):
+            pass
+        elif isinstance(m, Flatten) and const is not None:
+            hw = int(np.prod(shape[2:]))
+            feat_const = np.repeat(const[0], hw)
+            const = None
+        else:
+            const, feat_const = None, None
+        shape = out_shape
+    total = {"name": "total", "type": "", "params": sum(r["params"] for r in rows),
+             "zeros": sum(r["zeros"] for r in rows), "dead_filters": sum(r["dead_filters"] for r in rows),
+             "flops_dense": sum(r["flops_dense"] for r in rows), "flops_skip": sum(r["flops_skip"] for r in rows)}
+    weights = sum(int(m.weight.size) for _, m in model.named_children() if isinstance(m, (Conv2d, Linear)))
+    total["sparsity"] = total["zeros"] / max(weights, 1)
+    rows.append(total)
+    if verbose:
+        out = file or sys.stdout
+        print(f"{'layer':<8} {'type':<7} {'params':>8} {'zeros':>8} {'sparsity':>9} {'dead':>5} "
+              f"{'FLOPs dense':>12} {'FLOPs skip':>12}", file=out)
+        for r in rows:
+            print(f"{r['name']:<8} {r['type']:<7} {r['params']:>8,} {r['zeros']:>8,} {r['sparsity']:>9.3f} "
+                  f"{r['dead_filters']:>5} {r['flops_dense']:>12,} {r['flops_skip']:>12,}", file=out)
+    return rows
