@@ -266,3 +266,39 @@ print("ok")
     env = dict(os.environ, NUMBA_DISABLE_JIT="1")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr
+
+
+STRIDE1_CASES = [c for c in CONV_CASES if c[7] == 1]
+
+
+@pytest.mark.parametrize("sparsity", [0.0, 0.5, 0.9, 1.0])
+@pytest.mark.parametrize("case", STRIDE1_CASES, ids=str)
+def test_sparse_taps_kernel_matches_reference(case, sparsity, rng):
+    """The sparse-taps conv equals the reference on weights with that fraction of zeros."""
+    x, w, b, stride, pad = _conv_inputs(rng, case)
+    w = w * (rng.random(w.shape) >= sparsity)
+    assert_close(fn.conv2d_forward_sparse(x, w, b, stride, pad), ref.conv2d_forward_reference(x, w, b, stride, pad),
+                 {"case": case, "sparsity": sparsity})
+
+
+def test_sparse_taps_kernel_refuses_stride_2(rng):
+    """The sparse kernel says it only does stride 1 instead of computing something else."""
+    x, w, b, _, _ = _conv_inputs(rng, (1, 2, 6, 6, 2, 3, 3, 2, 0))
+    with pytest.raises(ValueError, match="stride 1"):
+        fn.conv2d_forward_sparse(x, w, b, 2, 0)
+
+
+@pytest.mark.parametrize("version", [1, 2, 3])
+@pytest.mark.parametrize("case", CONV_CASES, ids=str)
+def test_skipping_dead_filters_and_channels_matches_dense(case, version, rng):
+    """Skipping dead filters and zero input channels gives the dense result on the masked weights."""
+    x, w, b, stride, pad = _conv_inputs(rng, case)
+    F, C = w.shape[0], w.shape[1]
+    alive_f = rng.random(F) < 0.6
+    alive_c = rng.random(C) < 0.6
+    alive_c[0] = True
+    x = x * alive_c[None, :, None, None]          # a dead input channel is all zeros
+    w_masked = w * alive_f[:, None, None, None]
+    expected = ref.conv2d_forward_reference(x, w_masked, b, stride, pad)
+    got = fn.conv2d_forward_numba(x, w, b, stride, pad, alive_f=alive_f, alive_c=alive_c, version=version)
+    assert_close(got, expected, {"case": case, "version": version, "alive_f": alive_f, "alive_c": alive_c})

@@ -116,6 +116,61 @@ def conv2d_forward_numba(x, w, b, stride=1, pad=0, alive_f=None, alive_c=None, v
     return out
 
 
+def sparse_taps(w, Hp, Wp):
+    """The non-zero taps of ``w (F, C, HH, WW)`` per filter, for a padded input of Hp x Wp.
+
+    Returns
+    -------
+    ptr : ndarray, (F+1,) int64     filter f's taps are ``ptr[f]:ptr[f+1]``
+    tap_off : ndarray, (nnz,) uint32  offset c*Hp*Wp + kh*Wp + kw into the flattened image
+    tap_w : ndarray, (nnz,) float32
+    """
+    F, C, HH, WW = w.shape
+    f, c, kh, kw = np.nonzero(w)
+    ptr = np.zeros(F + 1, dtype=np.int64)
+    np.cumsum(np.bincount(f, minlength=F), out=ptr[1:])
+    tap_off = (c * (Hp * Wp) + kh * Wp + kw).astype(np.uint32)
+    return ptr, tap_off, w[f, c, kh, kw].astype(np.float32)
+
+
+def conv2d_forward_sparse(x, w, b, stride=1, pad=0, taps=None):
+    """Convolution that only multiplies by the non-zero weights (stride 1).
+
+    Same signature and result as ``reference.conv2d_forward_reference``; work is
+    proportional to the number of non-zero weights.  ``taps`` may carry a precomputed
+    :func:`sparse_taps` of ``w`` (layers cache it).
+
+    Examples
+    --------
+    >>> x = np.arange(16, dtype=np.float32).reshape(1, 1, 4, 4)
+    >>> w = np.array([[[[0, 0], [0, 1]]]], dtype=np.float32)   # one non-zero tap
+    >>> conv2d_forward_sparse(x, w, None)[0, 0]
+    array([[ 5.,  6.,  7.],
+           [ 9., 10., 11.],
+           [13., 14., 15.]], dtype=float32)
+    """
+    where = "conv2d_forward_sparse"
+    x, w, b = _check_conv_args(x, w, b, where)
+    if stride != 1:
+        raise ValueError(f"{where}: only stride 1 is supported, got stride={stride}; "
+                         f"use conv2d_forward_numba")
+    N, C, H, W = x.shape
+    F, _, HH, WW = w.shape
+    H_out = conv_output_size(H, HH, 1, pad)
+    W_out = conv_output_size(W, WW, 1, pad)
+    xp = _pad(x, pad)
+    Hp, Wp = xp.shape[2], xp.shape[3]
+    if C * Hp * Wp >= 2 ** 32:
+        raise ValueError(f"{where}: images of {C}x{Hp}x{Wp} are too large for uint32 offsets")
+    ptr, tap_off, tap_w = taps if taps is not None else sparse_taps(w, Hp, Wp)
+    L = (H_out - 1) * Wp + W_out
+    out = np.empty((N, F, H_out, W_out), dtype=np.float32)
+    scratch = np.empty((min(_threads(), N), L), dtype=np.float32)
+    kernels.conv2d_forward_sparse_taps(np.ascontiguousarray(xp).reshape(N, C * Hp * Wp), Wp, ptr,
+                                       tap_off, tap_w, b, scratch, out)
+    return out
+
+
 def conv2d_forward_direct(x, w, b, stride=1, pad=0):
     """Kernel v1 (direct loops) behind the same signature, for tests and teaching."""
     return conv2d_forward_numba(x, w, b, stride, pad, version=1)

@@ -25,6 +25,12 @@ conv forward
     filters and dead input channels outright; v3 takes the list of live filters ``fidx``
     and the list of live channels ``cidx`` instead (its tiles walk over live filters only).
     A dead filter's output plane is its bias.  With everything alive they are dense kernels.
+sparse conv forward (unstructured masks)
+    ``conv2d_forward_sparse_taps`` stride 1: per filter, the list of its non-zero taps as
+       (offset, weight) pairs, CSR-style (``ptr[f]:ptr[f+1]``); offset = c*Hp*Wp + kh*Wp + kw
+       into the flattened padded image, stored as uint32.  Each tap is one axpy over the
+       flattened rows, as in v2, so work is proportional to the non-zeros -- but an axpy is
+       slower per multiply-add than v3's register tile, hence a break-even sparsity.
 conv backward
     v1 ``conv2d_backward_direct`` any stride, direct loops.
     v2 ``conv2d_backward_rows``   stride 1, flattened rows as above: dw is a dot product
@@ -200,6 +206,33 @@ def conv2d_forward_patches(xp, wk, b, fidx, cidx, HH, WW, stride, scratch, out):
                     for k in range(Kp):
                         s00 += a0[k] * wk[f0, k]
                     out[n, f0, p // W_out, p % W_out] += s00
+
+
+@njit(parallel=True, cache=True)
+def conv2d_forward_sparse_taps(ximg, Wp, ptr, tap_off, tap_w, b, scratch, out):
+    """Sparse, stride 1. ximg: (N, C*Hp*Wp) flattened padded images; ptr: (F+1,) int64;
+    tap_off: (nnz,) uint32; tap_w: (nnz,) float32; scratch: (T, L) with L = (H'-1)*Wp + W';
+    out: (N, F, H', W') written in full."""
+    N = ximg.shape[0]
+    F = ptr.shape[0] - 1
+    _, _, H_out, W_out = out.shape
+    T, L = scratch.shape
+    chunk = (N + T - 1) // T
+    for t in prange(T):
+        acc = scratch[t]
+        for n in range(t * chunk, min(N, (t + 1) * chunk)):
+            x_n = ximg[n]
+            for f in range(F):
+                for p in range(L):
+                    acc[p] = 0.0
+                for q in range(ptr[f], ptr[f + 1]):  # only the taps that survived pruning
+                    off = tap_off[q]
+                    wv = tap_w[q]
+                    for p in range(L):
+                        acc[p] += wv * x_n[p + off]
+                for i in range(H_out):
+                    for j in range(W_out):
+                        out[n, f, i, j] = acc[i * Wp + j] + b[f]
 
 
 # ============================================================================ conv backward

@@ -22,6 +22,12 @@ from ece662.layers.checks import (check_finite, check_float32, check_nchw,
                                   check_nonnegative_int, check_positive_int)
 from ece662.layers.shapes import conv_output_size
 
+# Conv2d uses the sparse-taps kernel for a pruned layer whose weights are at least this
+# sparse.  Measured on the course machine (benchmarks/RESULTS.md): the sparse kernel is
+# already 1.0x (conv1) / 0.9x (conv2) of the dense one at 0% and 1.2x / 1.3x at 20-30%;
+# 0.3 leaves a margin for other machines.
+SPARSE_THRESHOLD = 0.3
+
 
 class _HookHandle:
     """Returned by ``register_forward_pre_hook``; ``remove()`` unregisters the hook."""
@@ -92,10 +98,10 @@ class Module:
         return _HookHandle(self._forward_pre_hooks, key)
 
     # -- running
-    def __call__(self, x):
+    def __call__(self, x, **kwargs):
         for hook in list(self._forward_pre_hooks.values()):
             hook(self, (x,))
-        return self.forward(x)
+        return self.forward(x, **kwargs)
 
     def forward(self, x):
         raise NotImplementedError
@@ -298,6 +304,9 @@ class Conv2d(Module):
             "bias", rng.uniform(-bound, bound, self.out_channels).astype(np.float32) if bias else None)
         self.name = "Conv2d"
         self._cache = None
+        self.skip_dead = True            # skip dead filters / constant input channels
+        self.sparse_threshold = SPARSE_THRESHOLD
+        self.last_kernel = None          # which kernel the last forward used, and why
 
     def _where(self):
         return f"{self.name} (Conv2d {self.in_channels}->{self.out_channels})"
@@ -309,7 +318,20 @@ class Conv2d(Module):
             return np.ones(self.out_channels, dtype=np.bool_)
         return mask.reshape(self.out_channels, -1).any(axis=1)
 
-    def forward(self, x):
+    def forward(self, x, const_in=None):
+        """Convolve ``x (N, C, H, W)`` -> ``(N, F, H', W')``, choosing the kernel.
+
+        ``const_in``: optional ``(is_constant (C,) bool, value (C,))`` saying which input
+        channels are constant planes (a dead filter upstream); with ``padding == 0`` their
+        contribution is a constant per filter, folded into the bias, and the kernel never
+        reads them.  ``Sequential`` passes it along.  The kernel choice:
+
+        * ``sparse``: stride 1, a weight mask, and a fraction of zeros among the weights of
+          live filters and live channels >= ``sparse_threshold`` (measured break-even;
+          ``None`` turns the sparse kernel off);
+        * ``skip``: some filters dead or some input channels constant (v3 over live ones);
+        * ``dense``: v3 over everything.
+        """
         where = self._where()
         x = check_float32(x, "x", where)
         check_nchw(x, where, channels=self.in_channels)
@@ -320,11 +342,40 @@ class Conv2d(Module):
             raise ValueError(f"{where}: kernel {HH}x{WW} is larger than the padded input "
                              f"{H + 2 * self.padding}x{W + 2 * self.padding} (x of shape {x.shape}); "
                              f"use a smaller kernel, more padding or larger images")
-        alive = self.alive_filters()
-        out = fn.conv2d_forward_numba(x, self.weight, self.bias, self.stride, self.padding,
-                                      alive_f=None if alive.all() else alive)
+        w = self.weight
+        b = self.bias if self.bias is not None else np.zeros(self.out_channels, np.float32)
+        alive_f = self.alive_filters() if self.skip_dead else np.ones(self.out_channels, bool)
+        alive_c = np.ones(self.in_channels, bool)
+        if self.skip_dead and const_in is not None and self.padding == 0 and const_in[0].any():
+            alive_c = ~const_in[0]
+            # a constant input plane v_c adds v_c * sum(w[f, c]) at every output position
+            b = b + (w[:, ~alive_c].sum(axis=(2, 3)) @ const_in[1][~alive_c]).astype(np.float32)
+        # zeros left inside the live filters x live channels block: what only the sparse
+        # kernel can skip (dead filters and constant channels the skip kernel skips anyway)
+        live_block = w[alive_f][:, alive_c]
+        sparsity = 1.0 - np.count_nonzero(live_block) / max(live_block.size, 1)
+        if (self.sparse_threshold is not None and self.stride == 1 and "weight_mask" in self._buffers
+                and sparsity >= self.sparse_threshold):
+            w_live = w if alive_c.all() else w * alive_c[None, :, None, None]
+            out = fn.conv2d_forward_sparse(x, w_live, b, 1, self.padding)
+            self.last_kernel = (f"sparse taps ({sparsity:.0%} of live weights zero >= threshold "
+                                f"{self.sparse_threshold:.0%})")
+        elif not (alive_f.all() and alive_c.all()):
+            out = fn.conv2d_forward_numba(x, w, b, self.stride, self.padding, alive_f=alive_f,
+                                          alive_c=alive_c)
+            self.last_kernel = (f"skip v3 ({int(alive_f.sum())}/{self.out_channels} filters, "
+                                f"{int(alive_c.sum())}/{self.in_channels} input channels)")
+        else:
+            out = fn.conv2d_forward_numba(x, w, b, self.stride, self.padding)
+            self.last_kernel = "dense v3"
         self._cache = x if self.training else None
         return out
+
+    def constant_outputs(self):
+        """``(is_constant (F,), value (F,))``: dead filters output their bias everywhere."""
+        dead = ~self.alive_filters()
+        b = self.bias if self.bias is not None else np.zeros(self.out_channels, np.float32)
+        return dead, np.where(dead, b, 0).astype(np.float32)
 
     def backward(self, dout, need_dx=True):
         """Store ``grads['weight']`` (or ``weight_orig``) and ``grads['bias']``; return dx
@@ -390,11 +441,16 @@ class Linear(Module):
             "bias", rng.uniform(-bound, bound, self.out_features).astype(np.float32) if bias else None)
         self.name = "Linear"
         self._cache = None
+        self.skip_dead = True
+        self.last_kernel = None
 
     def _where(self):
         return f"{self.name} (Linear {self.in_features}->{self.out_features})"
 
-    def forward(self, x):
+    def forward(self, x, const_in=None):
+        """``x (N, in_features)`` -> ``(N, out_features)``.  ``const_in``: optional
+        ``(is_constant (in,), value (in,))``; constant features are folded into the bias
+        and their columns never read (``Sequential`` passes them after a Flatten)."""
         where = self._where()
         x = check_float32(x, "x", where)
         if x.ndim != 2 or x.shape[1] != self.in_features:
@@ -403,7 +459,17 @@ class Linear(Module):
             raise ValueError(f"{where}: expected x of shape (N, {self.in_features}), got "
                              f"{x.shape}{hint}")
         check_finite(x, "x", where)
-        out = fn.linear_forward_numba(x, self.weight, self.bias)
+        w, b = self.weight, self.bias
+        if const_in is not None and const_in[0].any() and self.skip_dead:
+            live = ~const_in[0]
+            b = (np.zeros(self.out_features, np.float32) if b is None else b) + \
+                (w[:, ~live] @ const_in[1][~live]).astype(np.float32)
+            out = fn.linear_forward_numba(np.ascontiguousarray(x[:, live]),
+                                          np.ascontiguousarray(w[:, live]), b)
+            self.last_kernel = f"skip ({int(live.sum())}/{self.in_features} input features)"
+        else:
+            out = fn.linear_forward_numba(x, w, b)
+            self.last_kernel = "dense"
         self._cache = x if self.training else None
         return out
 
@@ -586,8 +652,34 @@ class Sequential(Module):
         return iter(self._modules.values())
 
     def forward(self, x):
+        """Run the layers in order, telling each Conv2d / Linear which of its inputs are
+        constant because a filter upstream is dead (so it skips them; see Conv2d.forward).
+
+        A dead filter's plane is its bias b; ReLU makes it relu(b); max pooling keeps a
+        constant plane constant; Flatten turns channel c into features c*H*W ... (c+1)*H*W-1.
+        Any other layer ends the chain.
+        """
+        const = None          # (is_constant, value) per channel (or feature) of x
         for m in self._modules.values():
-            x = m(x)
+            if isinstance(m, (Conv2d, Linear)):
+                x = m(x, const_in=const)
+                const = m.constant_outputs() if isinstance(m, Conv2d) else None
+                if const is not None and not const[0].any():
+                    const = None
+            elif isinstance(m, ReLU):
+                x = m(x)
+                const = None if const is None else (const[0], np.maximum(const[1], 0))
+            elif isinstance(m, MaxPool2d):
+                x = m(x)
+            elif isinstance(m, Flatten):
+                hw = int(np.prod(x.shape[2:])) if x.ndim == 4 else 1
+                x = m(x)
+                const = None if const is None else (np.repeat(const[0], hw), np.repeat(const[1], hw))
+            elif isinstance(m, Dropout) and not m.training:
+                x = m(x)
+            else:
+                x = m(x)
+                const = None
         return x
 
     def backward(self, dout, need_input_grad=True):

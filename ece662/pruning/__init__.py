@@ -8,6 +8,7 @@
 
 * ``masks``   -- pure functions: scores + amount (+ previous mask) -> boolean mask
 * ``methods`` -- the torch-like API on layers (weight_orig, weight_mask, hooks)
+* ``shrink``  -- physically remove dead filters (a smaller dense model, same logits)
 * ``report``  -- per-layer parameters, zeros, dead filters, FLOPs dense vs filter-skipping
 """
 from ece662.pruning.masks import amount_to_count
@@ -18,9 +19,10 @@ from ece662.pruning.methods import (BasePruningMethod, CustomFromMask, Identity,
                                     ln_structured, pruning_history, random_structured,
                                     random_unstructured, remove)
 from ece662.pruning.report import report
+from ece662.pruning.shrink import shrink
 
 __all__ = ["BasePruningMethod", "CustomFromMask", "Identity", "L1Unstructured", "LnStructured",
            "RandomStructured", "RandomUnstructured", "PruningContainer", "amount_to_count",
-           "global_structured", "pruning_history", "report", "custom_from_mask",
+           "global_structured", "pruning_history", "report", "shrink", "custom_from_mask",
            "global_unstructured", "identity", "is_pruned", "l1_unstructured", "ln_structured",
            "random_structured", "random_unstructured", "remove"]

@@ -1,0 +1,108 @@
+"""Pruning that is meant to make inference faster: the three paths agree, and the kernel choice."""
+import numpy as np
+import pytest
+
+import ece662.pruning as prune
+from conftest import assert_close
+from ece662.experiments import copy_model
+from ece662.layers import Conv2d, Linear, MaxPool2d, ReLU, Sequential, Flatten
+from ece662.models import default_convnet
+from ece662.pruning_helper import load_model
+
+
+def _dense(model):
+    """The same model forced onto the dense kernels (the masks still apply)."""
+    m = copy_model(model)
+    for _, layer in m.named_modules():
+        if isinstance(layer, (Conv2d, Linear)):
+            layer.skip_dead = False
+        if isinstance(layer, Conv2d):
+            layer.sparse_threshold = None
+    return m.eval()
+
+
+X = np.random.default_rng(0).standard_normal((64, 3, 32, 32)).astype(np.float32)
+
+
+@pytest.mark.parametrize("amount", [0.25, 0.5, 0.75])
+@pytest.mark.parametrize("how", ["per_layer", "global", "per_layer_prune_bias"])
+def test_masked_skipping_and_shrunk_models_give_the_same_logits(amount, how):
+    """On the shipped model: dense-on-masks, the filter-skipping path and shrink() agree."""
+    model = load_model()
+    convs = [(model.conv1, "weight"), (model.conv2, "weight")]
+    if how == "global":
+        prune.global_structured(convs, amount=amount, n=2, dim=0, normalize=True)
+    else:
+        for m, name in convs:
+            prune.ln_structured(m, name, amount=amount, n=2, dim=0, prune_bias=how.endswith("bias"))
+    dense = _dense(model)(X)
+    skipping = model.eval()(X)
+    assert model.conv2.last_kernel.startswith("skip v3")
+    assert model.fc.last_kernel.startswith("skip")
+    small = prune.shrink(model)
+    assert small.conv1.out_channels == int(model.conv1.alive_filters().sum())
+    cfg = {"amount": amount, "how": how}
+    assert_close(skipping, dense, cfg, rtol=1e-4, atol=1e-4, what="skip vs dense")
+    assert_close(small(X), dense, cfg, rtol=1e-4, atol=1e-4, what="shrunk vs dense")
+    assert (small(X).argmax(1) == dense.argmax(1)).mean() > 0.98
+
+
+def test_shrink_leaves_the_original_alone_and_refuses_inexact_folds():
+    """shrink() returns a new model; with padding after a live-bias dead filter it refuses."""
+    model = default_convnet(seed=0)
+    prune.ln_structured(model.conv1, "weight", amount=8, n=2, dim=0)
+    before = {k: v.copy() for k, v in model.state_dict().items()}
+    prune.shrink(model)
+    for k, v in model.state_dict().items():
+        np.testing.assert_array_equal(v, before[k])
+    padded = Sequential(Conv2d(3, 4, 3, seed=0), ReLU(), Conv2d(4, 2, 3, padding=1, seed=1), Flatten(),
+                        Linear(2 * 6 * 6, 3, seed=2))
+    padded[0].bias[:] = 1.0
+    prune.ln_structured(padded[0], "weight", amount=2, n=2, dim=0)
+    with pytest.raises(ValueError, match="padding 1.*prune_bias=True"):
+        prune.shrink(padded, input_shape=(3, 8, 8))
+    prune.custom_from_mask(padded[0], "bias", padded[0].alive_filters())
+    x = np.random.default_rng(1).standard_normal((2, 3, 8, 8)).astype(np.float32)
+    assert_close(prune.shrink(padded, input_shape=(3, 8, 8))(x), _dense(padded)(x), "padded, bias pruned")
+
+
+def test_kernel_choice_is_reported_and_configurable():
+    """Conv2d says which kernel ran: dense, skip for dead filters, sparse above the threshold."""
+    model = default_convnet(seed=0).eval()
+    model(X[:2])
+    assert model.conv1.last_kernel == "dense v3"
+    prune.l1_unstructured(model.conv2, "weight", amount=0.1)
+    model(X[:2])
+    assert model.conv2.last_kernel == "dense v3"          # 10% < the 30% break-even
+    prune.l1_unstructured(model.conv2, "weight", amount=0.5)
+    model(X[:2])
+    assert model.conv2.last_kernel.startswith("sparse taps (55%")
+    model.conv2.sparse_threshold = 0.9
+    model(X[:2])
+    assert model.conv2.last_kernel == "dense v3"
+    prune.ln_structured(model.conv1, "weight", amount=4, n=1, dim=0)
+    model(X[:2])
+    assert model.conv1.last_kernel == "skip v3 (28/32 filters, 3/3 input channels)"
+    assert "28/32 input channels" in model.conv2.last_kernel
+
+
+@pytest.mark.parametrize("amount", [0.5, 0.8, 0.9])
+def test_sparse_path_matches_dense_on_unstructured_masks(amount):
+    """With unstructured global pruning, the sparse kernels give the dense logits."""
+    model = load_model()
+    prune.global_unstructured([(model.conv1, "weight"), (model.conv2, "weight"), (model.fc, "weight")],
+                              pruning_method=prune.L1Unstructured, amount=amount)
+    got = model.eval()(X)
+    assert model.conv2.last_kernel.startswith("sparse taps")
+    assert_close(got, _dense(model)(X), {"amount": amount}, rtol=1e-4, atol=1e-4)
+
+
+def test_all_filters_dead_gives_the_bias_everywhere():
+    """A conv layer with every filter pruned outputs its bias planes (and the net still runs)."""
+    model = default_convnet(seed=0).eval()
+    prune.ln_structured(model.conv2, "weight", amount=1.0, n=2, dim=0)
+    out = model(X[:4])
+    assert np.allclose(out, out[0])          # every image gets the same logits
+    assert_close(out, _dense(model)(X[:4]), "all dead", rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="every filter of conv2 is dead"):
+        prune.shrink(model)
