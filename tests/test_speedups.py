@@ -37,12 +37,17 @@ def test_masked_skipping_and_shrunk_models_give_the_same_logits(amount, how):
             prune.ln_structured(m, name, amount=amount, n=2, dim=0, prune_bias=how.endswith("bias"))
     dense = _dense(model)(X)
     skipping = model.eval()(X)
+    assert model.conv2.last_kernel.startswith("live-only v3")
+    assert model.fc.last_kernel.startswith("live-only")
+    model.train()
+    training_path = model(X)             # full tensors, constant input channels skipped
     assert model.conv2.last_kernel.startswith("skip v3")
-    assert model.fc.last_kernel.startswith("skip")
+    model.eval()
     small = prune.shrink(model)
     assert small.conv1.out_channels == int(model.conv1.alive_filters().sum())
     cfg = {"amount": amount, "how": how}
     assert_close(skipping, dense, cfg, rtol=1e-4, atol=1e-4, what="skip vs dense")
+    assert_close(training_path, dense, cfg, rtol=1e-4, atol=1e-4, what="training path vs dense")
     assert_close(small(X), dense, cfg, rtol=1e-4, atol=1e-4, what="shrunk vs dense")
     assert (small(X).argmax(1) == dense.argmax(1)).mean() > 0.98
 
@@ -67,33 +72,36 @@ def test_shrink_leaves_the_original_alone_and_refuses_inexact_folds():
 
 
 def test_kernel_choice_is_reported_and_configurable():
-    """Conv2d says which kernel ran: dense, skip for dead filters, sparse above the threshold."""
+    """Conv2d says which kernel ran: dense, sparse above the threshold, live-only for dead filters."""
     model = default_convnet(seed=0).eval()
     model(X[:2])
     assert model.conv1.last_kernel == "dense v3"
-    prune.l1_unstructured(model.conv2, "weight", amount=0.1)
-    model(X[:2])
-    assert model.conv2.last_kernel == "dense v3"          # 10% < the 30% break-even
     prune.l1_unstructured(model.conv2, "weight", amount=0.5)
     model(X[:2])
-    assert model.conv2.last_kernel.startswith("sparse taps (55%")
+    assert model.conv2.last_kernel == "dense v3"          # 50% < the 80% break-even
+    prune.l1_unstructured(model.conv2, "weight", amount=0.7)
+    model(X[:2])
+    assert model.conv2.last_kernel.startswith("sparse taps (85%")
     model.conv2.sparse_threshold = 0.9
     model(X[:2])
     assert model.conv2.last_kernel == "dense v3"
     prune.ln_structured(model.conv1, "weight", amount=4, n=1, dim=0)
     model(X[:2])
+    assert model.conv1.last_kernel == "live-only v3 (28/32 filters, 3/3 input channels)"
+    assert model.conv2.last_kernel == "live-only v3 (32/32 filters, 28/32 input channels)"
+    model.train()(X[:2])
     assert model.conv1.last_kernel == "skip v3 (28/32 filters, 3/3 input channels)"
-    assert "28/32 input channels" in model.conv2.last_kernel
 
 
-@pytest.mark.parametrize("amount", [0.5, 0.8, 0.9])
+@pytest.mark.parametrize("amount", [0.5, 0.8, 0.9, 0.95])
 def test_sparse_path_matches_dense_on_unstructured_masks(amount):
     """With unstructured global pruning, the sparse kernels give the dense logits."""
     model = load_model()
     prune.global_unstructured([(model.conv1, "weight"), (model.conv2, "weight"), (model.fc, "weight")],
                               pruning_method=prune.L1Unstructured, amount=amount)
     got = model.eval()(X)
-    assert model.conv2.last_kernel.startswith("sparse taps")
+    sparse = 1 - np.count_nonzero(model.conv2.weight) / model.conv2.weight.size
+    assert ("sparse taps" in model.conv2.last_kernel) == (sparse >= model.conv2.sparse_threshold)
     assert_close(got, _dense(model)(X), {"amount": amount}, rtol=1e-4, atol=1e-4)
 
 

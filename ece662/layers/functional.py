@@ -98,13 +98,14 @@ def conv2d_forward_numba(x, w, b, stride=1, pad=0, alive_f=None, alive_c=None, v
     out = np.empty((N, F, H_out, W_out), dtype=np.float32)
     if version == 3:
         fidx = np.flatnonzero(alive_f).astype(np.int64)
+        didx = np.flatnonzero(~alive_f).astype(np.int64)
         cidx = np.flatnonzero(alive_c).astype(np.int64)
         K = cidx.size * HH * WW
         Kp = max(16, -(-K // 16) * 16)               # round up to a multiple of 16 lanes
         wk = np.zeros((F, Kp), dtype=np.float32)
         wk[:, :K] = w[:, cidx].reshape(F, K)
         scratch = np.empty((min(_threads(), N), H_out * W_out, Kp), dtype=np.float32)
-        kernels.conv2d_forward_patches(xp, wk, b, fidx, cidx, HH, WW, stride, scratch, out)
+        kernels.conv2d_forward_patches(xp, wk, b, fidx, didx, cidx, HH, WW, stride, scratch, out)
     elif version == 2 and stride == 1:
         Hp, Wp = xp.shape[2], xp.shape[3]
         L = (H_out - 1) * Wp + W_out

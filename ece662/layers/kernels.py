@@ -125,10 +125,11 @@ def conv2d_forward_rows(xflat, Wp, w, b, alive_f, alive_c, scratch, out):
 
 
 @njit(parallel=True, cache=True, fastmath=True)
-def conv2d_forward_patches(xp, wk, b, fidx, cidx, HH, WW, stride, scratch, out):
+def conv2d_forward_patches(xp, wk, b, fidx, didx, cidx, HH, WW, stride, scratch, out):
     """v3. xp: (N, C, Hp, Wp); wk: (F, Kp) the live channels' weights flattened in
     (c, kh, kw) order, zero beyond len(cidx)*HH*WW; fidx: live filters; cidx: live input
-    channels; scratch: (T, P, Kp) with P = H'*W'; out: (N, F, H', W') written in full."""
+    channels; didx: dead filters; scratch: (T, P, Kp) with P = H'*W';
+    out: (N, F, H', W') written in full."""
     N = xp.shape[0]
     F, Kp = wk.shape
     _, _, H_out, W_out = out.shape
@@ -139,25 +140,29 @@ def conv2d_forward_patches(xp, wk, b, fidx, cidx, HH, WW, stride, scratch, out):
     chunk = (N + T - 1) // T
     for t in prange(T):
         pat = scratch[t]
+        for p in range(P):                           # the zero tail k >= K is never written again
+            for k in range(K, Kp):
+                pat[p, k] = 0.0
         for n in range(t * chunk, min(N, (t + 1) * chunk)):
             # dead filters: the bias plane (the dense result of all-zero weights)
-            for f in range(F):
+            for q in range(didx.shape[0]):
+                f = didx[q]
                 for i in range(H_out):
                     for j in range(W_out):
                         out[n, f, i, j] = b[f]
-            # the patch matrix: row p = i*W' + j holds the receptive field of (i, j)
-            for i in range(H_out):
-                for j in range(W_out):
-                    row = pat[i * W_out + j]
-                    k = 0
-                    for ci in range(cidx.shape[0]):
-                        c = cidx[ci]
-                        for kh in range(HH):
+            # the patch matrix: row p = i*W' + j holds the receptive field of (i, j), in
+            # (c, kh, kw) order; each (c, kh) contributes a run of WW neighbours of one input row
+            for ci in range(cidx.shape[0]):
+                c = cidx[ci]
+                for kh in range(HH):
+                    k0 = (ci * HH + kh) * WW
+                    for i in range(H_out):
+                        src = xp[n, c, i * stride + kh]
+                        for j in range(W_out):
+                            dst = pat[i * W_out + j]
+                            s0 = j * stride
                             for kw in range(WW):
-                                row[k] = xp[n, c, i * stride + kh, j * stride + kw]
-                                k += 1
-                    for k in range(K, Kp):
-                        row[k] = 0.0
+                                dst[k0 + kw] = src[s0 + kw]
             # 2 positions x 4 filters per tile, eight dot products sharing their loads
             for p in range(0, P - 1, 2):
                 a0 = pat[p]
@@ -180,14 +185,14 @@ def conv2d_forward_patches(xp, wk, b, fidx, cidx, HH, WW, stride, scratch, out):
                         s11 += v * w1[k]
                         s12 += v * w2[k]
                         s13 += v * w3[k]
-                    out[n, f0, i0, j0] += s00
-                    out[n, f1, i0, j0] += s01
-                    out[n, f2, i0, j0] += s02
-                    out[n, f3, i0, j0] += s03
-                    out[n, f0, i1, j1] += s10
-                    out[n, f1, i1, j1] += s11
-                    out[n, f2, i1, j1] += s12
-                    out[n, f3, i1, j1] += s13
+                    out[n, f0, i0, j0] = s00 + b[f0]
+                    out[n, f1, i0, j0] = s01 + b[f1]
+                    out[n, f2, i0, j0] = s02 + b[f2]
+                    out[n, f3, i0, j0] = s03 + b[f3]
+                    out[n, f0, i1, j1] = s10 + b[f0]
+                    out[n, f1, i1, j1] = s11 + b[f1]
+                    out[n, f2, i1, j1] = s12 + b[f2]
+                    out[n, f3, i1, j1] = s13 + b[f3]
                 for q in range(nf - nf % 4, nf):     # leftover filters, one at a time
                     f0 = fidx[q]
                     w0 = wk[f0]
@@ -195,8 +200,8 @@ def conv2d_forward_patches(xp, wk, b, fidx, cidx, HH, WW, stride, scratch, out):
                     for k in range(Kp):
                         s00 += a0[k] * w0[k]
                         s10 += a1[k] * w0[k]
-                    out[n, f0, i0, j0] += s00
-                    out[n, f0, i1, j1] += s10
+                    out[n, f0, i0, j0] = s00 + b[f0]
+                    out[n, f0, i1, j1] = s10 + b[f0]
             if P % 2 == 1:                           # leftover position
                 p = P - 1
                 a0 = pat[p]
@@ -205,7 +210,7 @@ def conv2d_forward_patches(xp, wk, b, fidx, cidx, HH, WW, stride, scratch, out):
                     s00 = np.float32(0.0)
                     for k in range(Kp):
                         s00 += a0[k] * wk[f0, k]
-                    out[n, f0, p // W_out, p % W_out] += s00
+                    out[n, f0, p // W_out, p % W_out] = s00 + b[f0]
 
 
 @njit(parallel=True, cache=True)

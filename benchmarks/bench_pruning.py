@@ -1,0 +1,151 @@
+"""Does pruning make inference faster?  Measured, in one run, against the FLOP-count ideal.
+
+    python benchmarks/bench_pruning.py [--images 5000] [--repeats 3] [--plot docs/speedup.png]
+
+1. Filter pruning (L2, dim 0) of both conv layers of the shipped model at 25/50/75%:
+   whole-network time with the dense kernels on the masked weights ("masks alone"), with
+   ece662's filter-skipping path, and physically shrunk; speedups over the dense run next
+   to the FLOP ideal (dense FLOPs / FLOPs left, from ece662.pruning.report).  With torch:
+   torch on the zeroed weights and torch on the shrunk network (channels_last, 2 threads).
+2. Unstructured L1 pruning of conv2 at 50/80/90%: conv2 alone, dense v3 vs the sparse-taps kernel.
+"""
+import argparse
+import time
+
+import numpy as np
+
+import ece662.pruning as prune
+from ece662.experiments import copy_model
+from ece662.layers import Conv2d, Linear
+from ece662.layers import functional as fn
+from ece662.pruning_helper import load_model
+
+
+def best_time(fn_, repeats):
+    fn_()
+    ts = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn_()
+        ts.append(time.perf_counter() - t0)
+    return min(ts)
+
+
+def forced_dense(model):
+    m = copy_model(model).eval()
+    for _, layer in m.named_modules():
+        if isinstance(layer, (Conv2d, Linear)):
+            layer.skip_dead = False
+        if isinstance(layer, Conv2d):
+            layer.sparse_threshold = None
+    return m
+
+
+def run_batched(model, x, bs=500):
+    return lambda: [model(x[i:i + bs]) for i in range(0, len(x), bs)]
+
+
+def torch_net(model):
+    import torch
+    tn = torch.nn
+    c1, c2, fc = model.conv1, model.conv2, model.fc
+    net = tn.Sequential(tn.Conv2d(c1.in_channels, c1.out_channels, 5), tn.ReLU(), tn.MaxPool2d(2),
+                        tn.Conv2d(c2.in_channels, c2.out_channels, 3), tn.ReLU(), tn.MaxPool2d(2), tn.Flatten(),
+                        tn.Linear(fc.in_features, fc.out_features)).eval()
+    with torch.no_grad():
+        for i, layer in ((0, c1), (3, c2), (7, fc)):
+            net[i].weight.copy_(torch.tensor(np.ascontiguousarray(layer.weight)))
+            net[i].bias.copy_(torch.tensor(layer.bias))
+    return net.to(memory_format=torch.channels_last)
+
+
+def torch_time(net, x, repeats, bs=128):
+    import torch
+    tx = torch.tensor(x).contiguous(memory_format=torch.channels_last)
+
+    def run():
+        with torch.no_grad():
+            for i in range(0, len(tx), bs):
+                net(tx[i:i + bs])
+    return best_time(run, repeats)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--images", type=int, default=5000)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--plot", default=None)
+    args = ap.parse_args()
+    x = np.random.default_rng(0).standard_normal((args.images, 3, 32, 32)).astype(np.float32)
+    try:
+        import torch
+        torch.set_num_threads(2)
+    except ImportError:
+        torch = None
+
+    base = load_model()
+    t_dense0 = best_time(run_batched(forced_dense(base), x), args.repeats)
+    t_torch0 = torch_time(torch_net(base), x, args.repeats) if torch else None
+    print(f"unpruned: ece662 dense {t_dense0:.3f} s" + (f", torch channels_last {t_torch0:.3f} s" if torch else ""))
+    print(f"\n{'filters pruned':>14} {'FLOP ideal':>10} {'masks only':>10} {'skip':>8} {'shrunk':>8} "
+          f"{'skip/ideal':>10}" + (f" {'torch zeros':>12} {'torch shrunk':>12} {'skip vs tz':>10} {'shrunk vs ts':>12}" if torch else ""))
+    rows = []
+    for amount in (0.25, 0.5, 0.75):
+        m = load_model()
+        for layer in (m.conv1, m.conv2):
+            prune.ln_structured(layer, "weight", amount=amount, n=2, dim=0)
+        rep = prune.report(m, verbose=False)[-1]
+        ideal = rep["flops_dense"] / rep["flops_skip"]
+        t_masked = best_time(run_batched(forced_dense(m), x), args.repeats)
+        t_skip = best_time(run_batched(m.eval(), x), args.repeats)
+        small = prune.shrink(m)
+        t_small = best_time(run_batched(small, x), args.repeats)
+        line = (f"{amount:>14.0%} {ideal:>9.2f}x {t_dense0 / t_masked:>9.2f}x {t_dense0 / t_skip:>7.2f}x "
+                f"{t_dense0 / t_small:>7.2f}x {t_dense0 / t_skip / ideal:>9.0%}")
+        row = {"amount": amount, "ideal": ideal, "masked": t_dense0 / t_masked, "skip": t_dense0 / t_skip,
+               "shrunk": t_dense0 / t_small}
+        if torch:
+            tz = torch_time(torch_net(m), x, args.repeats)
+            ts = torch_time(torch_net(small), x, args.repeats)
+            line += f" {tz:>11.3f}s {ts:>11.3f}s {tz / t_skip:>9.2f}x {ts / t_small:>11.2f}x"
+        print(line)
+        rows.append(row)
+
+    print(f"\n{'conv2 zeros':>12} {'sparse vs dense':>16}")
+    net = load_model()
+    h = np.maximum(net.pool1(net.relu1(net.conv1(x[:2000]))), 0)
+    w, b = net.conv2.weight, net.conv2.bias
+    t_d = best_time(lambda: fn.conv2d_forward_numba(h, w, b), args.repeats)
+    rng = np.random.default_rng(1)
+    sparse_rows = []
+    for s in (0.0, 0.3, 0.5, 0.8, 0.9):
+        mask = prune.masks.l1_unstructured(w * (1 + 0.01 * rng.random(w.shape)), s)
+        ws = w * mask
+        t_s = best_time(lambda: fn.conv2d_forward_sparse(h, ws, b), args.repeats)
+        print(f"{s:>12.0%} {t_d / t_s:>15.2f}x")
+        sparse_rows.append((s, t_d / t_s))
+
+    if args.plot:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        fig, ax = plt.subplots(figsize=(6, 4))
+        a = [r["amount"] for r in rows]
+        ax.plot(a, [r["ideal"] for r in rows], "k--", label="filters: FLOP ideal")
+        ax.plot(a, [r["skip"] for r in rows], "o-", label="filters: skipping kernel")
+        ax.plot(a, [r["shrunk"] for r in rows], "s-", label="filters: physically removed")
+        ax.plot(a, [r["masked"] for r in rows], "x-", label="filters: masks only (dense kernel)")
+        ax.plot([s for s, _ in sparse_rows], [v for _, v in sparse_rows], "^-", label="conv2 unstructured: sparse kernel")
+        ax.plot([0, 0.9], [1 / (1 - 0), 1 / (1 - 0.9)], alpha=0)
+        ax.axhline(1, color="grey", lw=0.8)
+        ax.set_xlabel("fraction pruned (filters per conv layer, or conv2 weights)")
+        ax.set_ylabel("speedup over the dense kernel")
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        fig.savefig(args.plot, dpi=110)
+        print(f"\nwrote {args.plot}")
+
+
+if __name__ == "__main__":
+    main()
