@@ -136,7 +136,6 @@ def main():
         ax.plot(a, [r["shrunk"] for r in rows], "s-", label="filters: physically removed")
         ax.plot(a, [r["masked"] for r in rows], "x-", label="filters: masks only (dense kernel)")
         ax.plot([s for s, _ in sparse_rows], [v for _, v in sparse_rows], "^-", label="conv2 unstructured: sparse kernel")
-        ax.plot([0, 0.9], [1 / (1 - 0), 1 / (1 - 0.9)], alpha=0)
         ax.axhline(1, color="grey", lw=0.8)
         ax.set_xlabel("fraction pruned (filters per conv layer, or conv2 weights)")
         ax.set_ylabel("speedup over the dense kernel")

@@ -4,7 +4,7 @@ Where the data is found (first hit wins):
 
 1. the ``path`` argument,
 2. the environment variable ``ECE662_DATA``,
-3. ``datasets/`` in the repository (see ``datasets/README.md``),
+3. ``datasets/`` in the repository (where ``datasets/get_datasets.sh`` puts it),
 4. ``../shared/datasets`` beside the repository (the course machines' real data).
 
 ``path`` may be a CINIC-10 folder (``train/ valid/ test/``, ten class folders of
@@ -154,9 +154,9 @@ def find_data(path=None):
         "no CINIC-10 data found. Looked in:\n" + "\n".join(looked) +
         "\nExpected a CINIC-10 folder (train/ valid/ test/ with ten class folders of PNGs), "
         "a folder holding cinic-10/, cinic10.npz or cifar10_real.npz, or an .npz archive with "
-        "X_train, y_train, X_val, y_val, X_test, y_test. Put CINIC-10 (from "
-        "https://github.com/BayesWatch/cinic-10) in datasets/cinic-10/ (see datasets/README.md), "
-        "or point ECE662_DATA (or path=) at it.")
+        "X_train, y_train, X_val, y_val, X_test, y_test. Get CINIC-10 with "
+        "`bash datasets/get_datasets.sh` (or `python -m ece662.download`), or point ECE662_DATA "
+        "(or path=) at data you have.")
 
 
 # ============================================================================ readers

@@ -144,5 +144,5 @@ def test_bad_npz_archives_are_explained(tmp_path, change, match):
 
 def test_no_data_lists_where_it_looked(tmp_path, monkeypatch):
     """A path without data gives an error listing the places searched and how to get data."""
-    with pytest.raises(FileNotFoundError, match="ECE662_DATA"):
+    with pytest.raises(FileNotFoundError, match="get_datasets.sh"):
         get_CINIC10_data(str(tmp_path / "nothing-here"))
