@@ -1,8 +1,16 @@
 """The course notebook's experiments as library calls that return plain records.
 
-Nothing here prints or plots (``ece662.plots`` and ``ece662.cli`` do).  Every
-sweep point starts from a fresh copy of the unpruned model, so the model you
-pass in is never modified.
+Nothing here prints or plots (``ece662.plots`` and ``ece662.cli`` do).  Every sweep
+point starts from a fresh copy of the unpruned model, so the model you pass in is never
+modified.  A record is a flat dict (one row of the sweep's CSV):
+
+``method, target, sparsity, accuracy`` -- what was pruned and what it cost;
+``accuracy_<origin>`` -- per image origin (``cifar10`` / ``imagenet``) when the data says;
+``sparsity_<layer>, params_nonzero, dead_filters`` -- where the zeros are;
+``flops_dense, flops_skip, flops_nonzero`` -- per image, from ``ece662.pruning.report``;
+``images_per_s_dense, images_per_s_pruned, kernels`` -- measured inference speed with the
+dense kernels on the masked weights and with the kernels ece662 picks for the pruned model;
+``accuracy_finetuned`` (and per origin) -- after fine-tuning with the masks held, if asked.
 """
 import time
 
@@ -21,7 +29,23 @@ def copy_model(model):
     """An independent copy of ``model`` (architecture, weights and masks)."""
     clone = from_spec(model.spec())
     _load_with_masks(clone, model.state_dict(), source="copy_model")
+    for (_, a), (_, b) in zip(model.named_modules(), clone.named_modules()):
+        for flag in ("skip_dead", "sparse_threshold"):
+            if hasattr(a, flag):
+                setattr(b, flag, getattr(a, flag))
     return clone.train(model.training)
+
+
+def dense_twin(model):
+    """A copy of ``model`` that runs the dense kernels on its masked weights ("masks alone")."""
+    m = copy_model(model).eval()
+    m.skip_dead = False
+    for _, layer in m.named_modules():
+        if isinstance(layer, (Conv2d, Linear)):
+            layer.skip_dead = False
+        if isinstance(layer, Conv2d):
+            layer.sparse_threshold = None
+    return m
 
 
 def prunable(model, types=(Conv2d, Linear)):
@@ -46,36 +70,95 @@ def sparsity(model, types=(Conv2d, Linear)):
     return zeros / max(total, 1), per
 
 
-def evaluate(model, X, y, batch_size=1000, origin=None):
-    """Accuracy overall (and per origin, when ``origin`` is given), and the time it took."""
-    t0 = time.perf_counter()
+def evaluate(model, X, y, batch_size=1000, origin=None, prefix="accuracy"):
+    """Accuracy overall (and per origin, when ``origin`` is given)."""
     pred = predict_logits(model, X, batch_size).argmax(1)
-    seconds = time.perf_counter() - t0
     y = np.asarray(y)
-    rec = {"accuracy": float(np.mean(pred == y)), "eval_seconds": seconds}
+    rec = {prefix: float(np.mean(pred == y))}
     if origin is not None:
         for o in np.unique(origin):
             sel = np.asarray(origin) == o
-            rec[f"accuracy_{o}"] = float(np.mean(pred[sel] == y[sel]))
+            rec[f"{prefix}_{o}"] = float(np.mean(pred[sel] == y[sel]))
     return rec
 
 
-def _record(kind, target, model, X, y, origin, batch_size):
-    overall, per_layer = sparsity(model)
-    rec = {"method": kind, "target": target, "sparsity": overall}
-    rec.update({f"sparsity_{k}": v for k, v in per_layer.items()})
-    rec["params_nonzero"] = int(sum(np.count_nonzero(m.weight) for _, m in prunable(model)))
-    rec["dead_filters"] = int(sum((~m.alive_filters()).sum() for _, m in prunable(model, (Conv2d,))))
-    rec.update(evaluate(model, X, y, batch_size, origin))
-    return rec
+def images_per_second(model, X, batch_size=500, repeats=2):
+    """Inference throughput of ``model`` on ``X`` (best of ``repeats`` after a warm-up)."""
+    X = np.asarray(X)
+    model.eval()
+    model(X[:batch_size])
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for s in range(0, len(X), batch_size):
+            model(X[s:s + batch_size])
+        best = min(best, time.perf_counter() - t0)
+    return len(X) / best
 
 
-def baseline(model, X, y, origin=None, batch_size=1000):
+class Setup:
+    """What every sweep point shares: the test data, how to time, and how to fine-tune.
+
+    Parameters
+    ----------
+    X, y : test images (float32 NCHW or an array-like of them) and labels
+    origin : optional per-image origin strings
+    timing_images : int
+        How many test images the speed columns are measured on (0 turns timing off).
+    finetune_data : (X_uint8_NHWC, y), optional
+        Training images for fine-tuning (``Trainer`` input).
+    finetune_epochs : int
+    finetune_lr : float
+    seed : int
+    """
+
+    def __init__(self, X, y, origin=None, batch_size=1000, timing_images=2000, finetune_data=None,
+                 finetune_epochs=0, finetune_lr=0.01, seed=0, progress=False):
+        self.X, self.y, self.origin, self.batch_size = X, np.asarray(y), origin, batch_size
+        self.timing_X = np.asarray(X[:timing_images]) if timing_images else None
+        self.finetune_data, self.finetune_epochs = finetune_data, finetune_epochs
+        self.finetune_lr, self.seed, self.progress = finetune_lr, seed, progress
+
+    def finetune(self, model, epochs=None):
+        """Fine-tune ``model`` in place with its masks held; returns it."""
+        from ece662.train import Trainer
+        X, y = self.finetune_data
+        Trainer(model, X, y, epochs=epochs or self.finetune_epochs, batch_size=128,
+                max_lr=self.finetune_lr, seed=self.seed, progress=self.progress).fit()
+        return model.eval()
+
+    def record(self, method, target, model, finetune=True):
+        """One row: sparsity, FLOPs, accuracy, speed, and (if set up) fine-tuned accuracy."""
+        overall, per_layer = sparsity(model)
+        rec = {"method": method, "target": target, "sparsity": overall}
+        rec.update({f"sparsity_{k}": v for k, v in per_layer.items()})
+        rec["params_nonzero"] = int(sum(np.count_nonzero(m.weight) for _, m in prunable(model)))
+        rec["dead_filters"] = int(sum((~m.alive_filters()).sum() for _, m in prunable(model, (Conv2d,))))
+        total = prune.report(model, verbose=False)[-1]
+        for k in ("flops_dense", "flops_skip", "flops_nonzero"):
+            rec[k] = total[k]
+        rec.update(evaluate(model, self.X, self.y, self.batch_size, self.origin))
+        if self.timing_X is not None:
+            rec["images_per_s_dense"] = images_per_second(dense_twin(model), self.timing_X)
+            rec["images_per_s_pruned"] = images_per_second(model, self.timing_X)
+            rec["kernels"] = "; ".join(f"{n}: {m.last_kernel}" for n, m in prunable(model, (Conv2d,)))
+        if finetune and self.finetune_data is not None and self.finetune_epochs:
+            tuned = self.finetune(copy_model(model))
+            rec.update(evaluate(tuned, self.X, self.y, self.batch_size, self.origin, prefix="accuracy_finetuned"))
+        return rec
+
+
+def _setup(setup, X, y, origin, batch_size):
+    return setup if setup is not None else Setup(X, y, origin, batch_size, timing_images=0)
+
+
+def baseline(model, X=None, y=None, origin=None, batch_size=1000, setup=None):
     """The unpruned model's record."""
-    return _record("none", 0.0, model, X, y, origin, batch_size)
+    return _setup(setup, X, y, origin, batch_size).record("none", 0.0, model, finetune=False)
 
 
-def unstructured_sweep(model, X, y, amounts=UNSTRUCTURED_AMOUNTS, origin=None, batch_size=1000):
+def unstructured_sweep(model, X=None, y=None, amounts=UNSTRUCTURED_AMOUNTS, origin=None, batch_size=1000,
+                       setup=None):
     """Global L1 unstructured pruning of every conv and linear weight, one record per amount.
 
     Examples
@@ -85,17 +168,18 @@ def unstructured_sweep(model, X, y, amounts=UNSTRUCTURED_AMOUNTS, origin=None, b
     >>> [round(r["sparsity"], 2) for r in unstructured_sweep(default_convnet(), X, y, amounts=(0.1, 0.5))]
     [0.1, 0.5]
     """
+    setup = _setup(setup, X, y, origin, batch_size)
     records = []
     for a in amounts:
         m = copy_model(model)
         prune.global_unstructured([(layer, "weight") for _, layer in prunable(m)],
                                   pruning_method=prune.L1Unstructured, amount=a)
-        records.append(_record("global_l1_unstructured", a, m, X, y, origin, batch_size))
+        records.append(setup.record("global_l1_unstructured", a, m))
     return records
 
 
-def structured_sweep(model, X, y, amounts=STRUCTURED_AMOUNTS, n=2, origin=None, batch_size=1000,
-                     scope="layer"):
+def structured_sweep(model, X=None, y=None, amounts=STRUCTURED_AMOUNTS, n=2, origin=None, batch_size=1000,
+                     scope="layer", setup=None):
     """Ln filter pruning (dim 0) of the conv layers, one record per amount.
 
     ``scope='layer'`` prunes each conv layer by ``amount`` (the course notebook's way);
@@ -104,6 +188,7 @@ def structured_sweep(model, X, y, amounts=STRUCTURED_AMOUNTS, n=2, origin=None, 
     """
     if scope not in ("layer", "global"):
         raise ValueError(f"scope must be 'layer' or 'global', got {scope!r}")
+    setup = _setup(setup, X, y, origin, batch_size)
     records = []
     for a in amounts:
         m = copy_model(model)
@@ -115,5 +200,26 @@ def structured_sweep(model, X, y, amounts=STRUCTURED_AMOUNTS, n=2, origin=None, 
             prune.global_structured([(conv, "weight") for _, conv in convs], amount=a, n=n, dim=0,
                                     normalize=True)
         method = f"l{n}_structured_filters" + ("_global" if scope == "global" else "")
-        records.append(_record(method, a, m, X, y, origin, batch_size))
+        records.append(setup.record(method, a, m))
+    return records
+
+
+def iterative_sweep(model, setup, amounts=UNSTRUCTURED_AMOUNTS, steps=3, epochs_per_step=1):
+    """Prune a little, fine-tune, repeat ("pruning during training"), one record per amount.
+
+    Each of ``steps`` rounds prunes the same fraction ``p`` of what is left, with
+    ``(1 - p) ** steps = 1 - amount``, then fine-tunes ``epochs_per_step`` epochs with the
+    masks held.  Compare its ``accuracy`` with the one-shot sweep's ``accuracy_finetuned``.
+    """
+    if setup.finetune_data is None:
+        raise ValueError("iterative pruning fine-tunes between steps: give Setup(finetune_data=...)")
+    records = []
+    for a in amounts:
+        m = copy_model(model)
+        p = 1.0 - (1.0 - a) ** (1.0 / steps)
+        for _ in range(steps):
+            prune.global_unstructured([(layer, "weight") for _, layer in prunable(m)],
+                                      pruning_method=prune.L1Unstructured, amount=p)
+            setup.finetune(m, epochs=epochs_per_step)
+        records.append(setup.record(f"global_l1_iterative_{steps}x{epochs_per_step}ep", a, m, finetune=False))
     return records

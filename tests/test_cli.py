@@ -29,6 +29,27 @@ def test_sweep_writes_table_csv_json_and_plot(real_data, tmp_path):
     assert rows[1]["accuracy"] >= rows[2]["accuracy"]
     assert (out / "results.csv").read_text().startswith("method,target,sparsity,accuracy")
     assert (out / "accuracy_vs_sparsity.png").stat().st_size > 10_000
+    for png in ("per_layer_sparsity.png", "speedup_vs_ideal.png", "weight_histograms.png",
+                "conv1_filters_l2_50.png", "mask_global_l1_50.png"):
+        assert (out / png).stat().st_size > 5_000, png
+    assert rows[3]["images_per_s_pruned"] > 0 and rows[3]["flops_skip"] < rows[0]["flops_skip"]
+
+
+def test_sweep_with_finetuning_and_iterative_pruning(real_data, tmp_path):
+    """--finetune adds accuracy after fine-tuning; --iterative adds prune-fine-tune rounds."""
+    out = tmp_path / "ft"
+    r = run("sweep", "--data", os.path.join(real_data, "cifar10_real_small.npz"), "--out", str(out),
+            "--amounts", "0.6", "--filter-amounts", "0.5", "--scope", "both", "--finetune", "1",
+            "--finetune-images", "500", "--iterative", "2", "--timing-images", "0", "--num-test", "300")
+    assert r.returncode == 0, r.stderr
+    rows = json.loads((out / "results.json").read_text())
+    methods = [row["method"] for row in rows]
+    assert methods == ["none", "global_l1_unstructured", "l2_structured_filters",
+                       "l2_structured_filters_global", "global_l1_iterative_2x1ep"]
+    for row in rows[1:4]:
+        assert 0 <= row["accuracy_finetuned"] <= 1
+    assert abs(rows[4]["sparsity"] - 0.6) < 0.01
+    assert "acc_finetuned" in r.stdout
 
 
 def test_unpruned_accuracy_is_identical_on_every_run(real_data):
@@ -41,6 +62,7 @@ def test_unpruned_accuracy_is_identical_on_every_run(real_data):
     (["sweep", "--amounts", "0.5,1.5"], "fractions in \\[0, 1\\]"),
     (["sweep", "--bogus"], "unrecognized arguments"),
     (["evaluate", "--data", "/nonexistent/place"], "no CINIC-10 data found"),
+    (["sweep", "--iterative", "3"], "needs --finetune"),
 ])
 def test_bad_command_lines_get_one_clear_line(args, match):
     """Bad options and data paths exit non-zero with a message and no traceback."""

@@ -1,9 +1,10 @@
 """``report(model)``: what pruning did to each layer, as records and a table.
 
-For every Conv2d and Linear layer: parameters, zeros, sparsity, dead filters, and two
-FLOP counts per image: *dense* (what a kernel that multiplies by zeros does) and *skip*
+For every Conv2d and Linear layer: parameters, zeros, sparsity, dead filters, and three
+FLOP counts per image: *dense* (what a kernel that multiplies by zeros does), *skip*
 (what ece662's filter-skipping path still does: only live filters, and only input
-channels / features that are not constant because a dead filter upstream made them so).
+channels / features that are not constant because a dead filter upstream made them so),
+and *nonzero* (only the multiplications by non-zero weights: the ideal of a sparse kernel).
 """
 import sys
 
@@ -35,7 +36,8 @@ def report(model, input_shape=(3, 32, 32), file=None, verbose=True):
     Returns
     -------
     list of dict
-        ``name, type, params, zeros, sparsity, dead_filters, flops_dense, flops_skip`` per
+        ``name, type, params, zeros, sparsity, dead_filters, flops_dense, flops_skip,
+        flops_nonzero`` per
         Conv2d / Linear layer, then a ``total`` record.
 
     Examples
@@ -70,9 +72,10 @@ def report(model, input_shape=(3, 32, 32), file=None, verbose=True):
                 live_in = m.in_features if feat_const is None else int((~feat_const).sum())
                 skip = 2 * m.out_features * live_in
                 dead = 0
+            nonzero = dense * np.count_nonzero(w) // w.size
             rows.append({"name": name, "type": type(m).__name__, "params": params, "zeros": zeros,
                          "sparsity": zeros / w.size, "dead_filters": dead,
-                         "flops_dense": int(dense), "flops_skip": int(skip)})
+                         "flops_dense": int(dense), "flops_skip": int(skip), "flops_nonzero": int(nonzero)})
         # how constant channels flow to the next layer
         if isinstance(m, Conv2d):
             const = _const_channels(m)
@@ -90,7 +93,8 @@ def report(model, input_shape=(3, 32, 32), file=None, verbose=True):
         shape = out_shape
     total = {"name": "total", "type": "", "params": sum(r["params"] for r in rows),
              "zeros": sum(r["zeros"] for r in rows), "dead_filters": sum(r["dead_filters"] for r in rows),
-             "flops_dense": sum(r["flops_dense"] for r in rows), "flops_skip": sum(r["flops_skip"] for r in rows)}
+             "flops_dense": sum(r["flops_dense"] for r in rows), "flops_skip": sum(r["flops_skip"] for r in rows),
+             "flops_nonzero": sum(r["flops_nonzero"] for r in rows)}
     weights = sum(int(m.weight.size) for _, m in model.named_children() if isinstance(m, (Conv2d, Linear)))
     total["sparsity"] = total["zeros"] / max(weights, 1)
     rows.append(total)
