@@ -23,10 +23,14 @@ setup(
                              # dependency-free library that handles terminals and notebooks alike
     ],
     extras_require={
-        "test": ["pytest>=7", "hypothesis>=6"],
+        "test": ["pytest>=7", "hypothesis>=6", "h5py>=3",
+                 # the notebook test executes notebooks/Pruning.ipynb
+                 "nbclient>=0.7", "nbformat>=5", "ipykernel>=6"],
         # an optional outside reference for the tests and the benchmarks; never imported by the library.
         # 2.13.0 is the CPU build that lies on the course machines' disk (other specs download gigabytes)
         "oracle": ["torch==2.13.0"],
+        # mode='tensorflow' of load_model reads Keras .keras / .h5 files with h5py (no Keras needed)
+        "tensorflow": ["h5py>=3"],
     },
     entry_points={"console_scripts": ["ece662=ece662.cli:main"]},
 )

@@ -14,7 +14,7 @@ import numpy as np
 
 from ece662 import io as _io
 
-_MODES = ("numpy", "torch")
+_MODES = ("numpy", "torch", "tensorflow")
 
 
 def load_model(path=None, mode="numpy", model=None):
@@ -29,9 +29,11 @@ def load_model(path=None, mode="numpy", model=None):
         ``'numpy'``: ece662's own ``.npz`` format (``ece662.io.save_model``).
         ``'torch'``: a PyTorch ``state_dict`` written by ``torch.save`` (zip format),
         read without importing torch and without unpickling arbitrary objects.
+        ``'tensorflow'``: a Keras model file (``.keras`` or ``.h5``), read with h5py
+        (``pip install h5py``) without Keras; NHWC layouts are converted.
     model : ece662.layers.Sequential, optional
-        For ``mode='torch'``: the architecture to load into, when it is not the course's
-        default network.  Its ``state_dict()`` keys and shapes must match the file's.
+        For ``mode='torch'`` / ``'tensorflow'``: the architecture to load into, when it is not
+        the course's default network.  Its keys and shapes must match the file's.
 
     Returns
     -------
@@ -45,8 +47,7 @@ def load_model(path=None, mode="numpy", model=None):
         No file at ``path``.
     """
     if mode not in _MODES:
-        raise ValueError(f"load_model: unknown mode {mode!r}; expected one of {_MODES} "
-                         f"('tensorflow' files are not supported yet)")
+        raise ValueError(f"load_model: unknown mode {mode!r}; expected one of {_MODES}")
     if path is None:
         path = shipped_model_path()
         if not os.path.isfile(path):
@@ -55,9 +56,11 @@ def load_model(path=None, mode="numpy", model=None):
         mode = "numpy"
     if mode == "numpy":
         if model is not None:
-            raise ValueError("load_model: model= is only used with mode='torch'; ece662 files "
-                             "carry their own architecture")
+            raise ValueError("load_model: model= is only used with mode='torch' or 'tensorflow'; "
+                             "ece662 files carry their own architecture")
         return _io.load_model(path)
+    if mode == "tensorflow":
+        return _io.model_from_keras(path, model=model)
     return _io.model_from_state_dict(_io.read_torch_state_dict(path), model=model, source=os.fspath(path))
 
 

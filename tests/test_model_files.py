@@ -150,3 +150,22 @@ def test_test_model_explains_uint8_images():
     X = np.zeros((4, 32, 32, 3), np.uint8)
     with pytest.raises(TypeError, match="get_CINIC10_data"):
         test_model(default_convnet(), [X, np.zeros(4, int)])
+
+
+@pytest.mark.parametrize("ext", ["keras", "h5"])
+def test_keras_files_load_without_keras_and_give_keras_logits(ext, monkeypatch):
+    """Real Keras files (.keras and .h5) load with h5py alone and reproduce Keras' logits."""
+    monkeypatch.setitem(sys.modules, "keras", None)
+    monkeypatch.setitem(sys.modules, "tensorflow", None)
+    net = load_model(os.path.join(FIXTURES, f"keras_default_convnet.{ext}"), mode="tensorflow")
+    io = np.load(os.path.join(FIXTURES, "keras_default_convnet_io.npz"))
+    assert_close(net(io["x"]), io["logits"], f"keras .{ext}", rtol=1e-4, atol=1e-5)
+
+
+def test_keras_file_of_another_architecture_is_explained():
+    """A Keras file whose layers do not fit the model says what it found."""
+    model = Sequential(Conv2d(3, 8, 3), ReLU(), Flatten(), Linear(8 * 30 * 30, 5))
+    with pytest.raises(ValueError, match="3 layers with weights.*has 2"):
+        load_model(os.path.join(FIXTURES, "keras_default_convnet.keras"), mode="tensorflow", model=model)
+    with pytest.raises(ValueError, match="not a .keras model|not a readable Keras"):
+        load_model(os.path.join(FIXTURES, "torch_default_convnet.pt"), mode="tensorflow")
