@@ -105,6 +105,8 @@ def _save(records, out):
 
 
 def _sweep(args):
+    import matplotlib
+    matplotlib.use("Agg")  # the command line writes files and never opens windows
     from tqdm.auto import tqdm
 
     from ece662 import experiments as E

@@ -2,11 +2,8 @@
 
 Every function returns the figure and, given ``path``, saves it as a PNG and closes it.
 """
-import matplotlib
-
-matplotlib.use("Agg")  # files, not windows: works on a laptop, a server or in CI
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
 
 
 def _save(fig, path):
