@@ -7,7 +7,7 @@
    ece662's filter-skipping path, and physically shrunk; speedups over the dense run next
    to the FLOP ideal (dense FLOPs / FLOPs left, from ece662.pruning.report).  With torch:
    torch on the zeroed weights and torch on the shrunk network (channels_last, 2 threads).
-2. Unstructured L1 pruning of conv2 at 50/80/90%: conv2 alone, dense v3 vs the sparse-taps kernel.
+2. Unstructured L1 pruning of conv1 and conv2 at 0-90%: each layer alone, dense v3 vs the sparse-taps kernel.
 """
 import argparse
 import time
@@ -111,19 +111,23 @@ def main():
         print(line)
         rows.append(row)
 
-    print(f"\n{'conv2 zeros':>12} {'sparse vs dense':>16}")
     net = load_model()
-    h = np.maximum(net.pool1(net.relu1(net.conv1(x[:2000]))), 0)
-    w, b = net.conv2.weight, net.conv2.bias
-    t_d = best_time(lambda: fn.conv2d_forward_numba(h, w, b), args.repeats)
+    inputs = {"conv1": x[:2000]}
+    inputs["conv2"] = net.pool1(net.relu1(net.conv1(x[:2000])))
     rng = np.random.default_rng(1)
     sparse_rows = []
-    for s in (0.0, 0.3, 0.5, 0.8, 0.9):
-        mask = prune.masks.l1_unstructured(w * (1 + 0.01 * rng.random(w.shape)), s)
-        ws = w * mask
-        t_s = best_time(lambda: fn.conv2d_forward_sparse(h, ws, b), args.repeats)
-        print(f"{s:>12.0%} {t_d / t_s:>15.2f}x")
-        sparse_rows.append((s, t_d / t_s))
+    for layer_name in ("conv1", "conv2"):
+        layer, h = getattr(net, layer_name), inputs[layer_name]
+        w, b = layer.weight, layer.bias
+        t_d = best_time(lambda: fn.conv2d_forward_numba(h, w, b), args.repeats)
+        print(f"\n{layer_name + ' zeros':>12} {'sparse vs dense':>16}")
+        for s in (0.0, 0.3, 0.5, 0.8, 0.9):
+            mask = prune.masks.l1_unstructured(w * (1 + 0.01 * rng.random(w.shape)), s)
+            ws = w * mask
+            t_s = best_time(lambda: fn.conv2d_forward_sparse(h, ws, b), args.repeats)
+            print(f"{s:>12.0%} {t_d / t_s:>15.2f}x")
+            if layer_name == "conv2":
+                sparse_rows.append((s, t_d / t_s))
 
     if args.plot:
         import matplotlib

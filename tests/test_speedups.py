@@ -78,11 +78,11 @@ def test_kernel_choice_is_reported_and_configurable():
     assert model.conv1.last_kernel == "dense v3"
     prune.l1_unstructured(model.conv2, "weight", amount=0.5)
     model(X[:2])
-    assert model.conv2.last_kernel == "dense v3"          # 50% < the 80% break-even
-    prune.l1_unstructured(model.conv2, "weight", amount=0.7)
+    assert model.conv2.last_kernel == "dense v3"          # 50% < the 85% break-even
+    prune.l1_unstructured(model.conv2, "weight", amount=0.8)
     model(X[:2])
-    assert model.conv2.last_kernel.startswith("sparse taps (85%")
-    model.conv2.sparse_threshold = 0.9
+    assert model.conv2.last_kernel.startswith("sparse taps (90%")
+    model.conv2.sparse_threshold = 0.95
     model(X[:2])
     assert model.conv2.last_kernel == "dense v3"
     prune.ln_structured(model.conv1, "weight", amount=4, n=1, dim=0)

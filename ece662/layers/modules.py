@@ -22,11 +22,11 @@ from ece662.layers.checks import (check_finite, check_float32, check_nchw,
                                   check_nonnegative_int, check_positive_int)
 from ece662.layers.shapes import conv_output_size
 
-# Conv2d uses the sparse-taps kernel for a pruned layer whose live weights are at least
-# this sparse.  Measured on the course machine (benchmarks/bench_pruning.py, RESULTS.md):
-# against the dense v3 kernel the sparse one runs at 0.47x (conv1) / 0.26x (conv2) with no
-# zeros, 0.86x / 0.57x at 50%, and 1.84x / 1.29x at 80%: break-even near 55% / 75%.
-SPARSE_THRESHOLD = 0.8
+# Conv2d uses the sparse-taps kernel for a layer whose live weights are at least this sparse.
+# Measured on the course machine (benchmarks/bench_pruning.py, RESULTS.md): against the dense
+# v3 kernel the sparse one runs at 0.38x (conv1) / 0.16x (conv2) with no zeros, 1.51x / 0.72x
+# at 80% and 2.40x / 1.33x at 90%: break-even near 65% (conv1) and 85% (conv2).
+SPARSE_THRESHOLD = 0.85
 
 
 class _HookHandle:
