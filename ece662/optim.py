@@ -31,6 +31,8 @@ def softmax_cross_entropy(logits, y):
         raise ValueError(f"softmax_cross_entropy: expected y of shape ({N},), got {y.shape}")
     if N and (y.min() < 0 or y.max() >= K):
         raise ValueError(f"softmax_cross_entropy: labels must lie in 0..{K - 1}, got {y.min()}..{y.max()}")
+    if not np.isfinite(logits).all():        # a diverged model: report NaN, let the caller stop
+        return float("nan"), np.full(logits.shape, np.nan, dtype=np.float32)
     shifted = logits - logits.max(axis=1, keepdims=True)
     log_probs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
     loss = -log_probs[np.arange(N), y].mean()

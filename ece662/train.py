@@ -130,6 +130,11 @@ class Trainer:
                 self.model.zero_grad()
                 self.model.backward(dlogits, need_input_grad=False)
                 self.optimizer.step(self.model)
+                if not all(np.isfinite(p).all() for p in self.model.parameters()):
+                    self.model.load_state_dict(good)
+                    raise TrainingDiverged(
+                        f"the weights became NaN or infinite at epoch {epoch}, step {b + 1}; the model "
+                        f"keeps the weights from before that step. Lower the learning rate (now {lr:.4g})")
                 losses.append(loss)
                 correct += int((logits.argmax(1) == y).sum())
                 step += 1
