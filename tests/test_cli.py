@@ -87,3 +87,19 @@ def test_unwritable_output_folder(tmp_path, real_data):
     blocker.write_text("x")
     r = run("sweep", "--out", str(blocker / "sub"), "--data", os.path.join(real_data, "cifar10_real_small.npz"))
     assert r.returncode != 0 and "cannot write" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_interrupted_sweep_keeps_the_rows_it_finished(real_data, tmp_path, monkeypatch, capsys):
+    """Ctrl-C during the structured part leaves the baseline and unstructured rows on disk."""
+    from ece662 import cli, experiments
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(experiments, "structured_sweep", interrupted)
+    out = tmp_path / "out"
+    code = cli.main(["sweep", "--data", os.path.join(real_data, "cifar10_real_small.npz"), "--out", str(out),
+                     "--amounts", "0.3,0.6", "--timing-images", "0"])
+    assert code == 130 and "interrupted" in capsys.readouterr().err
+    rows = json.loads((out / "results.json").read_text())
+    assert [r["target"] for r in rows] == [0.0, 0.3, 0.6]

@@ -75,20 +75,20 @@ def test_kernel_choice_is_reported_and_configurable():
     """Conv2d says which kernel ran: dense, sparse above the threshold, live-only for dead filters."""
     model = default_convnet(seed=0).eval()
     model(X[:2])
-    assert model.conv1.last_kernel == "dense v3"
+    assert model.conv1.last_kernel == "dense v3 + fused ReLU"
     prune.l1_unstructured(model.conv2, "weight", amount=0.5)
     model(X[:2])
-    assert model.conv2.last_kernel == "dense v3"          # 50% < the 85% break-even
+    assert model.conv2.last_kernel == "dense v3 + fused ReLU"     # 50% < the 85% break-even
     prune.l1_unstructured(model.conv2, "weight", amount=0.8)
     model(X[:2])
     assert model.conv2.last_kernel.startswith("sparse taps (90%")
     model.conv2.sparse_threshold = 0.95
     model(X[:2])
-    assert model.conv2.last_kernel == "dense v3"
+    assert model.conv2.last_kernel == "dense v3 + fused ReLU"
     prune.ln_structured(model.conv1, "weight", amount=4, n=1, dim=0)
     model(X[:2])
-    assert model.conv1.last_kernel == "live-only v3 (28/32 filters, 3/3 input channels)"
-    assert model.conv2.last_kernel == "live-only v3 (32/32 filters, 28/32 input channels)"
+    assert model.conv1.last_kernel == "live-only v3 (28/32 filters, 3/3 input channels) + fused ReLU"
+    assert model.conv2.last_kernel == "live-only v3 (32/32 filters, 28/32 input channels) + fused ReLU"
     model.train()(X[:2])
     assert model.conv1.last_kernel == "skip v3 (28/32 filters, 3/3 input channels)"
 
@@ -103,6 +103,20 @@ def test_sparse_path_matches_dense_on_unstructured_masks(amount):
     sparse = 1 - np.count_nonzero(model.conv2.weight) / model.conv2.weight.size
     assert ("sparse taps" in model.conv2.last_kernel) == (sparse >= model.conv2.sparse_threshold)
     assert_close(got, _dense(model)(X), {"amount": amount}, rtol=1e-4, atol=1e-4)
+
+
+def test_fused_relu_gives_the_unfused_result():
+    """Eval-mode ReLU fusion (dense, live-only and sparse paths) changes no logit beyond rounding."""
+    model = load_model()
+    fused = model.eval()(X)
+    model.fuse_relu = False
+    np.testing.assert_array_equal(model(X), fused)          # same kernels, same order of sums
+    prune.ln_structured(model.conv1, "weight", amount=8, n=2, dim=0)
+    prune.l1_unstructured(model.conv2, "weight", amount=0.9)
+    unfused = model(X)
+    model.fuse_relu = True
+    assert_close(model(X), unfused, "fused vs unfused, pruned", rtol=1e-5, atol=1e-5)
+    assert "sparse taps" in model.conv2.last_kernel and "fused ReLU" in model.conv2.last_kernel
 
 
 def test_all_filters_dead_gives_the_bias_everywhere():

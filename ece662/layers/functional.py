@@ -54,7 +54,7 @@ def _check_conv_args(x, w, b, where):
 
 
 # ============================================================================ conv
-def conv2d_forward_numba(x, w, b, stride=1, pad=0, alive_f=None, alive_c=None, version=3):
+def conv2d_forward_numba(x, w, b, stride=1, pad=0, alive_f=None, alive_c=None, version=3, relu=False):
     """Convolution forward; fast twin of ``reference.conv2d_forward_reference``.
 
     Parameters
@@ -73,6 +73,9 @@ def conv2d_forward_numba(x, w, b, stride=1, pad=0, alive_f=None, alive_c=None, v
         Which kernel of ``ece662.layers.kernels`` runs (see its docstring): 1 direct
         loops, 2 flattened rows (stride 1 only; other strides fall back to 1),
         3 register-tiled patches (the default, fastest).
+    relu : bool
+        Return ``max(conv, 0)``: a ReLU fused into the kernel's output loop (version 3 only),
+        which saves a whole pass over the output.
 
     Returns
     -------
@@ -96,6 +99,8 @@ def conv2d_forward_numba(x, w, b, stride=1, pad=0, alive_f=None, alive_c=None, v
     alive_c = _alive(alive_c, C, "alive_c", where)
     xp = _pad(x, pad)
     out = np.empty((N, F, H_out, W_out), dtype=np.float32)
+    if relu and version != 3:
+        raise ValueError(f"{where}: relu=True is only fused into kernel version 3")
     if version == 3:
         fidx = np.flatnonzero(alive_f).astype(np.int64)
         didx = np.flatnonzero(~alive_f).astype(np.int64)
@@ -105,7 +110,8 @@ def conv2d_forward_numba(x, w, b, stride=1, pad=0, alive_f=None, alive_c=None, v
         wk = np.zeros((F, Kp), dtype=np.float32)
         wk[:, :K] = w[:, cidx].reshape(F, K)
         scratch = np.empty((min(_threads(), N), H_out * W_out, Kp), dtype=np.float32)
-        kernels.conv2d_forward_patches(xp, wk, b, fidx, didx, cidx, HH, WW, stride, scratch, out)
+        kernels.conv2d_forward_patches(xp, wk, b, fidx, didx, cidx, HH, WW, stride, relu, scratch, out)
+        return out
     elif version == 2 and stride == 1:
         Hp, Wp = xp.shape[2], xp.shape[3]
         L = (H_out - 1) * Wp + W_out

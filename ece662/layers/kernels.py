@@ -125,11 +125,11 @@ def conv2d_forward_rows(xflat, Wp, w, b, alive_f, alive_c, scratch, out):
 
 
 @njit(parallel=True, cache=True, fastmath=True)
-def conv2d_forward_patches(xp, wk, b, fidx, didx, cidx, HH, WW, stride, scratch, out):
+def conv2d_forward_patches(xp, wk, b, fidx, didx, cidx, HH, WW, stride, relu, scratch, out):
     """v3. xp: (N, C, Hp, Wp); wk: (F, Kp) the live channels' weights flattened in
     (c, kh, kw) order, zero beyond len(cidx)*HH*WW; fidx: live filters; cidx: live input
-    channels; didx: dead filters; scratch: (T, P, Kp) with P = H'*W';
-    out: (N, F, H', W') written in full."""
+    channels; didx: dead filters; relu: apply max(., 0) to every output (a fused ReLU);
+    scratch: (T, P, Kp) with P = H'*W'; out: (N, F, H', W') written in full."""
     N = xp.shape[0]
     F, Kp = wk.shape
     _, _, H_out, W_out = out.shape
@@ -137,6 +137,7 @@ def conv2d_forward_patches(xp, wk, b, fidx, didx, cidx, HH, WW, stride, scratch,
     P = H_out * W_out
     K = cidx.shape[0] * HH * WW
     nf = fidx.shape[0]
+    zero = np.float32(0.0)
     chunk = (N + T - 1) // T
     for t in prange(T):
         pat = scratch[t]
@@ -147,9 +148,12 @@ def conv2d_forward_patches(xp, wk, b, fidx, didx, cidx, HH, WW, stride, scratch,
             # dead filters: the bias plane (the dense result of all-zero weights)
             for q in range(didx.shape[0]):
                 f = didx[q]
+                v = b[f]
+                if relu and v < 0:
+                    v = np.float32(0.0)
                 for i in range(H_out):
                     for j in range(W_out):
-                        out[n, f, i, j] = b[f]
+                        out[n, f, i, j] = v
             # the patch matrix: row p = i*W' + j holds the receptive field of (i, j), in
             # (c, kh, kw) order; each (c, kh) contributes a run of WW neighbours of one input row
             for ci in range(cidx.shape[0]):
@@ -185,14 +189,25 @@ def conv2d_forward_patches(xp, wk, b, fidx, didx, cidx, HH, WW, stride, scratch,
                         s11 += v * w1[k]
                         s12 += v * w2[k]
                         s13 += v * w3[k]
-                    out[n, f0, i0, j0] = s00 + b[f0]
-                    out[n, f1, i0, j0] = s01 + b[f1]
-                    out[n, f2, i0, j0] = s02 + b[f2]
-                    out[n, f3, i0, j0] = s03 + b[f3]
-                    out[n, f0, i1, j1] = s10 + b[f0]
-                    out[n, f1, i1, j1] = s11 + b[f1]
-                    out[n, f2, i1, j1] = s12 + b[f2]
-                    out[n, f3, i1, j1] = s13 + b[f3]
+                    s00 += b[f0]
+                    s01 += b[f1]
+                    s02 += b[f2]
+                    s03 += b[f3]
+                    s10 += b[f0]
+                    s11 += b[f1]
+                    s12 += b[f2]
+                    s13 += b[f3]
+                    if relu:
+                        s00, s01, s02, s03 = max(s00, zero), max(s01, zero), max(s02, zero), max(s03, zero)
+                        s10, s11, s12, s13 = max(s10, zero), max(s11, zero), max(s12, zero), max(s13, zero)
+                    out[n, f0, i0, j0] = s00
+                    out[n, f1, i0, j0] = s01
+                    out[n, f2, i0, j0] = s02
+                    out[n, f3, i0, j0] = s03
+                    out[n, f0, i1, j1] = s10
+                    out[n, f1, i1, j1] = s11
+                    out[n, f2, i1, j1] = s12
+                    out[n, f3, i1, j1] = s13
                 for q in range(nf - nf % 4, nf):     # leftover filters, one at a time
                     f0 = fidx[q]
                     w0 = wk[f0]
@@ -200,8 +215,12 @@ def conv2d_forward_patches(xp, wk, b, fidx, didx, cidx, HH, WW, stride, scratch,
                     for k in range(Kp):
                         s00 += a0[k] * w0[k]
                         s10 += a1[k] * w0[k]
-                    out[n, f0, i0, j0] = s00 + b[f0]
-                    out[n, f0, i1, j1] = s10 + b[f0]
+                    s00 += b[f0]
+                    s10 += b[f0]
+                    if relu:
+                        s00, s10 = max(s00, zero), max(s10, zero)
+                    out[n, f0, i0, j0] = s00
+                    out[n, f0, i1, j1] = s10
             if P % 2 == 1:                           # leftover position
                 p = P - 1
                 a0 = pat[p]
@@ -210,7 +229,10 @@ def conv2d_forward_patches(xp, wk, b, fidx, didx, cidx, HH, WW, stride, scratch,
                     s00 = np.float32(0.0)
                     for k in range(Kp):
                         s00 += a0[k] * wk[f0, k]
-                    out[n, f0, p // W_out, p % W_out] = s00 + b[f0]
+                    s00 += b[f0]
+                    if relu:
+                        s00 = max(s00, zero)
+                    out[n, f0, p // W_out, p % W_out] = s00
 
 
 @njit(parallel=True, cache=True)

@@ -316,8 +316,11 @@ class Conv2d(Module):
         (pruned away by a mask, or zeroed for good by ``prune.remove``)."""
         return np.any(self.weight.reshape(self.out_channels, -1) != 0, axis=1)
 
-    def forward(self, x, const_in=None):
+    def forward(self, x, const_in=None, relu=False):
         """Convolve ``x (N, C, H, W)`` -> ``(N, F, H', W')``, choosing the kernel.
+
+        ``relu=True`` returns ``max(conv, 0)`` with the ReLU fused into the kernel (an
+        eval-mode ``Sequential`` asks for it when a ReLU follows).
 
         ``const_in``: optional ``(is_constant (C,) bool, value (C,))`` saying which input
         channels are constant planes (a dead filter upstream); with ``padding == 0`` their
@@ -355,16 +358,20 @@ class Conv2d(Module):
         if self.sparse_threshold is not None and self.stride == 1 and sparsity >= self.sparse_threshold:
             w_live = w if alive_c.all() else w * alive_c[None, :, None, None]
             out = fn.conv2d_forward_sparse(x, w_live, b, 1, self.padding)
+            if relu:
+                np.maximum(out, 0, out=out)
             self.last_kernel = (f"sparse taps ({sparsity:.0%} of live weights zero >= threshold "
                                 f"{self.sparse_threshold:.0%})")
         elif not (alive_f.all() and alive_c.all()):
             out = fn.conv2d_forward_numba(x, w, b, self.stride, self.padding, alive_f=alive_f,
-                                          alive_c=alive_c)
+                                          alive_c=alive_c, relu=relu)
             self.last_kernel = (f"skip v3 ({int(alive_f.sum())}/{self.out_channels} filters, "
                                 f"{int(alive_c.sum())}/{self.in_channels} input channels)")
         else:
-            out = fn.conv2d_forward_numba(x, w, b, self.stride, self.padding)
+            out = fn.conv2d_forward_numba(x, w, b, self.stride, self.padding, relu=relu)
             self.last_kernel = "dense v3"
+        if relu:
+            self.last_kernel += " + fused ReLU"
         self._cache = x if self.training else None
         return out
 
@@ -374,7 +381,7 @@ class Conv2d(Module):
         b = self.bias if self.bias is not None else np.zeros(self.out_channels, np.float32)
         return dead, np.where(dead, b, 0).astype(np.float32)
 
-    def forward_live(self, x_live, live_in, const_in):
+    def forward_live(self, x_live, live_in, const_in, relu=False):
         """Inference on live channels only: the network shrunk on the fly.
 
         Parameters
@@ -390,6 +397,7 @@ class Conv2d(Module):
         out_live : ndarray, (N, F_live, H', W')   only the live filters' planes
         live_out : ndarray of bool, (F,)
         const_out : ndarray, (F,)                 a dead filter's plane is its bias
+                                                  (``relu(bias)`` with ``relu=True``)
         """
         where = self._where()
         x_live = check_float32(x_live, "x", where)
@@ -408,13 +416,17 @@ class Conv2d(Module):
         sparsity = 1.0 - np.count_nonzero(w_live) / max(w_live.size, 1)
         if self.sparse_threshold is not None and self.stride == 1 and sparsity >= self.sparse_threshold:
             out = fn.conv2d_forward_sparse(x_live, w_live, b_live, 1, self.padding)
+            if relu:
+                np.maximum(out, 0, out=out)
             kernel = f"sparse taps ({sparsity:.0%} of live weights zero)"
         else:
-            out = fn.conv2d_forward_numba(x_live, w_live, b_live, self.stride, self.padding)
+            out = fn.conv2d_forward_numba(x_live, w_live, b_live, self.stride, self.padding, relu=relu)
             kernel = "v3"
         self.last_kernel = (f"live-only {kernel} ({int(alive.sum())}/{self.out_channels} filters, "
-                            f"{int(live_in.sum())}/{self.in_channels} input channels)")
-        return out, alive, np.where(alive, 0, b).astype(np.float32)
+                            f"{int(live_in.sum())}/{self.in_channels} input channels)"
+                            + (" + fused ReLU" if relu else ""))
+        const_out = np.where(alive, 0, b).astype(np.float32)
+        return out, alive, (np.maximum(const_out, 0) if relu else const_out)
 
     def backward(self, dout, need_dx=True):
         """Store ``grads['weight']`` (or ``weight_orig``) and ``grads['bias']``; return dx
@@ -690,6 +702,7 @@ class Sequential(Module):
             if hasattr(m, "name"):
                 m.name = name
         self.skip_dead = True
+        self.fuse_relu = True
 
     def __getitem__(self, i):
         if isinstance(i, str):
@@ -717,9 +730,14 @@ class Sequential(Module):
         if not self.training and self.skip_dead and self._has_dead_filters():
             return self.forward_live(x)
         const = None          # (is_constant, value) per channel (or feature) of x
-        for m in self._modules.values():
+        layers = list(self._modules.values())
+        fuse = self._fusable(layers)
+        for i, m in enumerate(layers):
+            if i - 1 in fuse:                 # this ReLU already ran inside the conv
+                const = None if const is None else (const[0], np.maximum(const[1], 0))
+                continue
             if isinstance(m, (Conv2d, Linear)):
-                x = m(x, const_in=const)
+                x = m(x, const_in=const, relu=True) if i in fuse else m(x, const_in=const)
                 const = m.constant_outputs() if isinstance(m, Conv2d) else None
                 if const is not None and not const[0].any():
                     const = None
@@ -738,6 +756,16 @@ class Sequential(Module):
                 x = m(x)
                 const = None
         return x
+
+    def _fusable(self, layers):
+        """Indices of Conv2d layers whose following ReLU can run inside the conv kernel: in
+        eval mode only (training keeps every activation for backward), and not when the ReLU
+        has hooks of its own (they would be skipped)."""
+        if self.training or not self.fuse_relu:
+            return set()
+        return {i for i in range(len(layers) - 1)
+                if isinstance(layers[i], Conv2d) and isinstance(layers[i + 1], ReLU)
+                and not layers[i + 1]._forward_pre_hooks}
 
     def _has_dead_filters(self):
         return any(isinstance(m, Conv2d) and m.skip_dead and not m.alive_filters().all()
@@ -759,16 +787,21 @@ class Sequential(Module):
         ndarray, the same as :meth:`forward` on the masked weights (float32 tolerance)
         """
         live, const = None, None      # which channels (or features) of x are real, the rest's values
-        for m in self._modules.values():
+        layers = list(self._modules.values())
+        fuse = self._fusable(layers)
+        for i, m in enumerate(layers):
+            if i - 1 in fuse:             # this ReLU already ran inside the conv
+                continue
+            relu = i in fuse
             if live is None:
                 if isinstance(m, Conv2d):
                     x, live, const = m.forward_live(x, np.ones(m.in_channels, bool),
-                                                    np.zeros(m.in_channels, np.float32))
+                                                    np.zeros(m.in_channels, np.float32), relu=relu)
                 else:
                     x = m(x)
                 continue
             if isinstance(m, Conv2d) and (m.padding == 0 or not np.any(const[~live])):
-                x, live, const = m.forward_live(x, live, const)
+                x, live, const = m.forward_live(x, live, const, relu=relu)
             elif isinstance(m, ReLU):
                 x = m(x)
                 const = np.maximum(const, 0)
@@ -784,7 +817,10 @@ class Sequential(Module):
             else:                      # back to full tensors for anything else
                 x = self._expand(x, live, const)
                 live, const = None, None
-                x = m(x)
+                if relu:               # a conv that cannot run live-only, with its ReLU fused
+                    x = m(x, relu=True)
+                else:
+                    x = m(x)
         return x if live is None else self._expand(x, live, const)
 
     @staticmethod
