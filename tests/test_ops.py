@@ -302,3 +302,17 @@ def test_skipping_dead_filters_and_channels_matches_dense(case, version, rng):
     expected = ref.conv2d_forward_reference(x, w_masked, b, stride, pad)
     got = fn.conv2d_forward_numba(x, w, b, stride, pad, alive_f=alive_f, alive_c=alive_c, version=version)
     assert_close(got, expected, {"case": case, "version": version, "alive_f": alive_f, "alive_c": alive_c})
+
+
+@pytest.mark.parametrize("case", [c for c in STRIDE1_CASES if conv_output_size(c[2], c[5], 1, c[8]) >= 2
+                                  and conv_output_size(c[3], c[6], 1, c[8]) >= 2], ids=str)
+def test_fused_conv_relu_pool_matches_the_three_references(case, rng):
+    """Kernel v4 equals reference conv, then ReLU, then 2x2 max pooling (odd sizes drop the last row/column)."""
+    x, w, b, _, pad = _conv_inputs(rng, case)
+    expected = ref.maxpool2d_forward_reference(ref.relu_forward_reference(
+        ref.conv2d_forward_reference(x, w, b, 1, pad)), 2, 2)
+    assert_close(fn.conv2d_relu_maxpool2_numba(x, w, b, pad), expected, {"case": case})
+    alive = np.arange(w.shape[0]) % 2 == 0
+    expected = ref.maxpool2d_forward_reference(ref.relu_forward_reference(
+        ref.conv2d_forward_reference(x, w * alive[:, None, None, None], b, 1, pad)), 2, 2)
+    assert_close(fn.conv2d_relu_maxpool2_numba(x, w, b, pad, alive_f=alive), expected, {"case": case, "dead": "odd"})

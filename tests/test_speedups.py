@@ -37,7 +37,8 @@ def test_masked_skipping_and_shrunk_models_give_the_same_logits(amount, how):
             prune.ln_structured(m, name, amount=amount, n=2, dim=0, prune_bias=how.endswith("bias"))
     dense = _dense(model)(X)
     skipping = model.eval()(X)
-    assert model.conv2.last_kernel.startswith("live-only v3")
+    assert model.conv2.last_kernel.startswith("live-only v4")
+    assert model.conv2.last_kernel.endswith("+ fused ReLU + 2x2 max pool")
     assert model.fc.last_kernel.startswith("live-only")
     model.train()
     training_path = model(X)             # full tensors, constant input channels skipped
@@ -75,20 +76,25 @@ def test_kernel_choice_is_reported_and_configurable():
     """Conv2d says which kernel ran: dense, sparse above the threshold, live-only for dead filters."""
     model = default_convnet(seed=0).eval()
     model(X[:2])
-    assert model.conv1.last_kernel == "dense v3 + fused ReLU"
+    assert model.conv1.last_kernel == "v4 (32/32 filters, 3/3 input channels) + fused ReLU + 2x2 max pool"
     prune.l1_unstructured(model.conv2, "weight", amount=0.5)
     model(X[:2])
-    assert model.conv2.last_kernel == "dense v3 + fused ReLU"     # 50% < the 85% break-even
+    assert model.conv2.last_kernel.startswith("v4 ")     # 50% < the 85% break-even
     prune.l1_unstructured(model.conv2, "weight", amount=0.8)
     model(X[:2])
     assert model.conv2.last_kernel.startswith("sparse taps (90%")
+    assert model.conv2.last_kernel.endswith("+ fused ReLU + 2x2 max pool")
     model.conv2.sparse_threshold = 0.95
     model(X[:2])
-    assert model.conv2.last_kernel == "dense v3 + fused ReLU"
+    assert model.conv2.last_kernel.startswith("v4 ")
+    model.fuse_relu = False
+    model(X[:2])
+    assert model.conv2.last_kernel == "dense v3"
+    model.fuse_relu = True
     prune.ln_structured(model.conv1, "weight", amount=4, n=1, dim=0)
     model(X[:2])
-    assert model.conv1.last_kernel == "live-only v3 (28/32 filters, 3/3 input channels) + fused ReLU"
-    assert model.conv2.last_kernel == "live-only v3 (32/32 filters, 28/32 input channels) + fused ReLU"
+    assert model.conv1.last_kernel == "live-only v4 (28/32 filters, 3/3 input channels) + fused ReLU + 2x2 max pool"
+    assert model.conv2.last_kernel == "live-only v4 (32/32 filters, 28/32 input channels) + fused ReLU + 2x2 max pool"
     model.train()(X[:2])
     assert model.conv1.last_kernel == "skip v3 (28/32 filters, 3/3 input channels)"
 

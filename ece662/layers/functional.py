@@ -178,6 +178,47 @@ def conv2d_forward_sparse(x, w, b, stride=1, pad=0, taps=None):
     return out
 
 
+def conv2d_relu_maxpool2_numba(x, w, b, pad=0, alive_f=None, alive_c=None):
+    """Conv (stride 1) + ReLU + 2x2 max pooling (stride 2) in one kernel (v4), for inference.
+
+    Equals ``maxpool2d_forward_reference(relu_forward_reference(conv2d_forward_reference(
+    x, w, b, 1, pad)), 2, 2)``; the full-size conv output is never stored.
+
+    Returns
+    -------
+    out : ndarray, (N, F, H'//2, W'//2)
+
+    Examples
+    --------
+    >>> x = np.arange(16, dtype=np.float32).reshape(1, 1, 4, 4)
+    >>> w = np.ones((1, 1, 1, 1), dtype=np.float32)
+    >>> conv2d_relu_maxpool2_numba(x, w, np.array([-6.0], np.float32))[0, 0]
+    array([[0., 1.],
+           [7., 9.]], dtype=float32)
+    """
+    where = "conv2d_relu_maxpool2"
+    x, w, b = _check_conv_args(x, w, b, where)
+    N, C, H, W = x.shape
+    F, _, HH, WW = w.shape
+    H_out, W_out = conv_output_size(H, HH, 1, pad), conv_output_size(W, WW, 1, pad)
+    if H_out < 2 or W_out < 2:
+        raise ValueError(f"{where}: the conv output {H_out}x{W_out} is too small for 2x2 pooling")
+    alive_f = _alive(alive_f, F, "alive_f", where)
+    alive_c = _alive(alive_c, C, "alive_c", where)
+    xp = _pad(x, pad)
+    fidx = np.flatnonzero(alive_f).astype(np.int64)
+    didx = np.flatnonzero(~alive_f).astype(np.int64)
+    cidx = np.flatnonzero(alive_c).astype(np.int64)
+    K = cidx.size * HH * WW
+    Kp = max(16, -(-K // 16) * 16)
+    wk = np.zeros((F, Kp), dtype=np.float32)
+    wk[:, :K] = w[:, cidx].reshape(F, K)
+    out = np.empty((N, F, H_out // 2, W_out // 2), dtype=np.float32)
+    scratch = np.empty((min(_threads(), N), H_out * W_out, Kp), dtype=np.float32)
+    kernels.conv2d_relu_pool2_patches(np.ascontiguousarray(xp), wk, b, fidx, didx, cidx, HH, WW, scratch, out)
+    return out
+
+
 def conv2d_forward_direct(x, w, b, stride=1, pad=0):
     """Kernel v1 (direct loops) behind the same signature, for tests and teaching."""
     return conv2d_forward_numba(x, w, b, stride, pad, version=1)

@@ -21,6 +21,10 @@ conv forward
        of 2 output positions x 4 filters at a time as 8 dot products over k that share their
        loads: 6 vector loads feed 8 fused multiply-adds, and the 8 running sums stay in
        registers.  This is the trick behind every fast GEMM, written as plain loops.
+    v4 ``conv2d_relu_pool2_patches`` stride 1, conv + ReLU + 2x2/2 max pool in one pass (eval
+       mode): the same patch matrix, tiles of one 2x2 block of output positions x 2 filters
+       (again eight dot products sharing their loads); only the block's maximum, after the
+       ReLU, is written.  The full-size conv output never exists.
     v1 and v2 take ``alive_f`` (F,) and ``alive_c`` (C,) boolean vectors and skip dead output
     filters and dead input channels outright; v3 takes the list of live filters ``fidx``
     and the list of live channels ``cidx`` instead (its tiles walk over live filters only).
@@ -260,6 +264,83 @@ def conv2d_forward_sparse_taps(ximg, Wp, ptr, tap_off, tap_w, b, scratch, out):
                 for i in range(H_out):
                     for j in range(W_out):
                         out[n, f, i, j] = acc[i * Wp + j] + b[f]
+
+
+@njit(parallel=True, cache=True, fastmath=True)
+def conv2d_relu_pool2_patches(xp, wk, b, fidx, didx, cidx, HH, WW, scratch, out):
+    """v4. Like v3 with stride 1, then ReLU, then 2x2 max pooling with stride 2.
+    out: (N, F, H'//2, W'//2) written in full; scratch: (T, P, Kp) with P = H'*W'."""
+    N = xp.shape[0]
+    F, Kp = wk.shape
+    _, _, Hq, Wq = out.shape
+    T = scratch.shape[0]
+    W_out = xp.shape[3] - WW + 1
+    H_out = xp.shape[2] - HH + 1
+    P = H_out * W_out
+    K = cidx.shape[0] * HH * WW
+    nf = fidx.shape[0]
+    zero = np.float32(0.0)
+    chunk = (N + T - 1) // T
+    for t in prange(T):
+        pat = scratch[t]
+        for p in range(P):
+            for k in range(K, Kp):
+                pat[p, k] = 0.0
+        for n in range(t * chunk, min(N, (t + 1) * chunk)):
+            for q in range(didx.shape[0]):           # dead filters: relu(bias) everywhere
+                f = didx[q]
+                v = max(b[f], zero)
+                for i in range(Hq):
+                    for j in range(Wq):
+                        out[n, f, i, j] = v
+            # only the rows and columns that the pooling reads
+            for ci in range(cidx.shape[0]):
+                c = cidx[ci]
+                for kh in range(HH):
+                    k0 = (ci * HH + kh) * WW
+                    for i in range(2 * Hq):
+                        src = xp[n, c, i + kh]
+                        for j in range(2 * Wq):
+                            dst = pat[i * W_out + j]
+                            for kw in range(WW):
+                                dst[k0 + kw] = src[j + kw]
+            for bi in range(Hq):
+                for bj in range(Wq):
+                    p00 = (2 * bi) * W_out + 2 * bj     # the block's four positions
+                    a0 = pat[p00]
+                    a1 = pat[p00 + 1]
+                    a2 = pat[p00 + W_out]
+                    a3 = pat[p00 + W_out + 1]
+                    for q in range(0, nf - 1, 2):
+                        f0, f1 = fidx[q], fidx[q + 1]
+                        w0, w1 = wk[f0], wk[f1]
+                        s00 = s01 = s02 = s03 = np.float32(0.0)
+                        s10 = s11 = s12 = s13 = np.float32(0.0)
+                        for k in range(Kp):
+                            u = w0[k]
+                            v = w1[k]
+                            s00 += a0[k] * u
+                            s01 += a1[k] * u
+                            s02 += a2[k] * u
+                            s03 += a3[k] * u
+                            s10 += a0[k] * v
+                            s11 += a1[k] * v
+                            s12 += a2[k] * v
+                            s13 += a3[k] * v
+                        # max commutes with adding the bias and with the ReLU
+                        out[n, f0, bi, bj] = max(max(max(s00, s01), max(s02, s03)) + b[f0], zero)
+                        out[n, f1, bi, bj] = max(max(max(s10, s11), max(s12, s13)) + b[f1], zero)
+                    if nf % 2 == 1:                  # leftover filter
+                        f0 = fidx[nf - 1]
+                        w0 = wk[f0]
+                        s00 = s01 = s02 = s03 = np.float32(0.0)
+                        for k in range(Kp):
+                            u = w0[k]
+                            s00 += a0[k] * u
+                            s01 += a1[k] * u
+                            s02 += a2[k] * u
+                            s03 += a3[k] * u
+                        out[n, f0, bi, bj] = max(max(max(s00, s01), max(s02, s03)) + b[f0], zero)
 
 
 # ============================================================================ conv backward

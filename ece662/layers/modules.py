@@ -316,11 +316,12 @@ class Conv2d(Module):
         (pruned away by a mask, or zeroed for good by ``prune.remove``)."""
         return np.any(self.weight.reshape(self.out_channels, -1) != 0, axis=1)
 
-    def forward(self, x, const_in=None, relu=False):
+    def forward(self, x, const_in=None, relu=False, pool2=False):
         """Convolve ``x (N, C, H, W)`` -> ``(N, F, H', W')``, choosing the kernel.
 
-        ``relu=True`` returns ``max(conv, 0)`` with the ReLU fused into the kernel (an
-        eval-mode ``Sequential`` asks for it when a ReLU follows).
+        ``relu=True`` returns ``max(conv, 0)`` with the ReLU fused into the kernel, and
+        ``pool2=True`` (with ``relu``) also 2x2 max pooling with stride 2 (kernel v4): an
+        eval-mode ``Sequential`` asks for them when a ReLU (and a ``MaxPool2d(2)``) follow.
 
         ``const_in``: optional ``(is_constant (C,) bool, value (C,))`` saying which input
         channels are constant planes (a dead filter upstream); with ``padding == 0`` their
@@ -360,8 +361,14 @@ class Conv2d(Module):
             out = fn.conv2d_forward_sparse(x, w_live, b, 1, self.padding)
             if relu:
                 np.maximum(out, 0, out=out)
+            if pool2:
+                out = fn.maxpool2d_forward_numba(out, 2, 2)
             self.last_kernel = (f"sparse taps ({sparsity:.0%} of live weights zero >= threshold "
                                 f"{self.sparse_threshold:.0%})")
+        elif pool2:
+            out = fn.conv2d_relu_maxpool2_numba(x, w, b, self.padding, alive_f=alive_f, alive_c=alive_c)
+            self.last_kernel = (f"v4 ({int(alive_f.sum())}/{self.out_channels} filters, "
+                                f"{int(alive_c.sum())}/{self.in_channels} input channels)")
         elif not (alive_f.all() and alive_c.all()):
             out = fn.conv2d_forward_numba(x, w, b, self.stride, self.padding, alive_f=alive_f,
                                           alive_c=alive_c, relu=relu)
@@ -371,7 +378,7 @@ class Conv2d(Module):
             out = fn.conv2d_forward_numba(x, w, b, self.stride, self.padding, relu=relu)
             self.last_kernel = "dense v3"
         if relu:
-            self.last_kernel += " + fused ReLU"
+            self.last_kernel += " + fused ReLU" + (" + 2x2 max pool" if pool2 else "")
         self._cache = x if self.training else None
         return out
 
@@ -381,7 +388,7 @@ class Conv2d(Module):
         b = self.bias if self.bias is not None else np.zeros(self.out_channels, np.float32)
         return dead, np.where(dead, b, 0).astype(np.float32)
 
-    def forward_live(self, x_live, live_in, const_in, relu=False):
+    def forward_live(self, x_live, live_in, const_in, relu=False, pool2=False):
         """Inference on live channels only: the network shrunk on the fly.
 
         Parameters
@@ -418,13 +425,18 @@ class Conv2d(Module):
             out = fn.conv2d_forward_sparse(x_live, w_live, b_live, 1, self.padding)
             if relu:
                 np.maximum(out, 0, out=out)
+            if pool2:
+                out = fn.maxpool2d_forward_numba(out, 2, 2)
             kernel = f"sparse taps ({sparsity:.0%} of live weights zero)"
+        elif pool2:
+            out = fn.conv2d_relu_maxpool2_numba(x_live, w_live, b_live, self.padding)
+            kernel = "v4"
         else:
             out = fn.conv2d_forward_numba(x_live, w_live, b_live, self.stride, self.padding, relu=relu)
             kernel = "v3"
         self.last_kernel = (f"live-only {kernel} ({int(alive.sum())}/{self.out_channels} filters, "
                             f"{int(live_in.sum())}/{self.in_channels} input channels)"
-                            + (" + fused ReLU" if relu else ""))
+                            + (" + fused ReLU" if relu else "") + (" + 2x2 max pool" if pool2 else ""))
         const_out = np.where(alive, 0, b).astype(np.float32)
         return out, alive, (np.maximum(const_out, 0) if relu else const_out)
 
@@ -732,12 +744,19 @@ class Sequential(Module):
         const = None          # (is_constant, value) per channel (or feature) of x
         layers = list(self._modules.values())
         fuse = self._fusable(layers)
+        skip = 0
         for i, m in enumerate(layers):
-            if i - 1 in fuse:                 # this ReLU already ran inside the conv
-                const = None if const is None else (const[0], np.maximum(const[1], 0))
+            if skip:                          # this ReLU (or pool) already ran inside the conv
+                skip -= 1
+                if isinstance(m, ReLU) and const is not None:
+                    const = (const[0], np.maximum(const[1], 0))
                 continue
             if isinstance(m, (Conv2d, Linear)):
-                x = m(x, const_in=const, relu=True) if i in fuse else m(x, const_in=const)
+                if i in fuse:
+                    skip = fuse[i]
+                    x = m(x, const_in=const, relu=True, pool2=skip == 2)
+                else:
+                    x = m(x, const_in=const)
                 const = m.constant_outputs() if isinstance(m, Conv2d) else None
                 if const is not None and not const[0].any():
                     const = None
@@ -758,14 +777,25 @@ class Sequential(Module):
         return x
 
     def _fusable(self, layers):
-        """Indices of Conv2d layers whose following ReLU can run inside the conv kernel: in
-        eval mode only (training keeps every activation for backward), and not when the ReLU
-        has hooks of its own (they would be skipped)."""
+        """``{index of a Conv2d: how many following layers run inside its kernel}``.
+
+        In eval mode only (training keeps every activation for backward): a ReLU after a
+        Conv2d is fused (1), and a ``MaxPool2d(2)`` after that too (2) when the conv has
+        stride 1 and an even output size.  Layers with hooks of their own are not fused.
+        """
         if self.training or not self.fuse_relu:
-            return set()
-        return {i for i in range(len(layers) - 1)
-                if isinstance(layers[i], Conv2d) and isinstance(layers[i + 1], ReLU)
-                and not layers[i + 1]._forward_pre_hooks}
+            return {}
+        fused = {}
+        for i in range(len(layers) - 1):
+            conv, nxt = layers[i], layers[i + 1]
+            if not (isinstance(conv, Conv2d) and isinstance(nxt, ReLU) and not nxt._forward_pre_hooks):
+                continue
+            fused[i] = 1
+            pool = layers[i + 2] if i + 2 < len(layers) else None
+            if (isinstance(pool, MaxPool2d) and pool.kernel_size == 2 and pool.stride == 2
+                    and conv.stride == 1 and not pool._forward_pre_hooks):
+                fused[i] = 2
+        return fused
 
     def _has_dead_filters(self):
         return any(isinstance(m, Conv2d) and m.skip_dead and not m.alive_filters().all()
@@ -789,19 +819,24 @@ class Sequential(Module):
         live, const = None, None      # which channels (or features) of x are real, the rest's values
         layers = list(self._modules.values())
         fuse = self._fusable(layers)
+        skip = 0
         for i, m in enumerate(layers):
-            if i - 1 in fuse:             # this ReLU already ran inside the conv
+            if skip:                      # this ReLU (or pool) already ran inside the conv
+                skip -= 1
                 continue
-            relu = i in fuse
+            relu, pool2 = i in fuse, fuse.get(i) == 2
+            if relu:
+                skip = fuse[i]
             if live is None:
                 if isinstance(m, Conv2d):
                     x, live, const = m.forward_live(x, np.ones(m.in_channels, bool),
-                                                    np.zeros(m.in_channels, np.float32), relu=relu)
+                                                    np.zeros(m.in_channels, np.float32), relu=relu,
+                                                    pool2=pool2)
                 else:
                     x = m(x)
                 continue
             if isinstance(m, Conv2d) and (m.padding == 0 or not np.any(const[~live])):
-                x, live, const = m.forward_live(x, live, const, relu=relu)
+                x, live, const = m.forward_live(x, live, const, relu=relu, pool2=pool2)
             elif isinstance(m, ReLU):
                 x = m(x)
                 const = np.maximum(const, 0)
@@ -818,7 +853,7 @@ class Sequential(Module):
                 x = self._expand(x, live, const)
                 live, const = None, None
                 if relu:               # a conv that cannot run live-only, with its ReLU fused
-                    x = m(x, relu=True)
+                    x = m(x, relu=True, pool2=pool2)
                 else:
                     x = m(x)
         return x if live is None else self._expand(x, live, const)
