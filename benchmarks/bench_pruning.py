@@ -15,8 +15,7 @@ import time
 import numpy as np
 
 import ece662.pruning as prune
-from ece662.experiments import copy_model
-from ece662.layers import Conv2d, Linear
+from ece662.experiments import dense_twin
 from ece662.layers import functional as fn
 from ece662.pruning_helper import load_model
 
@@ -29,16 +28,6 @@ def best_time(fn_, repeats):
         fn_()
         ts.append(time.perf_counter() - t0)
     return min(ts)
-
-
-def forced_dense(model):
-    m = copy_model(model).eval()
-    for _, layer in m.named_modules():
-        if isinstance(layer, (Conv2d, Linear)):
-            layer.skip_dead = False
-        if isinstance(layer, Conv2d):
-            layer.sparse_threshold = None
-    return m
 
 
 def run_batched(model, x, bs=500):
@@ -86,7 +75,7 @@ def main():
         torch = None
 
     base = load_model()
-    t_dense0 = best_time(run_batched(forced_dense(base), x), args.repeats)
+    t_dense0 = best_time(run_batched(dense_twin(base), x), args.repeats)
     t_torch0 = torch_time(torch_net(base), x, args.repeats) if torch else None
     print(f"unpruned: ece662 dense {t_dense0:.3f} s" + (f", torch channels_last {t_torch0:.3f} s" if torch else ""))
     print(f"\n{'filters pruned':>14} {'FLOP ideal':>10} {'masks only':>10} {'skip':>8} {'shrunk':>8} "
@@ -98,7 +87,7 @@ def main():
             prune.ln_structured(layer, "weight", amount=amount, n=2, dim=0)
         rep = prune.report(m, verbose=False)[-1]
         ideal = rep["flops_dense"] / rep["flops_skip"]
-        t_masked = best_time(run_batched(forced_dense(m), x), args.repeats)
+        t_masked = best_time(run_batched(dense_twin(m), x), args.repeats)
         t_skip = best_time(run_batched(m.eval(), x), args.repeats)
         small = prune.shrink(m)
         t_small = best_time(run_batched(small, x), args.repeats)

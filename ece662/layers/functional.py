@@ -38,6 +38,20 @@ def _alive(v, n, name, where):
     return np.ascontiguousarray(v)
 
 
+def _pack_for_patches(w, alive_f, alive_c):
+    """What the patch kernels (v3, v4) take: live / dead filter indices, live channel indices,
+    and the live channels' weights flattened per filter in (c, kh, kw) order, zero-padded to a
+    multiple of 16 floats (one AVX-512 register, so the dot products have no scalar tail)."""
+    F, _, HH, WW = w.shape
+    fidx = np.flatnonzero(alive_f).astype(np.int64)
+    didx = np.flatnonzero(~alive_f).astype(np.int64)
+    cidx = np.flatnonzero(alive_c).astype(np.int64)
+    K = cidx.size * HH * WW
+    wk = np.zeros((F, max(16, -(-K // 16) * 16)), dtype=np.float32)
+    wk[:, :K] = w[:, cidx].reshape(F, K)
+    return fidx, didx, cidx, wk
+
+
 def _check_conv_args(x, w, b, where):
     x = check_float32(x, "x", where)
     w = check_float32(w, "w", where)
@@ -102,13 +116,8 @@ def conv2d_forward_numba(x, w, b, stride=1, pad=0, alive_f=None, alive_c=None, v
     if relu and version != 3:
         raise ValueError(f"{where}: relu=True is only fused into kernel version 3")
     if version == 3:
-        fidx = np.flatnonzero(alive_f).astype(np.int64)
-        didx = np.flatnonzero(~alive_f).astype(np.int64)
-        cidx = np.flatnonzero(alive_c).astype(np.int64)
-        K = cidx.size * HH * WW
-        Kp = max(16, -(-K // 16) * 16)               # round up to a multiple of 16 lanes
-        wk = np.zeros((F, Kp), dtype=np.float32)
-        wk[:, :K] = w[:, cidx].reshape(F, K)
+        fidx, didx, cidx, wk = _pack_for_patches(w, alive_f, alive_c)
+        Kp = wk.shape[1]
         scratch = np.empty((min(_threads(), N), H_out * W_out, Kp), dtype=np.float32)
         kernels.conv2d_forward_patches(xp, wk, b, fidx, didx, cidx, HH, WW, stride, relu, scratch, out)
         return out
@@ -206,15 +215,9 @@ def conv2d_relu_maxpool2_numba(x, w, b, pad=0, alive_f=None, alive_c=None):
     alive_f = _alive(alive_f, F, "alive_f", where)
     alive_c = _alive(alive_c, C, "alive_c", where)
     xp = _pad(x, pad)
-    fidx = np.flatnonzero(alive_f).astype(np.int64)
-    didx = np.flatnonzero(~alive_f).astype(np.int64)
-    cidx = np.flatnonzero(alive_c).astype(np.int64)
-    K = cidx.size * HH * WW
-    Kp = max(16, -(-K // 16) * 16)
-    wk = np.zeros((F, Kp), dtype=np.float32)
-    wk[:, :K] = w[:, cidx].reshape(F, K)
+    fidx, didx, cidx, wk = _pack_for_patches(w, alive_f, alive_c)
     out = np.empty((N, F, H_out // 2, W_out // 2), dtype=np.float32)
-    scratch = np.empty((min(_threads(), N), H_out * W_out, Kp), dtype=np.float32)
+    scratch = np.empty((min(_threads(), N), H_out * W_out, wk.shape[1]), dtype=np.float32)
     kernels.conv2d_relu_pool2_patches(np.ascontiguousarray(xp), wk, b, fidx, didx, cidx, HH, WW, scratch, out)
     return out
 

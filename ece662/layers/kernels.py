@@ -128,6 +128,25 @@ def conv2d_forward_rows(xflat, Wp, w, b, alive_f, alive_c, scratch, out):
                         out[n, f, i, j] = acc[i * Wp + j] + b[f]
 
 
+@njit(cache=True)
+def fill_patches(x_n, cidx, HH, WW, stride, rows, cols, W_out, pat):
+    """The patch matrix of one image: row p = i*W_out + j (i < rows, j < cols) holds the
+    receptive field of output position (i, j) in (c, kh, kw) order, over the channels
+    ``cidx``; each (c, kh) contributes a run of WW neighbours of one input row.
+    x_n: (C, Hp, Wp); pat: (P, Kp), columns >= len(cidx)*HH*WW untouched."""
+    for ci in range(cidx.shape[0]):
+        c = cidx[ci]
+        for kh in range(HH):
+            k0 = (ci * HH + kh) * WW
+            for i in range(rows):
+                src = x_n[c, i * stride + kh]
+                for j in range(cols):
+                    dst = pat[i * W_out + j]
+                    s0 = j * stride
+                    for kw in range(WW):
+                        dst[k0 + kw] = src[s0 + kw]
+
+
 @njit(parallel=True, cache=True, fastmath=True)
 def conv2d_forward_patches(xp, wk, b, fidx, didx, cidx, HH, WW, stride, relu, scratch, out):
     """v3. xp: (N, C, Hp, Wp); wk: (F, Kp) the live channels' weights flattened in
@@ -158,19 +177,7 @@ def conv2d_forward_patches(xp, wk, b, fidx, didx, cidx, HH, WW, stride, relu, sc
                 for i in range(H_out):
                     for j in range(W_out):
                         out[n, f, i, j] = v
-            # the patch matrix: row p = i*W' + j holds the receptive field of (i, j), in
-            # (c, kh, kw) order; each (c, kh) contributes a run of WW neighbours of one input row
-            for ci in range(cidx.shape[0]):
-                c = cidx[ci]
-                for kh in range(HH):
-                    k0 = (ci * HH + kh) * WW
-                    for i in range(H_out):
-                        src = xp[n, c, i * stride + kh]
-                        for j in range(W_out):
-                            dst = pat[i * W_out + j]
-                            s0 = j * stride
-                            for kw in range(WW):
-                                dst[k0 + kw] = src[s0 + kw]
+            fill_patches(xp[n], cidx, HH, WW, stride, H_out, W_out, W_out, pat)
             # 2 positions x 4 filters per tile, eight dot products sharing their loads
             for p in range(0, P - 1, 2):
                 a0 = pat[p]
@@ -294,16 +301,7 @@ def conv2d_relu_pool2_patches(xp, wk, b, fidx, didx, cidx, HH, WW, scratch, out)
                     for j in range(Wq):
                         out[n, f, i, j] = v
             # only the rows and columns that the pooling reads
-            for ci in range(cidx.shape[0]):
-                c = cidx[ci]
-                for kh in range(HH):
-                    k0 = (ci * HH + kh) * WW
-                    for i in range(2 * Hq):
-                        src = xp[n, c, i + kh]
-                        for j in range(2 * Wq):
-                            dst = pat[i * W_out + j]
-                            for kw in range(WW):
-                                dst[k0 + kw] = src[j + kw]
+            fill_patches(xp[n], cidx, HH, WW, 1, 2 * Hq, 2 * Wq, W_out, pat)
             for bi in range(Hq):
                 for bj in range(Wq):
                     p00 = (2 * bi) * W_out + 2 * bj     # the block's four positions
