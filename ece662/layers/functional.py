@@ -217,7 +217,7 @@ def conv2d_relu_maxpool2_numba(x, w, b, pad=0, alive_f=None, alive_c=None):
     xp = _pad(x, pad)
     fidx, didx, cidx, wk = _pack_for_patches(w, alive_f, alive_c)
     out = np.empty((N, F, H_out // 2, W_out // 2), dtype=np.float32)
-    scratch = np.empty((min(_threads(), N), H_out * W_out, wk.shape[1]), dtype=np.float32)
+    scratch = np.empty((min(_threads(), N), 2 * W_out, wk.shape[1]), dtype=np.float32)
     kernels.conv2d_relu_pool2_patches(np.ascontiguousarray(xp), wk, b, fidx, didx, cidx, HH, WW, scratch, out)
     return out
 

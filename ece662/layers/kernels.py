@@ -129,17 +129,18 @@ def conv2d_forward_rows(xflat, Wp, w, b, alive_f, alive_c, scratch, out):
 
 
 @njit(cache=True)
-def fill_patches(x_n, cidx, HH, WW, stride, rows, cols, W_out, pat):
-    """The patch matrix of one image: row p = i*W_out + j (i < rows, j < cols) holds the
-    receptive field of output position (i, j) in (c, kh, kw) order, over the channels
-    ``cidx``; each (c, kh) contributes a run of WW neighbours of one input row.
-    x_n: (C, Hp, Wp); pat: (P, Kp), columns >= len(cidx)*HH*WW untouched."""
+def fill_patches(x_n, cidx, HH, WW, stride, i0, rows, cols, W_out, pat):
+    """Patch-matrix rows of one image: row p = (i - i0)*W_out + j, for output rows
+    i0 <= i < i0 + rows and columns j < cols, holds the receptive field of output position
+    (i, j) in (c, kh, kw) order, over the channels ``cidx``; each (c, kh) contributes a run
+    of WW neighbours of one input row.  x_n: (C, Hp, Wp); pat: (P, Kp), columns >=
+    len(cidx)*HH*WW untouched."""
     for ci in range(cidx.shape[0]):
         c = cidx[ci]
         for kh in range(HH):
             k0 = (ci * HH + kh) * WW
             for i in range(rows):
-                src = x_n[c, i * stride + kh]
+                src = x_n[c, (i0 + i) * stride + kh]
                 for j in range(cols):
                     dst = pat[i * W_out + j]
                     s0 = j * stride
@@ -177,7 +178,7 @@ def conv2d_forward_patches(xp, wk, b, fidx, didx, cidx, HH, WW, stride, relu, sc
                 for i in range(H_out):
                     for j in range(W_out):
                         out[n, f, i, j] = v
-            fill_patches(xp[n], cidx, HH, WW, stride, H_out, W_out, W_out, pat)
+            fill_patches(xp[n], cidx, HH, WW, stride, 0, H_out, W_out, W_out, pat)
             # 2 positions x 4 filters per tile, eight dot products sharing their loads
             for p in range(0, P - 1, 2):
                 a0 = pat[p]
@@ -276,7 +277,8 @@ def conv2d_forward_sparse_taps(ximg, Wp, ptr, tap_off, tap_w, b, scratch, out):
 @njit(parallel=True, cache=True, fastmath=True)
 def conv2d_relu_pool2_patches(xp, wk, b, fidx, didx, cidx, HH, WW, scratch, out):
     """v4. Like v3 with stride 1, then ReLU, then 2x2 max pooling with stride 2.
-    out: (N, F, H'//2, W'//2) written in full; scratch: (T, P, Kp) with P = H'*W'."""
+    out: (N, F, H'//2, W'//2) written in full; scratch: (T, 2*W', Kp): the patches of one
+    row of 2x2 blocks at a time (they stay in L1 cache while the tiles use them)."""
     N = xp.shape[0]
     F, Kp = wk.shape
     _, _, Hq, Wq = out.shape
@@ -290,7 +292,7 @@ def conv2d_relu_pool2_patches(xp, wk, b, fidx, didx, cidx, HH, WW, scratch, out)
     chunk = (N + T - 1) // T
     for t in prange(T):
         pat = scratch[t]
-        for p in range(P):
+        for p in range(pat.shape[0]):
             for k in range(K, Kp):
                 pat[p, k] = 0.0
         for n in range(t * chunk, min(N, (t + 1) * chunk)):
@@ -300,11 +302,11 @@ def conv2d_relu_pool2_patches(xp, wk, b, fidx, didx, cidx, HH, WW, scratch, out)
                 for i in range(Hq):
                     for j in range(Wq):
                         out[n, f, i, j] = v
-            # only the rows and columns that the pooling reads
-            fill_patches(xp[n], cidx, HH, WW, 1, 2 * Hq, 2 * Wq, W_out, pat)
             for bi in range(Hq):
+                # the two output rows of this row of blocks, while they are in L1 cache
+                fill_patches(xp[n], cidx, HH, WW, 1, 2 * bi, 2, 2 * Wq, W_out, pat)
                 for bj in range(Wq):
-                    p00 = (2 * bi) * W_out + 2 * bj     # the block's four positions
+                    p00 = 2 * bj                     # the block's four positions
                     a0 = pat[p00]
                     a1 = pat[p00 + 1]
                     a2 = pat[p00 + W_out]
