@@ -5,7 +5,8 @@ Where the data is found (first hit wins):
 1. the ``path`` argument,
 2. the environment variable ``ECE662_DATA``,
 3. ``datasets/`` in the repository (where ``datasets/get_datasets.sh`` puts it),
-4. ``../shared/datasets`` beside the repository (the course machines' real data).
+4. ``../shared/datasets`` beside the repository (the course machines' real data),
+5. the same two places relative to the working directory (for a non-editable install).
 
 ``path`` may be a CINIC-10 folder (``train/ valid/ test/``, ten class folders of
 32x32 PNGs each, as its authors ship it), an ``.npz`` archive with ``X_train, y_train,
@@ -112,6 +113,12 @@ def _candidates(path):
     found.append(("the repository's datasets/", os.path.join(_REPO_ROOT, "datasets")))
     found.append(("../shared/datasets beside the repository",
                   os.path.join(os.path.dirname(_REPO_ROOT), "shared", "datasets")))
+    # the same two places seen from the working directory (for a non-editable install)
+    for label, folder in (("datasets/ in the working directory", os.path.abspath("datasets")),
+                          ("../shared/datasets from the working directory",
+                           os.path.abspath(os.path.join("..", "shared", "datasets")))):
+        if all(os.path.abspath(f) != folder for _, f in found):
+            found.append((label, folder))
     return found
 
 
