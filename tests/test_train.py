@@ -104,3 +104,17 @@ def test_shipped_model_reproduces_its_model_card(real_data):
     acc = test_model(load_model(), [data["X_test"], data["y_test"]], verbose=False)
     assert acc == card["test_accuracy"]
     assert acc >= 0.72
+
+
+def test_early_stopping_keeps_the_best_validation_weights():
+    """With patience 1, training stops once validation accuracy stalls and restores the best epoch."""
+    X, y = _tiny_data(64)
+    Xv, yv = _tiny_data(32, seed=1)
+    net = default_convnet(seed=0)
+    trainer = Trainer(net, X, y, Xv, yv, epochs=10, batch_size=32, max_lr=1e-9, schedule="constant",
+                      patience=1, progress=False)
+    history = trainer.fit()
+    assert len(history["epoch"]) == 2                    # epoch 2 did not beat epoch 1: stop
+    assert history["val_acc"][0] == trainer.best_val_acc
+    for k, v in trainer.best_state.items():
+        np.testing.assert_array_equal(net.state_dict()[k], v)
