@@ -144,8 +144,19 @@ def fill_patches(x_n, cidx, HH, WW, stride, i0, rows, cols, W_out, pat):
                 for j in range(cols):
                     dst = pat[i * W_out + j]
                     s0 = j * stride
-                    for kw in range(WW):
-                        dst[k0 + kw] = src[s0 + kw]
+                    if WW == 5:                      # the common widths, spelled out so the
+                        dst[k0] = src[s0]            # copies become vector moves
+                        dst[k0 + 1] = src[s0 + 1]
+                        dst[k0 + 2] = src[s0 + 2]
+                        dst[k0 + 3] = src[s0 + 3]
+                        dst[k0 + 4] = src[s0 + 4]
+                    elif WW == 3:
+                        dst[k0] = src[s0]
+                        dst[k0 + 1] = src[s0 + 1]
+                        dst[k0 + 2] = src[s0 + 2]
+                    else:
+                        for kw in range(WW):
+                            dst[k0 + kw] = src[s0 + kw]
 
 
 @njit(parallel=True, cache=True, fastmath=True)
