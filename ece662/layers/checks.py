@@ -33,8 +33,12 @@ def check_float32(x, name, where):
 
 def check_finite(x, name, where):
     """Reject NaN and infinity, which would silently poison every later layer."""
-    if not np.isfinite(x).all():
+    from ece662.layers.kernels import count_nonfinite
+    if x.dtype == np.float32:
+        bad = int(count_nonfinite(np.ascontiguousarray(x).reshape(-1)))
+    else:
         bad = int(np.size(x) - np.count_nonzero(np.isfinite(x)))
+    if bad:
         raise ValueError(
             f"{where}: {name} holds {bad} NaN or infinite value(s) out of {x.size}; "
             f"check the data loading and normalisation (np.isfinite({name}).all() should be True)"

@@ -22,9 +22,9 @@ conv forward
        loads: 6 vector loads feed 8 fused multiply-adds, and the 8 running sums stay in
        registers.  This is the trick behind every fast GEMM, written as plain loops.
     v4 ``conv2d_relu_pool2_patches`` stride 1, conv + ReLU + 2x2/2 max pool in one pass (eval
-       mode): the same patch matrix, tiles of one 2x2 block of output positions x 2 filters
-       (again eight dot products sharing their loads); only the block's maximum, after the
-       ReLU, is written.  The full-size conv output never exists.
+       mode): the same patch matrix, tiles of one 2x2 block of output positions x 4 filters
+       (sixteen dot products: 8 loads feed 16 multiply-adds per step); only the block's
+       maximum, after the ReLU, is written.  The full-size conv output never exists.
     v1 and v2 take ``alive_f`` (F,) and ``alive_c`` (C,) boolean vectors and skip dead output
     filters and dead input channels outright; v3 takes the list of live filters ``fidx``
     and the list of live channels ``cidx`` instead (its tiles walk over live filters only).
@@ -322,27 +322,45 @@ def conv2d_relu_pool2_patches(xp, wk, b, fidx, didx, cidx, HH, WW, scratch, out)
                     a1 = pat[p00 + 1]
                     a2 = pat[p00 + W_out]
                     a3 = pat[p00 + W_out + 1]
-                    for q in range(0, nf - 1, 2):
-                        f0, f1 = fidx[q], fidx[q + 1]
-                        w0, w1 = wk[f0], wk[f1]
+                    for q in range(0, nf - 3, 4):
+                        f0, f1, f2, f3 = fidx[q], fidx[q + 1], fidx[q + 2], fidx[q + 3]
+                        w0, w1, w2, w3 = wk[f0], wk[f1], wk[f2], wk[f3]
                         s00 = s01 = s02 = s03 = np.float32(0.0)
                         s10 = s11 = s12 = s13 = np.float32(0.0)
+                        s20 = s21 = s22 = s23 = np.float32(0.0)
+                        s30 = s31 = s32 = s33 = np.float32(0.0)
                         for k in range(Kp):
+                            c0 = a0[k]
+                            c1 = a1[k]
+                            c2 = a2[k]
+                            c3 = a3[k]
                             u = w0[k]
-                            v = w1[k]
-                            s00 += a0[k] * u
-                            s01 += a1[k] * u
-                            s02 += a2[k] * u
-                            s03 += a3[k] * u
-                            s10 += a0[k] * v
-                            s11 += a1[k] * v
-                            s12 += a2[k] * v
-                            s13 += a3[k] * v
+                            s00 += c0 * u
+                            s01 += c1 * u
+                            s02 += c2 * u
+                            s03 += c3 * u
+                            u = w1[k]
+                            s10 += c0 * u
+                            s11 += c1 * u
+                            s12 += c2 * u
+                            s13 += c3 * u
+                            u = w2[k]
+                            s20 += c0 * u
+                            s21 += c1 * u
+                            s22 += c2 * u
+                            s23 += c3 * u
+                            u = w3[k]
+                            s30 += c0 * u
+                            s31 += c1 * u
+                            s32 += c2 * u
+                            s33 += c3 * u
                         # max commutes with adding the bias and with the ReLU
                         out[n, f0, bi, bj] = max(max(max(s00, s01), max(s02, s03)) + b[f0], zero)
                         out[n, f1, bi, bj] = max(max(max(s10, s11), max(s12, s13)) + b[f1], zero)
-                    if nf % 2 == 1:                  # leftover filter
-                        f0 = fidx[nf - 1]
+                        out[n, f2, bi, bj] = max(max(max(s20, s21), max(s22, s23)) + b[f2], zero)
+                        out[n, f3, bi, bj] = max(max(max(s30, s31), max(s32, s33)) + b[f3], zero)
+                    for q in range(nf - nf % 4, nf):  # leftover filters, one at a time
+                        f0 = fidx[q]
                         w0 = wk[f0]
                         s00 = s01 = s02 = s03 = np.float32(0.0)
                         for k in range(Kp):
@@ -554,6 +572,19 @@ def linear_backward_dw(dout, x, dw):
             d = dout[n, o]
             for i in range(D):
                 dw[o, i] += d * x[n, i]
+
+
+# ============================================================================ checks
+@njit(cache=True)
+def count_nonfinite(flat):
+    """How many NaN or infinite values a 1-D array holds (no temporary array, unlike
+    np.isfinite(x).all(), which matters when every layer checks its input)."""
+    bad = 0
+    for i in range(flat.shape[0]):
+        v = flat[i]
+        if not (v - v == 0):                         # NaN - NaN and inf - inf are NaN
+            bad += 1
+    return bad
 
 
 # ============================================================================ relu
