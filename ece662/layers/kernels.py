@@ -575,15 +575,14 @@ def linear_backward_dw(dout, x, dw):
 
 
 # ============================================================================ checks
-@njit(cache=True)
+@njit(parallel=True, cache=True)
 def count_nonfinite(flat):
     """How many NaN or infinite values a 1-D array holds (no temporary array, unlike
     np.isfinite(x).all(), which matters when every layer checks its input)."""
     bad = 0
-    for i in range(flat.shape[0]):
+    for i in prange(flat.shape[0]):
         v = flat[i]
-        if not (v - v == 0):                         # NaN - NaN and inf - inf are NaN
-            bad += 1
+        bad += (v - v) != 0                          # NaN - NaN and inf - inf are NaN
     return bad
 
 
