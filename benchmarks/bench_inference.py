@@ -58,7 +58,7 @@ def main():
         return lambda: [f(x[i:i + bs]) for i in range(0, len(x), bs)]
 
     for bs in (128, 500, 2000):
-        rows.append((f"ece662 (numba v3) batch {bs}", best_time(batched(net, bs), args.repeats)))
+        rows.append((f"ece662 (fused v4 kernels) batch {bs}", best_time(batched(net, bs), args.repeats)))
     rows.append(("numpy im2col batch 500", best_time(batched(lambda b: numpy_im2col_forward(sd, b), 500),
                                                       args.repeats)))
     np.testing.assert_allclose(numpy_im2col_forward(sd, x[:8]), net(x[:8]), rtol=1e-3, atol=1e-4)
