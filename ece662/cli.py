@@ -29,8 +29,8 @@ def _parser():
     sub = p.add_subparsers(dest="command", required=True)
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--model", default=None, help="model file (default: the shipped pretrained model)")
-    common.add_argument("--mode", default="numpy", choices=["numpy", "torch"],
-                        help="model file format: ece662 .npz (numpy) or a PyTorch state_dict (torch)")
+    common.add_argument("--mode", default="numpy", choices=["numpy", "torch", "tensorflow"],
+                        help="model file format: ece662 .npz (numpy), a PyTorch state_dict (torch), a Keras .keras/.h5 (tensorflow)")
     common.add_argument("--data", default=None,
                         help="CINIC-10 folder or .npz (default: $ECE662_DATA, datasets/, ../shared/datasets)")
     common.add_argument("--num-test", type=int, default=None, help="evaluate on a class-balanced subset")
@@ -186,7 +186,7 @@ def main(argv=None):
             test_model(model, [data["X_test"], data["y_test"]])
             return 0
         return _sweep(args)
-    except (FileNotFoundError, ValueError, TypeError) as e:
+    except (FileNotFoundError, ValueError, TypeError, ImportError) as e:
         print(f"ece662: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -103,3 +103,13 @@ def test_interrupted_sweep_keeps_the_rows_it_finished(real_data, tmp_path, monke
     assert code == 130 and "interrupted" in capsys.readouterr().err
     rows = json.loads((out / "results.json").read_text())
     assert [r["target"] for r in rows] == [0.0, 0.3, 0.6]
+
+
+@pytest.mark.parametrize("mode, fixture", [("torch", "torch_default_convnet.pt"),
+                                           ("tensorflow", "keras_default_convnet.keras")])
+def test_evaluate_models_from_other_frameworks(real_data, mode, fixture):
+    """`evaluate --mode torch|tensorflow` reads the course's file formats (untrained fixtures: ~10%)."""
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", fixture)
+    r = run("evaluate", "--model", path, "--mode", mode, "--data", os.path.join(real_data, "cifar10_real_small.npz"))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("Test Acc: 0.")
