@@ -113,6 +113,7 @@ def _sweep(args):
     from ece662 import plots
     from ece662 import pruning as prune
     from ece662.data_utils import get_CINIC10_data
+    from ece662.layers import Conv2d
     if args.iterative and not args.finetune:
         raise SystemExit("ece662: --iterative needs --finetune EPOCHS (the epochs between pruning steps)")
     _check_out(args.out)
@@ -160,18 +161,20 @@ def _sweep(args):
     if args.timing_images:
         plots.speedup_vs_ideal(records[1:], base, os.path.join(args.out, "speedup_vs_ideal.png"))
     plots.weight_histograms(model, (0.2, 0.5, 0.8), os.path.join(args.out, "weight_histograms.png"))
+    # teaching pictures: the first conv's filters after 50% L2 filter pruning (if it sees RGB),
+    # and which weights of the second prunable layer global L1 pruning at 50% removes
     example = E.copy_model(model)
-    convs = E.prunable(example, (type(model.conv1),)) if hasattr(model, "conv1") else []
+    convs = E.prunable(example, (Conv2d,))
     if convs and convs[0][1].in_channels == 3:
         prune.ln_structured(convs[0][1], "weight", amount=0.5, n=2, dim=0)
         plots.conv_filters(convs[0][1], os.path.join(args.out, "conv1_filters_l2_50.png"))
-        unstructured = E.copy_model(model)
-        prune.global_unstructured([(m, "weight") for _, m in E.prunable(unstructured)],
-                                  pruning_method=prune.L1Unstructured, amount=0.5)
-        layer = E.prunable(unstructured)[1][1]
-        plots.mask_image(layer, os.path.join(args.out, "mask_global_l1_50.png"),
-                         title=f"{layer.name} after global L1 pruning at 50%: kept (white) "
-                               f"{layer.weight_mask.mean():.0%}")
+    unstructured = E.copy_model(model)
+    layers = [m for _, m in E.prunable(unstructured)]
+    prune.global_unstructured([(m, "weight") for m in layers], pruning_method=prune.L1Unstructured, amount=0.5)
+    layer = layers[min(1, len(layers) - 1)]
+    plots.mask_image(layer, os.path.join(args.out, "mask_global_l1_50.png"),
+                     title=f"{layer.name} after global L1 pruning at 50%: kept (white) "
+                           f"{layer.weight_mask.mean():.0%}")
     pngs = sorted(f for f in os.listdir(args.out) if f.endswith(".png"))
     print(f"wrote {args.out}/: results.csv, results.json, {', '.join(pngs)} in {time.perf_counter() - t0:.1f} s")
     return 0

@@ -91,8 +91,8 @@ class NormalizedImages:
         return self.raw.shape[0]
 
     def __getitem__(self, idx):
-        if isinstance(idx, (int, np.integer)):
-            return self[int(idx):int(idx) + 1 if idx != -1 else None][0]
+        if isinstance(idx, (int, np.integer)):          # one image: (C, H, W)
+            return self[[idx]][0]
         return normalize_images(self.raw[idx], self.channels_first).astype(self.dtype, copy=False)
 
     def __array__(self, dtype=None, copy=None):

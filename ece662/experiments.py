@@ -41,9 +41,8 @@ def dense_twin(model):
     m = copy_model(model).eval()
     m.skip_dead = False
     for _, layer in m.named_modules():
-        if isinstance(layer, (Conv2d, Linear)):
-            layer.skip_dead = False
         if isinstance(layer, Conv2d):
+            layer.skip_dead = False
             layer.sparse_threshold = None
     return m
 

@@ -41,7 +41,7 @@ def softmax_cross_entropy(logits, y):
     return float(loss), (d / N).astype(np.float32)
 
 
-def _check_lr(lr, where):
+def check_learning_rate(lr, where):
     if isinstance(lr, bool) or not isinstance(lr, (int, float, np.floating)) or not np.isfinite(lr) or lr <= 0:
         raise ValueError(f"{where}: the learning rate must be a positive number, got {lr!r}")
     return float(lr)
@@ -62,7 +62,7 @@ class SGD:
     ``g = grad + wd * p;  v = mu * v + g;  p -= lr * (g + mu * v if nesterov else v)``."""
 
     def __init__(self, lr=0.01, momentum=0.0, nesterov=False, weight_decay=0.0):
-        self.lr = _check_lr(lr, "SGD")
+        self.lr = check_learning_rate(lr, "SGD")
         self.momentum, self.nesterov, self.weight_decay = float(momentum), bool(nesterov), float(weight_decay)
         self.state = {}
 
@@ -87,7 +87,7 @@ class Adam:
     """Adam (Kingma & Ba, 2015) with optional L2 weight decay added to the gradient."""
 
     def __init__(self, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0):
-        self.lr = _check_lr(lr, "Adam")
+        self.lr = check_learning_rate(lr, "Adam")
         self.b1, self.b2 = betas
         self.eps, self.weight_decay = eps, weight_decay
         self.state, self.t = {}, 0

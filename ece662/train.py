@@ -9,8 +9,8 @@ the gradients of ``weight_orig`` and the optimisers mask their updates.
 """
 import numpy as np
 
-from ece662.data_utils import normalize_images
-from ece662.optim import SGD, one_cycle_lr, softmax_cross_entropy
+from ece662.data_utils import NormalizedImages, normalize_images
+from ece662.optim import SGD, check_learning_rate, one_cycle_lr, softmax_cross_entropy
 from ece662.pruning_helper import predict_logits
 
 
@@ -86,10 +86,8 @@ class Trainer:
             self.X_val, self.y_val = _check_data(X_val, y_val, "Trainer (val)")
         if schedule not in ("onecycle", "constant"):
             raise ValueError(f"schedule must be 'onecycle' or 'constant', got {schedule!r}")
+        max_lr = check_learning_rate(max_lr, "Trainer (max_lr)")
         self.optimizer = optimizer or SGD(max_lr, momentum=0.9, nesterov=True, weight_decay=5e-4)
-        if optimizer is None or isinstance(max_lr, (int, float)):
-            if isinstance(max_lr, bool) or not isinstance(max_lr, (int, float)) or not max_lr > 0:
-                raise ValueError(f"max_lr must be a positive number, got {max_lr!r}")
         self.model, self.epochs, self.batch_size = model, int(epochs), int(batch_size)
         self.max_lr, self.schedule, self.augment = float(max_lr), schedule, augment
         self.rng = np.random.default_rng(seed)
@@ -119,7 +117,7 @@ class Trainer:
                 lr = (one_cycle_lr(step, total, self.max_lr) if self.schedule == "onecycle"
                       else self.max_lr)
                 self.optimizer.lr = lr
-                good = {k: v.copy() for k, v in self.model.state_dict().items()}
+                good = self.model.state_dict()      # copies: the weights before this step
                 logits = self.model(x)
                 loss, dlogits = softmax_cross_entropy(logits, y)
                 if not np.isfinite(loss):
@@ -142,7 +140,7 @@ class Trainer:
                     bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}", lr=f"{lr:.3g}")
             val_acc = float("nan")
             if self.X_val is not None:
-                pred = predict_logits(self.model, normalize_images_lazy(self.X_val)).argmax(1)
+                pred = predict_logits(self.model, NormalizedImages(self.X_val)).argmax(1)
                 val_acc = float(np.mean(pred == self.y_val))
             h = self.history
             h["epoch"].append(epoch)
@@ -165,8 +163,3 @@ class Trainer:
             self.model.load_state_dict(self.best_state)
         return self.history
 
-
-def normalize_images_lazy(X):
-    """Wrap uint8 NHWC images so ``predict_logits`` normalises them per batch."""
-    from ece662.data_utils import NormalizedImages
-    return NormalizedImages(X)

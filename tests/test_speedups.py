@@ -4,21 +4,10 @@ import pytest
 
 import ece662.pruning as prune
 from conftest import assert_close
-from ece662.experiments import copy_model
-from ece662.layers import Conv2d, Linear, MaxPool2d, ReLU, Sequential, Flatten
+from ece662.experiments import dense_twin
+from ece662.layers import Conv2d, Flatten, Linear, ReLU, Sequential
 from ece662.models import default_convnet
 from ece662.pruning_helper import load_model
-
-
-def _dense(model):
-    """The same model forced onto the dense kernels (the masks still apply)."""
-    m = copy_model(model)
-    for _, layer in m.named_modules():
-        if isinstance(layer, (Conv2d, Linear)):
-            layer.skip_dead = False
-        if isinstance(layer, Conv2d):
-            layer.sparse_threshold = None
-    return m.eval()
 
 
 X = np.random.default_rng(0).standard_normal((64, 3, 32, 32)).astype(np.float32)
@@ -35,7 +24,7 @@ def test_masked_skipping_and_shrunk_models_give_the_same_logits(amount, how):
     else:
         for m, name in convs:
             prune.ln_structured(m, name, amount=amount, n=2, dim=0, prune_bias=how.endswith("bias"))
-    dense = _dense(model)(X)
+    dense = dense_twin(model)(X)
     skipping = model.eval()(X)
     assert model.conv2.last_kernel.startswith("live-only v4")
     assert model.conv2.last_kernel.endswith("+ fused ReLU + 2x2 max pool")
@@ -69,7 +58,7 @@ def test_shrink_leaves_the_original_alone_and_refuses_inexact_folds():
         prune.shrink(padded, input_shape=(3, 8, 8))
     prune.custom_from_mask(padded[0], "bias", padded[0].alive_filters())
     x = np.random.default_rng(1).standard_normal((2, 3, 8, 8)).astype(np.float32)
-    assert_close(prune.shrink(padded, input_shape=(3, 8, 8))(x), _dense(padded)(x), "padded, bias pruned")
+    assert_close(prune.shrink(padded, input_shape=(3, 8, 8))(x), dense_twin(padded)(x), "padded, bias pruned")
 
 
 def test_kernel_choice_is_reported_and_configurable():
@@ -108,7 +97,7 @@ def test_sparse_path_matches_dense_on_unstructured_masks(amount):
     got = model.eval()(X)
     sparse = 1 - np.count_nonzero(model.conv2.weight) / model.conv2.weight.size
     assert ("sparse taps" in model.conv2.last_kernel) == (sparse >= model.conv2.sparse_threshold)
-    assert_close(got, _dense(model)(X), {"amount": amount}, rtol=1e-4, atol=1e-4)
+    assert_close(got, dense_twin(model)(X), {"amount": amount}, rtol=1e-4, atol=1e-4)
 
 
 def test_fused_relu_gives_the_unfused_result():
@@ -131,6 +120,6 @@ def test_all_filters_dead_gives_the_bias_everywhere():
     prune.ln_structured(model.conv2, "weight", amount=1.0, n=2, dim=0)
     out = model(X[:4])
     assert np.allclose(out, out[0])          # every image gets the same logits
-    assert_close(out, _dense(model)(X[:4]), "all dead", rtol=1e-4, atol=1e-4)
+    assert_close(out, dense_twin(model)(X[:4]), "all dead", rtol=1e-4, atol=1e-4)
     with pytest.raises(ValueError, match="every filter of conv2 is dead"):
         prune.shrink(model)

@@ -6,6 +6,8 @@ message points at the right line of a model.
 """
 import numpy as np
 
+from ece662.layers.kernels import count_nonfinite
+
 
 def check_array(x, name, where):
     """Require a numpy array; return it."""
@@ -33,7 +35,6 @@ def check_float32(x, name, where):
 
 def check_finite(x, name, where):
     """Reject NaN and infinity, which would silently poison every later layer."""
-    from ece662.layers.kernels import count_nonfinite
     if x.dtype == np.float32:
         bad = int(count_nonfinite(np.ascontiguousarray(x).reshape(-1)))
     else:

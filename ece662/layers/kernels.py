@@ -26,9 +26,9 @@ conv forward
        (sixteen dot products: 8 loads feed 16 multiply-adds per step); only the block's
        maximum, after the ReLU, is written.  The full-size conv output never exists.
     v1 and v2 take ``alive_f`` (F,) and ``alive_c`` (C,) boolean vectors and skip dead output
-    filters and dead input channels outright; v3 takes the list of live filters ``fidx``
-    and the list of live channels ``cidx`` instead (its tiles walk over live filters only).
-    A dead filter's output plane is its bias.  With everything alive they are dense kernels.
+    filters and dead input channels outright; v3 and v4 take the lists of live filters
+    ``fidx``, dead filters ``didx`` and live channels ``cidx`` instead (their tiles walk over
+    live filters only).  A dead filter's output plane is its bias (relu(bias) in v4).  With everything alive they are dense kernels.
 sparse conv forward (unstructured masks)
     ``conv2d_forward_sparse_taps`` stride 1: per filter, the list of its non-zero taps as
        (offset, weight) pairs, CSR-style (``ptr[f]:ptr[f+1]``); offset = c*Hp*Wp + kh*Wp + kw

@@ -23,9 +23,10 @@ from ece662.layers.checks import (check_finite, check_float32, check_nchw,
 from ece662.layers.shapes import conv_output_size
 
 # Conv2d uses the sparse-taps kernel for a layer whose live weights are at least this sparse.
-# Measured on the course machine (benchmarks/bench_pruning.py, RESULTS.md): against the dense
-# v3 kernel the sparse one runs at 0.38x (conv1) / 0.16x (conv2) with no zeros, 1.51x / 0.72x
-# at 80% and 2.40x / 1.33x at 90%: break-even near 65% (conv1) and 85% (conv2).
+# Measured on the course machine (python benchmarks/bench_pruning.py, table in
+# benchmarks/RESULTS.md): against the dense v3 kernel the sparse one runs at 0.33x (conv1) /
+# 0.17x (conv2) with no zeros, 1.28x / 0.76x at 80% and 1.96x / 1.35x at 90%: break-even
+# near 60-70% (conv1) and 85% (conv2).
 SPARSE_THRESHOLD = 0.85
 
 
@@ -222,10 +223,12 @@ class Module:
             staged.append((m, store, name, value.astype(arr.dtype, copy=True)))
         for m, store, name, value in staged:
             store[name] = value
-        # pruned modules recompute their effective weights from the new arrays
+        # pruned parameters recompute their effective weights from the new arrays; only hooks
+        # that ask for it (ece662.pruning's PruningContainer) are called, never a user's hook
         for _, m in self.named_modules():
             for hook in list(m._forward_pre_hooks.values()):
-                hook(m, None)
+                if getattr(hook, "refresh_on_load", False):
+                    hook(m, None)
         return self
 
     # -- description
@@ -304,7 +307,7 @@ class Conv2d(Module):
             "bias", rng.uniform(-bound, bound, self.out_channels).astype(np.float32) if bias else None)
         self.name = "Conv2d"
         self._cache = None
-        self.skip_dead = True            # skip dead filters / constant input channels
+        self.skip_dead = True            # dead filters (all weights zero) are not computed
         self.sparse_threshold = SPARSE_THRESHOLD
         self.last_kernel = None          # which kernel the last forward used, and why
 
@@ -316,23 +319,14 @@ class Conv2d(Module):
         (pruned away by a mask, or zeroed for good by ``prune.remove``)."""
         return np.any(self.weight.reshape(self.out_channels, -1) != 0, axis=1)
 
-    def forward(self, x, const_in=None, relu=False, pool2=False):
+    def forward(self, x, relu=False, pool2=False):
         """Convolve ``x (N, C, H, W)`` -> ``(N, F, H', W')``, choosing the kernel.
 
+        Dead filters (all weights zero) are skipped; their planes are their bias.
         ``relu=True`` returns ``max(conv, 0)`` with the ReLU fused into the kernel, and
         ``pool2=True`` (with ``relu``) also 2x2 max pooling with stride 2 (kernel v4): an
         eval-mode ``Sequential`` asks for them when a ReLU (and a ``MaxPool2d(2)``) follow.
-
-        ``const_in``: optional ``(is_constant (C,) bool, value (C,))`` saying which input
-        channels are constant planes (a dead filter upstream); with ``padding == 0`` their
-        contribution is a constant per filter, folded into the bias, and the kernel never
-        reads them.  ``Sequential`` passes it along.  The kernel choice:
-
-        * ``sparse``: stride 1 and a fraction of zeros among the weights of
-          live filters and live channels >= ``sparse_threshold`` (measured break-even;
-          ``None`` turns the sparse kernel off);
-        * ``skip``: some filters dead or some input channels constant (v3 over live ones);
-        * ``dense``: v3 over everything.
+        The kernel choice is :meth:`_convolve`'s; ``last_kernel`` says which one ran.
         """
         where = self._where()
         x = check_float32(x, "x", where)
@@ -344,43 +338,44 @@ class Conv2d(Module):
             raise ValueError(f"{where}: kernel {HH}x{WW} is larger than the padded input "
                              f"{H + 2 * self.padding}x{W + 2 * self.padding} (x of shape {x.shape}); "
                              f"use a smaller kernel, more padding or larger images")
-        w = self.weight
         b = self.bias if self.bias is not None else np.zeros(self.out_channels, np.float32)
-        alive_f = self.alive_filters() if self.skip_dead else np.ones(self.out_channels, bool)
-        alive_c = np.ones(self.in_channels, bool)
-        if self.skip_dead and const_in is not None and self.padding == 0 and const_in[0].any():
-            alive_c = ~const_in[0]
-            # a constant input plane v_c adds v_c * sum(w[f, c]) at every output position
-            b = b + (w[:, ~alive_c].sum(axis=(2, 3)) @ const_in[1][~alive_c]).astype(np.float32)
-        # zeros left inside the live filters x live channels block: what only the sparse
-        # kernel can skip (dead filters and constant channels the skip kernel skips anyway)
-        live_block = w[alive_f][:, alive_c]
-        sparsity = 1.0 - np.count_nonzero(live_block) / max(live_block.size, 1)
+        alive = self.alive_filters() if self.skip_dead else np.ones(self.out_channels, bool)
+        out, kernel = self._convolve(x, self.weight, b, alive, relu, pool2)
+        if kernel == "v3" and alive.all():
+            kernel = "dense v3"
+        elif not kernel.startswith("sparse"):
+            kernel = ("skip v3" if kernel == "v3" else kernel) + (
+                f" ({int(alive.sum())}/{self.out_channels} filters, "
+                f"{self.in_channels}/{self.in_channels} input channels)")
+        self.last_kernel = kernel + self._fused_suffix(relu, pool2)
+        self._cache = x if self.training else None
+        return out
+
+    def _convolve(self, x, w, b, alive, relu, pool2):
+        """Run the kernel that suits ``w``; returns ``(out, kernel name)``.
+
+        * sparse taps: stride 1 and a fraction of zeros among the weights of live filters
+          >= ``sparse_threshold`` (the measured break-even; ``None`` turns it off);
+        * v4: ``pool2`` -- conv + ReLU + 2x2 max pool in one kernel;
+        * v3: everything else, over the live filters only (dead ones get their bias plane).
+        """
+        live = w if alive.all() else w[alive]
+        sparsity = 1.0 - np.count_nonzero(live) / max(live.size, 1)
         if self.sparse_threshold is not None and self.stride == 1 and sparsity >= self.sparse_threshold:
-            w_live = w if alive_c.all() else w * alive_c[None, :, None, None]
-            out = fn.conv2d_forward_sparse(x, w_live, b, 1, self.padding)
+            out = fn.conv2d_forward_sparse(x, w, b, 1, self.padding)
             if relu:
                 np.maximum(out, 0, out=out)
             if pool2:
                 out = fn.maxpool2d_forward_numba(out, 2, 2)
-            self.last_kernel = (f"sparse taps ({sparsity:.0%} of live weights zero >= threshold "
-                                f"{self.sparse_threshold:.0%})")
-        elif pool2:
-            out = fn.conv2d_relu_maxpool2_numba(x, w, b, self.padding, alive_f=alive_f, alive_c=alive_c)
-            self.last_kernel = (f"v4 ({int(alive_f.sum())}/{self.out_channels} filters, "
-                                f"{int(alive_c.sum())}/{self.in_channels} input channels)")
-        elif not (alive_f.all() and alive_c.all()):
-            out = fn.conv2d_forward_numba(x, w, b, self.stride, self.padding, alive_f=alive_f,
-                                          alive_c=alive_c, relu=relu)
-            self.last_kernel = (f"skip v3 ({int(alive_f.sum())}/{self.out_channels} filters, "
-                                f"{int(alive_c.sum())}/{self.in_channels} input channels)")
-        else:
-            out = fn.conv2d_forward_numba(x, w, b, self.stride, self.padding, relu=relu)
-            self.last_kernel = "dense v3"
-        if relu:
-            self.last_kernel += " + fused ReLU" + (" + 2x2 max pool" if pool2 else "")
-        self._cache = x if self.training else None
-        return out
+            return out, f"sparse taps ({sparsity:.0%} of live weights zero)"
+        alive_f = None if alive.all() else alive
+        if pool2:
+            return fn.conv2d_relu_maxpool2_numba(x, w, b, self.padding, alive_f=alive_f), "v4"
+        return fn.conv2d_forward_numba(x, w, b, self.stride, self.padding, alive_f=alive_f, relu=relu), "v3"
+
+    @staticmethod
+    def _fused_suffix(relu, pool2):
+        return (" + fused ReLU" if relu else "") + (" + 2x2 max pool" if pool2 else "")
 
     def constant_outputs(self):
         """``(is_constant (F,), value (F,))``: dead filters output their bias everywhere."""
@@ -409,8 +404,9 @@ class Conv2d(Module):
         where = self._where()
         x_live = check_float32(x_live, "x", where)
         if self.padding > 0 and np.any(const_in[~live_in] != 0):
-            raise ValueError(f"{where}: constant input channels cannot be folded with padding "
-                             f"{self.padding}")
+            raise ValueError(f"{where}: the constant planes of dead filters upstream cannot be folded "
+                             f"into this layer's bias with padding {self.padding} (the border sees zeros); "
+                             f"prune those filters with prune_bias=True, or set model.skip_dead = False")
         w = self.weight
         b = self.bias if self.bias is not None else np.zeros(self.out_channels, np.float32)
         if not live_in.all():
@@ -418,25 +414,11 @@ class Conv2d(Module):
             b = b + (w[:, ~live_in].sum(axis=(2, 3)) @ const_in[~live_in]).astype(np.float32)
             w = w[:, live_in]
         alive = self.alive_filters()
-        w_live = np.ascontiguousarray(w[alive])
-        b_live = np.ascontiguousarray(b[alive])
-        sparsity = 1.0 - np.count_nonzero(w_live) / max(w_live.size, 1)
-        if self.sparse_threshold is not None and self.stride == 1 and sparsity >= self.sparse_threshold:
-            out = fn.conv2d_forward_sparse(x_live, w_live, b_live, 1, self.padding)
-            if relu:
-                np.maximum(out, 0, out=out)
-            if pool2:
-                out = fn.maxpool2d_forward_numba(out, 2, 2)
-            kernel = f"sparse taps ({sparsity:.0%} of live weights zero)"
-        elif pool2:
-            out = fn.conv2d_relu_maxpool2_numba(x_live, w_live, b_live, self.padding)
-            kernel = "v4"
-        else:
-            out = fn.conv2d_forward_numba(x_live, w_live, b_live, self.stride, self.padding, relu=relu)
-            kernel = "v3"
+        w_live, b_live = np.ascontiguousarray(w[alive]), np.ascontiguousarray(b[alive])
+        out, kernel = self._convolve(x_live, w_live, b_live, np.ones(len(w_live), bool), relu, pool2)
         self.last_kernel = (f"live-only {kernel} ({int(alive.sum())}/{self.out_channels} filters, "
                             f"{int(live_in.sum())}/{self.in_channels} input channels)"
-                            + (" + fused ReLU" if relu else "") + (" + 2x2 max pool" if pool2 else ""))
+                            + self._fused_suffix(relu, pool2))
         const_out = np.where(alive, 0, b).astype(np.float32)
         return out, alive, (np.maximum(const_out, 0) if relu else const_out)
 
@@ -504,16 +486,13 @@ class Linear(Module):
             "bias", rng.uniform(-bound, bound, self.out_features).astype(np.float32) if bias else None)
         self.name = "Linear"
         self._cache = None
-        self.skip_dead = True
         self.last_kernel = None
 
     def _where(self):
         return f"{self.name} (Linear {self.in_features}->{self.out_features})"
 
-    def forward(self, x, const_in=None):
-        """``x (N, in_features)`` -> ``(N, out_features)``.  ``const_in``: optional
-        ``(is_constant (in,), value (in,))``; constant features are folded into the bias
-        and their columns never read (``Sequential`` passes them after a Flatten)."""
+    def forward(self, x):
+        """``x (N, in_features)`` -> ``(N, out_features)``."""
         where = self._where()
         x = check_float32(x, "x", where)
         if x.ndim != 2 or x.shape[1] != self.in_features:
@@ -522,17 +501,8 @@ class Linear(Module):
             raise ValueError(f"{where}: expected x of shape (N, {self.in_features}), got "
                              f"{x.shape}{hint}")
         check_finite(x, "x", where)
-        w, b = self.weight, self.bias
-        if const_in is not None and const_in[0].any() and self.skip_dead:
-            live = ~const_in[0]
-            b = (np.zeros(self.out_features, np.float32) if b is None else b) + \
-                (w[:, ~live] @ const_in[1][~live]).astype(np.float32)
-            out = fn.linear_forward_numba(np.ascontiguousarray(x[:, live]),
-                                          np.ascontiguousarray(w[:, live]), b)
-            self.last_kernel = f"skip ({int(live.sum())}/{self.in_features} input features)"
-        else:
-            out = fn.linear_forward_numba(x, w, b)
-            self.last_kernel = "dense"
+        out = fn.linear_forward_numba(x, self.weight, self.bias)
+        self.last_kernel = "dense"
         self._cache = x if self.training else None
         return out
 
@@ -730,50 +700,24 @@ class Sequential(Module):
     def forward(self, x):
         """Run the layers in order.
 
-        In eval mode, with ``skip_dead`` on (the default), a network with dead filters runs
-        *live-only*: see :meth:`forward_live`.  Otherwise (training, which needs the full
-        activations for backward) each Conv2d / Linear is told which of its inputs are
-        constant because a filter upstream is dead, and skips reading them.
-
-        A dead filter's plane is its bias b; ReLU makes it relu(b); max pooling keeps a
-        constant plane constant; Flatten turns channel c into features c*H*W ... (c+1)*H*W-1.
-        Any other layer ends the chain.
+        In eval mode, a network with dead filters runs *live-only* (see :meth:`forward_live`;
+        ``skip_dead = False`` turns that off), and a Conv2d runs its following ReLU (and 2x2
+        max pool) inside its own kernel (``fuse_relu = False`` turns that off).  In training
+        mode every layer runs on its own and keeps what its backward needs.
         """
         if not self.training and self.skip_dead and self._has_dead_filters():
             return self.forward_live(x)
-        const = None          # (is_constant, value) per channel (or feature) of x
         layers = list(self._modules.values())
         fuse = self._fusable(layers)
         skip = 0
         for i, m in enumerate(layers):
             if skip:                          # this ReLU (or pool) already ran inside the conv
                 skip -= 1
-                if isinstance(m, ReLU) and const is not None:
-                    const = (const[0], np.maximum(const[1], 0))
-                continue
-            if isinstance(m, (Conv2d, Linear)):
-                if i in fuse:
-                    skip = fuse[i]
-                    x = m(x, const_in=const, relu=True, pool2=skip == 2)
-                else:
-                    x = m(x, const_in=const)
-                const = m.constant_outputs() if isinstance(m, Conv2d) else None
-                if const is not None and not const[0].any():
-                    const = None
-            elif isinstance(m, ReLU):
-                x = m(x)
-                const = None if const is None else (const[0], np.maximum(const[1], 0))
-            elif isinstance(m, MaxPool2d):
-                x = m(x)
-            elif isinstance(m, Flatten):
-                hw = int(np.prod(x.shape[2:])) if x.ndim == 4 else 1
-                x = m(x)
-                const = None if const is None else (np.repeat(const[0], hw), np.repeat(const[1], hw))
-            elif isinstance(m, Dropout) and not m.training:
-                x = m(x)
+            elif i in fuse:
+                skip = fuse[i]
+                x = m(x, relu=True, pool2=skip == 2)
             else:
                 x = m(x)
-                const = None
         return x
 
     def _fusable(self, layers):

@@ -30,24 +30,29 @@ def amount_to_count(amount, n):
     >>> amount_to_count(0.4, 17), amount_to_count(0.5, 5), amount_to_count(1, 10), amount_to_count(1.0, 10)
     (7, 2, 1, 10)
     """
+    validate_amount(amount)
+    if isinstance(amount, numbers.Integral):
+        if amount > n:
+            raise ValueError(f"amount={amount} is more than the {n} units that can be pruned; "
+                             f"use a float such as {min(1.0, amount / max(n, 1)):.2f} for a fraction")
+        return int(amount)
+    return int(round(amount * n))      # Python's round is round-half-to-even
+
+
+def validate_amount(amount):
+    """Check an amount's type and range, before anything is pruned; returns it.
+
+    What it can be measured against (a count above the number of units) is checked later,
+    by :func:`amount_to_count`.
+    """
     if isinstance(amount, (bool, np.bool_)) or not isinstance(amount, numbers.Real):
         raise TypeError(f"amount must be an int (a count) or a float in [0, 1] (a fraction), "
                         f"got {type(amount).__name__} {amount!r}")
     if isinstance(amount, numbers.Integral):
         if amount < 0:
             raise ValueError(f"amount={amount} must be a non-negative count")
-        if amount > n:
-            raise ValueError(f"amount={amount} is more than the {n} units that can be pruned; "
-                             f"use a float such as {min(1.0, amount / max(n, 1)):.2f} for a fraction")
-        return int(amount)
-    if not 0.0 <= amount <= 1.0:
+    elif not 0.0 <= amount <= 1.0:
         raise ValueError(f"amount={amount} is a float, so it must be a fraction in [0, 1]")
-    return int(round(amount * n))      # Python's round is round-half-to-even
-
-
-def validate_amount(amount):
-    """Check an amount's type and range before anything is pruned (the count is checked later)."""
-    amount_to_count(amount, amount if isinstance(amount, numbers.Integral) and amount > 0 else 0)
     return amount
 
 

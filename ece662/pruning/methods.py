@@ -34,6 +34,8 @@ class PruningContainer:
     (['L1Unstructured', 'L1Unstructured'], 12)
     """
 
+    refresh_on_load = True   # Module.load_state_dict recomputes the effective tensor through us
+
     def __init__(self, name, *methods):
         self._tensor_name = name
         self._pruning_methods = tuple(methods)
@@ -271,7 +273,7 @@ def random_structured(module, name, amount, dim, seed=None, rng=None, prune_bias
 def _check_prune_bias(module, name, dim, prune_bias):
     if not prune_bias:
         return
-    ndim = _current(module, name)[0].ndim
+    ndim = module._parameters.get(name + "_orig", module._parameters.get(name)).ndim
     if name != "weight" or not isinstance(dim, (int, np.integer)) or ndim < 2 or dim % ndim != 0:
         raise ValueError("prune_bias=True needs name='weight' and dim=0 (whole output filters)")
     if module._parameters.get("bias") is None and "bias_orig" not in module._parameters:

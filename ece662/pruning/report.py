@@ -13,13 +13,6 @@ import numpy as np
 from ece662.layers import Conv2d, Flatten, Linear, MaxPool2d, ReLU
 
 
-def _const_channels(conv):
-    """Output channels of ``conv`` that are constant planes (dead filters) and their values."""
-    alive = conv.alive_filters()
-    bias = conv.bias if conv.bias is not None else np.zeros(conv.out_channels, np.float32)
-    return ~alive, np.where(alive, 0.0, bias).astype(np.float32)
-
-
 def report(model, input_shape=(3, 32, 32), file=None, verbose=True):
     """Per-layer and overall pruning statistics of a Sequential model.
 
@@ -78,7 +71,7 @@ def report(model, input_shape=(3, 32, 32), file=None, verbose=True):
                          "flops_dense": int(dense), "flops_skip": int(skip), "flops_nonzero": int(nonzero)})
         # how constant channels flow to the next layer
         if isinstance(m, Conv2d):
-            const = _const_channels(m)
+            const = m.constant_outputs()
             feat_const = None
         elif isinstance(m, ReLU) and const is not None:
             const = (const[0], np.maximum(const[1], 0))
