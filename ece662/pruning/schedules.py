@@ -298,13 +298,15 @@ def iterative(model, X, y, sparsity, epochs, rounds=3, lr=0.002, scope="global",
 
 
 def gradual(model, X, y, sparsity, epochs, max_lr=0.02, prune_until=0.6, updates=20, scope="global",
-            structure="unstructured", teacher=None, batch_size=128, **trainer_kwargs):
+            structure="unstructured", teacher=None, batch_size=128, initial_sparsity=0.0, **trainer_kwargs):
     """Train ``epochs`` epochs while pruning gradually to ``sparsity`` (Zhu & Gupta, 2017).
 
     The masks follow :func:`cubic_sparsity` from the first step to the step at
     ``prune_until`` of the run, in ``updates`` updates; the rest of the run recovers
     at the final sparsity.  The learning rate follows a one-cycle schedule peaking at
     ``max_lr``, so it is decaying while the last, most delicate updates happen.
+    ``initial_sparsity`` is the first update's target (Zhu & Gupta's ``s_i``): e.g. 0.8
+    to continue from a model already pruned to 80%.
 
     Returns
     -------
@@ -317,7 +319,7 @@ def gradual(model, X, y, sparsity, epochs, max_lr=0.02, prune_until=0.6, updates
     steps = -(-len(y) // batch_size) * epochs
     end = max(1, min(steps - 1, int(round(prune_until * steps))))
     schedule = GradualPruning(sparsity, 0, end, frequency=max(1, -(-end // _check_epochs(updates, "updates"))),
-                              scope=scope, structure=structure)
+                              initial_sparsity=initial_sparsity, scope=scope, structure=structure)
     h = _trainer(model, X, y, epochs, max_lr=max_lr, schedule="onecycle", pruning=schedule, teacher=teacher,
                  batch_size=batch_size, **trainer_kwargs).fit()
     h["updates"] = list(schedule.updates)
