@@ -609,7 +609,7 @@ def _graph_nodes(model, input_name, helper, numpy_helper):
         kind = type(m).__name__
 
         def tensor(key, value):
-            inits.append(numpy_helper.from_array(np.ascontiguousarray(value), f"{name}.{key}"))
+            inits.append(numpy_helper.from_array(np.array(value, order="C"), f"{name}.{key}"))
             return f"{name}.{key}"
 
         if kind == "Conv2d":
@@ -657,6 +657,33 @@ def _graph_nodes(model, input_name, helper, numpy_helper):
     return nodes, inits
 
 
+def _check_input_shape(model, input_shape):
+    """Walk the layers' shapes from ``input_shape`` (no batch axis); return the output shape.
+
+    The ONNX graph declares these shapes, so an ``input_shape`` the model cannot take must
+    fail here rather than inside whatever runtime loads the file.
+    """
+    from ece662.layers import Conv2d, Linear
+    shape = (1,) + input_shape
+    for name, m in model.named_children():
+        want = None
+        if isinstance(m, Conv2d):
+            want = (4, m.in_channels)
+        elif isinstance(m, Linear):
+            want = (2, m.in_features)
+        elif type(m).__name__ in ("BatchNorm2d", "BatchNorm1d"):
+            want = (4 if type(m).__name__ == "BatchNorm2d" else 2, m.num_features)
+        if want and (len(shape) != want[0] or shape[1] != want[1]):
+            raise ValueError(f"save_onnx: layer {name} ({type(m).__name__}) expects (N, {want[1]}"
+                             f"{', H, W' if want[0] == 4 else ''}) but gets {shape} from input_shape="
+                             f"{input_shape}; pass the input_shape the model was built for")
+        shape = m.output_shape(shape)
+        if any(d < 1 for d in shape[1:]):
+            raise ValueError(f"save_onnx: layer {name} gets an empty output {shape} from input_shape="
+                             f"{input_shape}; pass the input_shape the model was built for")
+    return shape
+
+
 def save_onnx(model, path, input_shape=(3, 32, 32)):
     """Write ``model`` as an ONNX inference graph with a dynamic batch axis, atomically.
 
@@ -700,12 +727,7 @@ def save_onnx(model, path, input_shape=(3, 32, 32)):
         raise TypeError(f"save_onnx: expected an ece662 Sequential model, got {type(model).__name__}")
     if len(model) == 0:
         raise ValueError("save_onnx: the model has no layers")
-    input_shape = tuple(int(d) for d in input_shape)
-    try:
-        out_shape = model.output_shape((1,) + input_shape)
-    except (ValueError, TypeError, IndexError) as e:
-        raise ValueError(f"save_onnx: the model does not take inputs of shape (N, "
-                         f"{', '.join(map(str, input_shape))}): {e}; pass input_shape=") from None
+    out_shape = _check_input_shape(model, tuple(int(d) for d in input_shape))
     nodes, inits = _graph_nodes(model, "input", helper, numpy_helper)
     graph = helper.make_graph(
         nodes, "ece662_model",
