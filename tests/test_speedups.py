@@ -148,3 +148,80 @@ def test_all_filters_dead_gives_the_bias_everywhere():
     assert_close(out, dense_twin(model)(X[:4]), "all dead", rtol=1e-4, atol=1e-4)
     with pytest.raises(ValueError, match="every filter of conv2 is dead"):
         prune.shrink(model)
+
+
+def _bn_cnn(seed=0):
+    """A student CNN with BatchNorm, LeakyReLU, average and global pooling, trained-looking statistics."""
+    from collections import OrderedDict
+    from ece662.layers import AdaptiveAvgPool2d, AvgPool2d, BatchNorm1d, BatchNorm2d, LeakyReLU, MaxPool2d
+    rng = np.random.default_rng(seed)
+    m = Sequential(OrderedDict([
+        ("conv1", Conv2d(3, 8, 3, seed=seed)), ("bn1", BatchNorm2d(8)), ("relu1", ReLU()), ("pool1", MaxPool2d(2)),
+        ("conv2", Conv2d(8, 8, 3, seed=seed + 1)), ("bn2", BatchNorm2d(8)), ("act2", LeakyReLU(0.1)),
+        ("pool2", AvgPool2d(2)), ("gap", AdaptiveAvgPool2d(1)), ("flatten", Flatten()),
+        ("fc", Linear(8, 6, seed=seed + 2)), ("bn3", BatchNorm1d(6)), ("fc2", Linear(6, 3, seed=seed + 3))]))
+    for bn in (m.bn1, m.bn2, m.bn3):
+        C = bn.num_features
+        bn.weight = rng.uniform(0.5, 1.5, C).astype(np.float32)
+        bn.bias = rng.standard_normal(C).astype(np.float32)
+        bn.running_mean = rng.standard_normal(C).astype(np.float32)
+        bn.running_var = rng.uniform(0.5, 2, C).astype(np.float32)
+    return m
+
+
+@pytest.mark.parametrize("prune_bias", [False, True])
+def test_batchnorm_network_pruned_gives_the_same_logits_on_every_path(prune_bias):
+    """Dead filters before BatchNorm become constant channels after it (beta - gamma*mean/std ...):
+    the plan folds BN into the conv, carries the constants through LeakyReLU / average / global
+    pooling, and the live-only, dense, reference and shrunk networks agree."""
+    model = _bn_cnn()
+    prune.ln_structured(model.conv1, "weight", amount=3, n=2, dim=0, prune_bias=prune_bias)
+    prune.ln_structured(model.conv2, "weight", amount=3, n=2, dim=0, prune_bias=prune_bias)
+    x = np.random.default_rng(1).standard_normal((5, 3, 18, 18)).astype(np.float32)
+    model.eval()
+    plan = model.plan((3, 18, 18))
+    first = plan.steps[0]
+    assert first.names == ("conv1", "bn1", "relu1", "pool1")
+    assert first.kernel.fused == ("BatchNorm2d folded", "ReLU", "2x2 max pool")
+    assert first.kernel.live_filters == 5
+    # a dead filter's channel after BN is the constant relu(beta - gamma * mean / sqrt(var + eps) + ...)
+    dead = ~model.conv1.alive_filters()
+    gamma, beta = model.bn1.gamma_beta()
+    b = model.conv1.bias
+    expected = np.maximum(gamma * (b - model.bn1.running_mean) / np.sqrt(model.bn1.running_var + 1e-5) + beta, 0)
+    assert_close(first.const_out[dead], expected[dead], "constant after BN")
+    assert [s.op for s in plan.steps[2:6]] == ["channels"] * 3 + ["flatten"]   # act2, pool2, gap carry them
+    assert plan.steps[5].live_out.sum() == 5
+    live = model(x)
+    model.kernels = "dense"
+    dense = model(x)
+    model.kernels = "reference"
+    reference = model(x)
+    model.kernels = "auto"
+    small = prune.shrink(model, input_shape=(3, 18, 18))
+    assert small.conv2.weight.shape == (5, 5, 3, 3) and "bn1" not in dict(small.named_children())
+    assert_close(live, reference, "live vs reference", rtol=1e-4, atol=1e-5)
+    assert_close(dense, reference, "dense vs reference", rtol=1e-4, atol=1e-5)
+    assert_close(small(x), reference, "shrunk vs reference", rtol=1e-4, atol=1e-5)
+    rows = prune.report(model, input_shape=(3, 18, 18), verbose=False)
+    assert rows[1]["flops_skip"] == rows[1]["flops_dense"] * 5 * 5 // 64
+
+
+def test_batchnorm_not_after_a_conv_runs_on_live_channels_only():
+    """A BatchNorm2d after ReLU (not foldable) normalises only the live channels; shrink keeps it, sliced."""
+    from ece662.layers import BatchNorm2d
+    model = Sequential(Conv2d(3, 6, 3, seed=0), ReLU(), BatchNorm2d(6), Conv2d(6, 4, 3, seed=1), Flatten(),
+                       Linear(4 * 4 * 4, 3, seed=2))
+    rng = np.random.default_rng(0)
+    model[2].running_mean = rng.standard_normal(6).astype(np.float32)
+    model[2].weight = rng.uniform(0.5, 1.5, 6).astype(np.float32)
+    prune.ln_structured(model[0], "weight", amount=2, n=2, dim=0)
+    x = rng.standard_normal((3, 3, 8, 8)).astype(np.float32)
+    model.eval()
+    plan = model.plan((3, 8, 8))
+    assert plan.steps[1].names == ("2",) and plan.steps[1].op == "channels" and plan.steps[1].weight.shape == (4,)
+    got = model(x)
+    assert_close(got, dense_twin(model)(x), "BN on live channels", rtol=1e-4, atol=1e-5)
+    small = prune.shrink(model, input_shape=(3, 8, 8))
+    assert small[2].num_features == 4
+    assert_close(small(x), got, "shrunk", rtol=1e-4, atol=1e-5)

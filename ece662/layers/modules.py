@@ -726,6 +726,111 @@ class AdaptiveAvgPool2d(Module):
         return {"type": "AdaptiveAvgPool2d", "args": {"output_size": 1}}
 
 
+class _BatchNorm(Module):
+    """Batch normalisation over axis 1, ``torch.nn.BatchNorm2d`` / ``BatchNorm1d``'s arguments.
+
+    Training mode normalises with the batch's mean and biased variance and updates the running
+    statistics: ``running = (1 - momentum) * running + momentum * batch`` (the variance
+    unbiased, ``* M / (M - 1)``, as torch does); eval mode uses the running statistics.
+    Parameters ``weight`` (gamma) and ``bias`` (beta), buffers ``running_mean``, ``running_var``,
+    ``num_batches_tracked``: torch's state-dict keys.  In an eval-mode ``Sequential`` a batch
+    norm right after a Conv2d (Linear) is folded into that layer's weights and bias
+    (``ece662.layers.plan``).  The spec is ``reference.batchnorm_forward_reference``.
+    """
+    _ndims = ()
+
+    def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True, track_running_stats=True):
+        super().__init__()
+        where = type(self).__name__
+        self.num_features = check_positive_int(num_features, "num_features", where)
+        if not track_running_stats:
+            raise ValueError(f"{where}: track_running_stats=False is not supported (eval mode would need the "
+                             f"batch's statistics); use the default track_running_stats=True")
+        if isinstance(momentum, bool) or not isinstance(momentum, (int, float)) or not 0 <= momentum <= 1:
+            raise ValueError(f"{where}: expected momentum in [0, 1], got {momentum!r}")
+        if isinstance(eps, bool) or not isinstance(eps, (int, float)) or eps <= 0:
+            raise ValueError(f"{where}: expected eps > 0, got {eps!r}")
+        self.eps, self.momentum, self.affine = float(eps), float(momentum), bool(affine)
+        C = self.num_features
+        self.register_parameter("weight", np.ones(C, np.float32) if affine else None)
+        self.register_parameter("bias", np.zeros(C, np.float32) if affine else None)
+        self.register_buffer("running_mean", np.zeros(C, np.float32))
+        self.register_buffer("running_var", np.ones(C, np.float32))
+        self.register_buffer("num_batches_tracked", np.array(0, dtype=np.int64))
+        self.name = where
+        self._cache = None
+
+    def gamma_beta(self):
+        """``(gamma, beta)`` (C,): the affine parameters, ones and zeros when ``affine=False``."""
+        C = self.num_features
+        return (self.weight if self.weight is not None else np.ones(C, np.float32),
+                self.bias if self.bias is not None else np.zeros(C, np.float32))
+
+    def scale_shift(self):
+        """``(scale, shift)`` (C,) of eval mode: ``bn(x) = x * scale + shift`` per channel."""
+        gamma, beta = self.gamma_beta()
+        return fn.batchnorm_scale_shift(gamma, beta, self.running_mean, self.running_var, self.eps)
+
+    def forward(self, x):
+        where = f"{self.name} ({type(self).__name__}({self.num_features}))"
+        x = check_float32(x, "x", where)
+        if x.ndim not in self._ndims or x.shape[1] != self.num_features:
+            raise ValueError(f"{where}: expected x with {self.num_features} channels on axis 1 and "
+                             f"{' or '.join(map(str, self._ndims))} dimensions, got shape {x.shape}")
+        if not self.training:
+            self._cache = None
+            scale, shift = self.scale_shift()
+            return fn.batchnorm_apply_numba(x, scale, shift)
+        M = x.size // x.shape[1]
+        if M < 2:
+            raise ValueError(f"{where}: training needs more than 1 value per channel to estimate a "
+                             f"variance, got x of shape {x.shape}")
+        mean, var = fn.batchnorm_batch_stats_numba(x)
+        m = np.float32(self.momentum)
+        self.running_mean = ((1 - m) * self.running_mean + m * mean).astype(np.float32)
+        self.running_var = ((1 - m) * self.running_var + m * var * np.float32(M / (M - 1))).astype(np.float32)
+        self.num_batches_tracked = np.array(self.num_batches_tracked + 1, dtype=np.int64)
+        self._cache = x
+        gamma, beta = self.gamma_beta()
+        return fn.batchnorm_forward_numba(x, gamma, beta, mean, var, self.eps)
+
+    def backward(self, dout):
+        if self._cache is None:
+            raise RuntimeError(f"{self.name}: backward needs a forward in training mode first")
+        gamma, _ = self.gamma_beta()
+        dx, dgamma, dbeta = fn.batchnorm_backward_numba(dout, self._cache, gamma, self.eps)
+        if self.affine:
+            self._store_grad("weight", dgamma)
+            self._store_grad("bias", dbeta)
+        return dx
+
+    def extra_repr(self):
+        return (f"{self.num_features}, eps={self.eps}, momentum={self.momentum}"
+                + ("" if self.affine else ", affine=False"))
+
+    def spec(self):
+        return {"type": type(self).__name__, "args": {"num_features": self.num_features, "eps": self.eps,
+                                                      "momentum": self.momentum, "affine": self.affine}}
+
+
+class BatchNorm2d(_BatchNorm):
+    """Batch norm of feature maps: per channel over (N, H, W).  Shapes: x ``(N, C, H, W)``.
+
+    Examples
+    --------
+    >>> bn = BatchNorm2d(2).train()
+    >>> out = bn(np.arange(16, dtype=np.float32).reshape(2, 2, 2, 2))
+    >>> bool(np.allclose(out.mean(axis=(0, 2, 3)), 0, atol=1e-6)), bn.running_mean
+    (True, array([0.55, 0.95], dtype=float32))
+    """
+    _ndims = (4,)
+
+
+class BatchNorm1d(_BatchNorm):
+    """Batch norm of features: per feature over N (and L).  Shapes: x ``(N, C)`` or ``(N, C, L)``."""
+    _ndims = (2, 3)
+
+
 class Sequential(Module):
     """Children run in order; each has a name (``"0"``, ``"1"``, ... or the keys given).
 
@@ -859,7 +964,8 @@ class Sequential(Module):
 
 
 LAYER_TYPES = {cls.__name__: cls for cls in (Conv2d, Linear, ReLU, MaxPool2d, Flatten, Dropout, Dropout2d,
-                                              LeakyReLU, AvgPool2d, AdaptiveAvgPool2d)}
+                                              LeakyReLU, AvgPool2d, AdaptiveAvgPool2d, BatchNorm2d,
+                                              BatchNorm1d)}
 
 
 def from_spec(spec):

@@ -238,27 +238,41 @@ def _only_pruning_hooks(m):
 
 
 def _fusion(layers, i, conv, mode):
-    """How many layers after the conv at ``layers[i]`` run inside its kernel: a ReLU (1),
-    and then a ``MaxPool2d(2)`` (2) when the conv has stride 1.  Layers with hooks of their
-    own are not fused; nothing is in 'reference' mode."""
-    from ece662.layers.modules import MaxPool2d, ReLU
-    if mode == "reference" or i + 1 >= len(layers):
+    """How many layers after the conv at ``layers[i]`` run inside its kernel: a BatchNorm2d
+    (folded into the weights), then a ReLU, then a ``MaxPool2d(2)`` when the conv has stride 1.
+    Layers with hooks of their own are not fused; nothing is in 'reference' mode."""
+    from ece662.layers.modules import BatchNorm2d, MaxPool2d, ReLU
+    if mode == "reference":
         return 0
-    relu = layers[i + 1][1]
-    if not (type(relu) is ReLU and _no_hooks(relu)):
-        return 0
-    pool = layers[i + 2][1] if i + 2 < len(layers) else None
+    nxt = [m for _, m in layers[i + 1:i + 4]] + [None] * 3
+    n = 0
+    if type(nxt[0]) is BatchNorm2d and _no_hooks(nxt[0]) and not nxt[0].training:
+        n = 1
+    if not (type(nxt[n]) is ReLU and _no_hooks(nxt[n])):
+        return n
+    pool = nxt[n + 1]
     if (type(pool) is MaxPool2d and pool.kernel_size == 2 and pool.stride == 2 and conv.stride == 1
             and _no_hooks(pool)):
-        return 2
-    return 1
+        return n + 2
+    return n + 1
+
+
+def _folded_batchnorm(w, b, bn):
+    """``(w, b)`` of a conv or linear layer with the eval-mode batch norm ``bn`` after it folded
+    in: ``bn(w*x + b) = (scale*w)*x + (scale*(b - mean) + beta)`` per output channel (exact)."""
+    scale, shift = bn.scale_shift()
+    w = (w * scale.reshape((-1,) + (1,) * (w.ndim - 1))).astype(np.float32)
+    return w, (b * scale + shift).astype(np.float32)
 
 
 def _constant_through(m, const):
     """The value a constant plane has after the per-channel layer ``m`` (None: ``m`` is not
     per-channel, so the plan cannot carry constants through it)."""
-    from ece662.layers.modules import (AdaptiveAvgPool2d, AvgPool2d, Dropout, Dropout2d, LeakyReLU,
-                                       MaxPool2d, ReLU)
+    from ece662.layers.modules import (AdaptiveAvgPool2d, AvgPool2d, BatchNorm1d, BatchNorm2d, Dropout,
+                                       Dropout2d, LeakyReLU, MaxPool2d, ReLU)
+    if type(m) in (BatchNorm2d, BatchNorm1d) and not m.training:
+        scale, shift = m.scale_shift()
+        return (const * scale + shift).astype(np.float32)
     if type(m) is ReLU:
         return np.maximum(const, 0)
     if type(m) is LeakyReLU:
@@ -283,7 +297,7 @@ def build_plan(model, input_shape, kernels=None):
     -------
     Plan
     """
-    from ece662.layers.modules import Conv2d, Flatten, Linear
+    from ece662.layers.modules import BatchNorm1d, BatchNorm2d, Conv2d, Flatten, Linear
     layers = list(model.named_children())
     for _, m in layers:                # pruned layers recompute weight = weight_orig * weight_mask
         for hook in list(m._forward_pre_hooks.values()):
@@ -305,7 +319,9 @@ def build_plan(model, input_shape, kernels=None):
             n_fused = _fusion(layers, i, m, mode)
             step = _conv_step(layers[i:i + 1 + n_fused], mode, live, const)
         elif isinstance(m, Linear):
-            step = _linear_step(name, m, mode, live, const)
+            bn = layers[i + 1][1] if i + 1 < len(layers) else None
+            fuse_bn = (type(bn) is BatchNorm1d and _no_hooks(bn) and not bn.training and mode != "reference")
+            step = _linear_step(layers[i:i + 1 + fuse_bn], mode, live, const)
         elif mode == "reference":
             step = Step([name], "reference", m, live, const, full_input=True)
         elif isinstance(m, Flatten):
@@ -313,9 +329,12 @@ def build_plan(model, input_shape, kernels=None):
             if live is not None:
                 hw = int(np.prod(shape[2:]))  # channel c owns features c*H*W ... (c+1)*H*W - 1
                 step.live_out, step.const_out = np.repeat(live, hw), np.repeat(const, hw)
-        elif live is not None and _constant_through(m, const) is not None and len(shape) == 4:
+        elif live is not None and _constant_through(m, const) is not None:
             step = Step([name], "channels", m, live, const)
             step.live_out, step.const_out = live, _constant_through(m, const)
+            if isinstance(m, (BatchNorm2d, BatchNorm1d)):   # normalise the live channels only
+                scale, shift = m.scale_shift()
+                step.weight, step.bias = scale[live], shift[live]
         else:                          # anything else gets the full tensor back
             step = Step([name], "full", m, live, const, full_input=True)
         for _, layer in layers[i:i + len(step.names)]:
@@ -328,11 +347,17 @@ def build_plan(model, input_shape, kernels=None):
 
 
 def _conv_step(group, mode, live, const):
-    """The step of a conv (``group[0]``) and the layers fused after it."""
+    """The step of a conv (``group[0]``) and the layers fused after it (BatchNorm2d, ReLU, pool)."""
+    from ece662.layers.modules import BatchNorm2d, MaxPool2d, ReLU
     (name, conv), fused = group[0], [m for _, m in group[1:]]
-    relu, pool2 = len(fused) >= 1, len(fused) == 2
+    relu = any(type(m) is ReLU for m in fused)
+    pool2 = any(type(m) is MaxPool2d for m in fused)
     w = conv.weight
     b = conv.bias if conv.bias is not None else np.zeros(conv.out_channels, np.float32)
+    names = []
+    if fused and type(fused[0]) is BatchNorm2d:
+        w, b = _folded_batchnorm(w, b, fused[0])
+        names.append("BatchNorm2d folded")
     full_input = live is not None and (mode != "auto" or (conv.padding > 0 and np.any(const[~live] != 0)))
     step = Step([n for n, _ in group], "conv", conv, live, const, full_input)
     if live is not None and not full_input:
@@ -345,7 +370,7 @@ def _conv_step(group, mode, live, const):
     step.weight, step.bias = np.ascontiguousarray(w[alive]), np.ascontiguousarray(b[alive])
     version, reason = choose_conv_kernel(mode, step.weight, conv.stride, pool2)
     step.fused = tuple(fused)
-    names = (["ReLU"] if relu else []) + (["2x2 max pool"] if pool2 else [])
+    names += (["ReLU"] if relu else []) + (["2x2 max pool"] if pool2 else [])
     step.kernel = KernelChoice(version, tuple(names), int(alive.sum()), conv.out_channels, w.shape[1],
                                conv.in_channels, reason)
     if not alive.all():
@@ -354,23 +379,37 @@ def _conv_step(group, mode, live, const):
     return step
 
 
-def _linear_step(name, m, mode, live, const):
+def _linear_step(group, mode, live, const):
+    """The step of a linear layer (and a BatchNorm1d after it, folded into its weights)."""
+    (name, m), fused = group[0], [bn for _, bn in group[1:]]
     w = m.weight
     b = m.bias if m.bias is not None else np.zeros(m.out_features, np.float32)
+    if fused:
+        w, b = _folded_batchnorm(w, b, fused[0])
     full_input = live is not None and mode != "auto"
-    step = Step([name], "linear" if mode != "reference" else "reference", m, live, const, full_input)
+    step = Step([n for n, _ in group], "linear" if mode != "reference" else "reference", m, live, const,
+                full_input)
     if live is not None and not full_input:
         b = b + (w[:, ~live] @ const[~live]).astype(np.float32)
         w = w[:, live]
     step.weight, step.bias = np.ascontiguousarray(w), np.ascontiguousarray(b, dtype=np.float32)
+    step.fused = tuple(fused)
     version = "reference" if mode == "reference" else "linear"
-    step.kernel = KernelChoice(version, (), m.out_features, m.out_features, w.shape[1], m.in_features,
+    step.kernel = KernelChoice(version, ("BatchNorm1d folded",) if fused else (), m.out_features,
+                               m.out_features, w.shape[1], m.in_features,
                                "constant features folded into the bias" if w.shape[1] < m.in_features
                                else f"kernels={mode!r}")
     return step
 
 
+def _reference_batchnorm(m, x):
+    gamma, beta = m.gamma_beta()
+    return ref.batchnorm_forward_reference(x, gamma, beta, m.running_mean, m.running_var, m.eps)
+
+
 REFERENCE_OPS = {
+    "BatchNorm2d": _reference_batchnorm,
+    "BatchNorm1d": _reference_batchnorm,
     "ReLU": lambda m, x: ref.relu_forward_reference(x),
     "LeakyReLU": lambda m, x: ref.leaky_relu_forward_reference(x, np.float32(m.negative_slope)),
     "MaxPool2d": lambda m, x: ref.maxpool2d_forward_reference(x, m.kernel_size, m.stride),
@@ -380,21 +419,20 @@ REFERENCE_OPS = {
 
 
 def _run_step(s, x):
+    """Run one step on ``x`` (its live channels; inputs were checked by ``Sequential``)."""
     m = s.module
     if s.op == "conv":
-        if s.live_in is None or s.full_input:
-            x = m.check_input(x)
         out = run_conv(s.kernel.version, x, s.weight, s.bias, m.stride, m.padding,
-                       relu=bool(s.kernel.fused), pool2=len(s.kernel.fused) == 2)
+                       relu="ReLU" in s.kernel.fused, pool2="2x2 max pool" in s.kernel.fused)
         m.last_kernel = s.kernel
         return out
     if s.op == "linear" or (s.op == "reference" and s.kernel is not None):
-        if s.live_in is None or s.full_input:
-            x = m.check_input(x)
         m.last_kernel = s.kernel
         if s.kernel.version == "reference":
             return ref.linear_forward_reference(x, s.weight, s.bias)
         return fn.linear_forward_numba(x, s.weight, s.bias)
     if s.op == "reference" and type(m).__name__ in REFERENCE_OPS:
         return REFERENCE_OPS[type(m).__name__](m, x)
+    if s.op == "channels" and s.weight is not None:        # a batch norm on the live channels
+        return fn.batchnorm_apply_numba(x, s.weight, s.bias)
     return m(x)                        # flatten, per-channel layers on live channels, anything else

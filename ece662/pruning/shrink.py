@@ -5,7 +5,9 @@ A filter whose weights are all masked still outputs its bias ``b`` at every posi
 Removing the filter must keep that constant's effect.  Where it goes (ReLU makes it
 ``relu(b)``, pooling keeps it, the next conv or linear layer folds it into its bias) is
 decided once, by the inference plan (``ece662.layers.plan``): ``shrink`` builds the plan's
-live-only network for good, with the plan's weights and folded biases.
+live-only network for good, with the plan's weights and folded biases.  A BatchNorm right
+after a conv (linear) layer is folded into that layer's weights and bias, as the plan runs it,
+so the shrunk network has no such batch norm layer (it is an inference network).
 
 With padding > 0 the border positions see zeros instead of the constant, so a dead
 filter with a non-zero output cannot be removed exactly: ``shrink`` refuses and says so.
@@ -14,7 +16,7 @@ from collections import OrderedDict
 
 import numpy as np
 
-from ece662.layers import Conv2d, Linear, Sequential
+from ece662.layers import BatchNorm1d, BatchNorm2d, Conv2d, Linear, Sequential
 from ece662.layers.modules import LAYER_TYPES
 from ece662.layers.plan import build_plan
 
@@ -75,6 +77,8 @@ def shrink(model, input_shape=(3, 32, 32)):
                          bias=m.bias is not None or folded)
         elif step.op == "linear":
             new = Linear(step.weight.shape[1], m.out_features, bias=m.bias is not None or folded)
+        elif isinstance(m, (BatchNorm2d, BatchNorm1d)):
+            new = _copy_batchnorm(m, step.live_in if step.op == "channels" else None)
         else:
             new = _copy_plain(name, m)
         if step.op in ("conv", "linear"):
@@ -83,7 +87,8 @@ def shrink(model, input_shape=(3, 32, 32)):
                 new.bias = step.bias.copy()
         layers[name] = new
         for fused_name, fused in zip(step.names[1:], step.fused):
-            layers[fused_name] = _copy_plain(fused_name, fused)
+            if not isinstance(fused, (BatchNorm2d, BatchNorm1d)):     # a batch norm is folded in
+                layers[fused_name] = _copy_plain(fused_name, fused)
     return Sequential(layers).eval()
 
 
@@ -93,3 +98,14 @@ def _copy_plain(name, m):
     if cls is None or any(True for _ in m.named_parameters()):
         raise ValueError(f"shrink: does not know how to fold through layer {name} ({type(m).__name__})")
     return cls(**m.spec()["args"])
+
+
+def _copy_batchnorm(bn, live=None):
+    """A copy of a batch norm layer, of its ``live`` channels only when given."""
+    keep = np.ones(bn.num_features, bool) if live is None else live
+    new = type(bn)(int(keep.sum()), eps=bn.eps, momentum=bn.momentum, affine=bn.affine)
+    for key in ("weight", "bias", "running_mean", "running_var"):
+        if getattr(bn, key) is not None:
+            setattr(new, key, np.ascontiguousarray(getattr(bn, key)[keep]))
+    new.num_batches_tracked = bn.num_batches_tracked.copy()
+    return new.eval()
