@@ -312,8 +312,9 @@ class _Reader:
     def take(self, nbytes, what):
         """Count ``nbytes`` against the budget, or raise before they are allocated."""
         if nbytes > self.left:
+            where = "" if what.startswith(self.source) else f"{self.source}: "
             raise ValueError(
-                f"{self.source}: {what} needs {nbytes:,} bytes, beyond the {self.max_bytes:,}-byte budget "
+                f"{where}{what} needs {nbytes:,} bytes, beyond the {self.max_bytes:,}-byte budget "
                 f"for a {self.archive_size:,}-byte file; if the file really is that large, pass a larger "
                 f"max_bytes to read_torch_state_dict")
         self.left -= nbytes
@@ -697,7 +698,9 @@ def model_from_state_dict(state_dict, model=None, source="state_dict"):
     if not any("num_batches_tracked" in g for g in model_groups.values()):  # a counter, no place for it
         arrays = OrderedDict((k, v) for k, v in arrays.items() if not k.endswith("num_batches_tracked"))
         file_groups = _layers(arrays)
-    if file_groups != model_groups:
+    same = list(file_groups) == list(model_groups) and all(
+        dict(file_groups[p]) == dict(model_groups[p]) for p in file_groups)   # order within a layer may differ
+    if not same:
         if default:
             fits = ""
             try:
