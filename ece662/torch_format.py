@@ -231,6 +231,9 @@ class _StorageType(_NoState):
     def __init__(self, name):
         self.name = name
 
+    def __repr__(self):
+        return f"torch.{self.name}"
+
 
 class _Storage(_NoState):
     """One storage, ``("storage", <type>, key, device, numel)``; its bytes are read on demand."""
@@ -239,6 +242,9 @@ class _Storage(_NoState):
     def __init__(self, storage_type, key, numel):
         self.type, self.key, self.numel, self._array = storage_type, key, numel, None
 
+    def __repr__(self):
+        return f"<storage {self.key!r}: {self.numel} elements of {self.type!r}>"
+
 
 class _Tensor(_NoState):
     """The recorded call ``_rebuild_tensor_v2(*args)``; checked and copied out by ``_materialize``."""
@@ -246,6 +252,9 @@ class _Tensor(_NoState):
 
     def __init__(self, *args):
         self.args = args
+
+    def __repr__(self):
+        return "<tensor>"
 
 
 def _rebuild_parameter(data, *unused):
@@ -375,6 +384,12 @@ def _storage_array(reader, storage, entry):
     return storage._array
 
 
+def _a(value):
+    """'an int', 'a str', 'a tensor': what a value is, for messages."""
+    name = "tensor" if isinstance(value, _Tensor) else type(value).__name__.lstrip("_")
+    return ("an " if name[:1].lower() in "aeiou" else "a ") + name
+
+
 def _is_int(x):
     return type(x) is int      # not bool, not float
 
@@ -391,7 +406,7 @@ def _materialize(reader, tensor, entry):
         raise ValueError(f"{entry}: _rebuild_tensor_v2 takes 6 or 7 arguments, the file gives {len(args)}")
     storage, offset, size, stride = args[:4]
     if not isinstance(storage, _Storage):
-        raise ValueError(f"{entry}: the tensor's storage is a {type(storage).__name__}, not a storage reference")
+        raise ValueError(f"{entry}: the tensor's storage is {_a(storage)}, not a storage reference")
     if not (type(size) in (tuple, list) and type(stride) in (tuple, list) and len(size) == len(stride)
             and all(map(_is_int, size)) and all(map(_is_int, stride)) and _is_int(offset)):
         raise ValueError(f"{entry}: expected an int offset and int size/stride tuples of equal length, got "
@@ -410,6 +425,8 @@ def _materialize(reader, tensor, entry):
         if numel * itemsize > reader.left:    # raise before the product grows without bound
             reader.take(numel * itemsize, f"{entry} (shape {tuple(size)})")
     if numel == 0:
+        if max(size) * itemsize > reader.max_bytes:     # numpy refuses such a shape, even empty
+            raise ValueError(f"{entry}: an empty tensor of shape {tuple(size)}; no dimension can be that long")
         if offset > storage.numel:
             raise ValueError(f"{entry}: offset {offset} is past the end of its {storage.numel}-element storage")
         _storage_array(reader, storage, entry)     # still check the storage (dtype, member size)
@@ -490,10 +507,10 @@ def read_torch_state_dict(path, on_nonfinite="raise", max_bytes=None):
         for key, value in state_dict.items():
             entry = f"{path}: {where}[{_short.repr(key)}]"
             if not isinstance(key, str):
-                raise ValueError(f"{entry}: the key is a {type(key).__name__}; state_dict keys are "
+                raise ValueError(f"{entry}: the key is {_a(key)}; state_dict keys are "
                                  f"strings such as 'conv1.weight'")
             if not isinstance(value, _Tensor):
-                raise ValueError(f"{entry} is a {type(value).__name__}, not a tensor")
+                raise ValueError(f"{entry} is {_a(value)}, not a tensor")
             out[key] = _materialize(reader, value, entry)
             _check_finite(out[key], entry, on_nonfinite)
     # nn.DataParallel prefixes every key with "module."
@@ -567,7 +584,7 @@ def _select_state_dict(obj, path):
             return obj[key], f"checkpoint[{key!r}]"
     bad = next(k for k, v in obj.items() if not isinstance(v, _Tensor))
     raise ValueError(
-        f"{path}: entry {_short.repr(bad)} is a {type(obj[bad]).__name__}, not a tensor, so the file is "
+        f"{path}: entry {_short.repr(bad)} is {_a(obj[bad])}, not a tensor, so the file is "
         f"not a state_dict; a training checkpoint must keep the weights under one of "
         f"{list(_CHECKPOINT_KEYS)} (this one has keys {_short.repr(list(obj)[:8])})")
 
@@ -684,7 +701,7 @@ def model_from_state_dict(state_dict, model=None, source="state_dict"):
     arrays = OrderedDict(state_dict)
     for key in arrays:
         if not isinstance(key, str):
-            raise ValueError(f"{source}: state_dict key {_short.repr(key)} is a {type(key).__name__}, "
+            raise ValueError(f"{source}: state_dict key {_short.repr(key)} is {_a(key)}, "
                              f"not a string such as 'conv1.weight'")
     try:
         file_groups = _layers(arrays)
