@@ -22,6 +22,10 @@ import numpy as np
 FORMAT = "ece662-model-v1"
 _FORMAT_KEY = "__ece662_format__"
 _SPEC_KEY = "__ece662_spec__"
+# the most weights (values) a model file may declare: 50 million float32 are 200 MB, far more
+# than any course network (the default one has 23,210); a file that declares more is refused
+# before anything is allocated
+MAX_PARAMETERS = 50_000_000
 
 
 # ============================================================================ ece662 format
