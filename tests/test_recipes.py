@@ -19,7 +19,8 @@ def test_compare_schedules_gives_every_schedule_the_same_budget_and_sparsity(tmp
     before = net.state_dict()
     X, y, Xt, yt = _data()
     seen = []
-    recs = compare_schedules(net, X, y, Xt, yt, sparsities=(0.5, 0.75), epochs=2, batch_size=16, progress=seen.append)
+    recs = compare_schedules(net, X, y, Xt, yt, sparsities=(0.5, 0.75), epochs=2, batch_size=16,
+                             progress=seen.append)
     assert seen == recs
     assert [r["schedule"] for r in recs] == ["dense"] + [s for s in SCHEDULES for _ in (0.5, 0.75)]
     for r in recs[1:]:
