@@ -252,23 +252,26 @@ class _ChainReader:
     def where(self, node):
         return f"{self.source}: node {node.name or '(unnamed)'!r} ({node.op_type})"
 
-    def const(self, name, node, finite=True):
-        """The array behind an initializer or a Constant, checked finite when it is a float."""
+    def const(self, name, node):
+        """The array behind an initializer or a Constant (converted once)."""
         if name not in self.constants:
             if name not in self.inits:
                 raise ValueError(f"{self.where(node)}: input {name!r} is neither a weight (initializer) "
                                  f"nor a Constant; ece662 reads chains whose extra inputs are weights")
             self.constants[name] = _tensor_to_array(self.inits[name], self.folder, self.where(node))
-        arr = self.constants[name]
-        if finite and arr.dtype.kind == "f":
-            bad = int(arr.size - np.count_nonzero(np.isfinite(arr)))
-            if bad:
-                raise ValueError(f"{self.where(node)}: weight {name!r} holds {bad} NaN or infinite "
-                                 f"value(s) out of {arr.size}; the model file is damaged")
-        return arr
+        return self.constants[name]
 
     def weight(self, name, node):
-        return self.const(name, node).astype(np.float32)
+        """A weight as float32, refused if it holds NaN or infinity (also after the cast)."""
+        arr = self.const(name, node)
+        if arr.dtype.kind != "f":
+            raise ValueError(f"{self.where(node)}: weight {name!r} has dtype {arr.dtype}, expected floats")
+        arr = arr.astype(np.float32)
+        bad = int(arr.size - np.count_nonzero(np.isfinite(arr)))
+        if bad:
+            raise ValueError(f"{self.where(node)}: weight {name!r} holds {bad} NaN or infinite "
+                             f"value(s) out of {arr.size} (as float32); the model file is damaged")
+        return arr
 
     def is_const(self, name):
         return name in self.constants or name in self.inits
@@ -348,7 +351,7 @@ class _ChainReader:
                 self.constant_node(node)
                 continue
             if node.op_type == "Identity" and node.input and self.is_const(node.input[0]):
-                self.constants[node.output[0]] = self.const(node.input[0], node, finite=False)
+                self.constants[node.output[0]] = self.const(node.input[0], node)
                 continue
             data = [i for i in node.input if i and not self.is_const(i)]
             if data != [current]:
