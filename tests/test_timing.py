@@ -1,0 +1,141 @@
+"""The paired timing helper's logic, with a fake clock and fake models: deterministic, nothing timed for real."""
+import warnings
+
+import numpy as np
+import pytest
+
+from ece662 import timing
+
+
+class FakeClock:
+    """A clock that only moves when a fake model runs."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+
+class FakeModel:
+    """Costs ``costs[i]`` seconds of fake time on its i-th call (cycling); records the call order."""
+
+    def __init__(self, name, clock, costs, log):
+        self.name, self.clock, self.costs, self.log, self.calls = name, clock, list(costs), log, 0
+
+    def __call__(self):
+        self.clock.now += self.costs[self.calls % len(self.costs)]
+        self.calls += 1
+        self.log.append(self.name)
+
+
+def fake(clock, log, **costs):
+    return {name: FakeModel(name, clock, c, log) for name, c in costs.items()}
+
+
+def test_rounds_are_interleaved_and_alternate_order_after_a_warmup():
+    """dense, pruned | pruned, dense | ...: both sides see the same drift; one untimed warm-up each."""
+    clock, log = FakeClock(), []
+    runs = fake(clock, log, dense=[1.0], pruned=[0.5])
+    times = timing.interleaved_times(runs, repeats=4, clock=clock)
+    assert log == ["dense", "pruned"] + ["dense", "pruned", "pruned", "dense"] * 2
+    assert times["dense"].tolist() == [1.0] * 4 and times["pruned"].tolist() == [0.5] * 4
+
+
+def test_a_busy_round_slows_both_sides_and_the_paired_ratio_does_not_move():
+    """The machine gets 3x slower for two rounds: unpaired img/s would swing 3x, the paired median stays 2x."""
+    clock, log = FakeClock(), []
+    slow = [1, 1, 3, 3, 1, 1, 1, 1]       # one entry per call, warm-up first
+    runs = fake(clock, log, dense=[2.0 * s for s in [1] + slow], pruned=[1.0 * s for s in [1] + slow])
+    timer = timing.PairedTimer(repeats=8, clock=clock, warn=False)
+    r = timer.compare(runs)
+    assert r["pruned"].median == pytest.approx(2.0)
+    assert r["pruned"].q1 == pytest.approx(2.0) and r["pruned"].q3 == pytest.approx(2.0)
+    assert r["dense"].median == pytest.approx(1.0)
+    assert timer.busy      # the dense times themselves spread 3x: absolute speeds are unreliable
+
+
+def test_median_and_iqr_of_the_per_round_ratios():
+    """Ratios 1, 2, 3, 4, 5 (one odd round at 50x): median 3, IQR 2-4, the outlier does not move them."""
+    clock, log = FakeClock(), []
+    pruned = [1.0, 1.0, 1 / 2, 1 / 3, 1 / 4, 1 / 5, 1 / 50]   # warm-up, then rounds
+    runs = fake(clock, log, dense=[1.0], pruned=pruned)
+    r = timing.PairedTimer(repeats=6, clock=clock, warn=False).compare(runs)["pruned"]
+    assert sorted(r.ratios.tolist()) == pytest.approx([1, 2, 3, 4, 5, 50])
+    assert (r.q1, r.median, r.q3) == pytest.approx((np.percentile([1, 2, 3, 4, 5, 50], [25, 50, 75])))
+    assert r.median == pytest.approx(3.5)
+    assert r.images_per_s == pytest.approx(1 / np.median([1, 1 / 2, 1 / 3, 1 / 4, 1 / 5, 1 / 50]))
+
+
+def test_a_ratio_above_the_flop_ideal_is_flagged():
+    clock, log = FakeClock(), []
+    r = timing.PairedTimer(repeats=3, clock=clock, warn=False).compare(
+        fake(clock, log, dense=[6.0], pruned=[1.0]))["pruned"]
+    assert "above the FLOP ideal" in r.check(ideal=5.79)
+    assert r.check(ideal=6.5) == "" and r.flag == ""
+
+
+def test_masks_only_is_flagged_outside_its_noise_band_and_not_inside():
+    clock, log = FakeClock(), []
+    runs = fake(clock, log, dense=[1.0], masks=[0.5])         # "2x" from masks alone: impossible
+    r = timing.PairedTimer(repeats=3, clock=clock, warn=False).compare(runs)["masks"]
+    assert "masks only should be 1x" in r.check(same_work=True)
+    clock, log = FakeClock(), []
+    runs = fake(clock, log, dense=[1.0], masks=[1.0, 1.0, 0.95, 1.05, 1.0])   # noise around 1x
+    r = timing.PairedTimer(repeats=4, clock=clock, warn=False).compare(runs)["masks"]
+    assert r.check(same_work=True) == ""
+
+
+def test_warns_once_when_repeated_dense_timings_disagree():
+    """Dense rounds 1 s and 2 s: one warning for the whole timer, however many comparisons follow."""
+    clock, log = FakeClock(), []
+    timer = timing.PairedTimer(repeats=4, clock=clock)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(3):
+            timer.compare(fake(clock, log, dense=[1.0, 2.0], pruned=[0.5]))
+    busy = [w for w in caught if "machine is busy" in str(w.message)]
+    assert len(busy) == 1 and timer.busy
+
+
+def test_steady_dense_timings_do_not_warn():
+    clock, log = FakeClock(), []
+    timer = timing.PairedTimer(repeats=5, clock=clock)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        timer.compare(fake(clock, log, dense=[1.0, 1.05, 0.97], pruned=[0.5]))
+    assert not timer.busy
+
+
+def test_models_are_run_over_the_images_in_batches():
+    """With images, each round runs the model over all of them, batch by batch, in eval mode."""
+    seen = []
+
+    class Model:
+        training = True
+
+        def eval(self):
+            self.training = False
+            return self
+
+        def __call__(self, x):
+            assert not self.training
+            seen.append(len(x))
+
+    X = np.zeros((1200, 3, 4, 4), np.float32)
+    timing.PairedTimer(repeats=2, batch_size=500, warn=False).compare({"a": Model(), "b": Model()}, X)
+    assert seen == [500, 500, 200] * 2 * 3       # (warm-up + 2 rounds) x 2 models
+
+
+@pytest.mark.parametrize("bad", [0, -3, 2.5])
+def test_bad_repeats_are_refused(bad):
+    with pytest.raises(ValueError, match="repeats"):
+        timing.PairedTimer(repeats=bad)
+
+
+def test_record_columns():
+    clock, log = FakeClock(), []
+    r = timing.PairedTimer(repeats=3, clock=clock, warn=False).compare(
+        fake(clock, log, dense=[2.0], pruned=[1.0]))["pruned"]
+    cols = timing.speedup_columns(r, "speedup")
+    assert cols == {"speedup": 2.0, "speedup_iqr_low": 2.0, "speedup_iqr_high": 2.0, "speedup_flag": ""}
