@@ -41,7 +41,7 @@ How layers map (both directions)::
     GlobalAveragePool             AdaptiveAvgPool2d(1)   (read also: ReduceMean over H, W)
     Flatten (axis 1), Reshape     Flatten                (Reshape only to (N, C*H*W))
     Gemm, or MatMul then Add      Linear
-    Dropout                       Dropout (the identity in an inference graph); Identity is skipped
+    Dropout                       Dropout, Dropout2d (the identity in an inference graph); Identity is skipped
 
 Every ONNX file is untrusted input: tensor sizes are checked against the bytes that really
 hold them before any array is made, external data is read only from files inside the model's
@@ -649,8 +649,9 @@ def _graph_nodes(model, input_name, helper, numpy_helper):
             nodes.append(helper.make_node("GlobalAveragePool", [x], [out], name=name))
         elif kind == "Flatten":
             nodes.append(helper.make_node("Flatten", [x], [out], name=name, axis=1))
-        elif kind == "Dropout":
+        elif kind in ("Dropout", "Dropout2d"):
             # the ratio is an input since opset 12; in an inference graph Dropout is the identity
+            # (Dropout2d too: it is read back as a Dropout, which computes the same at inference)
             ratio = tensor("ratio", np.array(m.p, dtype=np.float32))
             nodes.append(helper.make_node("Dropout", [x, ratio], [out], name=name))
         else:
