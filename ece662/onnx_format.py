@@ -217,6 +217,15 @@ def read_onnx(path):
     return _ChainReader(proto.graph, os.path.dirname(os.path.abspath(path)), path).build()
 
 
+def _guard(where, fn, *args):
+    """Call ``fn``; the specific checks name what is wrong, and this net turns whatever else a
+    malformed file provokes (an attribute of the wrong type, say) into the same kind of error."""
+    try:
+        return fn(*args)
+    except (TypeError, IndexError, KeyError, AttributeError, OverflowError) as e:
+        raise ValueError(f"{where}: malformed node ({type(e).__name__}: {e})") from None
+
+
 def _attrs(node):
     """``{name: value}`` of a node's attributes (ints, floats, strings, lists of them)."""
     out = {}
@@ -347,8 +356,10 @@ class _ChainReader:
             raise ValueError(f"{self.source}: expected one graph output (the logits), got {outputs}")
         for node in self.graph.node:
             where = self.where(node)
+            if not node.output or not node.output[0]:
+                raise ValueError(f"{where}: the node has no output")
             if node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
-                self.constant_node(node)
+                _guard(where, self.constant_node, node)
                 continue
             if node.op_type == "Identity" and node.input and self.is_const(node.input[0]):
                 self.constants[node.output[0]] = self.const(node.input[0], node)
@@ -371,9 +382,12 @@ class _ChainReader:
             extra = [o for o in node.output[1:] if o and (uses[o] or o in outputs)]
             if extra:
                 raise ValueError(f"{where}: its extra outputs {extra} are used; ece662 reads only the first")
+            if len(node.input) < _MIN_INPUTS.get(node.op_type, 1):
+                raise ValueError(f"{where}: has {len(node.input)} input(s), the op needs at least "
+                                 f"{_MIN_INPUTS[node.op_type]}")
             if node.op_type != "Add":
                 self.bias_slot = None
-            handler(self, node, _attrs(node))
+            _guard(where, handler, self, node, _attrs(node))
             current = node.output[0]
         if current != outputs[0]:
             raise ValueError(f"{self.source}: the chain ends at {current!r}, not at the graph output "
@@ -384,6 +398,8 @@ class _ChainReader:
 
     def constant_node(self, node):
         a = _attrs(node)
+        if "value" in a and not hasattr(a["value"], "t"):
+            raise ValueError(f"{self.where(node)}: its 'value' attribute is not a tensor")
         if "value" in a:
             arr = _tensor_to_array(a["value"].t, self.folder, self.where(node))
         elif "value_ints" in a or "value_int" in a:
@@ -580,6 +596,9 @@ class _ChainReader:
     def read_identity(self, node, a):
         pass
 
+
+# inputs each op needs besides its defaults (data, weight, bias, BatchNorm's four statistics, ...)
+_MIN_INPUTS = {"Conv": 2, "BatchNormalization": 5, "Gemm": 2, "MatMul": 2, "Add": 2, "Reshape": 2}
 
 _READERS = {
     "Conv": _ChainReader.read_conv, "BatchNormalization": _ChainReader.read_batchnorm,

@@ -463,3 +463,58 @@ def test_reshape_that_is_not_a_flatten_is_refused(tmp_path):
         read_onnx(write(tmp_path / "reshape.onnx", p))
     init(p, "target").CopyFrom(numpy_helper.from_array(np.array([-1, 900], np.int64), "target"))
     assert isinstance(read_onnx(write(tmp_path / "reshape.onnx", p))[3], Flatten)
+
+
+def test_randomly_damaged_graphs_give_a_model_or_a_value_error(tmp_path):
+    """300 seeded random damages of a valid graph (inputs, outputs, ops, attributes, dims, data,
+    node order) each end in a model or a ValueError: never another exception."""
+    ops = ["Conv", "Relu", "MaxPool", "AveragePool", "Flatten", "Reshape", "Gemm", "MatMul", "Add",
+           "BatchNormalization", "Dropout", "Identity", "Constant", "GlobalAveragePool", "ReduceMean"]
+    values = [0, -1, 2, 1 << 40, 0.5, float("nan"), [1], [2, 2], [0, 0, 0, 0], [-3, 1 << 40], [0.5, 2.0], "abc"]
+    good = small_proto(tmp_path)
+    rng = np.random.default_rng(0)
+    outcomes = set()
+    for trial in range(300):
+        p = onnx.ModelProto()
+        p.CopyFrom(good)
+        for _ in range(rng.integers(1, 4)):
+            nodes = p.graph.node
+            n = nodes[int(rng.integers(len(nodes)))]
+            kind = rng.integers(8)
+            if kind == 0 and n.input:
+                del n.input[int(rng.integers(len(n.input)))]
+            elif kind == 1:
+                del n.output[:]
+            elif kind == 2:
+                n.op_type = str(rng.choice(ops))
+            elif kind == 3:
+                value = values[int(rng.integers(len(values)))]
+                name = str(rng.choice(["kernel_shape", "strides", "pads", "axis", "alpha", "transB", "value",
+                                       "group", "epsilon", "axes", "keepdims"]))
+                kept = [a for a in n.attribute if a.name != name]
+                del n.attribute[:]
+                n.attribute.extend(kept + [helper.make_attribute(name, value)])
+            elif kind == 4:
+                t = p.graph.initializer[int(rng.integers(len(p.graph.initializer)))]
+                if t.dims:
+                    t.dims[int(rng.integers(len(t.dims)))] = int(rng.choice([0, 1, 7, 1 << 31]))
+            elif kind == 5:
+                t = p.graph.initializer[int(rng.integers(len(p.graph.initializer)))]
+                t.raw_data = t.raw_data[: int(rng.integers(len(t.raw_data) + 1))]
+            elif kind == 6 and len(nodes) > 1:
+                i = int(rng.integers(len(nodes) - 1))
+                a, b = onnx.NodeProto(), onnx.NodeProto()
+                a.CopyFrom(nodes[i])
+                b.CopyFrom(nodes[i + 1])
+                nodes[i].CopyFrom(b)
+                nodes[i + 1].CopyFrom(a)
+            else:
+                t = p.graph.initializer[int(rng.integers(len(p.graph.initializer)))]
+                t.data_type = int(rng.choice([2, 7, 8, 10, 11, 16]))
+        path = write(tmp_path / "fuzz.onnx", p)
+        try:
+            read_onnx(path)
+            outcomes.add("model")
+        except ValueError:
+            outcomes.add("ValueError")
+    assert "ValueError" in outcomes
