@@ -8,10 +8,14 @@ moves at a pruned position and stale momentum can never revive it.
 import numpy as np
 
 
-def softmax_cross_entropy(logits, y):
+def softmax_cross_entropy(logits, y, label_smoothing=0.0):
     """Mean cross-entropy of ``logits (N, K)`` against labels ``y (N,)`` and its gradient.
 
     Numerically stable: the row maximum is subtracted before exponentiating.
+    ``label_smoothing = eps`` (Szegedy et al., 2016) trains against the target
+    ``(1 - eps) * onehot(y) + eps / K`` instead of ``onehot(y)``, as torch's
+    ``CrossEntropyLoss(label_smoothing=eps)`` does; the gradient is then
+    ``(softmax(z) - target) / N``.
 
     Returns
     -------
@@ -31,14 +35,84 @@ def softmax_cross_entropy(logits, y):
         raise ValueError(f"softmax_cross_entropy: expected y of shape ({N},), got {y.shape}")
     if N and (y.min() < 0 or y.max() >= K):
         raise ValueError(f"softmax_cross_entropy: labels must lie in 0..{K - 1}, got {y.min()}..{y.max()}")
+    if isinstance(label_smoothing, bool) or not 0.0 <= float(label_smoothing) < 1.0:
+        raise ValueError(f"softmax_cross_entropy: label_smoothing must be a number in [0, 1), "
+                         f"got {label_smoothing!r}")
+    if N == 0:
+        raise ValueError("softmax_cross_entropy: the batch is empty (0 rows); the mean loss of "
+                         "no examples is undefined")
     if not np.isfinite(logits).all():        # a diverged model: report NaN, let the caller stop
         return float("nan"), np.full(logits.shape, np.nan, dtype=np.float32)
     shifted = logits - logits.max(axis=1, keepdims=True)
     log_probs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
-    loss = -log_probs[np.arange(N), y].mean()
-    d = np.exp(log_probs)
-    d[np.arange(N), y] -= 1
+    target = np.full((N, K), label_smoothing / K)
+    target[np.arange(N), y] += 1.0 - label_smoothing
+    loss = -(target * log_probs).sum(axis=1).mean()
+    d = np.exp(log_probs) - target
     return float(loss), (d / N).astype(np.float32)
+
+
+def _softmax(z):
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def distillation_loss(logits, teacher_logits, y, temperature=4.0, weight=0.9, label_smoothing=0.0):
+    """Knowledge distillation (Hinton, Vinyals & Dean, 2015): learn the labels and the teacher.
+
+    With ``T = temperature``, ``w = weight``, ``p = softmax(logits / T)`` (the student's
+    softened guess) and ``q = softmax(teacher_logits / T)`` (the teacher's)::
+
+        loss = (1 - w) * CE(logits, y)  +  w * T**2 * KL(q || p)
+
+    where ``KL(q || p) = mean over the batch of sum_k q_k (log q_k - log p_k)``.  A high
+    ``T`` spreads the teacher's probability over the wrong classes too ("a truck looks more
+    like a car than a frog"), which is what the student learns from.  The ``T**2`` keeps
+    the soft term's gradient, ``w * T * (p - q) / N``, on the scale of the hard term's as
+    ``T`` changes.  The teacher's logits are data here: no gradient flows to the teacher.
+
+    Parameters
+    ----------
+    logits, teacher_logits : ndarray, (N, K)
+    y : ndarray, (N,) int
+    temperature : float > 0
+    weight : float in [0, 1]
+        0 is plain cross-entropy, 1 learns from the teacher alone.
+    label_smoothing : float
+        Applied to the hard term.
+
+    Returns
+    -------
+    loss : float
+    dlogits : ndarray, (N, K) float32
+
+    Examples
+    --------
+    >>> z = np.array([[2.0, 0.0, -1.0]])
+    >>> loss, d = distillation_loss(z, z, np.array([0]), temperature=3.0, weight=1.0)
+    >>> round(loss, 12), float(abs(d).max())      # a student that matches its teacher
+    (0.0, 0.0)
+    """
+    logits = np.asarray(logits, dtype=np.float64)
+    teacher_logits = np.asarray(teacher_logits, dtype=np.float64)
+    if teacher_logits.shape != logits.shape:
+        raise ValueError(f"distillation_loss: teacher logits of shape {teacher_logits.shape} do not match "
+                         f"the student's {logits.shape}; the teacher must have as many classes")
+    if isinstance(temperature, bool) or not np.isfinite(temperature) or temperature <= 0:
+        raise ValueError(f"distillation_loss: temperature must be a positive number, got {temperature!r}")
+    if isinstance(weight, bool) or not 0.0 <= weight <= 1.0:
+        raise ValueError(f"distillation_loss: weight must be a number in [0, 1], got {weight!r}")
+    hard, dhard = softmax_cross_entropy(logits, y, label_smoothing)
+    if not (np.isfinite(hard) and np.isfinite(teacher_logits).all()):
+        return float("nan"), np.full(logits.shape, np.nan, dtype=np.float32)
+    N, T = len(logits), float(temperature)
+    p, q = _softmax(logits / T), _softmax(teacher_logits / T)
+    log_p = np.log(np.maximum(p, 1e-300))
+    log_q = np.log(np.maximum(q, 1e-300))
+    soft = (q * (log_q - log_p)).sum(axis=1).mean()
+    dsoft = T * (p - q) / N              # d(T**2 * KL) / d logits
+    loss = (1 - weight) * hard + weight * T * T * soft
+    return float(loss), ((1 - weight) * dhard + weight * dsoft).astype(np.float32)
 
 
 def check_learning_rate(lr, where):

@@ -25,7 +25,7 @@ def load_model(path=None, mode="numpy", model=None):
     path : str or os.PathLike, optional
         The file.  ``None`` loads the pretrained model that ships with ece662
         (``ece662/models/default_convnet.npz``).
-    mode : {'numpy', 'torch'}
+    mode : {'numpy', 'torch', 'tensorflow'}
         ``'numpy'``: ece662's own ``.npz`` format (``ece662.io.save_model``).
         ``'torch'``: a PyTorch ``state_dict`` written by ``torch.save`` (zip format),
         read without importing torch and without unpickling arbitrary objects.
@@ -46,8 +46,7 @@ def load_model(path=None, mode="numpy", model=None):
     FileNotFoundError
         No file at ``path``.
     """
-    if mode not in _MODES:
-        raise ValueError(f"load_model: unknown mode {mode!r}; expected one of {_MODES}")
+    _check_mode(mode, "load_model")
     if path is None:
         path = shipped_model_path()
         if not os.path.isfile(path):
@@ -86,7 +85,8 @@ def predict_logits(model, X, batch_size=1000):
     Parameters
     ----------
     X : ndarray or array-like, (N, C, H, W) float32
-        Anything with ``len`` and slicing (e.g. ``data['X_test']``).
+        Anything with ``len`` and slicing (e.g. ``data['X_test']``).  ``N = 0`` gives an
+        empty ``(0, num_classes)`` result.
 
     Returns
     -------
@@ -94,6 +94,11 @@ def predict_logits(model, X, batch_size=1000):
     """
     if not isinstance(batch_size, (int, np.integer)) or isinstance(batch_size, bool) or batch_size < 1:
         raise ValueError(f"predict_logits: expected batch_size to be a positive int, got {batch_size!r}")
+    _check_model(model, "predict_logits")
+    if len(X) == 0:
+        # no images: the answer is an empty (0, num_classes), whose width the layers' shapes give
+        empty = _to_float_batch(X, slice(0, 0))
+        return np.zeros((0,) + tuple(model.output_shape(empty.shape)[1:]), dtype=np.float32)
     was_training = model.training
     model.eval()
     try:
@@ -101,12 +106,44 @@ def predict_logits(model, X, batch_size=1000):
                   for s in range(0, len(X), batch_size)]
     finally:
         model.train(was_training)
-    if not chunks:
-        raise ValueError("predict_logits: X holds no images")
     return np.concatenate(chunks)
 
 
-def test_model(model, test_data, batch_size=1000, verbose=True):
+def _check_model(model, caller):
+    from ece662.layers import Module
+    if not isinstance(model, Module):
+        raise TypeError(f"{caller}: expected an ece662 model (ece662.layers.Sequential), got "
+                        f"{type(model).__module__}.{type(model).__name__}; read a torch or Keras file "
+                        f"into one with load_model(path, mode='torch') or mode='tensorflow'")
+
+
+def _check_mode(mode, caller):
+    if isinstance(mode, (int, np.integer)) and not isinstance(mode, bool):
+        hint = f"; pass a batch size by name: batch_size={mode!r}" if caller == "test_model" else ""
+        raise TypeError(f"{caller}: expected mode to be one of {_MODES}, got the number {mode!r}{hint}")
+    if mode not in _MODES:
+        raise ValueError(f"{caller}: unknown mode {mode!r}; expected one of {_MODES}")
+
+
+def _check_labels(y, n_images):
+    """``y`` as an integer array of ``n_images`` class indices, or a ValueError saying what is wrong."""
+    y = np.asarray(y)
+    if y.ndim != 1 or len(y) != n_images:
+        raise ValueError(f"test_model: expected y of shape ({n_images},) to match X, got {y.shape}")
+    if y.dtype == bool or not np.issubdtype(y.dtype, np.integer):
+        hint = ""
+        if np.issubdtype(y.dtype, np.floating):
+            bad = int(np.count_nonzero(~np.isfinite(y)))
+            hint = (f" ({bad} of them NaN or infinite)" if bad else
+                    "; if they are whole numbers, pass y.astype(np.int64)")
+        raise ValueError(f"test_model: expected integer class labels, got dtype {y.dtype}{hint}")
+    if len(y) and y.min() < 0:
+        raise ValueError(f"test_model: labels must be class indices >= 0, got {int(y.min())} "
+                         f"(at index {int(np.argmin(y))})")
+    return y
+
+
+def test_model(model, test_data, mode="numpy", batch_size=1000, verbose=True):
     """Accuracy of ``model`` on ``test_data = [X, y]``; prints ``Test Acc: 0.xxxx``.
 
     Evaluation is deterministic: the same model and data always give the same number.
@@ -115,7 +152,12 @@ def test_model(model, test_data, batch_size=1000, verbose=True):
     ----------
     model : ece662.layers.Sequential
     test_data : (X, y)
-        ``X`` (N, 3, 32, 32) float32 (or an array-like of it), ``y`` (N,) integer labels.
+        ``X`` (N, 3, 32, 32) float32 (or an array-like of it), ``y`` (N,) integer labels
+        in ``0 .. num_classes - 1``.
+    mode : {'numpy', 'torch', 'tensorflow'}
+        Where the model came from, as the course notebook passes it.  A loaded model is an
+        ece662 model whatever file it was read from, so every mode evaluates the same way;
+        the argument is checked so that a typo is not silently ignored.
     batch_size : int
     verbose : bool
         Print the accuracy.
@@ -124,16 +166,26 @@ def test_model(model, test_data, batch_size=1000, verbose=True):
     -------
     float
         The fraction of correctly classified images.
+
+    Raises
+    ------
+    ValueError
+        An unknown mode, no images, or labels that cannot be compared with predictions
+        (not integers, negative, NaN, out of the model's class range, or a length that is not X's).
     """
+    _check_mode(mode, "test_model")
     if not isinstance(test_data, (list, tuple)) or len(test_data) != 2:
         raise ValueError("test_model: expected test_data = [X, y] (a list or tuple of two), got "
                          f"{type(test_data).__name__}")
     X, y = test_data
-    y = np.asarray(y)
-    if y.ndim != 1 or len(y) != len(X):
-        raise ValueError(f"test_model: expected y of shape ({len(X)},) to match X, got {y.shape}")
-    pred = predict_logits(model, X, batch_size).argmax(axis=1)
-    acc = float(np.mean(pred == y))
+    y = _check_labels(y, len(X))
+    if len(y) == 0:
+        raise ValueError("test_model: test_data holds no images, so there is no accuracy to compute")
+    logits = predict_logits(model, X, batch_size)
+    if y.max() >= logits.shape[1]:
+        raise ValueError(f"test_model: label {int(y.max())} (at index {int(np.argmax(y))}) is out of "
+                         f"range: the model has {logits.shape[1]} classes (0 .. {logits.shape[1] - 1})")
+    acc = float(np.mean(logits.argmax(axis=1) == y))
     if verbose:
         print(f"Test Acc: {acc:.4f}")
     return acc

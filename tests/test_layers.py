@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from conftest import assert_close, requires_torch, torch
-from ece662.layers import (Conv2d, Dropout, Flatten, Linear, MaxPool2d, ReLU, Sequential,
-                           from_spec)
+from ece662.layers import (AdaptiveAvgPool2d, AvgPool2d, Conv2d, Dropout, Dropout2d, Flatten, LeakyReLU,
+                           Linear, MaxPool2d, ReLU, Sequential, from_spec)
 from ece662.models import default_convnet
 
 
@@ -182,3 +182,71 @@ def test_bad_constructor_arguments(kwargs):
     args.update(kwargs)
     with pytest.raises(ValueError, match="Conv2d"):
         Conv2d(**args)
+
+
+# ----------------------------------------------------------------------------- small-CNN layers
+def _small_cnn(seed=0):
+    """A student-style CNN with every new layer: LeakyReLU, AvgPool2d, Dropout2d, global pooling."""
+    return Sequential(OrderedDict([
+        ("conv1", Conv2d(3, 6, 3, padding=1, seed=seed)), ("act1", LeakyReLU(0.1)), ("pool1", AvgPool2d(2)),
+        ("drop", Dropout2d(0.25, seed=seed)), ("conv2", Conv2d(6, 8, 3, seed=seed + 1)), ("act2", ReLU()),
+        ("gap", AdaptiveAvgPool2d(1)), ("flatten", Flatten()), ("fc", Linear(8, 4, seed=seed + 2))]))
+
+
+def test_new_layers_spec_round_trip():
+    """LeakyReLU, AvgPool2d, AdaptiveAvgPool2d and Dropout2d rebuild from their spec with their arguments."""
+    net = _small_cnn()
+    again = from_spec(net.spec())
+    assert repr(again) == repr(net)
+    assert "negative_slope=0.1" in repr(again) and "p=0.25" in repr(again)
+    assert net.output_shape((2, 3, 10, 10)) == (2, 4)
+
+
+def test_dropout2d_zeroes_whole_channels_in_training_only():
+    """Dropout2d keeps or zeroes each (image, channel) plane as a whole, scales by 1/(1-p), and is
+    the identity in eval mode; its backward uses the same draw."""
+    x = np.ones((8, 16, 3, 3), np.float32)
+    d = Dropout2d(0.25, seed=0).train()
+    out = d(x)
+    planes = out.reshape(8, 16, -1)
+    assert np.all(planes.min(axis=2) == planes.max(axis=2))          # constant per plane
+    assert set(np.unique(out).tolist()) == {0.0, np.float32(1 / 0.75)}
+    assert 0.1 < (planes[:, :, 0] == 0).mean() < 0.45
+    np.testing.assert_array_equal(d.backward(np.ones_like(x)), out)
+    np.testing.assert_array_equal(d.eval()(x), x)
+    with pytest.raises(ValueError, match=r"p in \[0, 1\)"):
+        Dropout2d(1.0)
+
+
+def test_adaptive_avg_pool_refuses_other_output_sizes():
+    """Only global average pooling is supported; other sizes get an error naming AvgPool2d."""
+    with pytest.raises(ValueError, match="AvgPool2d"):
+        AdaptiveAvgPool2d(2)
+
+
+@requires_torch
+def test_small_cnn_with_the_new_layers_matches_torch(rng):
+    """Forward (train and eval) and backward of a CNN with LeakyReLU, AvgPool2d, global pooling
+    (Dropout2d at p=0 in training, identity in eval) agree with the same torch network."""
+    net = _small_cnn()
+    net.drop.p = 0.0
+    tnet = torch.nn.Sequential(torch.nn.Conv2d(3, 6, 3, padding=1), torch.nn.LeakyReLU(0.1),
+                               torch.nn.AvgPool2d(2), torch.nn.Dropout2d(0.25), torch.nn.Conv2d(6, 8, 3),
+                               torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
+                               torch.nn.Linear(8, 4))
+    sd = net.state_dict()
+    with torch.no_grad():
+        for i, name in ((0, "conv1"), (4, "conv2"), (8, "fc")):
+            tnet[i].weight.copy_(torch.tensor(sd[name + ".weight"]))
+            tnet[i].bias.copy_(torch.tensor(sd[name + ".bias"]))
+    x = rng.standard_normal((3, 3, 10, 10)).astype(np.float32)
+    dout = rng.standard_normal((3, 4)).astype(np.float32)
+    tx = torch.tensor(x, requires_grad=True)
+    tnet.eval()
+    tout = tnet(tx)
+    tout.backward(torch.tensor(dout))
+    out, dx, grads = _model_loss_grads(net, x, dout)
+    assert_close(out, tout.detach().numpy(), "logits", rtol=1e-4, atol=1e-5)
+    assert_close(dx, tx.grad.numpy(), "dx", rtol=1e-3, atol=1e-5)
+    assert_close(grads["conv1.weight"], tnet[0].weight.grad.numpy(), "conv1.weight", rtol=1e-3, atol=1e-4)
+    assert_close(net.eval()(x), tout.detach().numpy(), "eval logits", rtol=1e-4, atol=1e-5)

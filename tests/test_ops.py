@@ -261,6 +261,10 @@ p = fn.maxpool2d_forward_numba(x, 2, 2)
 fn.maxpool2d_backward_numba(p, x, 2, 2)
 fn.linear_backward_numba(np.ones((2, 4), np.float32), x.reshape(2, -1), np.ones((4, 90), np.float32))
 fn.relu_backward_numba(x, fn.relu_forward_numba(x))
+fn.leaky_relu_backward_numba(x, fn.leaky_relu_forward_numba(x, 0.1), 0.1)
+fn.avgpool2d_backward_numba(fn.avgpool2d_forward_numba(x, 2, 2), x, 2, 2)
+g = fn.global_avgpool_forward_numba(x)
+np.testing.assert_allclose(fn.global_avgpool_backward_numba(g, x), ref.global_avgpool_backward_reference(g, x), rtol=1e-5)
 print("ok")
 """
     env = dict(os.environ, NUMBA_DISABLE_JIT="1")
@@ -316,3 +320,77 @@ def test_fused_conv_relu_pool_matches_the_three_references(case, rng):
     expected = ref.maxpool2d_forward_reference(ref.relu_forward_reference(
         ref.conv2d_forward_reference(x, w * alive[:, None, None, None], b, 1, pad)), 2, 2)
     assert_close(fn.conv2d_relu_maxpool2_numba(x, w, b, pad, alive_f=alive), expected, {"case": case, "dead": "odd"})
+
+
+# ----------------------------------------------------------------------------- leaky relu, average pools
+@pytest.mark.parametrize("shape", [(7,), (2, 3, 5, 5)])
+@pytest.mark.parametrize("slope", [0.01, 0.2])
+def test_leaky_relu_matches_reference(shape, slope, rng):
+    """Leaky ReLU forward/backward equal the reference, including the slope at exactly 0."""
+    x = rng.standard_normal(shape).astype(np.float32)
+    x.reshape(-1)[0] = 0.0
+    dout = rng.standard_normal(shape).astype(np.float32)
+    assert_close(fn.leaky_relu_forward_numba(x, slope), ref.leaky_relu_forward_reference(x, slope), shape)
+    assert_close(fn.leaky_relu_backward_numba(dout, x, slope), ref.leaky_relu_backward_reference(dout, x, slope),
+                 shape, what="dx")
+
+
+@pytest.mark.parametrize("case", POOL_CASES + [(2, 3, 7, 7, 7, 7), (1, 2, 5, 6, 1, 1)], ids=str)
+def test_avgpool_forward_and_backward_match_reference(case, rng):
+    """Average pooling (overlapping and global-sized windows too) equals the reference."""
+    N, C, H, W, k, s = case
+    x = rng.standard_normal((N, C, H, W)).astype(np.float32)
+    out = ref.avgpool2d_forward_reference(x, k, s)
+    assert_close(fn.avgpool2d_forward_numba(x, k, s), out, case)
+    dout = rng.standard_normal(out.shape).astype(np.float32)
+    assert_close(fn.avgpool2d_backward_numba(dout, x, k, s), ref.avgpool2d_backward_reference(dout, x, k, s),
+                 case, what="dx")
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 1, 1), (2, 3, 5, 7), (3, 32, 6, 6)])
+def test_global_avgpool_matches_reference(shape, rng):
+    """AdaptiveAvgPool2d(1)'s kernels equal the reference forward and backward."""
+    x = rng.standard_normal(shape).astype(np.float32)
+    assert_close(fn.global_avgpool_forward_numba(x), ref.global_avgpool_forward_reference(x), shape)
+    dout = rng.standard_normal(shape[:2] + (1, 1)).astype(np.float32)
+    assert_close(fn.global_avgpool_backward_numba(dout, x), ref.global_avgpool_backward_reference(dout, x),
+                 shape, what="dx")
+
+
+def test_avgpool_leaky_relu_backward_match_numerical_gradient(rng):
+    """Average pooling, global pooling and leaky ReLU gradients equal central differences."""
+    x = rng.standard_normal((2, 2, 6, 5))
+    dout = rng.standard_normal((2, 2, 2, 2))
+    loss = lambda: float(np.sum(ref.avgpool2d_forward_reference(x, 3, 2) * dout))  # noqa: E731
+    got = fn.avgpool2d_backward_numba(dout.astype(np.float32), x.astype(np.float32), 3, 2)
+    assert_close(got, _numeric_grad(loss, x), "avgpool", rtol=1e-3, atol=1e-3)
+    dg = rng.standard_normal((2, 2, 1, 1))
+    loss = lambda: float(np.sum(ref.global_avgpool_forward_reference(x) * dg))  # noqa: E731
+    got = fn.global_avgpool_backward_numba(dg.astype(np.float32), x.astype(np.float32))
+    assert_close(got, _numeric_grad(loss, x), "global avgpool", rtol=1e-3, atol=1e-3)
+    xr = rng.standard_normal(20) + 0.05
+    dr = rng.standard_normal(20)
+    loss = lambda: float(np.sum(ref.leaky_relu_forward_reference(xr, 0.1) * dr))  # noqa: E731
+    got = fn.leaky_relu_backward_numba(dr.astype(np.float32), xr.astype(np.float32), 0.1)
+    assert_close(got, _numeric_grad(loss, xr, eps=1e-4), "leaky relu", rtol=1e-3, atol=1e-3)
+
+
+@requires_torch
+@pytest.mark.parametrize("case", POOL_CASES, ids=str)
+def test_avgpool_and_leaky_relu_match_torch(case, rng):
+    """Average pooling, global average pooling and leaky ReLU agree with torch, both directions."""
+    N, C, H, W, k, s = case
+    x = rng.standard_normal((N, C, H, W)).astype(np.float32)
+    for name, t_op, fwd, bwd in [
+            ("avgpool", lambda t: torch.nn.functional.avg_pool2d(t, k, s),
+             lambda a: fn.avgpool2d_forward_numba(a, k, s), lambda d, a: fn.avgpool2d_backward_numba(d, a, k, s)),
+            ("global", lambda t: torch.nn.functional.adaptive_avg_pool2d(t, 1),
+             fn.global_avgpool_forward_numba, fn.global_avgpool_backward_numba),
+            ("leaky", lambda t: torch.nn.functional.leaky_relu(t, 0.1),
+             lambda a: fn.leaky_relu_forward_numba(a, 0.1), lambda d, a: fn.leaky_relu_backward_numba(d, a, 0.1))]:
+        tx = torch.tensor(x, requires_grad=True)
+        tout = t_op(tx)
+        dout = rng.standard_normal(tuple(tout.shape)).astype(np.float32)
+        tout.backward(torch.tensor(dout))
+        assert_close(fwd(x), tout.detach().numpy(), {"op": name, "case": case})
+        assert_close(bwd(dout, x), tx.grad.numpy(), {"op": name, "case": case}, what="dx")

@@ -118,3 +118,71 @@ def test_early_stopping_keeps_the_best_validation_weights():
     assert history["val_acc"][0] == trainer.best_val_acc
     for k, v in trainer.best_state.items():
         np.testing.assert_array_equal(net.state_dict()[k], v)
+
+
+@pytest.mark.parametrize("kwargs, match", [(dict(batch_size=0), "batch_size must be a positive whole number, got 0"),
+                                           (dict(batch_size=-3), "batch_size"), (dict(batch_size=2.5), "batch_size"),
+                                           (dict(batch_size=True), "batch_size"), (dict(epochs=0), "epochs")])
+def test_bad_batch_size_or_epochs_is_a_clear_error(kwargs, match):
+    """batch_size <= 0 (or not a whole number) and epochs < 1 are refused when the Trainer is made."""
+    X, y = _tiny_data(8)
+    with pytest.raises(ValueError, match=match):
+        Trainer(default_convnet(), X, y, **kwargs)
+
+
+def test_empty_training_set_is_a_clear_error():
+    """A training set with no image is refused up front (not a ZeroDivisionError mid-epoch)."""
+    X, y = _tiny_data(8)
+    with pytest.raises(ValueError, match="training set is empty"):
+        Trainer(default_convnet(), X[:0], y[:0])
+
+
+class _PoisonConv2:
+    """An 'optimizer' whose third step writes a NaN into conv2's weight (finite loss before it)."""
+
+    lr = 0.01
+
+    def __init__(self):
+        self.calls = 0
+
+    def step(self, model):
+        self.calls += 1
+        if self.calls == 3:
+            model.conv2.weight[0, 0, 0, 0] = np.nan
+
+
+def test_nonfinite_weights_name_the_layer_and_keep_the_last_good_weights():
+    """Weights made NaN by a step raise TrainingDiverged naming conv2.weight; the model is rolled back."""
+    net = default_convnet(seed=0)
+    X, y = _tiny_data(32)
+    with pytest.raises(TrainingDiverged, match=r"conv2\.weight became NaN or infinite at epoch 1, step 3"):
+        Trainer(net, X, y, epochs=2, batch_size=8, optimizer=_PoisonConv2(), progress=False).fit()
+    assert all(np.isfinite(v).all() for v in net.state_dict().values())
+
+
+def test_nonfinite_weights_warn_when_asked_and_stop():
+    """on_nonfinite='warn' warns (naming the layer), stops, and leaves finite weights and a history."""
+    net = default_convnet(seed=0)
+    X, y = _tiny_data(32)
+    with pytest.warns(RuntimeWarning, match=r"conv2\.weight became NaN"):
+        h = Trainer(net, X, y, epochs=3, batch_size=8, optimizer=_PoisonConv2(), on_nonfinite="warn",
+                    progress=False).fit()
+    assert h["epoch"] == [1] and np.isfinite(h["train_loss"][0])
+    assert all(np.isfinite(v).all() for v in net.state_dict().values())
+    with pytest.raises(ValueError, match="on_nonfinite"):
+        Trainer(net, X, y, on_nonfinite="ignore")
+
+
+def test_cutout_paints_a_mean_square_and_costs_no_randomness_when_off():
+    """cutout=k paints one k x k mean-colour square per image; cutout=0 draws exactly what crop+flip draw."""
+    from ece662.train import augment_batch
+    X, _ = _tiny_data(6)
+    a = augment_batch(X, np.random.default_rng(3))
+    b = augment_batch(X, np.random.default_rng(3), cutout=0)
+    np.testing.assert_array_equal(a, b)
+    X = np.zeros((4, 32, 32, 3), np.uint8)
+    out = augment_batch(X, np.random.default_rng(0), pad=0, flip=False, cutout=8)
+    for img in out:
+        painted = (img != 0).any(axis=2)
+        assert 16 <= painted.sum() <= 64          # clipped at the border, at least a quarter remains
+        assert (img[painted] == [122, 120, 110]).all()

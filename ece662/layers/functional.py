@@ -433,3 +433,92 @@ def relu_backward_numba(dout, x):
     dx = np.empty_like(x)
     kernels.relu_backward(dout.reshape(-1), x.reshape(-1), dx.reshape(-1))
     return dx
+
+
+# ============================================================================ leaky relu
+def leaky_relu_forward_numba(x, negative_slope=0.01):
+    """Leaky ReLU forward, any shape; fast twin of ``reference.leaky_relu_forward_reference``.
+
+    Examples
+    --------
+    >>> leaky_relu_forward_numba(np.array([-1., 0., 2.], dtype=np.float32), 0.1)
+    array([-0.1,  0. ,  2. ], dtype=float32)
+    """
+    x = check_float32(x, "x", "leaky_relu_forward")
+    out = np.empty_like(x)
+    kernels.leaky_relu_forward(x.reshape(-1), np.float32(negative_slope), out.reshape(-1))
+    return out
+
+
+def leaky_relu_backward_numba(dout, x, negative_slope=0.01):
+    """Leaky ReLU backward; fast twin of ``reference.leaky_relu_backward_reference``."""
+    where = "leaky_relu_backward"
+    x = check_float32(x, "x", where)
+    dout = check_float32(dout, "dout", where)
+    check_same_shape(dout, x, "dout", "x", where)
+    dx = np.empty_like(x)
+    kernels.leaky_relu_backward(dout.reshape(-1), x.reshape(-1), np.float32(negative_slope), dx.reshape(-1))
+    return dx
+
+
+# ============================================================================ average pool
+def avgpool2d_forward_numba(x, kernel_size=2, stride=2):
+    """Average pooling forward; fast twin of ``reference.avgpool2d_forward_reference``.
+
+    Returns
+    -------
+    out : ndarray, (N, C, H', W') with ``H' = 1 + (H - kernel_size) // stride``
+
+    Examples
+    --------
+    >>> x = np.arange(16, dtype=np.float32).reshape(1, 1, 4, 4)
+    >>> avgpool2d_forward_numba(x)[0, 0]
+    array([[ 2.5,  4.5],
+           [10.5, 12.5]], dtype=float32)
+    """
+    where = "avgpool2d_forward"
+    x = check_float32(x, "x", where)
+    check_nchw(x, where)
+    N, C, H, W = x.shape
+    out = np.empty((N, C, conv_output_size(H, kernel_size, stride),
+                    conv_output_size(W, kernel_size, stride)), dtype=np.float32)
+    kernels.avgpool2d_forward(x, kernel_size, stride, out)
+    return out
+
+
+def avgpool2d_backward_numba(dout, x, kernel_size=2, stride=2):
+    """Average pooling backward; fast twin of ``reference.avgpool2d_backward_reference``."""
+    where = "avgpool2d_backward"
+    x = check_float32(x, "x", where)
+    dout = check_float32(dout, "dout", where)
+    check_nchw(x, where)
+    N, C, H, W = x.shape
+    expected = (N, C, conv_output_size(H, kernel_size, stride), conv_output_size(W, kernel_size, stride))
+    if dout.shape != expected:
+        raise ValueError(f"{where}: expected dout of shape {expected}, got {dout.shape}")
+    dx = np.zeros_like(x)
+    kernels.avgpool2d_backward(dout, kernel_size, stride, dx)
+    return dx
+
+
+def global_avgpool_forward_numba(x):
+    """``AdaptiveAvgPool2d(1)`` forward: (N, C, H, W) -> (N, C, 1, 1); fast twin of
+    ``reference.global_avgpool_forward_reference``."""
+    where = "global_avgpool_forward"
+    x = check_float32(x, "x", where)
+    check_nchw(x, where)
+    out = np.empty(x.shape[:2] + (1, 1), dtype=np.float32)
+    kernels.global_avgpool_forward(x, out)
+    return out
+
+
+def global_avgpool_backward_numba(dout, x):
+    """Global average pooling backward; fast twin of ``reference.global_avgpool_backward_reference``."""
+    where = "global_avgpool_backward"
+    x = check_float32(x, "x", where)
+    dout = check_float32(dout, "dout", where)
+    if dout.shape != x.shape[:2] + (1, 1):
+        raise ValueError(f"{where}: expected dout of shape {x.shape[:2] + (1, 1)}, got {dout.shape}")
+    dx = np.empty_like(x)
+    kernels.global_avgpool_backward(dout, dx)
+    return dx

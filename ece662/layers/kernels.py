@@ -600,3 +600,77 @@ def relu_backward(dout, x, dx):
     """dout, x, dx: 1-D views of the same length."""
     for i in prange(x.shape[0]):
         dx[i] = dout[i] if x[i] > 0 else np.float32(0.0)
+
+
+# ============================================================================ leaky relu
+@njit(parallel=True, cache=True)
+def leaky_relu_forward(x, slope, out):
+    """x, out: 1-D views of the same length; slope: the negative slope."""
+    for i in prange(x.shape[0]):
+        v = x[i]
+        out[i] = v if v > 0 else slope * v
+
+
+@njit(parallel=True, cache=True)
+def leaky_relu_backward(dout, x, slope, dx):
+    """dout, x, dx: 1-D views of the same length."""
+    for i in prange(x.shape[0]):
+        dx[i] = dout[i] if x[i] > 0 else slope * dout[i]
+
+
+# ============================================================================ average pool
+@njit(parallel=True, cache=True)
+def avgpool2d_forward(x, k, stride, out):
+    """x: (N, C, H, W); out: (N, C, H', W'): the mean of each k x k window."""
+    N, C, H, W = x.shape
+    _, _, H_out, W_out = out.shape
+    scale = np.float32(1.0 / (k * k))
+    for n in prange(N):
+        for c in range(C):
+            for i in range(H_out):
+                for j in range(W_out):
+                    s = np.float32(0.0)
+                    for a in range(k):
+                        for bb in range(k):
+                            s += x[n, c, i * stride + a, j * stride + bb]
+                    out[n, c, i, j] = s * scale
+
+
+@njit(parallel=True, cache=True)
+def avgpool2d_backward(dout, k, stride, dx):
+    """dout: (N, C, H', W'); dx: (N, C, H, W) zeroed: each window gets dout / k^2."""
+    N, C, H_out, W_out = dout.shape
+    scale = np.float32(1.0 / (k * k))
+    for n in prange(N):
+        for c in range(C):
+            for i in range(H_out):
+                for j in range(W_out):
+                    g = dout[n, c, i, j] * scale
+                    for a in range(k):
+                        for bb in range(k):
+                            dx[n, c, i * stride + a, j * stride + bb] += g
+
+
+@njit(parallel=True, cache=True)
+def global_avgpool_forward(x, out):
+    """x: (N, C, H, W); out: (N, C, 1, 1): the mean of every plane (float64 sum)."""
+    N, C, H, W = x.shape
+    for n in prange(N):
+        for c in range(C):
+            s = 0.0
+            for i in range(H):
+                for j in range(W):
+                    s += x[n, c, i, j]
+            out[n, c, 0, 0] = s / (H * W)
+
+
+@njit(parallel=True, cache=True)
+def global_avgpool_backward(dout, dx):
+    """dout: (N, C, 1, 1); dx: (N, C, H, W) written in full with dout / (H*W)."""
+    N, C, H, W = dx.shape
+    for n in prange(N):
+        for c in range(C):
+            g = dout[n, c, 0, 0] / np.float32(H * W)
+            for i in range(H):
+                for j in range(W):
+                    dx[n, c, i, j] = g

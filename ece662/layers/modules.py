@@ -649,6 +649,154 @@ class Dropout(Module):
         return {"type": "Dropout", "args": {"p": self.p}}
 
 
+class Dropout2d(Module):
+    """Channel dropout (``torch.nn.Dropout2d``): in training, zero each whole channel plane
+    ``(n, c)`` with probability ``p`` and scale the kept planes by ``1/(1-p)``; in eval mode
+    the identity.  The spec with a given draw is ``reference.dropout2d_forward_reference``.
+
+    Shapes: x ``(N, C, H, W)`` -> out ``(N, C, H, W)``.
+
+    Examples
+    --------
+    >>> d = Dropout2d(0.5, seed=0).train()
+    >>> out = d(np.ones((1, 4, 2, 2), dtype=np.float32))
+    >>> out[0, :, 0, 0]          # whole planes are zeroed, the rest doubled
+    array([2., 0., 0., 0.], dtype=float32)
+    """
+
+    def __init__(self, p=0.5, seed=None, rng=None):
+        super().__init__()
+        if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 <= p < 1:
+            raise ValueError(f"Dropout2d: expected p in [0, 1), got {p!r}")
+        self.p = float(p)
+        self._rng = _rng(seed, rng)
+        self._scale = None
+
+    def forward(self, x):
+        if not self.training or self.p == 0:
+            self._scale = None
+            return x
+        check_nchw(x, "Dropout2d")
+        keep = self._rng.random(x.shape[:2]) >= self.p            # one draw per (image, channel)
+        self._scale = (keep.astype(np.float32) / np.float32(1 - self.p))[:, :, None, None]
+        return x * self._scale
+
+    def backward(self, dout):
+        return dout if self._scale is None else dout * self._scale
+
+    def extra_repr(self):
+        return f"p={self.p}"
+
+    def spec(self):
+        return {"type": "Dropout2d", "args": {"p": self.p}}
+
+
+class LeakyReLU(Module):
+    """``x`` where ``x > 0``, else ``negative_slope * x`` (``torch.nn.LeakyReLU``), any shape."""
+
+    def __init__(self, negative_slope=0.01):
+        super().__init__()
+        if isinstance(negative_slope, bool) or not isinstance(negative_slope, (int, float)):
+            raise ValueError(f"LeakyReLU: expected a number for negative_slope, got {negative_slope!r}")
+        self.negative_slope = float(negative_slope)
+        self._cache = None
+
+    def forward(self, x):
+        out = fn.leaky_relu_forward_numba(x, self.negative_slope)
+        self._cache = x if self.training else None
+        return out
+
+    def backward(self, dout):
+        if self._cache is None:
+            raise RuntimeError("LeakyReLU: backward needs a forward in training mode first")
+        return fn.leaky_relu_backward_numba(dout, self._cache, self.negative_slope)
+
+    def extra_repr(self):
+        return f"negative_slope={self.negative_slope}"
+
+    def spec(self):
+        return {"type": "LeakyReLU", "args": {"negative_slope": self.negative_slope}}
+
+
+class AvgPool2d(Module):
+    """Average pooling over ``kernel_size`` windows, ``torch.nn.AvgPool2d``'s arguments
+    (``stride`` defaults to ``kernel_size``; no padding).
+
+    Shapes: x ``(N, C, H, W)`` -> out ``(N, C, H', W')``, ``H' = 1 + (H - k) // stride``.
+    """
+
+    def __init__(self, kernel_size, stride=None):
+        super().__init__()
+        self.kernel_size = check_positive_int(kernel_size, "kernel_size", "AvgPool2d")
+        self.stride = self.kernel_size if stride is None else check_positive_int(
+            stride, "stride", "AvgPool2d")
+        self._cache = None
+
+    def forward(self, x):
+        where = f"AvgPool2d(kernel_size={self.kernel_size})"
+        x = check_float32(x, "x", where)
+        check_nchw(x, where)
+        if x.shape[2] < self.kernel_size or x.shape[3] < self.kernel_size:
+            raise ValueError(f"{where}: the pooling window is larger than the input {x.shape}")
+        out = fn.avgpool2d_forward_numba(x, self.kernel_size, self.stride)
+        self._cache = x if self.training else None
+        return out
+
+    def backward(self, dout):
+        if self._cache is None:
+            raise RuntimeError("AvgPool2d: backward needs a forward in training mode first")
+        return fn.avgpool2d_backward_numba(dout, self._cache, self.kernel_size, self.stride)
+
+    def output_shape(self, input_shape):
+        N, C, H, W = input_shape
+        return (N, C, conv_output_size(H, self.kernel_size, self.stride),
+                conv_output_size(W, self.kernel_size, self.stride))
+
+    def extra_repr(self):
+        return f"kernel_size={self.kernel_size}, stride={self.stride}"
+
+    def spec(self):
+        return {"type": "AvgPool2d", "args": {"kernel_size": self.kernel_size, "stride": self.stride}}
+
+
+class AdaptiveAvgPool2d(Module):
+    """Global average pooling, ``torch.nn.AdaptiveAvgPool2d(1)``: the mean of every channel.
+
+    Only ``output_size=1`` (or ``(1, 1)``) is supported, the one small CNNs use before
+    their classifier.  Shapes: x ``(N, C, H, W)`` -> out ``(N, C, 1, 1)``.
+    """
+
+    def __init__(self, output_size=1):
+        super().__init__()
+        if output_size not in (1, (1, 1), [1, 1]):
+            raise ValueError(f"AdaptiveAvgPool2d: only output_size=1 (global average pooling) is "
+                             f"supported, got {output_size!r}; use AvgPool2d for other sizes")
+        self.output_size = 1
+        self._cache = None
+
+    def forward(self, x):
+        where = "AdaptiveAvgPool2d(1)"
+        x = check_float32(x, "x", where)
+        check_nchw(x, where)
+        out = fn.global_avgpool_forward_numba(x)
+        self._cache = x if self.training else None
+        return out
+
+    def backward(self, dout):
+        if self._cache is None:
+            raise RuntimeError("AdaptiveAvgPool2d: backward needs a forward in training mode first")
+        return fn.global_avgpool_backward_numba(dout, self._cache)
+
+    def output_shape(self, input_shape):
+        return tuple(input_shape[:2]) + (1, 1)
+
+    def extra_repr(self):
+        return "output_size=1"
+
+    def spec(self):
+        return {"type": "AdaptiveAvgPool2d", "args": {"output_size": 1}}
+
+
 class Sequential(Module):
     """Children run in order; each has a name (``"0"``, ``"1"``, ... or the keys given).
 
@@ -871,7 +1019,8 @@ class Sequential(Module):
                 "layers": [[name, m.spec()] for name, m in self._modules.items()]}
 
 
-LAYER_TYPES = {cls.__name__: cls for cls in (Conv2d, Linear, ReLU, MaxPool2d, Flatten, Dropout)}
+LAYER_TYPES = {cls.__name__: cls for cls in (Conv2d, Linear, ReLU, MaxPool2d, Flatten, Dropout, Dropout2d,
+                                              LeakyReLU, AvgPool2d, AdaptiveAvgPool2d)}
 
 
 def from_spec(spec):

@@ -245,3 +245,149 @@ def relu_backward_reference(dout, x):
     for i in range(flat_x.size):
         flat_dx[i] = flat_d[i] if flat_x[i] > 0 else 0
     return dx
+
+
+# ----------------------------------------------------------------------------- leaky relu
+def leaky_relu_forward_reference(x, negative_slope=0.01):
+    """``x`` where ``x > 0``, else ``negative_slope * x``; any shape.
+
+    Examples
+    --------
+    >>> leaky_relu_forward_reference(np.array([-1., 0., 2.], dtype=np.float32), 0.1)
+    array([-0.1,  0. ,  2. ], dtype=float32)
+    """
+    out = np.empty_like(x)
+    flat_in, flat_out = x.reshape(-1), out.reshape(-1)
+    for i in range(flat_in.size):
+        flat_out[i] = flat_in[i] if flat_in[i] > 0 else negative_slope * flat_in[i]
+    return out
+
+
+def leaky_relu_backward_reference(dout, x, negative_slope=0.01):
+    """Gradient of leaky ReLU: ``dout`` where ``x > 0``, else ``negative_slope * dout``
+    (at exactly 0 the slope is ``negative_slope``, as torch has it)."""
+    dx = np.empty_like(dout)
+    flat_d, flat_x, flat_dx = dout.reshape(-1), x.reshape(-1), dx.reshape(-1)
+    for i in range(flat_x.size):
+        flat_dx[i] = flat_d[i] if flat_x[i] > 0 else negative_slope * flat_d[i]
+    return dx
+
+
+# ----------------------------------------------------------------------------- average pool
+def avgpool2d_forward_reference(x, kernel_size=2, stride=2):
+    """Mean over each ``kernel_size x kernel_size`` window (no padding).
+
+    ``AdaptiveAvgPool2d(1)`` (global average pooling) is the window ``H x W`` itself:
+    ``avgpool2d_forward_reference(x, H)`` when the image is square.
+
+    Parameters
+    ----------
+    x : ndarray, (N, C, H, W)
+    kernel_size, stride : int
+
+    Returns
+    -------
+    out : ndarray, (N, C, H', W') with ``H' = 1 + (H - kernel_size) // stride``
+
+    Examples
+    --------
+    >>> x = np.arange(16, dtype=np.float32).reshape(1, 1, 4, 4)
+    >>> avgpool2d_forward_reference(x)[0, 0]
+    array([[ 2.5,  4.5],
+           [10.5, 12.5]], dtype=float32)
+    """
+    N, C, H, W = x.shape
+    k = kernel_size
+    H_out = conv_output_size(H, k, stride)
+    W_out = conv_output_size(W, k, stride)
+    out = np.empty((N, C, H_out, W_out), dtype=x.dtype)
+    for n in range(N):
+        for c in range(C):
+            for i in range(H_out):
+                for j in range(W_out):
+                    out[n, c, i, j] = x[n, c, i * stride:i * stride + k, j * stride:j * stride + k].mean()
+    return out
+
+
+def avgpool2d_backward_reference(dout, x, kernel_size=2, stride=2):
+    """Gradient of :func:`avgpool2d_forward_reference`: each window spreads its gradient
+    evenly, ``dout / kernel_size**2`` to each of its positions (overlaps add up).
+
+    Parameters
+    ----------
+    dout : ndarray, (N, C, H', W')
+    x : ndarray, (N, C, H, W)   the forward input (only its shape is used)
+
+    Returns
+    -------
+    dx : ndarray, (N, C, H, W)
+    """
+    N, C, H, W = x.shape
+    k = kernel_size
+    _, _, H_out, W_out = dout.shape
+    dx = np.zeros_like(x)
+    for n in range(N):
+        for c in range(C):
+            for i in range(H_out):
+                for j in range(W_out):
+                    dx[n, c, i * stride:i * stride + k, j * stride:j * stride + k] += dout[n, c, i, j] / (k * k)
+    return dx
+
+
+def global_avgpool_forward_reference(x):
+    """``AdaptiveAvgPool2d(1)``: the mean of every channel plane.
+
+    Parameters
+    ----------
+    x : ndarray, (N, C, H, W)
+
+    Returns
+    -------
+    out : ndarray, (N, C, 1, 1)
+    """
+    N, C, H, W = x.shape
+    out = np.empty((N, C, 1, 1), dtype=x.dtype)
+    for n in range(N):
+        for c in range(C):
+            out[n, c, 0, 0] = x[n, c].sum() / (H * W)
+    return out
+
+
+def global_avgpool_backward_reference(dout, x):
+    """Gradient of :func:`global_avgpool_forward_reference`: ``dout / (H*W)`` everywhere.
+
+    Parameters
+    ----------
+    dout : ndarray, (N, C, 1, 1)
+    x : ndarray, (N, C, H, W)   the forward input (only its shape is used)
+    """
+    N, C, H, W = x.shape
+    dx = np.empty_like(x)
+    for n in range(N):
+        for c in range(C):
+            dx[n, c] = dout[n, c, 0, 0] / (H * W)
+    return dx
+
+
+# ----------------------------------------------------------------------------- channel dropout
+def dropout2d_forward_reference(x, keep, p):
+    """Channel dropout with a given draw: plane ``(n, c)`` is kept (scaled by ``1/(1-p)``)
+    where ``keep[n, c]`` is True and zeroed elsewhere.
+
+    Parameters
+    ----------
+    x : ndarray, (N, C, H, W)
+    keep : ndarray of bool, (N, C)
+    p : float in [0, 1)
+
+    Returns
+    -------
+    out : ndarray, (N, C, H, W); the backward is the same function applied to ``dout``.
+    """
+    N, C, H, W = x.shape
+    out = np.zeros_like(x)
+    for n in range(N):
+        for c in range(C):
+            if keep[n, c]:
+                out[n, c] = x[n, c] / (1 - p)
+    return out

@@ -10,7 +10,16 @@ for 32x32 RGB inputs: (N, 3, 32, 32) -> (N, 32, 28, 28) -> (N, 32, 14, 14)
 -> (N, 32, 12, 12) -> (N, 32, 6, 6) -> (N, 1152) -> (N, 10).  Its state-dict keys
 (``conv1.weight``, ``conv1.bias``, ``conv2.weight``, ``conv2.bias``, ``fc.weight``,
 ``fc.bias``) are those of the course's PyTorch model, so its files load directly.
+
+Shipped weights, by name (:func:`load_named`; how each was made: ``MODEL_CARD.md`` and
+``PRUNED_MODELS.md`` here, and ``<file>_training.json`` beside each file):
+
+``'dense'``       the trained course CNN (``default_convnet.npz``);
+``'pruned-80'``   80% of the conv + linear weights pruned (masks kept: fine-tuning keeps it sparse);
+``'pruned-90'``   90% pruned;
+``'filters-50'``  half of each conv layer's filters removed: a physically smaller network.
 """
+import os
 from collections import OrderedDict
 
 from ece662.layers import Conv2d, Flatten, Linear, MaxPool2d, ReLU, Sequential
@@ -38,3 +47,44 @@ def default_convnet(seed=0, num_classes=10):
         ("flatten", Flatten()),
         ("fc", Linear(32 * 6 * 6, num_classes, rng=rng)),
     ]))
+
+
+SHIPPED = {"dense": "default_convnet.npz", "pruned-80": "pruned_80.npz", "pruned-90": "pruned_90.npz",
+           "filters-50": "filters_50.npz"}
+
+
+def models_dir():
+    """The folder that holds the shipped weights."""
+    return os.path.dirname(os.path.abspath(__file__))
+
+
+def named_model_path(name):
+    """The file of the shipped model called ``name`` (a key of ``SHIPPED``).
+
+    Raises
+    ------
+    ValueError
+        An unknown name (the message lists the known ones).
+    FileNotFoundError
+        A known name whose file is missing from this installation.
+    """
+    if not isinstance(name, str) or name not in SHIPPED:
+        raise ValueError(f"unknown shipped model {name!r}; the shipped models are {sorted(SHIPPED)}")
+    path = os.path.join(models_dir(), SHIPPED[name])
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"the shipped model {name!r} should be at {path}, but the file is missing; "
+                                f"reinstall ece662 or make it with scripts/train_pruned_models.py")
+    return path
+
+
+def load_named(name):
+    """Load a shipped model by name, e.g. ``load_named('pruned-80')``; in eval mode.
+
+    Examples
+    --------
+    >>> net = load_named("dense")
+    >>> [n for n, _ in net.named_modules()][1:3]
+    ['conv1', 'relu1']
+    """
+    from ece662.io import load_model      # io builds models from layers; import it only when loading
+    return load_model(named_model_path(name))

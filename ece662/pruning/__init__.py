@@ -10,6 +10,7 @@
 * ``methods`` -- the torch-like API on layers (weight_orig, weight_mask, hooks)
 * ``shrink``  -- physically remove dead filters (a smaller dense model, same logits)
 * ``report``  -- per-layer parameters, zeros, dead filters, FLOPs dense vs filter-skipping
+* ``schedules`` -- when and how much to prune while the network recovers (gradual, rewinding, distillation)
 """
 from ece662.pruning.masks import amount_to_count
 from ece662.pruning.methods import (BasePruningMethod, CustomFromMask, Identity, L1Unstructured,
@@ -20,6 +21,7 @@ from ece662.pruning.methods import (BasePruningMethod, CustomFromMask, Identity,
                                     random_unstructured, remove)
 from ece662.pruning.report import report
 from ece662.pruning.shrink import shrink
+from ece662.pruning import schedules  # noqa: E402  (prune.schedules.gradual(...), prune.schedules.prune_to(...))
 
 __all__ = ["BasePruningMethod", "CustomFromMask", "Identity", "L1Unstructured", "LnStructured",
            "RandomStructured", "RandomUnstructured", "PruningContainer", "amount_to_count",

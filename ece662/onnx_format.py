@@ -1,0 +1,759 @@
+"""ONNX files in and out: ``read_onnx(path) -> Sequential`` and ``save_onnx(model, path)``.
+
+ONNX is the exchange format every framework exports (``torch.onnx.export``, tf2onnx for Keras)
+and production runtimes such as onnxruntime run.  It needs the optional ``onnx`` package
+(``pip install onnx``, or ``pip install -e ".[onnx]"``); the rest of ece662 never imports it.
+
+What is inside an ONNX file
+---------------------------
+A protobuf ``ModelProto`` whose ``graph`` holds four lists.  Printed with
+``print(onnx.printer.to_text(onnx.load(path).graph))``, the course CNN exported by torch reads::
+
+    main_graph (float[N,3,32,32] input)            <- graph.input: name, dtype, shape ('N' = any batch)
+      => (float[N,10] logits)                       <- graph.output
+      <float[32,3,5,5] conv1.weight, float[32] conv1.bias, ...>     <- graph.initializer: the weights
+    {
+      /conv1/Conv_output_0 = Conv <kernel_shape=[5,5], pads=[0,0,0,0], strides=[1,1]> (input, conv1.weight, conv1.bias)
+      /Relu_output_0 = Relu (/conv1/Conv_output_0)
+      /MaxPool_output_0 = MaxPool <kernel_shape=[2,2], strides=[2,2]> (/Relu_output_0)
+      ...
+      /Flatten_output_0 = Flatten <axis=1> (/MaxPool_1_output_0)
+      logits = Gemm <transB=1> (/Flatten_output_0, fc.weight, fc.bias)     <- x @ W.T + b
+    }
+
+* ``graph.node``: operators in topological order.  A node names its inputs and outputs; tensors
+  are wired by those names, not by position, so a graph may branch (ResNets) -- ece662 reads
+  only a *chain*, in which each node reads the previous node's output (plus weights).
+* ``graph.initializer``: ``TensorProto`` weights: ``dims``, ``data_type`` (1 = float32,
+  7 = int64) and the values, either as little-endian bytes in ``raw_data``, in a typed field
+  (``float_data``), or in another file (``data_location = EXTERNAL``, with ``location``,
+  ``offset``, ``length``): torch's default exporter writes ``model.onnx.data`` beside the model.
+  ``Constant`` nodes carry small tensors too (e.g. the target shape of a ``Reshape``).
+* Attributes follow the ONNX operator spec (onnx.ai/onnx/operators): note that ONNX pads are
+  ``[top, left, bottom, right]`` and that a pooling node's stride defaults to 1, not to its kernel.
+
+How layers map (both directions)::
+
+    Conv                          Conv2d (group 1, dilation 1, equal pads and strides)
+    BatchNormalization            BatchNorm2d / BatchNorm1d (eval: running statistics)
+    Relu / LeakyRelu              ReLU / LeakyReLU
+    MaxPool / AveragePool         MaxPool2d / AvgPool2d (square window, no padding, floor mode)
+    GlobalAveragePool             AdaptiveAvgPool2d(1)   (read also: ReduceMean over H, W)
+    Flatten (axis 1), Reshape     Flatten                (Reshape only to (N, C*H*W))
+    Gemm, or MatMul then Add      Linear
+    Dropout                       Dropout (the identity in an inference graph); Identity is skipped
+
+Every ONNX file is untrusted input: tensor sizes are checked against the bytes that really
+hold them before any array is made, external data is read only from files inside the model's
+folder (never through ``..``, absolute paths or symlinks leading out) with bounded reads, and
+anything unexpected is a ``ValueError`` naming the node and its op.
+"""
+import math
+import os
+import re
+import tempfile
+from collections import Counter, OrderedDict
+
+import numpy as np
+
+# TensorProto data types ece662 reads: float weights, int64 shapes (numbers from onnx's TensorProto)
+_FLOAT, _INT64 = 1, 7
+_DTYPES = {1: np.float32, 6: np.int32, 7: np.int64, 10: np.float16, 11: np.float64}
+_TYPED_FIELD = {1: "float_data", 6: "int32_data", 7: "int64_data", 11: "double_data"}
+_MAX_TENSOR_BYTES = 1 << 30       # 1 GiB: far above any course model, far below a hostile "4 TiB" tensor
+_MAX_FILE_BYTES = 2 << 30         # protobuf's own limit for one message
+EXPORT_OPSET = 17                 # what save_onnx writes; onnxruntime >= 1.11 runs it
+_EXPORT_IR_VERSION = 8            # the IR version that goes with opset 17
+
+
+def _import_onnx():
+    try:
+        import onnx
+    except ImportError:
+        raise ImportError("ONNX files need the optional 'onnx' package: pip install onnx "
+                          "(or pip install -e \".[onnx]\" from the ece662 folder)") from None
+    return onnx
+
+
+def _layer_class(name, where):
+    """An ece662 layer class by name, with a clear error if this version does not have it."""
+    import ece662.layers as L
+    cls = getattr(L, name, None)
+    if cls is None:
+        raise ValueError(f"{where}: needs the layer ece662.layers.{name}, which this version of "
+                         f"ece662 does not support yet")
+    return cls
+
+
+# ============================================================================ reading tensors
+def _tensor_to_array(t, folder, where):
+    """A ``TensorProto``'s values as a new numpy array (float32 or int64).
+
+    The declared size ``prod(dims) * itemsize`` is checked against the bytes that hold the
+    values (``raw_data``, the typed field, or the external file) *before* anything is
+    allocated, so a file declaring a huge tensor is refused instead of exhausting memory.
+    """
+    what = f"{where}: tensor {t.name!r}"
+    dtype = _DTYPES.get(t.data_type)
+    if dtype is None:
+        raise ValueError(f"{what} has ONNX data type {t.data_type}; ece662 reads float tensors "
+                         f"(float32, float16, float64) and integer shapes")
+    dtype = np.dtype(dtype).newbyteorder("<")
+    dims = [int(d) for d in t.dims]
+    if any(d < 0 for d in dims):
+        raise ValueError(f"{what} declares negative dimensions {dims}")
+    count = math.prod(dims)
+    nbytes = count * dtype.itemsize
+    if nbytes > _MAX_TENSOR_BYTES:
+        raise ValueError(f"{what} declares shape {dims}, {nbytes:,} bytes; ece662 reads tensors of "
+                         f"at most {_MAX_TENSOR_BYTES:,} bytes (the file is damaged or hostile)")
+    if t.data_location == 1:                                    # TensorProto.EXTERNAL
+        raw = _read_external(t, folder, nbytes, what)
+    elif t.HasField("raw_data"):
+        raw = t.raw_data
+    else:
+        field = _TYPED_FIELD.get(t.data_type)
+        values = getattr(t, field) if field else ()
+        if len(values) != count:
+            raise ValueError(f"{what} declares shape {dims} ({count:,} values) but holds {len(values):,}")
+        return np.array(values, dtype=dtype.newbyteorder("=")).reshape(dims)
+    if len(raw) != nbytes:
+        raise ValueError(f"{what} declares shape {dims} ({nbytes:,} bytes of {dtype.name}) but its "
+                         f"data holds {len(raw):,} bytes; the file is truncated or damaged")
+    return np.frombuffer(raw, dtype=dtype).astype(dtype.newbyteorder("=")).reshape(dims)
+
+
+def _read_external(t, folder, nbytes, what):
+    """Read ``nbytes`` of an external-data tensor from a file inside ``folder``, and only there."""
+    info = {e.key: e.value for e in t.external_data}
+    location = info.get("location", "")
+    parts = re.split(r"[\\/]", location)
+    if (not location or os.path.isabs(location) or re.match(r"^[A-Za-z]:", location)
+            or ".." in parts or "\x00" in location):
+        raise ValueError(f"{what}: refusing external data at {location!r}: external data must be a "
+                         f"relative path to a file inside the model's folder, without '..'")
+    real_folder = os.path.realpath(folder)
+    target = os.path.realpath(os.path.join(real_folder, location))
+    if os.path.commonpath([real_folder, target]) != real_folder:
+        raise ValueError(f"{what}: refusing external data {location!r}: it resolves to {target}, "
+                         f"outside the model's folder {real_folder} (a symbolic link?)")
+    if not os.path.isfile(target):
+        raise ValueError(f"{what}: its external data file {location!r} is missing from {real_folder}; "
+                         f"copy it beside the .onnx file")
+    try:
+        offset = int(info.get("offset", "0"))
+        length = int(info.get("length", str(nbytes)))
+    except ValueError:
+        raise ValueError(f"{what}: external data offset/length {info} are not integers") from None
+    if offset < 0 or length != nbytes:
+        raise ValueError(f"{what}: external data declares offset {offset} and length {length}, but the "
+                         f"tensor's shape needs {nbytes:,} bytes")
+    size = os.path.getsize(target)
+    if offset + nbytes > size:
+        raise ValueError(f"{what}: external data needs bytes {offset:,}..{offset + nbytes:,} of {location!r}, "
+                         f"which holds only {size:,} bytes; the file is truncated")
+    with open(target, "rb") as f:
+        f.seek(offset)
+        raw = f.read(nbytes)
+    if len(raw) != nbytes:
+        raise ValueError(f"{what}: could read only {len(raw):,} of {nbytes:,} bytes from {location!r}")
+    return raw
+
+
+# ============================================================================ reading graphs
+def read_onnx(path):
+    """Build an ece662 ``Sequential`` (eval mode) from an ONNX file holding a chain of layers.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        An ``.onnx`` file, e.g. from ``torch.onnx.export(model, (x,), path)`` (either exporter) or
+        :func:`save_onnx`.  External data (``path.data``) is read from the same folder only.
+
+    Returns
+    -------
+    ece662.layers.Sequential, in eval mode
+        Layers are named after the weights' names where the file has them (``conv1.weight`` ->
+        layer ``conv1``, so a torch model's state-dict keys come back), otherwise ``relu1``, ``pool1``...
+
+    Raises
+    ------
+    ImportError
+        The ``onnx`` package is not installed.
+    FileNotFoundError
+        No file at ``path``.
+    ValueError
+        Not an ONNX file, an op or attribute ece662 has no layer for, a graph that is not a
+        chain, tensors whose declared size does not match their data, non-finite weights,
+        external data outside the model's folder; the message names the node and its op.
+
+    Examples
+    --------
+    >>> import os, tempfile
+    >>> from ece662.models import default_convnet
+    >>> path = os.path.join(tempfile.mkdtemp(), "net.onnx")
+    >>> save_onnx(default_convnet(seed=0), path)
+    >>> [name for name, _ in read_onnx(path).named_children()]
+    ['conv1', 'relu1', 'pool1', 'conv2', 'relu2', 'pool2', 'flatten', 'fc']
+    """
+    onnx = _import_onnx()
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"read_onnx: no file at {path}")
+    size = os.path.getsize(path)
+    if size > _MAX_FILE_BYTES:
+        raise ValueError(f"{path}: {size:,} bytes is more than an ONNX protobuf can hold (2 GiB)")
+    with open(path, "rb") as f:
+        data = f.read()
+    proto = onnx.ModelProto()
+    try:
+        proto.ParseFromString(data)
+    except Exception as e:       # protobuf's DecodeError, or a RuntimeError from its C backend
+        raise ValueError(f"{path} is not a valid ONNX file: its protobuf does not parse ({e}); it may "
+                         f"be truncated or be another kind of file") from None
+    if not proto.HasField("graph") or not proto.graph.node:
+        raise ValueError(f"{path} is not an ONNX model: it holds no graph nodes (a truncated or "
+                         f"foreign file?)")
+    return _ChainReader(proto.graph, os.path.dirname(os.path.abspath(path)), path).build()
+
+
+def _attrs(node):
+    """``{name: value}`` of a node's attributes (ints, floats, strings, lists of them)."""
+    out = {}
+    for a in node.attribute:
+        if a.type == 1:
+            out[a.name] = a.f
+        elif a.type == 2:
+            out[a.name] = int(a.i)
+        elif a.type == 3:
+            out[a.name] = a.s.decode("utf-8", "replace")
+        elif a.type == 6:
+            out[a.name] = [float(v) for v in a.floats]
+        elif a.type == 7:
+            out[a.name] = [int(v) for v in a.ints]
+        else:
+            out[a.name] = a                    # tensors (Constant) and graphs, handled by the caller
+    return out
+
+
+class _ChainReader:
+    """Walks the nodes of a chain graph in order, turning each into ece662 layers."""
+
+    def __init__(self, graph, folder, source):
+        self.graph, self.folder, self.source = graph, folder, source
+        self.inits = {t.name: t for t in graph.initializer}
+        self.constants = {}                      # name -> ndarray (converted initializers, Constant nodes)
+        self.layers = OrderedDict()
+        self.counts = Counter()                  # per kind, for generated names
+        self.shape = None                        # (C, H, W) or (F,) of the tensor flowing along the chain
+        self.bias_slot = None                    # a Linear built from MatMul, whose Add may follow
+
+    # -- small helpers
+    def where(self, node):
+        return f"{self.source}: node {node.name or '(unnamed)'!r} ({node.op_type})"
+
+    def const(self, name, node, finite=True):
+        """The array behind an initializer or a Constant, checked finite when it is a float."""
+        if name not in self.constants:
+            if name not in self.inits:
+                raise ValueError(f"{self.where(node)}: input {name!r} is neither a weight (initializer) "
+                                 f"nor a Constant; ece662 reads chains whose extra inputs are weights")
+            self.constants[name] = _tensor_to_array(self.inits[name], self.folder, self.where(node))
+        arr = self.constants[name]
+        if finite and arr.dtype.kind == "f":
+            bad = int(arr.size - np.count_nonzero(np.isfinite(arr)))
+            if bad:
+                raise ValueError(f"{self.where(node)}: weight {name!r} holds {bad} NaN or infinite "
+                                 f"value(s) out of {arr.size}; the model file is damaged")
+        return arr
+
+    def weight(self, name, node):
+        return self.const(name, node).astype(np.float32)
+
+    def is_const(self, name):
+        return name in self.constants or name in self.inits
+
+    def name_for(self, node, kind, weight_name=None):
+        """A layer name: the weight's module path (``conv1.weight`` -> ``conv1``), torch's legacy
+        node path (``/conv1/Conv`` -> ``conv1``), ece662's own node names, else ``<kind><k>``."""
+        self.counts[kind] += 1
+        candidates = []
+        if weight_name and weight_name.endswith(".weight"):
+            candidates.append(weight_name[:-len(".weight")].replace(".", "_"))
+        m = re.fullmatch(r"/(.+)/\w+", node.name)
+        if m:
+            candidates.append(re.sub(r"[./]", "_", m.group(1)))
+        elif re.fullmatch(r"\w+", node.name) and not node.name.startswith("node_"):
+            candidates.append(node.name)         # "node_*" are torch's dynamo exporter's op names
+        generated = "flatten" if kind == "flatten" and self.counts[kind] == 1 else f"{kind}{self.counts[kind]}"
+        candidates.append(generated)
+        for c in candidates:
+            if c and c not in self.layers:
+                return c
+        k = 2
+        while f"{generated}_{k}" in self.layers:
+            k += 1
+        return f"{generated}_{k}"
+
+    def add(self, node, kind, layer, weight_name=None):
+        name = self.name_for(node, kind, weight_name)
+        self.layers[name] = layer
+        try:
+            out = layer.output_shape((1,) + self.shape)
+        except (ValueError, TypeError) as e:
+            raise ValueError(f"{self.where(node)}: does not fit its input of shape {self.shape}: {e}") from None
+        if any(d < 1 for d in out[1:]):
+            raise ValueError(f"{self.where(node)}: its window is larger than its input of shape "
+                             f"(N, {', '.join(map(str, self.shape))})")
+        self.shape = tuple(int(d) for d in out[1:])
+        return layer
+
+    def need_rank(self, node, rank):
+        if len(self.shape) + 1 != rank:
+            want = "(N, C, H, W)" if rank == 4 else "(N, features)"
+            raise ValueError(f"{self.where(node)}: expects an input of shape {want}, but the tensor "
+                             f"arriving has shape (N, {', '.join(map(str, self.shape))})")
+
+    # -- the walk
+    def graph_input(self):
+        real = [i for i in self.graph.input if i.name not in self.inits]
+        if len(real) != 1:
+            raise ValueError(f"{self.source}: expected one graph input (the images), got "
+                             f"{[i.name for i in real]}")
+        inp = real[0]
+        tt = inp.type.tensor_type
+        if tt.elem_type != _FLOAT:
+            raise ValueError(f"{self.source}: the graph input {inp.name!r} has ONNX element type "
+                             f"{tt.elem_type}, expected 1 (float32)")
+        dims = [d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim]
+        if not tt.HasField("shape") or len(dims) not in (2, 4):
+            raise ValueError(f"{self.source}: the graph input {inp.name!r} has rank {len(dims)} "
+                             f"(shape {dims}); expected images (N, C, H, W) or features (N, F)")
+        if any(d is None or d < 1 for d in dims[1:]):
+            raise ValueError(f"{self.source}: the graph input {inp.name!r} has shape {dims}; ece662 "
+                             f"needs fixed sizes for every axis but the batch (export with a fixed "
+                             f"image size)")
+        return inp.name, tuple(dims[1:])
+
+    def build(self):
+        from ece662.layers import Sequential
+        current, self.shape = self.graph_input()
+        uses = Counter(name for n in self.graph.node for name in n.input if name)
+        outputs = [o.name for o in self.graph.output]
+        if len(outputs) != 1:
+            raise ValueError(f"{self.source}: expected one graph output (the logits), got {outputs}")
+        for node in self.graph.node:
+            where = self.where(node)
+            if node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
+                self.constant_node(node)
+                continue
+            if node.op_type == "Identity" and node.input and self.is_const(node.input[0]):
+                self.constants[node.output[0]] = self.const(node.input[0], node, finite=False)
+                continue
+            data = [i for i in node.input if i and not self.is_const(i)]
+            if data != [current]:
+                raise ValueError(f"{where}: reads {data or 'only weights'}, but ece662 reads a chain of layers "
+                                 f"in which every node reads the previous node's output {current!r}; "
+                                 f"branching graphs (residual connections, several inputs) are not supported")
+            if node.op_type != "Add" and node.input[0] != current:
+                raise ValueError(f"{where}: reads the previous node's output {current!r} as input "
+                                 f"{list(node.input).index(current)}, not as its data input 0")
+            if uses[current] > 1 or current in outputs:
+                raise ValueError(f"{where}: {current!r} feeds {uses[current]} nodes; ece662 reads only "
+                                 f"chains (each output read once), not branching graphs")
+            handler = _READERS.get(node.op_type) if node.domain in ("", "ai.onnx") else None
+            if handler is None:
+                raise ValueError(f"{where}: op {node.domain + '.' if node.domain else ''}{node.op_type} "
+                                 f"has no ece662 layer; supported ops: {', '.join(sorted(_READERS))}")
+            extra = [o for o in node.output[1:] if o and (uses[o] or o in outputs)]
+            if extra:
+                raise ValueError(f"{where}: its extra outputs {extra} are used; ece662 reads only the first")
+            if node.op_type != "Add":
+                self.bias_slot = None
+            handler(self, node, _attrs(node))
+            current = node.output[0]
+        if current != outputs[0]:
+            raise ValueError(f"{self.source}: the chain ends at {current!r}, not at the graph output "
+                             f"{outputs[0]!r}")
+        if not self.layers:
+            raise ValueError(f"{self.source}: the graph holds no layers")
+        return Sequential(self.layers).eval()
+
+    def constant_node(self, node):
+        a = _attrs(node)
+        if "value" in a:
+            arr = _tensor_to_array(a["value"].t, self.folder, self.where(node))
+        elif "value_ints" in a or "value_int" in a:
+            arr = np.array(a.get("value_ints", a.get("value_int")), dtype=np.int64)
+        elif "value_floats" in a or "value_float" in a:
+            arr = np.array(a.get("value_floats", a.get("value_float")), dtype=np.float32)
+        else:
+            raise ValueError(f"{self.where(node)}: a Constant of kind {sorted(a)} is not supported")
+        self.constants[node.output[0]] = arr
+
+    # -- one method per op; each checks what ece662's layer cannot express
+    def window(self, node, a, kernel_default=None):
+        """Kernel, stride, pads of a conv or pooling node, refusing what ece662's layers lack."""
+        where = self.where(node)
+        if a.get("auto_pad", "NOTSET") not in ("NOTSET", "VALID"):
+            raise ValueError(f"{where}: auto_pad={a['auto_pad']} is not supported; export with "
+                             f"explicit padding (torch does)")
+        if any(d != 1 for d in a.get("dilations", [1, 1])):
+            raise ValueError(f"{where}: dilations {a['dilations']} are not supported (ece662 layers "
+                             f"have dilation 1)")
+        if a.get("ceil_mode", 0):
+            raise ValueError(f"{where}: ceil_mode=1 is not supported (ece662 pools round down, as "
+                             f"torch's default ceil_mode=False)")
+        kernel = a.get("kernel_shape", kernel_default)
+        strides = a.get("strides", [1, 1])
+        pads = a.get("pads", [0, 0, 0, 0])
+        if kernel is None or len(kernel) != 2 or len(strides) != 2 or len(pads) != 4:
+            raise ValueError(f"{where}: expected a 2-D window, got kernel_shape={kernel}, "
+                             f"strides={strides}, pads={pads}")
+        if len(set(pads)) != 1:
+            raise ValueError(f"{where}: asymmetric pads {pads} ([top, left, bottom, right]) are not "
+                             f"supported; ece662 pads every side by the same amount")
+        if strides[0] != strides[1]:
+            raise ValueError(f"{where}: strides {strides} differ per axis; ece662 uses one stride")
+        return kernel, strides[0], pads[0]
+
+    def read_conv(self, node, a):
+        self.need_rank(node, 4)
+        if a.get("group", 1) != 1:
+            raise ValueError(f"{self.where(node)}: group={a['group']} (grouped or depthwise "
+                             f"convolution) is not supported")
+        w = self.weight(node.input[1], node)
+        if w.ndim != 4:
+            raise ValueError(f"{self.where(node)}: weight of shape {w.shape}, expected (F, C, HH, WW)")
+        kernel, stride, pad = self.window(node, a, kernel_default=list(w.shape[2:]))
+        F, C, HH, WW = w.shape
+        if list(kernel) != [HH, WW] or C != self.shape[0]:
+            raise ValueError(f"{self.where(node)}: weight {w.shape} does not fit kernel_shape {kernel} "
+                             f"and {self.shape[0]} input channels")
+        has_bias = len(node.input) > 2 and node.input[2]
+        from ece662.layers import Conv2d
+        conv = Conv2d(C, F, (HH, WW), stride=stride, padding=pad, bias=bool(has_bias))
+        conv.weight = np.ascontiguousarray(w)
+        if has_bias:
+            conv.bias = self.vector(node.input[2], F, node)
+        self.add(node, "conv", conv, node.input[1])
+
+    def vector(self, name, n, node):
+        v = self.weight(name, node)
+        if v.size != n:
+            raise ValueError(f"{self.where(node)}: {name!r} has shape {v.shape}, expected ({n},)")
+        return np.ascontiguousarray(v.reshape(n))
+
+    def read_batchnorm(self, node, a):
+        if a.get("training_mode", 0):
+            raise ValueError(f"{self.where(node)}: training_mode=1; export the model in eval mode "
+                             f"(model.eval() before torch.onnx.export)")
+        rank = len(self.shape) + 1
+        if rank not in (2, 4):
+            self.need_rank(node, 4)
+        cls = _layer_class("BatchNorm2d" if rank == 4 else "BatchNorm1d", self.where(node))
+        C = self.shape[0]
+        bn = cls(C, eps=float(a.get("epsilon", 1e-5)))
+        for key, name in zip(("weight", "bias", "running_mean", "running_var"), node.input[1:5]):
+            setattr(bn, key, self.vector(name, C, node))
+        if np.any(bn.running_var < 0):
+            raise ValueError(f"{self.where(node)}: negative running variance")
+        self.add(node, "bn", bn, node.input[1])
+
+    def read_relu(self, node, a):
+        from ece662.layers import ReLU
+        self.add(node, "relu", ReLU())
+
+    def read_leaky_relu(self, node, a):
+        cls = _layer_class("LeakyReLU", self.where(node))
+        self.add(node, "relu", cls(negative_slope=float(a.get("alpha", 0.01))))
+
+    def pool(self, node, a, cls):
+        self.need_rank(node, 4)
+        kernel, stride, pad = self.window(node, a)
+        if kernel[0] != kernel[1] or pad != 0:
+            raise ValueError(f"{self.where(node)}: kernel {kernel} with padding {pad}; ece662 pools "
+                             f"with square windows and no padding")
+        self.add(node, "pool", cls(kernel[0], stride=stride))
+
+    def read_maxpool(self, node, a):
+        if a.get("storage_order", 0):
+            raise ValueError(f"{self.where(node)}: storage_order=1 (column-major indices) is not supported")
+        from ece662.layers import MaxPool2d
+        self.pool(node, a, MaxPool2d)
+
+    def read_avgpool(self, node, a):
+        self.pool(node, a, _layer_class("AvgPool2d", self.where(node)))
+
+    def read_global_avgpool(self, node, a):
+        self.need_rank(node, 4)
+        self.add(node, "pool", _layer_class("AdaptiveAvgPool2d", self.where(node))(1))
+
+    def read_reduce_mean(self, node, a):
+        """torch's dynamo exporter writes AdaptiveAvgPool2d(1) as ReduceMean over axes (-1, -2)."""
+        self.need_rank(node, 4)
+        axes = a.get("axes")
+        if len(node.input) > 1 and node.input[1]:
+            axes = [int(v) for v in self.const(node.input[1], node).reshape(-1)]
+        if axes is None or sorted(ax % 4 for ax in axes) != [2, 3]:
+            raise ValueError(f"{self.where(node)}: a mean over axes {axes}; ece662 reads only the mean "
+                             f"over H and W (global average pooling)")
+        self.add(node, "pool", _layer_class("AdaptiveAvgPool2d", self.where(node))(1))
+        if not a.get("keepdims", 1):
+            from ece662.layers import Flatten
+            self.add(node, "flatten", Flatten())
+
+    def read_flatten(self, node, a):
+        if a.get("axis", 1) != 1:
+            raise ValueError(f"{self.where(node)}: axis={a['axis']}; ece662's Flatten keeps the batch "
+                             f"axis only (axis=1)")
+        from ece662.layers import Flatten
+        self.add(node, "flatten", Flatten())
+
+    def read_reshape(self, node, a):
+        """A Reshape is a Flatten when its target shape is (N, C*H*W), N as -1, 0 or the batch."""
+        target = [int(v) for v in self.const(node.input[1], node).reshape(-1)]
+        features = math.prod(self.shape)
+        firsts = (-1,) if a.get("allowzero", 0) else (-1, 0)
+        if not (len(target) == 2 and target[1] in (features, -1)
+                and (target[0] in firsts or (target[0] > 0 and target[1] == features))):
+            raise ValueError(f"{self.where(node)}: reshape of (N, {', '.join(map(str, self.shape))}) to "
+                             f"{target}; ece662 reads only a flatten to (N, {features})")
+        from ece662.layers import Flatten
+        self.add(node, "flatten", Flatten())
+
+    def linear(self, node, w, b):
+        """``w (out, in)`` as torch stores it."""
+        self.need_rank(node, 2)
+        if w.ndim != 2 or w.shape[1] != self.shape[0]:
+            raise ValueError(f"{self.where(node)}: weight of shape {w.shape} does not fit "
+                             f"{self.shape[0]} input features")
+        from ece662.layers import Linear
+        fc = Linear(w.shape[1], w.shape[0], bias=b is not None)
+        fc.weight = np.ascontiguousarray(w)
+        if b is not None:
+            fc.bias = b
+        return fc
+
+    def read_gemm(self, node, a):
+        if a.get("transA", 0):
+            raise ValueError(f"{self.where(node)}: transA=1 is not supported")
+        w = self.weight(node.input[1], node) * np.float32(a.get("alpha", 1.0))
+        if w.ndim != 2:
+            raise ValueError(f"{self.where(node)}: expected a 2-D weight, got shape {w.shape}")
+        if not a.get("transB", 0):
+            w = w.T                                 # ONNX B is (in, out) unless transB
+        b = None
+        if len(node.input) > 2 and node.input[2]:
+            b = self.vector(node.input[2], w.shape[0], node) * np.float32(a.get("beta", 1.0))
+        self.add(node, "fc", self.linear(node, w, b), node.input[1])
+
+    def read_matmul(self, node, a):
+        w = self.weight(node.input[1], node)
+        if w.ndim != 2:
+            raise ValueError(f"{self.where(node)}: expected MatMul(x, W) with W of shape (in, out), "
+                             f"got W of shape {w.shape}")
+        self.bias_slot = self.add(node, "fc", self.linear(node, w.T, None), node.input[1])
+
+    def read_add(self, node, a):
+        fc, self.bias_slot = self.bias_slot, None
+        if fc is None:
+            raise ValueError(f"{self.where(node)}: ece662 reads Add only right after a MatMul (the bias "
+                             f"of a linear layer); this one is elsewhere in the graph")
+        name = next(i for i in node.input if self.is_const(i))
+        fc.register_parameter("bias", self.vector(name, fc.out_features, node))
+
+    def read_dropout(self, node, a):
+        ratio = a.get("ratio", 0.5)
+        if len(node.input) > 1 and node.input[1]:
+            ratio = float(self.const(node.input[1], node).reshape(-1)[0])
+        if len(node.input) > 2 and node.input[2] and bool(self.const(node.input[2], node).reshape(-1)[0]):
+            raise ValueError(f"{self.where(node)}: training_mode is true; export the model in eval mode")
+        if not 0 <= ratio < 1:
+            raise ValueError(f"{self.where(node)}: dropout ratio {ratio} is not in [0, 1)")
+        from ece662.layers import Dropout
+        self.add(node, "dropout", Dropout(ratio))
+
+    def read_identity(self, node, a):
+        pass
+
+
+_READERS = {
+    "Conv": _ChainReader.read_conv, "BatchNormalization": _ChainReader.read_batchnorm,
+    "Relu": _ChainReader.read_relu, "LeakyRelu": _ChainReader.read_leaky_relu,
+    "MaxPool": _ChainReader.read_maxpool, "AveragePool": _ChainReader.read_avgpool,
+    "GlobalAveragePool": _ChainReader.read_global_avgpool, "ReduceMean": _ChainReader.read_reduce_mean,
+    "Flatten": _ChainReader.read_flatten, "Reshape": _ChainReader.read_reshape,
+    "Gemm": _ChainReader.read_gemm, "MatMul": _ChainReader.read_matmul, "Add": _ChainReader.read_add,
+    "Dropout": _ChainReader.read_dropout, "Identity": _ChainReader.read_identity,
+}
+
+
+# ============================================================================ writing
+def _effective(module, name):
+    """The tensor a forward uses: ``name_orig * name_mask`` for a pruned parameter."""
+    orig = module._parameters.get(name + "_orig")
+    if orig is not None and name + "_mask" in module._buffers:
+        return (orig * module._buffers[name + "_mask"]).astype(np.float32)
+    value = module._parameters.get(name, module._buffers.get(name))
+    return None if value is None else np.asarray(value, dtype=np.float32)
+
+
+def _graph_nodes(model, input_name, helper, numpy_helper):
+    """One ONNX node (and its initializers) per ece662 layer, wired as a chain."""
+    nodes, inits = [], []
+    x = input_name
+    layers = list(model.named_children())
+    for i, (name, m) in enumerate(layers):
+        out = "logits" if i == len(layers) - 1 else f"{name}_out"
+        kind = type(m).__name__
+
+        def tensor(key, value):
+            inits.append(numpy_helper.from_array(np.array(value, order="C"), f"{name}.{key}"))
+            return f"{name}.{key}"
+
+        if kind == "Conv2d":
+            ins = [x, tensor("weight", _effective(m, "weight"))]
+            b = _effective(m, "bias")
+            if b is not None:
+                ins.append(tensor("bias", b))
+            p = m.padding
+            nodes.append(helper.make_node("Conv", ins, [out], name=name, kernel_shape=list(m.kernel_size),
+                                          strides=[m.stride] * 2, pads=[p] * 4))
+        elif kind == "Linear":
+            ins = [x, tensor("weight", _effective(m, "weight"))]
+            b = _effective(m, "bias")
+            if b is not None:
+                ins.append(tensor("bias", b))
+            nodes.append(helper.make_node("Gemm", ins, [out], name=name, transB=1))   # x @ W.T + b
+        elif kind in ("BatchNorm2d", "BatchNorm1d"):
+            ins = [x] + [tensor(k, _effective(m, k)) for k in ("weight", "bias", "running_mean", "running_var")]
+            nodes.append(helper.make_node("BatchNormalization", ins, [out], name=name, epsilon=float(m.eps)))
+        elif kind == "ReLU":
+            nodes.append(helper.make_node("Relu", [x], [out], name=name))
+        elif kind == "LeakyReLU":
+            nodes.append(helper.make_node("LeakyRelu", [x], [out], name=name, alpha=float(m.negative_slope)))
+        elif kind in ("MaxPool2d", "AvgPool2d"):
+            if getattr(m, "padding", 0):
+                raise ValueError(f"save_onnx: layer {name} ({kind}) has padding, which is not exported")
+            k = m.kernel_size if isinstance(m.kernel_size, int) else m.kernel_size[0]
+            s = m.stride if isinstance(m.stride, int) else m.stride[0]
+            op = "MaxPool" if kind == "MaxPool2d" else "AveragePool"
+            nodes.append(helper.make_node(op, [x], [out], name=name, kernel_shape=[k, k], strides=[s, s]))
+        elif kind == "AdaptiveAvgPool2d":
+            if m.output_size not in (1, (1, 1), [1, 1]):
+                raise ValueError(f"save_onnx: layer {name}: only AdaptiveAvgPool2d(1) is exported")
+            nodes.append(helper.make_node("GlobalAveragePool", [x], [out], name=name))
+        elif kind == "Flatten":
+            nodes.append(helper.make_node("Flatten", [x], [out], name=name, axis=1))
+        elif kind == "Dropout":
+            # the ratio is an input since opset 12; in an inference graph Dropout is the identity
+            ratio = tensor("ratio", np.array(m.p, dtype=np.float32))
+            nodes.append(helper.make_node("Dropout", [x, ratio], [out], name=name))
+        else:
+            raise ValueError(f"save_onnx: layer {name} is a {kind}, which has no ONNX export; "
+                             f"export Conv2d, Linear, BatchNorm, ReLU/LeakyReLU, pooling, Flatten, Dropout")
+        x = out
+    return nodes, inits
+
+
+def _check_input_shape(model, input_shape):
+    """Walk the layers' shapes from ``input_shape`` (no batch axis); return the output shape.
+
+    The ONNX graph declares these shapes, so an ``input_shape`` the model cannot take must
+    fail here rather than inside whatever runtime loads the file.
+    """
+    from ece662.layers import Conv2d, Linear
+    shape = (1,) + input_shape
+    for name, m in model.named_children():
+        want = None
+        if isinstance(m, Conv2d):
+            want = (4, m.in_channels)
+        elif isinstance(m, Linear):
+            want = (2, m.in_features)
+        elif type(m).__name__ in ("BatchNorm2d", "BatchNorm1d"):
+            want = (4 if type(m).__name__ == "BatchNorm2d" else 2, m.num_features)
+        if want and (len(shape) != want[0] or shape[1] != want[1]):
+            raise ValueError(f"save_onnx: layer {name} ({type(m).__name__}) expects (N, {want[1]}"
+                             f"{', H, W' if want[0] == 4 else ''}) but gets {shape} from input_shape="
+                             f"{input_shape}; pass the input_shape the model was built for")
+        shape = m.output_shape(shape)
+        if any(d < 1 for d in shape[1:]):
+            raise ValueError(f"save_onnx: layer {name} gets an empty output {shape} from input_shape="
+                             f"{input_shape}; pass the input_shape the model was built for")
+    return shape
+
+
+def save_onnx(model, path, input_shape=(3, 32, 32)):
+    """Write ``model`` as an ONNX inference graph with a dynamic batch axis, atomically.
+
+    Pruned parameters are written as their effective weights (``weight_orig * weight_mask``);
+    to make a pruned network smaller and faster in any runtime, export
+    ``ece662.pruning.shrink(model)``.  Layers become ``Conv``, ``Gemm``, ``Relu``, ``MaxPool``,
+    ... nodes named like the layers, with weights named like the state dict (``conv1.weight``).
+
+    Parameters
+    ----------
+    model : ece662.layers.Sequential
+        Not changed (nor switched to eval mode).
+    path : str or os.PathLike
+        Written through a temporary file in the same folder and renamed into place.
+    input_shape : tuple
+        One input without the batch axis: ``(C, H, W)``, or ``(F,)`` for a network of linear layers.
+
+    Raises
+    ------
+    TypeError
+        ``model`` is not an ece662 ``Sequential``.
+    ValueError
+        A layer with no ONNX counterpart here, or an ``input_shape`` the model does not take.
+    FileNotFoundError
+        The target folder does not exist.
+
+    Examples
+    --------
+    >>> import os, tempfile
+    >>> import onnx
+    >>> from ece662.models import default_convnet
+    >>> path = os.path.join(tempfile.mkdtemp(), "net.onnx")
+    >>> save_onnx(default_convnet(seed=0), path)
+    >>> [n.op_type for n in onnx.load(path).graph.node]
+    ['Conv', 'Relu', 'MaxPool', 'Conv', 'Relu', 'MaxPool', 'Flatten', 'Gemm']
+    """
+    _import_onnx()
+    from onnx import TensorProto, helper, numpy_helper
+    from ece662.layers import Sequential
+    if not isinstance(model, Sequential):
+        raise TypeError(f"save_onnx: expected an ece662 Sequential model, got {type(model).__name__}")
+    if len(model) == 0:
+        raise ValueError("save_onnx: the model has no layers")
+    out_shape = _check_input_shape(model, tuple(int(d) for d in input_shape))
+    nodes, inits = _graph_nodes(model, "input", helper, numpy_helper)
+    graph = helper.make_graph(
+        nodes, "ece662_model",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", *input_shape])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", *out_shape[1:]])],
+        initializer=inits)
+    proto = helper.make_model(graph, producer_name="ece662",
+                              opset_imports=[helper.make_opsetid("", EXPORT_OPSET)])
+    proto.ir_version = _EXPORT_IR_VERSION
+    data = proto.SerializeToString()
+
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"save_onnx: the folder {folder} does not exist; create it first")
+    fd, tmp = tempfile.mkstemp(prefix=".ece662-", suffix=".onnx.tmp", dir=folder)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)      # mkstemp makes 0600; a model file is an ordinary file
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise

@@ -1,0 +1,433 @@
+"""ONNX in and out: torch-exported files read with torch's logits, ece662 exports run in
+onnxruntime with ece662's logits, and hostile files refused with a clear ValueError."""
+import os
+
+import numpy as np
+import pytest
+
+onnx = pytest.importorskip("onnx")
+from onnx import TensorProto, helper, numpy_helper  # noqa: E402
+
+import ece662.layers as L  # noqa: E402
+import ece662.pruning as prune  # noqa: E402
+from conftest import FIXTURES, assert_close  # noqa: E402
+from ece662.layers import Conv2d, Dropout, Flatten, Linear, MaxPool2d, ReLU, Sequential  # noqa: E402
+from ece662.models import default_convnet  # noqa: E402
+from ece662.onnx_format import read_onnx, save_onnx  # noqa: E402
+from ece662.pruning_helper import load_model  # noqa: E402
+
+ONNX_FIXTURES = os.path.join(FIXTURES, "onnx")
+HAS_BN_LAYERS = all(hasattr(L, n) for n in ("BatchNorm2d", "BatchNorm1d", "LeakyReLU", "AvgPool2d",
+                                             "AdaptiveAvgPool2d"))
+# The BatchNorm fixtures need layers that another branch adds. Until they exist these tests are
+# expected to fail with read_onnx's "not supported yet" ValueError (reported as xfail, never
+# skipped); strict=True turns an unexpected pass into a failure, and once the layers exist the
+# tests run normally.
+needs_bn_layers = pytest.mark.xfail(not HAS_BN_LAYERS, raises=ValueError, strict=True,
+                                    reason="ece662.layers has no BatchNorm2d/LeakyReLU/AvgPool2d yet")
+
+
+def images(n=4, seed=0):
+    return np.random.default_rng(seed).standard_normal((n, 3, 32, 32)).astype(np.float32)
+
+
+def ort_logits(path, x):
+    ort = pytest.importorskip("onnxruntime")
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return sess.run(None, {sess.get_inputs()[0].name: x})[0]
+
+
+# ============================================================================ torch's files
+@pytest.mark.parametrize("exporter", ["dynamo", "legacy"])
+def test_torch_course_cnn_reads_with_torch_names_and_logits(exporter):
+    """The course CNN exported by torch 2.13.0 (either exporter) loads with its architecture,
+    the torch state-dict names, torch's logits and onnxruntime's logits."""
+    path = os.path.join(ONNX_FIXTURES, f"course_cnn_{exporter}.onnx")
+    io = np.load(os.path.join(ONNX_FIXTURES, "io.npz"))
+    net = read_onnx(path)
+    assert [type(m).__name__ for m in net] == ["Conv2d", "ReLU", "MaxPool2d", "Conv2d", "ReLU",
+                                                "MaxPool2d", "Flatten", "Linear"]
+    assert list(net.state_dict()) == ["conv1.weight", "conv1.bias", "conv2.weight", "conv2.bias",
+                                      "fc.weight", "fc.bias"]
+    assert not net.training
+    assert_close(net(io["x"]), io["course_cnn"], f"course CNN, {exporter}", rtol=1e-4, atol=1e-5)
+    assert_close(net(io["x"]), ort_logits(path, io["x"]), f"course CNN vs onnxruntime, {exporter}",
+                 rtol=1e-4, atol=1e-5)
+
+
+@needs_bn_layers
+@pytest.mark.parametrize("exporter", ["dynamo", "legacy"])
+def test_torch_batchnorm_cnn_reads_with_torch_logits(exporter):
+    """A student-style CNN (BatchNorm2d/1d, LeakyReLU, AvgPool2d, AdaptiveAvgPool2d(1), Dropout,
+    Linear) exported by torch gives torch's logits and onnxruntime's."""
+    path = os.path.join(ONNX_FIXTURES, f"bn_cnn_{exporter}.onnx")
+    io = np.load(os.path.join(ONNX_FIXTURES, "io.npz"))
+    net = read_onnx(path)
+    kinds = [type(m).__name__ for m in net]
+    assert "BatchNorm2d" in kinds and "LeakyReLU" in kinds and "AvgPool2d" in kinds
+    assert "AdaptiveAvgPool2d" in kinds and kinds[-1] == "Linear"
+    assert_close(net(io["x"]), io["bn_cnn"], f"BN CNN, {exporter}", rtol=1e-4, atol=1e-5)
+    assert_close(net(io["x"]), ort_logits(path, io["x"]), f"BN CNN vs onnxruntime, {exporter}",
+                 rtol=1e-4, atol=1e-5)
+
+
+@needs_bn_layers
+def test_batchnorm_model_round_trips_through_onnx(tmp_path):
+    """A torch BatchNorm CNN read from ONNX, saved by ece662 and read again keeps its logits,
+    and onnxruntime agrees with ece662 on ece662's export."""
+    io = np.load(os.path.join(ONNX_FIXTURES, "io.npz"))
+    net = read_onnx(os.path.join(ONNX_FIXTURES, "bn_cnn_legacy.onnx"))
+    path = tmp_path / "bn.onnx"
+    save_onnx(net, path)
+    onnx.checker.check_model(onnx.load(str(path)), full_check=True)
+    again = read_onnx(path)
+    assert [type(m).__name__ for m in again] == [type(m).__name__ for m in net]
+    np.testing.assert_array_equal(again(io["x"]), net(io["x"]))
+    assert_close(ort_logits(path, io["x"]), io["bn_cnn"], "BN CNN exported by ece662", rtol=1e-4, atol=1e-5)
+
+
+# ============================================================================ ece662's exports
+def pruned_model():
+    """The shipped model with half the filters of each conv and 40% of fc's weights pruned."""
+    net = load_model()
+    prune.ln_structured(net.conv1, "weight", amount=0.5, n=2, dim=0)
+    prune.ln_structured(net.conv2, "weight", amount=0.5, n=2, dim=0)
+    prune.l1_unstructured(net.fc, "weight", amount=0.4)
+    return net.eval()
+
+
+@pytest.mark.parametrize("which", ["shipped", "pruned", "pruned and shrunk"])
+def test_export_runs_in_onnxruntime_with_ece662_logits(which, tmp_path):
+    """save_onnx of the shipped, a pruned, and a pruned-and-shrunk model passes the ONNX checker,
+    and onnxruntime gives ece662's logits for any batch size."""
+    net = {"shipped": load_model, "pruned": pruned_model,
+           "pruned and shrunk": lambda: prune.shrink(pruned_model())}[which]()
+    path = tmp_path / "net.onnx"
+    save_onnx(net, path)
+    onnx.checker.check_model(onnx.load(str(path)), full_check=True)
+    for n in (1, 7):
+        x = images(n, seed=n)
+        assert_close(ort_logits(path, x), net(x), f"{which}, batch {n}", rtol=1e-4, atol=1e-4)
+
+
+def test_pruned_export_holds_effective_weights_and_shrunk_export_is_smaller(tmp_path):
+    """A pruned model is exported with weight_orig * weight_mask; after shrink() the ONNX
+    weights have the surviving filters only."""
+    net = pruned_model()
+    save_onnx(net, tmp_path / "pruned.onnx")
+    save_onnx(prune.shrink(net), tmp_path / "shrunk.onnx")
+    pruned = {t.name: numpy_helper.to_array(t) for t in onnx.load(str(tmp_path / "pruned.onnx")).graph.initializer}
+    shrunk = {t.name: numpy_helper.to_array(t) for t in onnx.load(str(tmp_path / "shrunk.onnx")).graph.initializer}
+    np.testing.assert_array_equal(pruned["conv1.weight"], net.conv1.weight_orig * net.conv1.weight_mask)
+    np.testing.assert_array_equal(pruned["fc.weight"], net.fc.weight_orig * net.fc.weight_mask)
+    assert pruned["conv2.weight"].shape == (32, 32, 3, 3)
+    assert shrunk["conv1.weight"].shape == (16, 3, 5, 5)
+    assert shrunk["conv2.weight"].shape == (16, 16, 3, 3)
+    assert shrunk["fc.weight"].shape == (10, 16 * 6 * 6)
+
+
+def test_round_trip_gives_identical_logits_and_leaves_the_model_alone(tmp_path):
+    """read_onnx(save_onnx(m)) has m's layers, names and bit-identical logits; m is not changed."""
+    net = pruned_model().train()
+    before = {k: v.copy() for k, v in net.state_dict().items()}
+    path = tmp_path / "net.onnx"
+    save_onnx(net, path)
+    assert net.training and all(np.array_equal(v, before[k]) for k, v in net.state_dict().items())
+    again = read_onnx(path)
+    assert [(n, type(m).__name__) for n, m in again.named_children()] == \
+        [(n, type(m).__name__) for n, m in net.named_children()]
+    x = images(5)
+    np.testing.assert_array_equal(again(x), net.eval()(x))
+
+
+def test_dropout_and_a_linear_network_round_trip(tmp_path):
+    """Dropout is exported (identity at inference) and read back; a linear-only network takes (N, F)."""
+    net = Sequential(Linear(6, 5, seed=0), ReLU(), Dropout(0.25), Linear(5, 3, seed=1)).eval()
+    path = tmp_path / "mlp.onnx"
+    save_onnx(net, path, input_shape=(6,))
+    again = read_onnx(path)
+    assert [type(m).__name__ for m in again] == ["Linear", "ReLU", "Dropout", "Linear"]
+    assert again[2].p == 0.25
+    x = np.random.default_rng(0).standard_normal((4, 6)).astype(np.float32)
+    np.testing.assert_array_equal(again(x), net(x))
+    assert_close(ort_logits(path, x), net(x), "MLP in onnxruntime", atol=1e-5)
+
+
+def test_matmul_add_reads_as_linear(tmp_path):
+    """MatMul(x, W) + B, as Keras converters write a Dense layer, becomes one Linear."""
+    rng = np.random.default_rng(0)
+    W = rng.standard_normal((6, 4)).astype(np.float32)
+    B = rng.standard_normal(4).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "W"], ["h"], name="dense"),
+         helper.make_node("Add", ["h", "B"], ["y"], name="dense_bias")], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 6])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])],
+        initializer=[numpy_helper.from_array(W, "W"), numpy_helper.from_array(B, "B")])
+    path = write(tmp_path / "dense.onnx", helper.make_model(graph))
+    net = read_onnx(path)
+    assert [type(m).__name__ for m in net] == ["Linear"]
+    x = rng.standard_normal((3, 6)).astype(np.float32)
+    assert_close(net(x), x @ W + B, "MatMul + Add", atol=1e-5)
+
+
+def test_failed_save_keeps_the_old_file(tmp_path):
+    """Exporting a model with a layer ONNX export does not know raises, leaving the old file intact."""
+    class Odd(L.Module):
+        def forward(self, x):
+            return x
+
+    path = tmp_path / "net.onnx"
+    save_onnx(default_convnet(seed=0), path)
+    before = path.read_bytes()
+    bad = Sequential(Conv2d(3, 4, 3, seed=0), Odd(), Flatten(), Linear(4 * 30 * 30, 2, seed=0))
+    with pytest.raises(ValueError, match="Odd"):
+        save_onnx(bad, path)
+    assert path.read_bytes() == before
+    assert os.listdir(tmp_path) == ["net.onnx"]
+    with pytest.raises(TypeError, match="Sequential"):
+        save_onnx(Conv2d(3, 4, 3), path)
+    with pytest.raises(ValueError, match="input_shape"):
+        save_onnx(default_convnet(seed=0), path, input_shape=(3, 28, 28))
+
+
+def test_onnx_accuracy_equals_ece662_accuracy(real_data, tmp_path):
+    """On real test images, the shipped model in onnxruntime classifies like ece662 does."""
+    from ece662.data_utils import get_CINIC10_data
+    data = get_CINIC10_data(os.path.join(real_data, "cifar10_real_small.npz"), splits=("test",))
+    X, y = np.asarray(data["X_test"][:500]), data["y_test"][:500]
+    net = load_model()
+    save_onnx(net, tmp_path / "net.onnx")
+    ours, theirs = net(X).argmax(1), ort_logits(tmp_path / "net.onnx", X).argmax(1)
+    assert np.mean(ours == y) == np.mean(theirs == y) > 0.4
+
+
+# ============================================================================ hostile files
+def write(path, proto):
+    """Serialize a (possibly invalid) ModelProto as it is, without onnx's own checks."""
+    with open(path, "wb") as f:
+        f.write(proto.SerializeToString())
+    return path
+
+
+def small_proto(tmp_path):
+    """A small valid graph, Conv -> Relu -> MaxPool -> Flatten -> Gemm, as a ModelProto to damage."""
+    net = Sequential(Conv2d(3, 4, 3, seed=0), ReLU(), MaxPool2d(2), Flatten(), Linear(4 * 15 * 15, 2, seed=1))
+    save_onnx(net, tmp_path / "small.onnx")
+    return onnx.load(str(tmp_path / "small.onnx"))
+
+
+def init(proto, name):
+    return next(t for t in proto.graph.initializer if t.name == name)
+
+
+def node(proto, name):
+    return next(n for n in proto.graph.node if n.name == name)
+
+
+def test_small_proto_is_valid(tmp_path):
+    """The file the hostile tests damage reads fine before it is damaged."""
+    net = read_onnx(write(tmp_path / "ok.onnx", small_proto(tmp_path)))
+    assert [type(m).__name__ for m in net] == ["Conv2d", "ReLU", "MaxPool2d", "Flatten", "Linear"]
+
+
+def test_huge_declared_tensor_is_refused_before_allocating(tmp_path):
+    """An initializer declaring 2^40 floats with 16 bytes of data is refused, not allocated."""
+    p = small_proto(tmp_path)
+    t = init(p, "0.weight")
+    del t.dims[:]
+    t.dims.extend([1 << 20, 1 << 20, 1, 1])
+    t.raw_data = b"\0" * 16
+    with pytest.raises(ValueError, match=r"declares shape \[1048576, 1048576, 1, 1\]"):
+        read_onnx(write(tmp_path / "huge.onnx", p))
+
+
+@pytest.mark.parametrize("damage", ["short raw_data", "short float_data", "negative dims"])
+def test_tensor_data_that_does_not_match_its_shape_is_refused(damage, tmp_path):
+    """A tensor whose bytes do not fill its declared shape is refused with both sizes named."""
+    p = small_proto(tmp_path)
+    t = init(p, "4.weight")
+    if damage == "short raw_data":
+        t.raw_data = t.raw_data[:100]
+        match = "holds 100 bytes"
+    elif damage == "short float_data":
+        t.ClearField("raw_data")
+        t.float_data.extend([0.5] * 10)
+        match = "holds 10"
+    else:
+        t.dims[0] = -2
+        match = "negative"
+    with pytest.raises(ValueError, match=match):
+        read_onnx(write(tmp_path / "bad.onnx", p))
+
+
+def make_external(t, location, offset=0, length=None):
+    """Turn initializer ``t`` into an external-data reference."""
+    n = len(t.raw_data)
+    t.ClearField("raw_data")
+    t.data_location = TensorProto.EXTERNAL
+    del t.external_data[:]
+    for key, value in (("location", location), ("offset", str(offset)), ("length", str(n if length is None else length))):
+        entry = t.external_data.add()
+        entry.key, entry.value = key, value
+    return n
+
+
+def test_external_data_inside_the_folder_is_read(tmp_path):
+    """External data in a file beside the model is read, bounded by the declared length."""
+    p = small_proto(tmp_path)
+    t = init(p, "4.weight")
+    raw = t.raw_data
+    (tmp_path / "w.bin").write_bytes(b"\x07" * 12 + raw + b"tail")
+    make_external(t, "w.bin", offset=12)
+    net = read_onnx(write(tmp_path / "ext.onnx", p))
+    np.testing.assert_array_equal(net[4].weight, np.frombuffer(raw, np.float32).reshape(2, 900))
+
+
+@pytest.mark.parametrize("where", ["absolute", "dotdot", "symlink"])
+def test_external_data_outside_the_folder_is_never_followed(where, tmp_path):
+    """External-data locations outside the model's folder are refused, even when the outside
+    file holds exactly the right bytes (so following it would have 'worked')."""
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    p = small_proto(tmp_path)
+    t = init(p, "4.weight")
+    secret = tmp_path / "secret.bin"
+    secret.write_bytes(t.raw_data)
+    if where == "absolute":
+        location = str(secret)
+    elif where == "dotdot":
+        location = "../secret.bin"
+    else:
+        os.symlink(secret, model_dir / "link.bin")
+        location = "link.bin"
+    make_external(t, location)
+    with pytest.raises(ValueError, match="outside the model's folder|inside the model's folder"):
+        read_onnx(write(model_dir / "net.onnx", p))
+
+
+@pytest.mark.parametrize("damage", ["past the end", "missing file", "wrong length"])
+def test_external_data_reads_are_bounded(damage, tmp_path):
+    """An external reference past the end of its file, to a missing file, or with a length that
+    does not match the tensor's shape is refused."""
+    p = small_proto(tmp_path)
+    t = init(p, "4.weight")
+    n = len(t.raw_data)
+    (tmp_path / "w.bin").write_bytes(t.raw_data)
+    if damage == "past the end":
+        make_external(t, "w.bin", offset=8)
+        match = "truncated"
+    elif damage == "missing file":
+        make_external(t, "nothere.bin")
+        match = "missing"
+    else:
+        make_external(t, "w.bin", length=n * 1000)
+        match = "needs"
+    with pytest.raises(ValueError, match=match):
+        read_onnx(write(tmp_path / "ext.onnx", p))
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "empty", "not a graph"])
+def test_damaged_files_are_refused(damage, tmp_path):
+    """Truncated protobufs, random bytes and empty files give a ValueError, never a crash."""
+    good = (tmp_path / "g.onnx")
+    write(good, small_proto(tmp_path))
+    data = good.read_bytes()
+    content = {"truncated": data[: len(data) // 2], "garbage": np.random.default_rng(0).bytes(5000),
+               "empty": b"", "not a graph": b"PK\x03\x04 a zip file, say"}[damage]
+    path = tmp_path / "bad.onnx"
+    path.write_bytes(content)
+    with pytest.raises(ValueError):
+        read_onnx(path)
+    with pytest.raises(FileNotFoundError):
+        read_onnx(tmp_path / "nothere.onnx")
+
+
+def test_non_finite_weight_is_refused_naming_the_node(tmp_path):
+    """A NaN in a weight is refused with the node and tensor named."""
+    p = small_proto(tmp_path)
+    t = init(p, "0.weight")
+    w = numpy_helper.to_array(t).copy()
+    w[1, 2, 0, 0] = np.nan
+    t.raw_data = w.tobytes()
+    with pytest.raises(ValueError, match=r"node '0' \(Conv\).*'0.weight' holds 1 NaN"):
+        read_onnx(write(tmp_path / "nan.onnx", p))
+
+
+@pytest.mark.parametrize("dims", [[None, 3, 32], [None, 3, 32, 32, 1], [None, "C", 17, 17]])
+def test_wrong_input_rank_or_symbolic_size_is_refused(dims, tmp_path):
+    """A graph input that is not (N, C, H, W) with fixed C, H, W is refused."""
+    p = small_proto(tmp_path)
+    inp = p.graph.input[0]
+    shape = inp.type.tensor_type.shape
+    del shape.dim[:]
+    for d in dims:
+        dim = shape.dim.add()
+        if isinstance(d, int):
+            dim.dim_value = d
+        elif d:
+            dim.dim_param = d
+    with pytest.raises(ValueError, match="graph input"):
+        read_onnx(write(tmp_path / "rank.onnx", p))
+
+
+def test_input_channels_that_do_not_fit_the_first_conv_are_refused(tmp_path):
+    """A declared input of 1 channel feeding a 3-channel conv is refused, naming the node."""
+    p = small_proto(tmp_path)
+    p.graph.input[0].type.tensor_type.shape.dim[1].dim_value = 1
+    with pytest.raises(ValueError, match=r"node '0' \(Conv\).*1 input channels"):
+        read_onnx(write(tmp_path / "ch.onnx", p))
+
+
+def test_unknown_op_is_refused_naming_node_and_op(tmp_path):
+    """An op with no ece662 layer (Sigmoid here) is refused with its node name and op."""
+    p = small_proto(tmp_path)
+    node(p, "1").op_type = "Sigmoid"
+    with pytest.raises(ValueError, match=r"node '1' \(Sigmoid\).*no ece662 layer"):
+        read_onnx(write(tmp_path / "sigmoid.onnx", p))
+
+
+def test_branching_graph_is_refused(tmp_path):
+    """A residual connection (the pool output read twice) is refused: ece662 reads chains."""
+    p = small_proto(tmp_path)
+    n = node(p, "3")                     # Flatten(pool output)
+    old_out = n.output[0]
+    n.output[0] = "flat_a"
+    p.graph.node.insert(4, helper.make_node("Add", ["flat_a", "flat_a"], [old_out], name="residual"))
+    with pytest.raises(ValueError, match="residual.*branching|branching"):
+        read_onnx(write(tmp_path / "branch.onnx", p))
+
+
+@pytest.mark.parametrize("name, attr, value, match", [
+    ("0", "dilations", [2, 2], "dilations"),
+    ("0", "group", 3, "group=3"),
+    ("0", "pads", [1, 0, 1, 0], "asymmetric pads"),
+    ("0", "strides", [1, 2], "strides"),
+    ("2", "ceil_mode", 1, "ceil_mode"),
+    ("2", "pads", [1, 1, 1, 1], "padding"),
+    ("3", "axis", 2, "axis=2"),
+    ("4", "transA", 1, "transA"),
+])
+def test_unsupported_attributes_are_refused(name, attr, value, match, tmp_path):
+    """Attributes ece662's layers cannot express are refused, naming the node and op."""
+    p = small_proto(tmp_path)
+    n = node(p, name)
+    kept = [a for a in n.attribute if a.name != attr]
+    del n.attribute[:]
+    n.attribute.extend(kept + [helper.make_attribute(attr, value)])
+    with pytest.raises(ValueError, match=rf"node '{name}' \({n.op_type}\).*{match}"):
+        read_onnx(write(tmp_path / "attr.onnx", p))
+
+
+def test_reshape_that_is_not_a_flatten_is_refused(tmp_path):
+    """Reshape reads as Flatten only for the target (N, C*H*W)."""
+    p = small_proto(tmp_path)
+    n = node(p, "3")
+    n.op_type = "Reshape"
+    del n.attribute[:]
+    n.input.append("target")
+    p.graph.initializer.append(numpy_helper.from_array(np.array([-1, 450], np.int64), "target"))
+    with pytest.raises(ValueError, match=r"node '3' \(Reshape\).*flatten to \(N, 900\)"):
+        read_onnx(write(tmp_path / "reshape.onnx", p))
+    init(p, "target").CopyFrom(numpy_helper.from_array(np.array([-1, 900], np.int64), "target"))
+    assert isinstance(read_onnx(write(tmp_path / "reshape.onnx", p))[3], Flatten)
