@@ -224,15 +224,23 @@ def conv2d_relu_maxpool2_numba(x, w, b, pad=0, alive_f=None, alive_c=None):
 
 def pack_filters_lanes(w, b):
     """The packing of kernel v5: ``wp (K, Fb, 16)`` with ``wp[k, fb, l] = w[16*fb + l]`` at tap
-    k = (c, kh, kw), and ``bp (Fb, 16)``; Fb = ceil(F / 16), the padding filters zero."""
+    k = (c, kh, kw), ``bp (Fb, 16)``, and a last block of up to 8 filters ``wt (K, 8)``, ``bt (8,)``
+    for the half-width tile (unused, zero, when F % 16 is 0 or above 8).  Padding filters are zero."""
     F = w.shape[0]
     K = w[0].size
-    Fb = max(1, -(-F // 16))
+    rest = F % 16
+    Fb = F // 16 + (1 if rest > 8 else 0)            # 16-wide blocks; 1..8 leftovers go to the tail
+    F16 = min(F, 16 * Fb)
+    wk = w.reshape(F, K)
     wp = np.zeros((K, Fb * 16), dtype=np.float32)
-    wp[:, :F] = w.reshape(F, K).T
+    wp[:, :F16] = wk[:F16].T
     bp = np.zeros(Fb * 16, dtype=np.float32)
-    bp[:F] = b
-    return wp.reshape(K, Fb, 16), bp.reshape(Fb, 16)
+    bp[:F16] = b[:F16]
+    wt = np.zeros((K, 8), dtype=np.float32)
+    bt = np.zeros(8, dtype=np.float32)
+    wt[:, :F - F16] = wk[F16:].T
+    bt[:F - F16] = b[F16:]
+    return wp.reshape(K, Fb, 16), bp.reshape(Fb, 16), wt, bt
 
 
 def conv2d_relu_maxpool2_tiled(x, w, b, pad=0, alive_f=None):
@@ -266,13 +274,13 @@ def conv2d_relu_maxpool2_tiled(x, w, b, pad=0, alive_f=None):
         sub = conv2d_relu_maxpool2_tiled(x, w, b, pad)
         out[:, alive_f] = sub
         return out
-    wp, bp = pack_filters_lanes(w, b)
+    wp, bp, wt, bt = pack_filters_lanes(w, b)
     xp = np.ascontiguousarray(_pad(x, pad))
     T = min(_threads(), N)
     scratch = np.empty((T, 2 * W_out, C * HH * WW), dtype=np.float32)
     tmp = np.empty((T, 16), dtype=np.float32)
     with _slp_vectorizer():
-        kernels.conv2d_relu_pool2_tiled(xp, wp, bp, HH, WW, F, scratch, tmp, out)
+        kernels.conv2d_relu_pool2_tiled(xp, wp, bp, wt, bt, HH, WW, F, scratch, tmp, out)
     return out
 
 

@@ -386,12 +386,14 @@ def conv2d_relu_pool2_patches(xp, wk, b, fidx, didx, cidx, HH, WW, scratch, out)
 
 # ============================================================================ conv forward v5 (channels-last tile)
 @njit(parallel=True, cache=True, fastmath={"contract"})
-def conv2d_relu_pool2_tiled(xp, wp, bp, HH, WW, F, scratch, tmp, out):
+def conv2d_relu_pool2_tiled(xp, wp, bp, wt, bt, HH, WW, F, scratch, tmp, out):
     """v5. Conv (stride 1) + bias + ReLU + 2x2/2 max pool, output channels as the vector lanes.
 
     xp: (N, C, Hp, Wp); wp: (K, Fb, 16) the weights packed tap-major, ``wp[k, fb, l]`` =
     w[16*fb + l, k] (k in (c, kh, kw) order, filters beyond F zero); bp: (Fb, 16) the bias,
-    padded the same way; scratch: (T, 2*W', K) patch rows; tmp: (T, 16); out: (N, F, H'//2, W'//2).
+    padded the same way; wt: (K, 8), bt: (8,) a last block of up to 8 filters (filters 16*Fb ...
+    F-1) in a half-width tile, so 24 or 8 live filters do not cost 32 or 16 (F == 16*Fb: unused);
+    scratch: (T, 2*W', K) patch rows; tmp: (T, 16); out: (N, F, H'//2, W'//2).
     Compile with LLVM's SLP vectoriser on (``functional`` does): the sixty-four sums of the
     tile are then eight 8-lane registers.  ``fastmath={"contract"}`` allows the FMAs but no
     reassociation, so LLVM does not vectorise the k loop as a reduction (which spills).
@@ -485,6 +487,43 @@ def conv2d_relu_pool2_tiled(xp, wp, bp, HH, WW, F, scratch, tmp, out):
                         best[15] = max(max(max(s0_15, s1_15), max(s2_15, s3_15)) + bias[15], zero)
                         for q in range(min(16, F - 16 * fb)):
                             out[n, 16 * fb + q, bi, bj] = best[q]
+                    if F > 16 * Fb:                  # the half-width tile: 4 positions x 8 filters
+                        s0_0 = s0_1 = s0_2 = s0_3 = s0_4 = s0_5 = s0_6 = s0_7 = zero
+                        s1_0 = s1_1 = s1_2 = s1_3 = s1_4 = s1_5 = s1_6 = s1_7 = zero
+                        s2_0 = s2_1 = s2_2 = s2_3 = s2_4 = s2_5 = s2_6 = s2_7 = zero
+                        s3_0 = s3_1 = s3_2 = s3_3 = s3_4 = s3_5 = s3_6 = s3_7 = zero
+                        for k in range(K):
+                            w = wt[k]
+                            x0 = r0[k]
+                            x1 = r1[k]
+                            x2 = r2[k]
+                            x3 = r3[k]
+                            u = w[0]
+                            s0_0 += x0 * u; s1_0 += x1 * u; s2_0 += x2 * u; s3_0 += x3 * u
+                            u = w[1]
+                            s0_1 += x0 * u; s1_1 += x1 * u; s2_1 += x2 * u; s3_1 += x3 * u
+                            u = w[2]
+                            s0_2 += x0 * u; s1_2 += x1 * u; s2_2 += x2 * u; s3_2 += x3 * u
+                            u = w[3]
+                            s0_3 += x0 * u; s1_3 += x1 * u; s2_3 += x2 * u; s3_3 += x3 * u
+                            u = w[4]
+                            s0_4 += x0 * u; s1_4 += x1 * u; s2_4 += x2 * u; s3_4 += x3 * u
+                            u = w[5]
+                            s0_5 += x0 * u; s1_5 += x1 * u; s2_5 += x2 * u; s3_5 += x3 * u
+                            u = w[6]
+                            s0_6 += x0 * u; s1_6 += x1 * u; s2_6 += x2 * u; s3_6 += x3 * u
+                            u = w[7]
+                            s0_7 += x0 * u; s1_7 += x1 * u; s2_7 += x2 * u; s3_7 += x3 * u
+                        best[0] = max(max(max(s0_0, s1_0), max(s2_0, s3_0)) + bt[0], zero)
+                        best[1] = max(max(max(s0_1, s1_1), max(s2_1, s3_1)) + bt[1], zero)
+                        best[2] = max(max(max(s0_2, s1_2), max(s2_2, s3_2)) + bt[2], zero)
+                        best[3] = max(max(max(s0_3, s1_3), max(s2_3, s3_3)) + bt[3], zero)
+                        best[4] = max(max(max(s0_4, s1_4), max(s2_4, s3_4)) + bt[4], zero)
+                        best[5] = max(max(max(s0_5, s1_5), max(s2_5, s3_5)) + bt[5], zero)
+                        best[6] = max(max(max(s0_6, s1_6), max(s2_6, s3_6)) + bt[6], zero)
+                        best[7] = max(max(max(s0_7, s1_7), max(s2_7, s3_7)) + bt[7], zero)
+                        for q in range(F - 16 * Fb):
+                            out[n, 16 * Fb + q, bi, bj] = best[q]
 
 
 # ============================================================================ conv backward
