@@ -2,6 +2,8 @@
 
 One suite, every implementation: a new kernel is added to IMPLS and gets every test.
 """
+import os
+
 import numpy as np
 import pytest
 
@@ -265,6 +267,8 @@ fn.leaky_relu_backward_numba(x, fn.leaky_relu_forward_numba(x, 0.1), 0.1)
 fn.avgpool2d_backward_numba(fn.avgpool2d_forward_numba(x, 2, 2), x, 2, 2)
 g = fn.global_avgpool_forward_numba(x)
 np.testing.assert_allclose(fn.global_avgpool_backward_numba(g, x), ref.global_avgpool_backward_reference(g, x), rtol=1e-5)
+np.testing.assert_allclose(fn.conv2d_relu_maxpool2_tiled(x, w, b, 1), fn.conv2d_relu_maxpool2_numba(x, w, b, 1),
+                           rtol=1e-4, atol=1e-4)
 m, v = fn.batchnorm_batch_stats_numba(x)
 gamma = np.ones(3, np.float32)
 np.testing.assert_allclose(fn.batchnorm_forward_numba(x, gamma, gamma, m, v),
@@ -326,6 +330,50 @@ def test_fused_conv_relu_pool_matches_the_three_references(case, rng):
     expected = ref.maxpool2d_forward_reference(ref.relu_forward_reference(
         ref.conv2d_forward_reference(x, w * alive[:, None, None, None], b, 1, pad)), 2, 2)
     assert_close(fn.conv2d_relu_maxpool2_numba(x, w, b, pad, alive_f=alive), expected, {"case": case, "dead": "odd"})
+
+
+FUSED_POOL_CASES = [c for c in STRIDE1_CASES if conv_output_size(c[2], c[5], 1, c[8]) >= 2
+                    and conv_output_size(c[3], c[6], 1, c[8]) >= 2] + [
+    (2, 3, 9, 11, 17, 3, 3, 1, 1),      # 17 filters: a second, mostly padded block of 16 lanes
+    (1, 2, 6, 5, 40, 2, 2, 1, 0),       # 40 filters = 2 blocks of 16 + the 8-wide tail tile, odd width
+    (2, 3, 8, 8, 24, 3, 3, 1, 0)]       # 24 filters = 16 + the 8-wide tail
+
+
+@pytest.mark.parametrize("dead", ["none", "odd", "all"])
+@pytest.mark.parametrize("case", FUSED_POOL_CASES, ids=str)
+def test_tiled_conv_relu_pool_v5_matches_the_three_references(case, dead, rng):
+    """Kernel v5 (filters as vector lanes) equals reference conv, ReLU, 2x2 max pooling, with dead
+    filters left out of the packing (their planes are relu(bias))."""
+    x, w, b, _, pad = _conv_inputs(rng, case)
+    F = w.shape[0]
+    alive = {"none": np.ones(F, bool), "odd": np.arange(F) % 2 == 0, "all": np.zeros(F, bool)}[dead]
+    expected = ref.maxpool2d_forward_reference(ref.relu_forward_reference(
+        ref.conv2d_forward_reference(x, w * alive[:, None, None, None], b, 1, pad)), 2, 2)
+    assert_close(fn.conv2d_relu_maxpool2_tiled(x, w, b, pad, alive_f=alive), expected,
+                 {"case": case, "dead": dead})
+
+
+def test_tiled_kernel_v5_is_vectorised(tmp_path):
+    """v5's tiles (16 and 8 filters wide) compile to packed vector FMAs only (no scalar FMA).
+    Compiled afresh in a subprocess (numba cannot show the assembly of cached code)."""
+    import subprocess
+    import sys
+    if os.environ.get("NUMBA_DISABLE_JIT") == "1":
+        pytest.skip("no machine code without the JIT")
+    code = """
+import re
+import numpy as np
+from ece662.layers import functional as fn, kernels
+fn.conv2d_relu_maxpool2_tiled(np.ones((1, 2, 6, 6), np.float32), np.ones((24, 2, 3, 3), np.float32), None)
+k = kernels.conv2d_relu_pool2_tiled
+asm = k.inspect_asm(k.signatures[0])
+print(len(re.findall(r"vfmadd\\w*ps\\s+\\S*%[yz]mm", asm)), len(re.findall(r"vfmadd\\w*ss", asm)))
+"""
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path))
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 0, r.stderr
+    packed, scalar = map(int, r.stdout.split())
+    assert packed >= 8 + 4 and scalar == 0, f"{packed} packed and {scalar} scalar FMAs"
 
 
 # ----------------------------------------------------------------------------- leaky relu, average pools

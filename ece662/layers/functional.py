@@ -222,6 +222,81 @@ def conv2d_relu_maxpool2_numba(x, w, b, pad=0, alive_f=None, alive_c=None):
     return out
 
 
+def pack_filters_lanes(w, b):
+    """The packing of kernel v5: ``wp (K, Fb, 16)`` with ``wp[k, fb, l] = w[16*fb + l]`` at tap
+    k = (c, kh, kw), ``bp (Fb, 16)``, and a last block of up to 8 filters ``wt (K, 8)``, ``bt (8,)``
+    for the half-width tile (unused, zero, when F % 16 is 0 or above 8).  Padding filters are zero."""
+    F = w.shape[0]
+    K = w[0].size
+    rest = F % 16
+    Fb = F // 16 + (1 if rest > 8 else 0)            # 16-wide blocks; 1..8 leftovers go to the tail
+    F16 = min(F, 16 * Fb)
+    wk = w.reshape(F, K)
+    wp = np.zeros((K, Fb * 16), dtype=np.float32)
+    wp[:, :F16] = wk[:F16].T
+    bp = np.zeros(Fb * 16, dtype=np.float32)
+    bp[:F16] = b[:F16]
+    wt = np.zeros((K, 8), dtype=np.float32)
+    bt = np.zeros(8, dtype=np.float32)
+    wt[:, :F - F16] = wk[F16:].T
+    bt[:F - F16] = b[F16:]
+    return wp.reshape(K, Fb, 16), bp.reshape(Fb, 16), wt, bt
+
+
+def conv2d_relu_maxpool2_tiled(x, w, b, pad=0, alive_f=None):
+    """Conv (stride 1) + ReLU + 2x2 max pooling, kernel v5 (output channels as vector lanes).
+
+    Same signature and result as :func:`conv2d_relu_maxpool2_numba`; dead filters (``alive_f``
+    False) are left out of the packing and get ``relu(bias)`` planes.
+
+    Examples
+    --------
+    >>> x = np.arange(16, dtype=np.float32).reshape(1, 1, 4, 4)
+    >>> w = np.ones((1, 1, 1, 1), dtype=np.float32)
+    >>> conv2d_relu_maxpool2_tiled(x, w, np.array([-6.0], np.float32))[0, 0]
+    array([[0., 1.],
+           [7., 9.]], dtype=float32)
+    """
+    where = "conv2d_relu_maxpool2_tiled"
+    x, w, b = _check_conv_args(x, w, b, where)
+    N, C, H, W = x.shape
+    F, _, HH, WW = w.shape
+    H_out, W_out = conv_output_size(H, HH, 1, pad), conv_output_size(W, WW, 1, pad)
+    if H_out < 2 or W_out < 2:
+        raise ValueError(f"{where}: the conv output {H_out}x{W_out} is too small for 2x2 pooling")
+    alive_f = _alive(alive_f, F, "alive_f", where)
+    out = np.empty((N, F, H_out // 2, W_out // 2), dtype=np.float32)
+    if not alive_f.all():
+        out[:, ~alive_f] = np.maximum(b[~alive_f], 0)[None, :, None, None]
+        if not alive_f.any():
+            return out
+        w, b = w[alive_f], b[alive_f]
+        sub = conv2d_relu_maxpool2_tiled(x, w, b, pad)
+        out[:, alive_f] = sub
+        return out
+    wp, bp, wt, bt = pack_filters_lanes(w, b)
+    xp = np.ascontiguousarray(_pad(x, pad))
+    T = min(_threads(), N)
+    scratch = np.empty((T, 2 * W_out, C * HH * WW), dtype=np.float32)
+    tmp = np.empty((T, 16), dtype=np.float32)
+    with _slp_vectorizer():
+        kernels.conv2d_relu_pool2_tiled(xp, wp, bp, wt, bt, HH, WW, F, scratch, tmp, out)
+    return out
+
+
+class _slp_vectorizer:
+    """Compile what runs inside with LLVM's SLP vectoriser on (numba's default is off): kernel
+    v5's tile of scalar sums only becomes vector registers with it.  A kernel already compiled
+    (or loaded from numba's cache) is not affected."""
+
+    def __enter__(self):
+        self._old = numba.config.SLP_VECTORIZE
+        numba.config.SLP_VECTORIZE = 1
+
+    def __exit__(self, *exc):
+        numba.config.SLP_VECTORIZE = self._old
+
+
 def conv2d_forward_direct(x, w, b, stride=1, pad=0):
     """Kernel v1 (direct loops) behind the same signature, for tests and teaching."""
     return conv2d_forward_numba(x, w, b, stride, pad, version=1)

@@ -25,6 +25,18 @@ conv forward
        mode): the same patch matrix, tiles of one 2x2 block of output positions x 4 filters
        (sixteen dot products: 8 loads feed 16 multiply-adds per step); only the block's
        maximum, after the ReLU, is written.  The full-size conv output never exists.
+    v5 ``conv2d_relu_pool2_tiled`` the same fusion as v4, with the output channels as the vector
+       lanes (channels-last in registers): the weights are packed tap-major, ``wp (K, F/16, 16)``,
+       so the 16 filters' weights of one tap are one contiguous row.  A tile is the 4 positions
+       of a 2x2 block x 16 filters = 64 sums, held as eight 8-lane AVX2 registers (this machine
+       has AVX2, 16 vector registers).  Per tap k: 2 vector loads of weights + 4 broadcasts of
+       the inputs feed 8 vector FMAs (64 multiply-adds), i.e. 0.75 loads per vector FMA and no
+       horizontal sum at all (v3/v4 vectorise along k, so every output ends in one).  LLVM only
+       packs the 64 scalar sums into registers with its SLP vectoriser, which numba leaves off:
+       ``functional.conv2d_relu_maxpool2_tiled`` turns it on while the kernel compiles, and
+       ``fastmath={"contract"}`` (FMAs, no reassociation) keeps the loop vectoriser from
+       turning k into a reduction instead.  The live filters alone are packed, so filter
+       skipping costs nothing beyond packing.
     v1 and v2 take ``alive_f`` (F,) and ``alive_c`` (C,) boolean vectors and skip dead output
     filters and dead input channels outright; v3 and v4 take the lists of live filters
     ``fidx``, dead filters ``didx`` and live channels ``cidx`` instead (their tiles walk over
@@ -370,6 +382,148 @@ def conv2d_relu_pool2_patches(xp, wk, b, fidx, didx, cidx, HH, WW, scratch, out)
                             s02 += a2[k] * u
                             s03 += a3[k] * u
                         out[n, f0, bi, bj] = max(max(max(s00, s01), max(s02, s03)) + b[f0], zero)
+
+
+# ============================================================================ conv forward v5 (channels-last tile)
+@njit(parallel=True, cache=True, fastmath={"contract"})
+def conv2d_relu_pool2_tiled(xp, wp, bp, wt, bt, HH, WW, F, scratch, tmp, out):
+    """v5. Conv (stride 1) + bias + ReLU + 2x2/2 max pool, output channels as the vector lanes.
+
+    xp: (N, C, Hp, Wp); wp: (K, Fb, 16) the weights packed tap-major, ``wp[k, fb, l]`` =
+    w[16*fb + l, k] (k in (c, kh, kw) order, filters beyond F zero); bp: (Fb, 16) the bias,
+    padded the same way; wt: (K, 8), bt: (8,) a last block of up to 8 filters (filters 16*Fb ...
+    F-1) in a half-width tile, so 24 or 8 live filters do not cost 32 or 16 (F == 16*Fb: unused);
+    scratch: (T, 2*W', K) patch rows; tmp: (T, 16); out: (N, F, H'//2, W'//2).
+    Compile with LLVM's SLP vectoriser on (``functional`` does): the sixty-four sums of the
+    tile are then eight 8-lane registers.  ``fastmath={"contract"}`` allows the FMAs but no
+    reassociation, so LLVM does not vectorise the k loop as a reduction (which spills).
+    """
+    N = xp.shape[0]
+    K, Fb, _ = wp.shape
+    _, _, Hq, Wq = out.shape
+    T = scratch.shape[0]
+    W_out = xp.shape[3] - WW + 1
+    C = xp.shape[1]
+    cidx = np.arange(C)
+    zero = np.float32(0.0)
+    chunk = (N + T - 1) // T
+    for t in prange(T):
+        pat = scratch[t]
+        best = tmp[t]
+        for n in range(t * chunk, min(N, (t + 1) * chunk)):
+            for bi in range(Hq):
+                # the patches of the two output rows of this row of 2x2 blocks
+                fill_patches(xp[n], cidx, HH, WW, 1, 2 * bi, 2, 2 * Wq, W_out, pat)
+                for bj in range(Wq):
+                    p0 = 2 * bj                      # the block's four positions: rows r0..r3
+                    r0 = pat[p0]
+                    r1 = pat[p0 + 1]
+                    r2 = pat[p0 + W_out]
+                    r3 = pat[p0 + W_out + 1]
+                    for fb in range(Fb):             # 16 filters at a time: the tile's lanes
+                        s0_0 = s0_1 = s0_2 = s0_3 = s0_4 = s0_5 = s0_6 = s0_7 = zero
+                        s0_8 = s0_9 = s0_10 = s0_11 = s0_12 = s0_13 = s0_14 = s0_15 = zero
+                        s1_0 = s1_1 = s1_2 = s1_3 = s1_4 = s1_5 = s1_6 = s1_7 = zero
+                        s1_8 = s1_9 = s1_10 = s1_11 = s1_12 = s1_13 = s1_14 = s1_15 = zero
+                        s2_0 = s2_1 = s2_2 = s2_3 = s2_4 = s2_5 = s2_6 = s2_7 = zero
+                        s2_8 = s2_9 = s2_10 = s2_11 = s2_12 = s2_13 = s2_14 = s2_15 = zero
+                        s3_0 = s3_1 = s3_2 = s3_3 = s3_4 = s3_5 = s3_6 = s3_7 = zero
+                        s3_8 = s3_9 = s3_10 = s3_11 = s3_12 = s3_13 = s3_14 = s3_15 = zero
+                        for k in range(K):
+                            w = wp[k, fb]            # 16 filters' weights for tap k, contiguous
+                            x0 = r0[k]               # one input value per position, broadcast
+                            x1 = r1[k]
+                            x2 = r2[k]
+                            x3 = r3[k]
+                            u = w[0]
+                            s0_0 += x0 * u; s1_0 += x1 * u; s2_0 += x2 * u; s3_0 += x3 * u
+                            u = w[1]
+                            s0_1 += x0 * u; s1_1 += x1 * u; s2_1 += x2 * u; s3_1 += x3 * u
+                            u = w[2]
+                            s0_2 += x0 * u; s1_2 += x1 * u; s2_2 += x2 * u; s3_2 += x3 * u
+                            u = w[3]
+                            s0_3 += x0 * u; s1_3 += x1 * u; s2_3 += x2 * u; s3_3 += x3 * u
+                            u = w[4]
+                            s0_4 += x0 * u; s1_4 += x1 * u; s2_4 += x2 * u; s3_4 += x3 * u
+                            u = w[5]
+                            s0_5 += x0 * u; s1_5 += x1 * u; s2_5 += x2 * u; s3_5 += x3 * u
+                            u = w[6]
+                            s0_6 += x0 * u; s1_6 += x1 * u; s2_6 += x2 * u; s3_6 += x3 * u
+                            u = w[7]
+                            s0_7 += x0 * u; s1_7 += x1 * u; s2_7 += x2 * u; s3_7 += x3 * u
+                            u = w[8]
+                            s0_8 += x0 * u; s1_8 += x1 * u; s2_8 += x2 * u; s3_8 += x3 * u
+                            u = w[9]
+                            s0_9 += x0 * u; s1_9 += x1 * u; s2_9 += x2 * u; s3_9 += x3 * u
+                            u = w[10]
+                            s0_10 += x0 * u; s1_10 += x1 * u; s2_10 += x2 * u; s3_10 += x3 * u
+                            u = w[11]
+                            s0_11 += x0 * u; s1_11 += x1 * u; s2_11 += x2 * u; s3_11 += x3 * u
+                            u = w[12]
+                            s0_12 += x0 * u; s1_12 += x1 * u; s2_12 += x2 * u; s3_12 += x3 * u
+                            u = w[13]
+                            s0_13 += x0 * u; s1_13 += x1 * u; s2_13 += x2 * u; s3_13 += x3 * u
+                            u = w[14]
+                            s0_14 += x0 * u; s1_14 += x1 * u; s2_14 += x2 * u; s3_14 += x3 * u
+                            u = w[15]
+                            s0_15 += x0 * u; s1_15 += x1 * u; s2_15 += x2 * u; s3_15 += x3 * u
+                        # max over the block, + bias, ReLU (max commutes with both)
+                        bias = bp[fb]
+                        best[0] = max(max(max(s0_0, s1_0), max(s2_0, s3_0)) + bias[0], zero)
+                        best[1] = max(max(max(s0_1, s1_1), max(s2_1, s3_1)) + bias[1], zero)
+                        best[2] = max(max(max(s0_2, s1_2), max(s2_2, s3_2)) + bias[2], zero)
+                        best[3] = max(max(max(s0_3, s1_3), max(s2_3, s3_3)) + bias[3], zero)
+                        best[4] = max(max(max(s0_4, s1_4), max(s2_4, s3_4)) + bias[4], zero)
+                        best[5] = max(max(max(s0_5, s1_5), max(s2_5, s3_5)) + bias[5], zero)
+                        best[6] = max(max(max(s0_6, s1_6), max(s2_6, s3_6)) + bias[6], zero)
+                        best[7] = max(max(max(s0_7, s1_7), max(s2_7, s3_7)) + bias[7], zero)
+                        best[8] = max(max(max(s0_8, s1_8), max(s2_8, s3_8)) + bias[8], zero)
+                        best[9] = max(max(max(s0_9, s1_9), max(s2_9, s3_9)) + bias[9], zero)
+                        best[10] = max(max(max(s0_10, s1_10), max(s2_10, s3_10)) + bias[10], zero)
+                        best[11] = max(max(max(s0_11, s1_11), max(s2_11, s3_11)) + bias[11], zero)
+                        best[12] = max(max(max(s0_12, s1_12), max(s2_12, s3_12)) + bias[12], zero)
+                        best[13] = max(max(max(s0_13, s1_13), max(s2_13, s3_13)) + bias[13], zero)
+                        best[14] = max(max(max(s0_14, s1_14), max(s2_14, s3_14)) + bias[14], zero)
+                        best[15] = max(max(max(s0_15, s1_15), max(s2_15, s3_15)) + bias[15], zero)
+                        for q in range(min(16, F - 16 * fb)):
+                            out[n, 16 * fb + q, bi, bj] = best[q]
+                    if F > 16 * Fb:                  # the half-width tile: 4 positions x 8 filters
+                        s0_0 = s0_1 = s0_2 = s0_3 = s0_4 = s0_5 = s0_6 = s0_7 = zero
+                        s1_0 = s1_1 = s1_2 = s1_3 = s1_4 = s1_5 = s1_6 = s1_7 = zero
+                        s2_0 = s2_1 = s2_2 = s2_3 = s2_4 = s2_5 = s2_6 = s2_7 = zero
+                        s3_0 = s3_1 = s3_2 = s3_3 = s3_4 = s3_5 = s3_6 = s3_7 = zero
+                        for k in range(K):
+                            w = wt[k]
+                            x0 = r0[k]
+                            x1 = r1[k]
+                            x2 = r2[k]
+                            x3 = r3[k]
+                            u = w[0]
+                            s0_0 += x0 * u; s1_0 += x1 * u; s2_0 += x2 * u; s3_0 += x3 * u
+                            u = w[1]
+                            s0_1 += x0 * u; s1_1 += x1 * u; s2_1 += x2 * u; s3_1 += x3 * u
+                            u = w[2]
+                            s0_2 += x0 * u; s1_2 += x1 * u; s2_2 += x2 * u; s3_2 += x3 * u
+                            u = w[3]
+                            s0_3 += x0 * u; s1_3 += x1 * u; s2_3 += x2 * u; s3_3 += x3 * u
+                            u = w[4]
+                            s0_4 += x0 * u; s1_4 += x1 * u; s2_4 += x2 * u; s3_4 += x3 * u
+                            u = w[5]
+                            s0_5 += x0 * u; s1_5 += x1 * u; s2_5 += x2 * u; s3_5 += x3 * u
+                            u = w[6]
+                            s0_6 += x0 * u; s1_6 += x1 * u; s2_6 += x2 * u; s3_6 += x3 * u
+                            u = w[7]
+                            s0_7 += x0 * u; s1_7 += x1 * u; s2_7 += x2 * u; s3_7 += x3 * u
+                        best[0] = max(max(max(s0_0, s1_0), max(s2_0, s3_0)) + bt[0], zero)
+                        best[1] = max(max(max(s0_1, s1_1), max(s2_1, s3_1)) + bt[1], zero)
+                        best[2] = max(max(max(s0_2, s1_2), max(s2_2, s3_2)) + bt[2], zero)
+                        best[3] = max(max(max(s0_3, s1_3), max(s2_3, s3_3)) + bt[3], zero)
+                        best[4] = max(max(max(s0_4, s1_4), max(s2_4, s3_4)) + bt[4], zero)
+                        best[5] = max(max(max(s0_5, s1_5), max(s2_5, s3_5)) + bt[5], zero)
+                        best[6] = max(max(max(s0_6, s1_6), max(s2_6, s3_6)) + bt[6], zero)
+                        best[7] = max(max(max(s0_7, s1_7), max(s2_7, s3_7)) + bt[7], zero)
+                        for q in range(F - 16 * Fb):
+                            out[n, 16 * Fb + q, bi, bj] = best[q]
 
 
 # ============================================================================ conv backward

@@ -20,7 +20,8 @@ One switch decides what runs: ``model.kernels`` (every layer has it; setting it 
 model sets it on every layer)
 
 * ``'auto'`` (default): live-only inference, fusion, and the fastest measured kernel
-  (the sparse-taps conv for weights that are at least ``SPARSE_THRESHOLD`` zeros);
+  (kernel v5 for conv + ReLU + 2x2 pool, the sparse-taps conv for weights that are at least
+  ``SPARSE_THRESHOLD`` zeros);
 * ``'dense'``: every filter computed with the dense kernels, dead or not ("masks only");
 * ``'reference'``: every layer through its plain-loop twin of ``ece662.layers.reference``
   (the spec; slow), no fusion.
@@ -32,8 +33,8 @@ Examples
 >>> net = default_convnet(seed=0)
 >>> _ = prune.ln_structured(net.conv1, "weight", amount=16, n=2, dim=0)
 >>> print(net.plan((3, 32, 32)))          # doctest: +NORMALIZE_WHITESPACE
-conv1+relu1+pool1  (32, 14, 14)  16/32 filters live, 3/3 input channels -> v4 skip, fused ReLU + 2x2 max pool (fewer than 85% zeros; ReLU and MaxPool2d(2) follow a stride-1 conv)
-conv2+relu2+pool2  (32, 6, 6)    32/32 filters live, 16/32 input channels -> v4 skip, fused ReLU + 2x2 max pool (fewer than 85% zeros; ReLU and MaxPool2d(2) follow a stride-1 conv)
+conv1+relu1+pool1  (32, 14, 14)  16/32 filters live, 3/3 input channels -> v5 skip, fused ReLU + 2x2 max pool (fewer than 85% zeros; ReLU and MaxPool2d(2) follow a stride-1 conv)
+conv2+relu2+pool2  (32, 6, 6)    32/32 filters live, 16/32 input channels -> v5 skip, fused ReLU + 2x2 max pool (fewer than 85% zeros; ReLU and MaxPool2d(2) follow a stride-1 conv)
 flatten            (1152,)
 fc                 (10,)         1152/1152 input features -> linear (kernels='auto')
 """
@@ -54,6 +55,12 @@ MODES = ("auto", "dense", "reference")
 SPARSE_THRESHOLD = 0.85
 
 
+# The kernel for a stride-1 conv followed by ReLU and MaxPool2d(2): v5 (output channels as
+# vector lanes) measured faster than v4 on both layers of the course CNN (benchmarks/RESULTS.md,
+# "Kernel v5"); "v4" here brings the previous kernel back.
+FUSED_POOL_KERNEL = "v5"
+
+
 def check_mode(value):
     """``value`` if it is one of :data:`MODES`, else a ValueError saying which are."""
     if value not in MODES:
@@ -64,7 +71,7 @@ def check_mode(value):
 class KernelChoice(NamedTuple):
     """Which kernel a Conv2d or Linear layer ran, and why (``layer.last_kernel``).
 
-    ``version`` is ``'v3'``, ``'v4'``, ``'sparse'``, ``'reference'`` (conv) or ``'linear'``;
+    ``version`` is ``'v3'``, ``'v4'``, ``'v5'``, ``'sparse'``, ``'reference'`` (conv) or ``'linear'``;
     ``fused`` names the layers that ran inside the kernel (e.g. ``('ReLU', 'MaxPool2d(2)')``);
     ``live_filters / filters`` and ``live_inputs / inputs`` say how much of the layer was
     computed (input channels for a conv, input features for a linear layer).
@@ -94,7 +101,7 @@ def choose_conv_kernel(mode, w_live, stride, pool2):
     * ``'reference'`` mode: the plain-loop reference;
     * ``'auto'``, stride 1, and at least ``SPARSE_THRESHOLD`` of the live weights zero:
       the sparse-taps kernel (work proportional to the non-zeros);
-    * a fused 2x2 max pool: v4 (conv + ReLU + pool in one pass);
+    * a fused 2x2 max pool: ``FUSED_POOL_KERNEL`` (v5, or v4: conv + ReLU + pool in one pass);
     * everything else: v3 (register-tiled patches).
     """
     if mode == "reference":
@@ -104,7 +111,7 @@ def choose_conv_kernel(mode, w_live, stride, pool2):
         return "sparse", f"{zeros:.0%} of live weights are zero (>= {SPARSE_THRESHOLD:.0%}, the measured break-even)"
     why = "kernels='dense'" if mode == "dense" else "fewer than {:.0%} zeros".format(SPARSE_THRESHOLD)
     if pool2:
-        return "v4", why + "; ReLU and MaxPool2d(2) follow a stride-1 conv"
+        return FUSED_POOL_KERNEL, why + "; ReLU and MaxPool2d(2) follow a stride-1 conv"
     return "v3", why
 
 
@@ -123,6 +130,8 @@ def run_conv(version, x, w, b, stride, pad, relu=False, pool2=False, alive_f=Non
         if relu:
             np.maximum(out, 0, out=out)
         return fn.maxpool2d_forward_numba(out, 2, 2) if pool2 else out
+    if version == "v5":
+        return fn.conv2d_relu_maxpool2_tiled(x, w, b, pad, alive_f=alive_f)
     if version == "v4":
         return fn.conv2d_relu_maxpool2_numba(x, w, b, pad, alive_f=alive_f)
     return fn.conv2d_forward_numba(x, w, b, stride, pad, alive_f=alive_f, relu=relu)
