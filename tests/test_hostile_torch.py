@@ -5,11 +5,14 @@ torch where the test is about what torch writes (skipped only where torch is abs
 """
 import json
 import os
+import pickle
+import re
 import subprocess
 import sys
 import textwrap
 import warnings
 import zipfile
+from collections import OrderedDict
 
 import numpy as np
 import pytest
@@ -109,7 +112,7 @@ def _bomb_files(folder):
     # a 400 MB storage of zeros, deflated to ~400 KB
     numel = 100_000_000
     path = folder / "zipbomb.pt"
-    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as z:
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as z:
         z.writestr("archive/data.pkl", tensor_pickle([("w", tensor_ops(F32, "0", numel, 0, (numel,), (1,)))]))
         with z.open("archive/data/0", "w") as member:
             zeros = bytes(1 << 22)
@@ -117,7 +120,7 @@ def _bomb_files(folder):
                 member.write(zeros)
     f["zip bomb storage"] = (path, r"budget")
     path = folder / "pklbomb.pt"
-    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as z:
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as z:
         with z.open("archive/data.pkl", "w") as member:
             member.write(PROTO2 + b"]")
             for _ in range(25):
@@ -166,7 +169,7 @@ def test_small_files_that_ask_for_gigabytes_are_refused_under_a_memory_limit(tmp
         kind, text = results[name]
         assert kind == "ValueError", f"{name}: {kind}: {text[:300]}"
         assert str(path) in text, f"{name}: the message does not name the file: {text}"
-        assert __import__("re").search(message, text), f"{name}: {text}"
+        assert re.search(message, text), f"{name}: {text}"
 
 
 def test_budget_is_adjustable_and_counts_every_tensor(tmp_path):
@@ -249,7 +252,7 @@ FOREIGN = [
     ("h5", lambda p: p.write_bytes(open(os.path.join(FIXTURES, "keras_default_convnet.h5"), "rb").read()),
      r"HDF5 file.*mode='tensorflow'"),
     ("legacy torch", _legacy, r"legacy format of torch < 1\.6"),
-    ("bare pickle", lambda p: p.write_bytes(__import__("pickle").dumps({"w": [1.0]}, protocol=2)), r"a bare pickle"),
+    ("bare pickle", lambda p: p.write_bytes(pickle.dumps({"w": [1.0]}, protocol=2)), r"a bare pickle"),
     ("truncated zip", lambda p: p.write_bytes(open(os.path.join(FIXTURES, "torch_default_convnet.pt"), "rb").read()[:3000]),
      r"damaged or truncated zip archive"),
 ]
@@ -344,11 +347,9 @@ def test_unknown_architecture_points_to_the_formats_that_carry_one():
 
 def test_sequential_keys_load_by_position_into_a_named_model():
     """'0.weight', '4.bias'... go into the model's layers in order when their shapes agree."""
-    model = Sequential(Conv2d(3, 8, 3, stride=2, padding=1), ReLU(), Flatten(), MaxPool2d(2), Linear(8 * 8 * 8, 5))
-    named = Sequential(__import__("collections").OrderedDict([
+    named = Sequential(OrderedDict([
         ("conv", Conv2d(3, 8, 3, stride=2, padding=1)), ("relu", ReLU()), ("pool", MaxPool2d(2)),
         ("flat", Flatten()), ("head", Linear(8 * 8 * 8, 5))]))
-    del model
     net = load_model(os.path.join(FIXTURES, "torch_sequential.pt"), mode="torch", model=named)
     io = np.load(os.path.join(FIXTURES, "torch_sequential_io.npz"))
     assert_close(net(io["x"]), io["logits"], "torch sequential by position", rtol=1e-4, atol=1e-5)
