@@ -31,7 +31,10 @@ never fail for good:
 - **Key.** Each split's entry is the folder ``<split>-<key>``, where the key hashes the
   cache version, the class order and, per file, its relative path, size, mtime_ns and
   inode: one ``os.scandir`` and one ``stat`` per file, no reads.  An image replaced in
-  place, added, removed or renamed gives another key, hence a rebuild.  The manifest
+  place, added, removed or renamed gives another key, hence a rebuild.  A file modified
+  less than 2 s before the build read it could change again within one timestamp tick
+  keeping size and mtime, so its bytes' SHA-256 goes in the manifest and is re-checked
+  on every hit (git's rule for "racily clean" files).  The manifest
   lists the files left out by ``on_bad_image='skip'``: a strict load refuses such an
   entry (raising the recorded error), a skipping load reuses a strict one (same arrays).
   ``verify=True`` also re-hashes every PNG's bytes and the cached arrays (SHA-256),
@@ -58,6 +61,7 @@ import re
 import stat
 import sys
 import tempfile
+import time
 import uuid
 import warnings
 from typing import NamedTuple
@@ -487,15 +491,20 @@ def _decode_files(files, split, on_bad_image, progress):
     origin : uint8 (N,), an index into ORIGINS
     skipped : list of [rel, message] for the files left out (only with on_bad_image='skip')
     png_sha256 : str, the hash of every file's name and bytes (see ``verify``)
+    racy : dict {rel: sha256 of its bytes} for the files modified within ``_RACY_NS`` of this read
     """
     from tqdm.auto import tqdm
     X = np.empty((len(files), 32, 32, 3), dtype=np.uint8)
     keep = np.ones(len(files), dtype=bool)
     skipped = []
     h = hashlib.sha256()
+    recent = time.time_ns() - _RACY_NS          # every read below happens after this instant
+    racy = {}
     for i, f in enumerate(tqdm(files, desc=f"decoding {split}", unit="img", disable=not progress, leave=False)):
         data, why = _read_png_bytes(f)
         _hash_file_into(h, f, data, why)
+        if f.mtime_ns >= recent:
+            racy[f.rel] = _sha256_bytes(data)
         try:
             if data is None:
                 raise ValueError(f"{f.path}: {why}")
@@ -511,7 +520,17 @@ def _decode_files(files, split, on_bad_image, progress):
         X, y, origin = X[keep], y[keep], origin[keep]
     if len(y) == 0:
         raise ValueError(f"{split}: no readable images left")
-    return X, y, origin, skipped, h.hexdigest()
+    return X, y, origin, skipped, h.hexdigest(), racy
+
+
+# A file modified this close to when the cache read it could be modified again within the same
+# timestamp tick (1-4 ms on Linux, 2 s on FAT), keeping its size and mtime: its bytes are hashed
+# into the manifest and re-checked on every hit.  The same rule as git's "racily clean" entries.
+_RACY_NS = 2_000_000_000
+
+
+def _sha256_bytes(data):
+    return hashlib.sha256(data).hexdigest() if data is not None else ""
 
 
 def _png_digest(files):
@@ -588,7 +607,7 @@ def _open_entry(entry, key, files, verify):
         n, skipped, sums = m["count"], m["skipped"], m["sha256"]
         ok = (m["version"] == _CACHE_VERSION and m["key"] == key and isinstance(n, int) and n > 0
               and isinstance(skipped, list) and all(isinstance(s, list) and len(s) == 2 for s in skipped)
-              and isinstance(sums, dict) and isinstance(m["png_sha256"], str))
+              and isinstance(sums, dict) and isinstance(m["png_sha256"], str) and isinstance(m["racy"], dict))
     except (ValueError, TypeError, KeyError) as e:     # JSONDecodeError and UnicodeDecodeError are ValueErrors
         raise _Unusable(f"its manifest is not valid ({type(e).__name__}: {e})") from None
     if not ok:
@@ -605,6 +624,11 @@ def _open_entry(entry, key, files, verify):
             raise _Unusable(f"{name} holds {arr.dtype} {arr.shape}, expected {np.dtype(dtype)} {shape}")
     if y.min() < 0 or y.max() >= len(CLASSES) or origin.max() >= len(ORIGINS):
         raise _Unusable("its labels or origins are out of range")
+    if m["racy"]:                               # files written just before the build: compare their bytes
+        by_rel = {f.rel: f for f in files}
+        for rel, digest in m["racy"].items():
+            if rel not in by_rel or _sha256_bytes(_read_png_bytes(by_rel[rel])[0]) != digest:
+                raise _Unusable(f"{rel} changed within its file system's timestamp resolution")
     if verify:
         for name in _ENTRY_FILES:
             if _sha256_file(os.path.join(entry, name)) != sums.get(name):
@@ -614,7 +638,7 @@ def _open_entry(entry, key, files, verify):
     return X, y, np.array(ORIGINS, dtype="<U8")[origin], m
 
 
-def _write_entry(tmp, key, X, y, origin, skipped, png_sha256):
+def _write_entry(tmp, key, X, y, origin, skipped, png_sha256, racy):
     """Write the arrays, then the manifest last, into the private folder ``tmp``."""
     sums = {}
     for name, arr in zip(_ENTRY_FILES, (X, y, origin)):
@@ -625,7 +649,7 @@ def _write_entry(tmp, key, X, y, origin, skipped, png_sha256):
             os.fsync(fh.fileno())
         sums[name] = _sha256_file(path)
     manifest = {"version": _CACHE_VERSION, "key": key, "count": len(y), "skipped": skipped,
-                "sha256": sums, "png_sha256": png_sha256}
+                "sha256": sums, "png_sha256": png_sha256, "racy": racy}
     with open(os.path.join(tmp, "manifest.json"), "w") as fh:
         json.dump(manifest, fh)
         fh.flush()
@@ -705,7 +729,7 @@ def _clean(cache, split):
 
 def _in_memory(decoded, cache=None, error=None):
     """Decoded arrays as ``_open_entry`` returns them, with a warning when the cache was not writable."""
-    X, y, origin, skipped, png_sha256 = decoded
+    X, y, origin, skipped, _, _ = decoded
     if error is not None:
         warnings.warn(f"cannot write the PNG cache in {cache} ({_why(error)}); the images were decoded in "
                       f"memory and will be decoded again on every load. Set ECE662_CACHE to a folder "
