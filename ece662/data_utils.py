@@ -295,8 +295,10 @@ def read_npz(path, splits=("train", "val", "test")):
 
 # The largest array read from an .npz: CINIC-10's 90,000-image train split is 0.28 GB as uint8
 # and 1.1 GB as float32, so anything above this is a hostile or mistaken header, refused before
-# it is allocated.
+# it is allocated.  Photos deflate by 2x at best; a big member deflated by more than
+# _MAX_DEFLATE_RATIO is a "zip bomb" (a few MB on disk, gigabytes once read).
 _MAX_ARRAY_BYTES = 4 << 30
+_MAX_DEFLATE_RATIO = 100
 
 
 def _npz_array(z, path, key):
@@ -325,6 +327,10 @@ def _npz_array(z, path, key):
     if nbytes > _MAX_ARRAY_BYTES:
         raise ValueError(f"{where}: declares shape {shape} of {dtype} ({nbytes / 2 ** 30:.1f} GB), more than "
                          f"the {_MAX_ARRAY_BYTES >> 30} GB any CINIC-10 split needs")
+    if nbytes > 64 << 20 and nbytes > _MAX_DEFLATE_RATIO * info.compress_size:
+        raise ValueError(f"{where}: {nbytes / 2 ** 20:.0f} MB of {dtype} deflated into "
+                         f"{info.compress_size / 2 ** 20:.1f} MB, far more than images compress: refused "
+                         f"as a compression bomb")
     if header_bytes + nbytes > info.file_size:
         raise ValueError(f"{where}: declares shape {shape} of {dtype} ({nbytes} bytes) but the archive "
                          f"holds only {info.file_size - header_bytes} bytes for it; the file is truncated "
