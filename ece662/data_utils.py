@@ -612,7 +612,8 @@ def _open_entry(entry, key, files, verify):
         m = json.loads(raw)
         n, skipped, sums = m["count"], m["skipped"], m["sha256"]
         ok = (m["version"] == _CACHE_VERSION and m["key"] == key and isinstance(n, int) and n > 0
-              and isinstance(skipped, list) and all(isinstance(s, list) and len(s) == 2 for s in skipped)
+              and isinstance(skipped, list)
+              and all(isinstance(s, list) and len(s) == 2 and all(isinstance(t, str) for t in s) for s in skipped)
               and isinstance(sums, dict) and isinstance(m["png_sha256"], str) and isinstance(m["racy"], dict))
     except (ValueError, TypeError, KeyError) as e:     # JSONDecodeError and UnicodeDecodeError are ValueErrors
         raise _Unusable(f"its manifest is not valid ({type(e).__name__}: {e})") from None
@@ -681,7 +682,11 @@ def _load_split(root, split, cache, on_bad_image, verify, progress):
 
     # No usable entry: build one under the split's lock, in a private temp folder, and publish it
     # with one rename.  A cache folder we cannot write falls back to decoding in memory.
-    from filelock import FileLock, Timeout
+    try:
+        from filelock import FileLock, Timeout
+    except ImportError:
+        raise ImportError("building the PNG cache needs the filelock package: pip install filelock "
+                          "(or pip install -e . again, which installs it)") from None
     try:
         os.makedirs(cache, exist_ok=True)
         lock = FileLock(os.path.join(cache, f"{split}.lock"))
