@@ -424,7 +424,13 @@ def _list_tree_split(root, split):
     files = []
     for label, cls in enumerate(CLASSES):
         cdir = os.path.join(folder, cls)
-        if not os.path.isdir(cdir):
+        try:
+            is_dir = stat.S_ISDIR(os.stat(cdir).st_mode)
+        except PermissionError:
+            raise _permission_denied(cdir, "opening") from None
+        except OSError:
+            is_dir = False
+        if not is_dir:
             raise ValueError(f"{folder}: class folder {cls!r} is missing; a CINIC-10 split has the "
                              f"ten folders {', '.join(CLASSES)}")
         try:

@@ -6,7 +6,6 @@ import io
 import os
 import re
 import shutil
-import stat
 import subprocess
 import sys
 import tempfile
@@ -442,12 +441,14 @@ def test_an_unreadable_data_folder_says_permission_denied(public):
         _load(root)
 
 
-def test_an_unreadable_class_folder_says_permission_denied(public, monkeypatch):
-    """A class folder we may not list: PermissionError naming it."""
+@pytest.mark.parametrize("folder, mode", [("valid/horse", 0), ("valid/horse", 0o311), ("valid", 0),
+                                          ("valid", 0o600)])
+def test_an_unreadable_split_or_class_folder_says_permission_denied(public, monkeypatch, folder, mode):
+    """A split or class folder we may not list or enter: PermissionError naming it, not 'missing'."""
     root = _make_tree(os.path.join(public, "t"))
     monkeypatch.setenv("ECE662_CACHE", os.path.join(public, "cache"))
-    os.chmod(os.path.join(root, "valid", "horse"), 0)
-    with _unprivileged(), pytest.raises(PermissionError, match=r"permission denied.*valid/horse"):
+    os.chmod(os.path.join(root, folder), mode)
+    with _unprivileged(), pytest.raises(PermissionError, match=f"permission denied.*{folder}"):
         _load(root)
 
 
