@@ -21,6 +21,7 @@ setup(
         "matplotlib>=3.7",   # plots; brings Pillow, which decodes the CINIC-10 PNGs
         "tqdm>=4.60",        # progress bars for decoding 270,000 PNGs and for training: a well-kept,
                              # dependency-free library that handles terminals and notebooks alike
+        "filelock>=3.12",    # the PNG cache is built under a lock: a well-kept cross-platform file lock
     ],
     extras_require={
         "test": ["pytest>=7", "hypothesis>=6", "h5py>=3",

@@ -31,7 +31,10 @@ never fail for good:
 - **Key.** Each split's entry is the folder ``<split>-<key>``, where the key hashes the
   cache version, the class order and, per file, its relative path, size, mtime_ns and
   inode: one ``os.scandir`` and one ``stat`` per file, no reads.  An image replaced in
-  place, added, removed or renamed gives another key, hence a rebuild.  The manifest
+  place, added, removed or renamed gives another key, hence a rebuild.  A file modified
+  less than 2 s before the build read it could change again within one timestamp tick
+  keeping size and mtime, so its bytes' SHA-256 goes in the manifest and is re-checked
+  on every hit (git's rule for "racily clean" files).  The manifest
   lists the files left out by ``on_bad_image='skip'``: a strict load refuses such an
   entry (raising the recorded error), a skipping load reuses a strict one (same arrays).
   ``verify=True`` also re-hashes every PNG's bytes and the cached arrays (SHA-256),
@@ -58,6 +61,7 @@ import re
 import stat
 import sys
 import tempfile
+import time
 import uuid
 import warnings
 from typing import NamedTuple
@@ -291,8 +295,10 @@ def read_npz(path, splits=("train", "val", "test")):
 
 # The largest array read from an .npz: CINIC-10's 90,000-image train split is 0.28 GB as uint8
 # and 1.1 GB as float32, so anything above this is a hostile or mistaken header, refused before
-# it is allocated.
+# it is allocated.  Photos deflate by 2x at best; a big member deflated by more than
+# _MAX_DEFLATE_RATIO is a "zip bomb" (a few MB on disk, gigabytes once read).
 _MAX_ARRAY_BYTES = 4 << 30
+_MAX_DEFLATE_RATIO = 100
 
 
 def _npz_array(z, path, key):
@@ -321,6 +327,10 @@ def _npz_array(z, path, key):
     if nbytes > _MAX_ARRAY_BYTES:
         raise ValueError(f"{where}: declares shape {shape} of {dtype} ({nbytes / 2 ** 30:.1f} GB), more than "
                          f"the {_MAX_ARRAY_BYTES >> 30} GB any CINIC-10 split needs")
+    if nbytes > 64 << 20 and nbytes > _MAX_DEFLATE_RATIO * info.compress_size:
+        raise ValueError(f"{where}: {nbytes / 2 ** 20:.0f} MB of {dtype} deflated into "
+                         f"{info.compress_size / 2 ** 20:.1f} MB, far more than images compress: refused "
+                         f"as a compression bomb")
     if header_bytes + nbytes > info.file_size:
         raise ValueError(f"{where}: declares shape {shape} of {dtype} ({nbytes} bytes) but the archive "
                          f"holds only {info.file_size - header_bytes} bytes for it; the file is truncated "
@@ -414,7 +424,13 @@ def _list_tree_split(root, split):
     files = []
     for label, cls in enumerate(CLASSES):
         cdir = os.path.join(folder, cls)
-        if not os.path.isdir(cdir):
+        try:
+            is_dir = stat.S_ISDIR(os.stat(cdir).st_mode)
+        except PermissionError:
+            raise _permission_denied(cdir, "opening") from None
+        except OSError:
+            is_dir = False
+        if not is_dir:
             raise ValueError(f"{folder}: class folder {cls!r} is missing; a CINIC-10 split has the "
                              f"ten folders {', '.join(CLASSES)}")
         try:
@@ -487,15 +503,20 @@ def _decode_files(files, split, on_bad_image, progress):
     origin : uint8 (N,), an index into ORIGINS
     skipped : list of [rel, message] for the files left out (only with on_bad_image='skip')
     png_sha256 : str, the hash of every file's name and bytes (see ``verify``)
+    racy : dict {rel: sha256 of its bytes} for the files modified within ``_RACY_NS`` of this read
     """
     from tqdm.auto import tqdm
     X = np.empty((len(files), 32, 32, 3), dtype=np.uint8)
     keep = np.ones(len(files), dtype=bool)
     skipped = []
     h = hashlib.sha256()
+    recent = time.time_ns() - _RACY_NS          # every read below happens after this instant
+    racy = {}
     for i, f in enumerate(tqdm(files, desc=f"decoding {split}", unit="img", disable=not progress, leave=False)):
         data, why = _read_png_bytes(f)
         _hash_file_into(h, f, data, why)
+        if f.mtime_ns >= recent:
+            racy[f.rel] = _sha256_bytes(data)
         try:
             if data is None:
                 raise ValueError(f"{f.path}: {why}")
@@ -511,7 +532,17 @@ def _decode_files(files, split, on_bad_image, progress):
         X, y, origin = X[keep], y[keep], origin[keep]
     if len(y) == 0:
         raise ValueError(f"{split}: no readable images left")
-    return X, y, origin, skipped, h.hexdigest()
+    return X, y, origin, skipped, h.hexdigest(), racy
+
+
+# A file modified this close to when the cache read it could be modified again within the same
+# timestamp tick (1-4 ms on Linux, 2 s on FAT), keeping its size and mtime: its bytes are hashed
+# into the manifest and re-checked on every hit.  The same rule as git's "racily clean" entries.
+_RACY_NS = 2_000_000_000
+
+
+def _sha256_bytes(data):
+    return hashlib.sha256(data).hexdigest() if data is not None else ""
 
 
 def _png_digest(files):
@@ -587,8 +618,9 @@ def _open_entry(entry, key, files, verify):
         m = json.loads(raw)
         n, skipped, sums = m["count"], m["skipped"], m["sha256"]
         ok = (m["version"] == _CACHE_VERSION and m["key"] == key and isinstance(n, int) and n > 0
-              and isinstance(skipped, list) and all(isinstance(s, list) and len(s) == 2 for s in skipped)
-              and isinstance(sums, dict) and isinstance(m["png_sha256"], str))
+              and isinstance(skipped, list)
+              and all(isinstance(s, list) and len(s) == 2 and all(isinstance(t, str) for t in s) for s in skipped)
+              and isinstance(sums, dict) and isinstance(m["png_sha256"], str) and isinstance(m["racy"], dict))
     except (ValueError, TypeError, KeyError) as e:     # JSONDecodeError and UnicodeDecodeError are ValueErrors
         raise _Unusable(f"its manifest is not valid ({type(e).__name__}: {e})") from None
     if not ok:
@@ -605,6 +637,11 @@ def _open_entry(entry, key, files, verify):
             raise _Unusable(f"{name} holds {arr.dtype} {arr.shape}, expected {np.dtype(dtype)} {shape}")
     if y.min() < 0 or y.max() >= len(CLASSES) or origin.max() >= len(ORIGINS):
         raise _Unusable("its labels or origins are out of range")
+    if m["racy"]:                               # files written just before the build: compare their bytes
+        by_rel = {f.rel: f for f in files}
+        for rel, digest in m["racy"].items():
+            if rel not in by_rel or _sha256_bytes(_read_png_bytes(by_rel[rel])[0]) != digest:
+                raise _Unusable(f"{rel} changed within its file system's timestamp resolution")
     if verify:
         for name in _ENTRY_FILES:
             if _sha256_file(os.path.join(entry, name)) != sums.get(name):
@@ -614,7 +651,7 @@ def _open_entry(entry, key, files, verify):
     return X, y, np.array(ORIGINS, dtype="<U8")[origin], m
 
 
-def _write_entry(tmp, key, X, y, origin, skipped, png_sha256):
+def _write_entry(tmp, key, X, y, origin, skipped, png_sha256, racy):
     """Write the arrays, then the manifest last, into the private folder ``tmp``."""
     sums = {}
     for name, arr in zip(_ENTRY_FILES, (X, y, origin)):
@@ -625,7 +662,7 @@ def _write_entry(tmp, key, X, y, origin, skipped, png_sha256):
             os.fsync(fh.fileno())
         sums[name] = _sha256_file(path)
     manifest = {"version": _CACHE_VERSION, "key": key, "count": len(y), "skipped": skipped,
-                "sha256": sums, "png_sha256": png_sha256}
+                "sha256": sums, "png_sha256": png_sha256, "racy": racy}
     with open(os.path.join(tmp, "manifest.json"), "w") as fh:
         json.dump(manifest, fh)
         fh.flush()
@@ -651,7 +688,11 @@ def _load_split(root, split, cache, on_bad_image, verify, progress):
 
     # No usable entry: build one under the split's lock, in a private temp folder, and publish it
     # with one rename.  A cache folder we cannot write falls back to decoding in memory.
-    from filelock import FileLock, Timeout
+    try:
+        from filelock import FileLock, Timeout
+    except ImportError:
+        raise ImportError("building the PNG cache needs the filelock package: pip install filelock "
+                          "(or pip install -e . again, which installs it)") from None
     try:
         os.makedirs(cache, exist_ok=True)
         lock = FileLock(os.path.join(cache, f"{split}.lock"))
@@ -705,7 +746,7 @@ def _clean(cache, split):
 
 def _in_memory(decoded, cache=None, error=None):
     """Decoded arrays as ``_open_entry`` returns them, with a warning when the cache was not writable."""
-    X, y, origin, skipped, png_sha256 = decoded
+    X, y, origin, skipped, _, _ = decoded
     if error is not None:
         warnings.warn(f"cannot write the PNG cache in {cache} ({_why(error)}); the images were decoded in "
                       f"memory and will be decoded again on every load. Set ECE662_CACHE to a folder "

@@ -6,7 +6,6 @@ import io
 import os
 import re
 import shutil
-import stat
 import subprocess
 import sys
 import tempfile
@@ -42,6 +41,23 @@ def _make_tree(root, per_class=2, seed=0, compress_level=6):
                 with open(os.path.join(d, f"cifar10-{folder}-{i}.png"), "wb") as f:
                     f.write(_png_bytes(img, compress_level))
     return str(root)
+
+
+def _age(root, seconds=3600):
+    """Set every PNG's mtime ``seconds`` in the past, as in a data set unpacked long ago."""
+    then = time.time_ns() - seconds * 10 ** 9
+    for path in glob.glob(os.path.join(root, "*", "*", "*.png")):
+        os.utime(path, ns=(then, then))
+
+
+def _rewrite_in_place(path, arr):
+    """New pixels in the same file (same inode), same byte length (stored PNGs), mtime restored."""
+    st = os.stat(path)
+    new = _png_bytes(arr, compress_level=0)
+    assert len(new) == st.st_size
+    with open(path, "r+b") as f:
+        f.write(new)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
 
 
 def _truth(root, split):
@@ -152,17 +168,27 @@ def test_added_removed_or_renamed_images_change_the_cache(tmp_path, cache):
     assert list(np.bincount(data["y_test"])) == [2, 2, 2, 2, 2, 2, 3, 2, 1, 2]
 
 
-def test_verify_finds_content_changed_behind_the_same_size_and_times(tmp_path, cache):
-    """Bytes rewritten in place with size and mtime restored: verify=True re-hashes, warns and re-decodes."""
+def test_a_file_rewritten_within_one_timestamp_tick_of_the_build_is_caught(tmp_path, cache):
+    """A PNG written just before the cache read it, then rewritten keeping size and mtime (as happens
+    within one timestamp tick): its bytes were recorded, so a plain load notices and re-decodes."""
     root = _make_tree(tmp_path / "t", compress_level=0)      # stored PNGs: every file has the same size
+    _load(root)                                              # right after writing: every file is 'racy'
+    _rewrite_in_place(os.path.join(root, "valid", "ship", "cifar10-valid-0.png"), np.full((32, 32, 3), 9, np.uint8))
+    with pytest.warns(UserWarning, match="cifar10-valid-0.png changed within"):
+        data = _load(root)
+    _assert_true_pixels(data, root)
+
+
+def test_verify_finds_content_changed_behind_the_same_size_and_times(tmp_path, cache):
+    """Old files rewritten in place with size and mtime restored: a plain load cannot see it (it trusts
+    size, mtime and inode); verify=True re-hashes, warns and re-decodes."""
+    root = _make_tree(tmp_path / "t", compress_level=0)      # stored PNGs: every file has the same size
+    _age(root)
     _load(root)
     victim = os.path.join(root, "test", "deer", "cifar10-test-1.png")
-    st = os.stat(victim)
-    new = _png_bytes(np.full((32, 32, 3), 200, np.uint8), compress_level=0)
-    assert len(new) == st.st_size
-    with open(victim, "r+b") as f:                            # same inode, same size
-        f.write(new)
-    os.utime(victim, ns=(st.st_atime_ns, st.st_mtime_ns))     # same mtime
+    _rewrite_in_place(victim, np.full((32, 32, 3), 200, np.uint8))
+    with pytest.raises(AssertionError):                       # the documented limit of the cheap key
+        _assert_true_pixels(_no_warnings(_load, root), root)
     with pytest.warns(UserWarning, match="PNG files changed"):
         data = _load(root, verify=True)
     _assert_true_pixels(data, root)
@@ -334,6 +360,7 @@ def test_a_damaged_cache_is_reported_and_rebuilt(tmp_path, cache, damage):
 def test_a_cache_hit_reads_no_png(public, monkeypatch):
     """Once cached, loads only stat the PNGs: they load even after the PNGs are made unreadable."""
     root = _make_tree(os.path.join(public, "t"))
+    _age(root)                                               # else recently written files are re-hashed
     cache = os.path.join(public, "cache")
     os.makedirs(cache, mode=0o777)
     os.chmod(cache, 0o777)
@@ -414,12 +441,14 @@ def test_an_unreadable_data_folder_says_permission_denied(public):
         _load(root)
 
 
-def test_an_unreadable_class_folder_says_permission_denied(public, monkeypatch):
-    """A class folder we may not list: PermissionError naming it."""
+@pytest.mark.parametrize("folder, mode", [("valid/horse", 0), ("valid/horse", 0o311), ("valid", 0),
+                                          ("valid", 0o600)])
+def test_an_unreadable_split_or_class_folder_says_permission_denied(public, monkeypatch, folder, mode):
+    """A split or class folder we may not list or enter: PermissionError naming it, not 'missing'."""
     root = _make_tree(os.path.join(public, "t"))
     monkeypatch.setenv("ECE662_CACHE", os.path.join(public, "cache"))
-    os.chmod(os.path.join(root, "valid", "horse"), 0)
-    with _unprivileged(), pytest.raises(PermissionError, match=r"permission denied.*valid/horse"):
+    os.chmod(os.path.join(root, folder), mode)
+    with _unprivileged(), pytest.raises(PermissionError, match=f"permission denied.*{folder}"):
         _load(root)
 
 
