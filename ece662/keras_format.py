@@ -205,7 +205,7 @@ def _check_budget(weights, path, budget):
 
 # ---------------------------------------------------------------- Keras config -> ece662 layers
 _SUPPORTED = ("InputLayer", "Conv2D", "MaxPooling2D", "AveragePooling2D", "GlobalAveragePooling2D",
-              "BatchNormalization", "Dense", "Flatten", "Dropout", "Activation", "ReLU")
+              "BatchNormalization", "Dense", "Flatten", "Dropout", "Activation", "ReLU", "LeakyReLU")
 
 
 def _pair(value, what, name, path):
@@ -225,12 +225,22 @@ def _activation_layers(activation, name, path, last):
         return []
     if activation == "relu":
         return [(f"{name}_relu", ReLU())]
+    if activation == "leaky_relu":          # Keras 3's default slope
+        return [(f"{name}_relu", _leaky_relu(0.2, name, path))]
     if activation == "softmax" and last:
         warnings.warn(f"{path}: the final softmax of Keras layer {name!r} is left out: ece662 models "
                       f"return logits (the predicted classes and the accuracy are the same)", stacklevel=4)
         return []
     raise _error(path, f"Keras layer {name!r}: activation {activation!r} is not supported "
                        f"(relu, linear, and softmax on the last layer are)")
+
+
+def _leaky_relu(slope, name, path):
+    import ece662.layers as L
+    if not (isinstance(slope, (int, float)) and not isinstance(slope, bool) and 0 <= slope < 1e3
+            and math.isfinite(slope)):
+        raise _error(path, f"Keras layer {name!r}: negative_slope must be a number, got {slope!r}")
+    return _optional_layer(L, "LeakyReLU", name, "LeakyReLU", path)(float(slope))
 
 
 def _same_padding(size, k, s, name, path):
@@ -349,11 +359,13 @@ def model_from_keras_config(config_layers, path="the Keras config", build=None,
             new = _activation_layers(cfg.get("activation"), name, path, last)
             new = [(name, m) for _, m in new]
         elif cls == "ReLU":
-            if cfg.get("max_value") is not None or cfg.get("threshold", 0) not in (0, 0.0) \
-                    or cfg.get("negative_slope", 0) not in (0, 0.0):
-                raise _error(path, f"Keras layer {name!r}: ReLU with max_value/threshold/negative_slope "
-                                   f"is not supported")
-            new = [(name, L.ReLU())]
+            slope = cfg.get("negative_slope", 0.0) or 0.0
+            if cfg.get("max_value") is not None or cfg.get("threshold", 0) not in (0, 0.0):
+                raise _error(path, f"Keras layer {name!r}: ReLU with max_value or threshold is not supported")
+            new = [(name, L.ReLU() if slope == 0 else _leaky_relu(slope, name, path))]
+        elif cls == "LeakyReLU":           # Keras 3 says negative_slope, Keras 2 said alpha
+            slope = cfg.get("negative_slope", cfg.get("alpha", 0.3))
+            new = [(name, _leaky_relu(slope, name, path))]
         else:
             raise _error(path, f"Keras layer {name!r} is a {cls}, which ece662 cannot build; "
                                f"supported: {', '.join(_SUPPORTED)}")
