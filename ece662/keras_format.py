@@ -77,8 +77,8 @@ def _datasets_in_order(group, keys, path, layer):
     out = []
     for k in keys:
         obj = group.get(k)
-        if not isinstance(obj, h5py.Dataset):
-            raise _error(path, f"layer {layer!r}: weight {k!r} is missing or not a dataset")
+        if not isinstance(obj, h5py.Dataset) or obj.shape is None:
+            raise _error(path, f"layer {layer!r}: weight {k!r} is missing or not an array")
         out.append(obj)
     return out
 
@@ -96,6 +96,11 @@ def _keras_file(path):
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no file at {path}")
     config_layers, build, weights = None, None, {}
+    try:
+        open(path, "rb").close()
+    except PermissionError:
+        raise PermissionError(f"cannot read {path}: permission denied; check the file's "
+                              f"permissions (ls -l {path})") from None
     try:
         if zipfile.is_zipfile(path):                       # Keras 3 native .keras
             with zipfile.ZipFile(path) as z:
@@ -124,6 +129,17 @@ def _keras_file(path):
                                                f"datasets named 0, 1, 2, ...")
                         by_group[gname] = (_vars_name(vars_), keys, vars_)
                 named = {n: (keys, g) for n, keys, g in by_group.values() if n}
+                if not named:
+                    # a file that does not record layer names in vars: Keras names the groups
+                    # by class in model order (conv2d, conv2d_1, ...)
+                    seen = {}
+                    for layer in config_layers:
+                        group = _snake_case(layer["class_name"])
+                        n = seen.get(group, 0)
+                        seen[group] = n + 1
+                        found = by_group.get(group if n == 0 else f"{group}_{n}")
+                        if found:
+                            named[layer["config"].get("name")] = found[1:]
                 for layer in config_layers:
                     name = layer["config"].get("name")
                     if name in named and named[name][0]:
@@ -137,13 +153,13 @@ def _keras_file(path):
                 if "model_config" in f.attrs:
                     config_layers, build = _parse_config(f.attrs["model_config"], path, "model_config")
                 mw = f["model_weights"]
-                for raw in mw.attrs.get("layer_names", []):
+                for raw in np.atleast_1d(mw.attrs.get("layer_names", [])):
                     name = raw.decode() if isinstance(raw, bytes) else str(raw)
                     group = mw.get(name)
                     if not isinstance(group, h5py.Group):
                         raise _error(path, f"layer {name!r} is listed but has no weights group")
                     wnames = [w.decode() if isinstance(w, bytes) else str(w)
-                              for w in group.attrs.get("weight_names", [])]
+                              for w in np.atleast_1d(group.attrs.get("weight_names", []))]
                     if wnames:
                         weights[name] = _datasets_in_order(group, wnames, path, name)
                 yield config_layers, build, weights

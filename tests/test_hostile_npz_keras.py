@@ -151,7 +151,7 @@ def test_npz_permission_error_is_not_called_corrupt(tmp_path, monkeypatch):
     real_open = builtins.open
 
     def locked(file, *args, **kwargs):
-        if os.fspath(file) == str(path):
+        if isinstance(file, (str, os.PathLike)) and os.fspath(file) == str(path):
             raise PermissionError(13, "Permission denied", str(path))
         return real_open(file, *args, **kwargs)
 
@@ -347,3 +347,29 @@ def test_keras_legacy_h5_without_weights_is_refused(tmp_path):
         f.create_dataset("x", data=np.zeros(3))
     with pytest.raises(ValueError, match="without model_weights"):
         load_model(str(path), mode="tensorflow")
+
+
+def test_keras_file_without_layer_names_in_vars_still_loads(tmp_path):
+    """Weights groups that do not record their layer's name are matched by Keras' class-based names."""
+    def strip(f):
+        for g in f["layers"].values():
+            del g["vars"].attrs["name"]
+    path = _keras_with(tmp_path / "old.keras", weights=_weights_edited(strip))
+    io_ = np.load(os.path.join(FIXTURES, "keras_default_convnet_io.npz"))
+    np.testing.assert_allclose(load_model(path, mode="tensorflow")(io_["x"]), io_["logits"], rtol=1e-4, atol=1e-5)
+
+
+def test_keras_permission_error_is_not_called_unreadable(tmp_path, monkeypatch):
+    """A Keras file this user cannot read says 'permission denied'."""
+    path = _keras_with(tmp_path / "locked.keras")
+    real_open = builtins.open
+
+    def locked(file, *args, **kwargs):
+        if isinstance(file, (str, os.PathLike)) and os.fspath(file) == path:
+            raise PermissionError(13, "Permission denied", path)
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", locked)
+    monkeypatch.setattr(io, "open", locked)
+    with pytest.raises(PermissionError, match="permission denied; check the file's permissions"):
+        load_model(path, mode="tensorflow")
