@@ -24,13 +24,19 @@ setup(
     ],
     extras_require={
         "test": ["pytest>=7", "hypothesis>=6", "h5py>=3",
-                 # the notebook test executes notebooks/Pruning.ipynb
-                 "nbclient>=0.7", "nbformat>=5", "ipykernel>=6"],
+                 # the notebook test executes notebooks/Pruning.ipynb; ipywidgets: tqdm.auto's notebook bars
+                 # (without it tqdm.auto warns "IProgress not found" in every notebook that trains)
+                 "nbclient>=0.7", "nbformat>=5", "ipykernel>=6", "ipywidgets>=8"],
         # an optional outside reference for the tests and the benchmarks; never imported by the library.
         # 2.13.0 is the CPU build that lies on the course machines' disk (other specs download gigabytes)
-        "oracle": ["torch==2.13.0"],
+        # onnx and onnxruntime: the ONNX tests read/write graphs and check logits against onnxruntime,
+        # the strongest CPU engine here; both stay test-only (onnxruntime is never imported by ece662)
+        "oracle": ["torch==2.13.0", "onnx>=1.14", "onnxruntime>=1.16"],
         # mode='tensorflow' of load_model reads Keras .keras / .h5 files with h5py (no Keras needed)
         "tensorflow": ["h5py>=3"],
+        # load_model(path, mode='onnx') and save_model(model, 'x.onnx'): the onnx package parses and
+        # checks the protobuf graph (hand-parsing protobuf would be more code than the rest of the reader)
+        "onnx": ["onnx>=1.14"],
     },
     entry_points={"console_scripts": ["ece662=ece662.cli:main"]},
 )
