@@ -353,7 +353,11 @@ def model_from_keras_config(config_layers, path="the Keras config", build=None,
             eps = cfg.get("epsilon", 1e-3)
             if not (isinstance(eps, (int, float)) and 0 < eps < 1):
                 raise _error(path, f"Keras layer {name!r}: epsilon must be a small positive number, got {eps!r}")
-            new = [(name, _optional_layer(L, cls_name, name, cls, path)(shape[1], eps=float(eps)))]
+            momentum = cfg.get("momentum", 0.99)     # Keras keeps this much of the old average,
+            if not (isinstance(momentum, (int, float)) and 0 <= momentum <= 1):   # torch says 1 - that
+                raise _error(path, f"Keras layer {name!r}: momentum must be in [0, 1], got {momentum!r}")
+            new = [(name, _optional_layer(L, cls_name, name, cls, path)(
+                shape[1], eps=float(eps), momentum=1.0 - float(momentum)))]
             bn_flags[name] = (bool(cfg.get("scale", True)), bool(cfg.get("center", True)))
         elif cls == "Dense":
             units = cfg.get("units")
