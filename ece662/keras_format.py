@@ -357,7 +357,7 @@ def model_from_keras_config(config_layers, path="the Keras config", build=None,
             if not (isinstance(momentum, (int, float)) and 0 <= momentum <= 1):   # torch says 1 - that
                 raise _error(path, f"Keras layer {name!r}: momentum must be in [0, 1], got {momentum!r}")
             new = [(name, _optional_layer(L, cls_name, name, cls, path)(
-                shape[1], eps=float(eps), momentum=1.0 - float(momentum)))]
+                shape[1], eps=float(eps), momentum=round(1.0 - float(momentum), 12)))]
             bn_flags[name] = (bool(cfg.get("scale", True)), bool(cfg.get("center", True)))
         elif cls == "Dense":
             units = cfg.get("units")
