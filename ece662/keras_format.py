@@ -340,10 +340,8 @@ def model_from_keras_config(config_layers, path="the Keras config", build=None,
             else:
                 new = [(name, _optional_layer(L, "AvgPool2d", name, cls, path)(k[0], stride=s[0]))]
         elif cls == "GlobalAveragePooling2D":
-            pool = _optional_layer(L, "AdaptiveAvgPool2d", name, cls, path)(1)
-            new = [(name, pool), (f"{name}_flatten", L.Flatten())]
-            if cfg.get("keepdims"):
-                raise _error(path, f"Keras layer {name!r}: keepdims=True is not supported")
+            pool = _optional_layer(L, "AdaptiveAvgPool2d", name, cls, path)(1)    # (N, C, 1, 1)
+            new = [(name, pool)] if cfg.get("keepdims") else [(name, pool), (f"{name}_flatten", L.Flatten())]
         elif cls == "BatchNormalization":
             axis = cfg.get("axis", -1)
             if axis not in (-1, [-1], len(shape) - 1, [len(shape) - 1]):
@@ -439,6 +437,10 @@ def _weight_targets(model, input_shape):
             targets.append((name, m, flat_from))
             flat_from = None
         elif m._parameters or m._buffers:          # Conv2d, BatchNorm
+            if flat_from is not None and flat_from[1] * flat_from[2] > 1:
+                raise ValueError(f"layer {name!r} ({type(m).__name__}) works on the features of a Flatten "
+                                 f"over {flat_from[1]}x{flat_from[2]} pixels, which Keras orders (h, w, c) "
+                                 f"and ece662 (c, h, w): not supported")
             targets.append((name, m, None))
         shape = m.output_shape(shape)
     return targets
@@ -588,8 +590,9 @@ def keras_layers_of(model, input_shape=(3, 32, 32)):
     -------
     list of (config dict, [ndarray, ...])
         The first is Keras' ``InputLayer``; every ece662 layer becomes one Keras layer of the
-        same name (Conv2d -> Conv2D, Linear -> Dense, ReLU, MaxPool2d -> MaxPooling2D, Flatten,
-        Dropout).
+        same name (Conv2d -> Conv2D, Linear -> Dense, ReLU, LeakyReLU, MaxPool2d -> MaxPooling2D,
+        AvgPool2d -> AveragePooling2D, AdaptiveAvgPool2d(1) -> GlobalAveragePooling2D(keepdims=True),
+        BatchNorm2d/1d -> BatchNormalization, Flatten, Dropout).
 
     Raises
     ------
@@ -597,7 +600,9 @@ def keras_layers_of(model, input_shape=(3, 32, 32)):
         A layer Keras cannot express this way (e.g. a conv whose padding is neither 0 nor
         Keras' stride-1 ``'same'``), named.
     """
+    import ece662.layers as L
     from ece662.layers import Conv2d, Dropout, Flatten, Linear, MaxPool2d, ReLU
+    optional = {n: getattr(L, n, None) for n in ("AvgPool2d", "AdaptiveAvgPool2d", "LeakyReLU")}
     C, H, W = input_shape
     out = [({"module": "keras.layers", "class_name": "InputLayer",
              "config": {"batch_shape": [None, H, W, C], "dtype": "float32", "sparse": False,
@@ -646,9 +651,29 @@ def keras_layers_of(model, input_shape=(3, 32, 32)):
             cfg, variables = _keras_layer("Flatten", name, data_format="channels_last"), []
         elif isinstance(m, Dropout):
             cfg, variables = _keras_layer("Dropout", name, rate=m.p, seed=None, noise_shape=None), []
+        elif optional["LeakyReLU"] and isinstance(m, optional["LeakyReLU"]):
+            cfg, variables = _keras_layer("LeakyReLU", name, negative_slope=m.negative_slope), []
+        elif optional["AvgPool2d"] and isinstance(m, optional["AvgPool2d"]):
+            k, s = m.kernel_size, m.stride
+            cfg, variables = _keras_layer("AveragePooling2D", name, pool_size=[k, k], padding="valid",
+                                          strides=[s, s], data_format="channels_last"), []
+        elif optional["AdaptiveAvgPool2d"] and isinstance(m, optional["AdaptiveAvgPool2d"]):
+            cfg, variables = _keras_layer("GlobalAveragePooling2D", name, data_format="channels_last",
+                                          keepdims=True), []
+        elif type(m).__name__ in ("BatchNorm2d", "BatchNorm1d") and len(shape) in (2, 4):
+            if flat_from is not None and flat_from[1] * flat_from[2] > 1:
+                raise ValueError(f"save_keras: layer {name!r} normalises the features of a Flatten "
+                                 f"over {flat_from[1]}x{flat_from[2]} pixels, which Keras orders differently")
+            C_ = m.running_mean.shape[0]
+            gamma = m.weight if m.weight is not None else np.ones(C_, np.float32)
+            beta = m.bias if m.bias is not None else np.zeros(C_, np.float32)
+            cfg = _keras_layer("BatchNormalization", name, axis=-1, momentum=round(1.0 - m.momentum, 12),
+                               epsilon=m.eps, center=True, scale=True)
+            variables = [gamma, beta, m.running_mean, m.running_var]
         else:
             raise ValueError(f"save_keras: layer {name!r} is a {type(m).__name__}, which save_keras "
-                             f"does not write (Conv2d, Linear, ReLU, MaxPool2d, Flatten, Dropout)")
+                             f"does not write (Conv2d, Linear, ReLU, LeakyReLU, MaxPool2d, AvgPool2d, "
+                             f"AdaptiveAvgPool2d, BatchNorm2d/1d, Flatten, Dropout)")
         out.append((cfg, [np.ascontiguousarray(v, dtype=np.float32) for v in variables]))
         shape = m.output_shape(shape)
     return out
@@ -665,7 +690,7 @@ def save_keras(model, path, input_shape=(3, 32, 32)):
     Parameters
     ----------
     model : ece662.layers.Sequential
-        Of Conv2d, Linear, ReLU, MaxPool2d, Flatten and Dropout layers.
+        Of the layers :func:`keras_layers_of` lists.
     path : str or os.PathLike
     input_shape : (C, H, W)
         One image's shape, which a Keras file records.

@@ -234,3 +234,24 @@ def test_course_keras_file_is_read_by_real_keras(tmp_path, monkeypatch):
     x = np.random.default_rng(0).standard_normal((4, 3, 32, 32)).astype(np.float32)
     out = np.asarray(keras.saving.load_model(str(path)).predict(x.transpose(0, 2, 3, 1), verbose=0))
     assert_close(out, load_model()(x), "real Keras", rtol=1e-4, atol=1e-5)
+
+
+def test_keras_writer_round_trips_the_newer_layers(tmp_path):
+    """BatchNorm2d (with running statistics), LeakyReLU, AvgPool2d and AdaptiveAvgPool2d(1) go to
+    Keras and back with identical logits."""
+    from ece662.keras_format import save_keras
+    import ece662.layers as L
+    bn = L.BatchNorm2d(6, eps=1e-3, momentum=0.01)
+    rng = np.random.default_rng(2)
+    bn.load_state_dict({"weight": rng.uniform(0.5, 1.5, 6), "bias": rng.normal(0, 0.1, 6),
+                        "running_mean": rng.normal(0, 0.2, 6), "running_var": rng.uniform(0.5, 2, 6),
+                        "num_batches_tracked": np.array(3)})
+    net = Sequential(Conv2d(3, 6, 3, seed=1), bn, L.LeakyReLU(0.1), L.AvgPool2d(2),
+                     Conv2d(6, 4, 3, seed=2), ReLU(), L.AdaptiveAvgPool2d(1), Flatten(),
+                     Linear(4, 5, seed=3)).eval()
+    path = tmp_path / "net.keras"
+    save_keras(net, path)
+    back = load_model(str(path), mode="tensorflow")
+    x = np.random.default_rng(0).standard_normal((3, 3, 32, 32)).astype(np.float32)
+    np.testing.assert_array_equal(back(x), net(x))
+    assert back[1].eps == 1e-3 and back[1].momentum == 0.01
