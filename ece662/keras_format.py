@@ -329,7 +329,8 @@ def model_from_keras_config(config_layers, path="the Keras config", build=None,
             k = _pair(cfg.get("pool_size", 2), "pool_size", name, path)
             s = _pair(cfg.get("strides") or k, "strides", name, path)
             if k[0] != k[1] or s[0] != s[1]:
-                raise _error(path, f"Keras layer {name!r}: pool_size {k} / strides {s}; ece662 pools are square")
+                raise _error(path, f"Keras layer {name!r}: pool_size {k} / strides {s}; "
+                                   f"ece662 pools are square")
             padding = cfg.get("padding", "valid")
             if padding == "same" and not (k == s and shape[2] % k[0] == 0 and shape[3] % k[0] == 0):
                 raise _error(path, f"Keras layer {name!r}: padding='same' that pads is not supported")
@@ -350,7 +351,8 @@ def model_from_keras_config(config_layers, path="the Keras config", build=None,
             cls_name = "BatchNorm2d" if len(shape) == 4 else "BatchNorm1d"
             eps = cfg.get("epsilon", 1e-3)
             if not (isinstance(eps, (int, float)) and 0 < eps < 1):
-                raise _error(path, f"Keras layer {name!r}: epsilon must be a small positive number, got {eps!r}")
+                raise _error(path, f"Keras layer {name!r}: epsilon must be a small positive number, "
+                                   f"got {eps!r}")
             momentum = cfg.get("momentum", 0.99)     # Keras keeps this much of the old average,
             if not (isinstance(momentum, (int, float)) and 0 <= momentum <= 1):   # torch says 1 - that
                 raise _error(path, f"Keras layer {name!r}: momentum must be in [0, 1], got {momentum!r}")
@@ -451,7 +453,8 @@ def _convert(path, kname, datasets, name, m, flat, bn_flags):
     from ece662.layers import Conv2d, Linear
     if isinstance(m, Conv2d):
         HH, WW = m.kernel_size
-        expected = [(HH, WW, m.in_channels, m.out_channels)] + ([(m.out_channels,)] if m.bias is not None else [])
+        expected = [(HH, WW, m.in_channels, m.out_channels)]
+        expected += [(m.out_channels,)] if m.bias is not None else []
     elif isinstance(m, Linear):
         expected = [(m.in_features, m.out_features)] + ([(m.out_features,)] if m.bias is not None else [])
     elif type(m).__name__.startswith("BatchNorm"):
