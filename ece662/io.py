@@ -1,16 +1,17 @@
 """Model files: ece662's own ``.npz`` format, and the entry point to the other formats.
 
 ece662 format (``save_model`` / ``load_model``)
-    One ``.npz`` (read with ``allow_pickle=False``, so loading runs no code) holding
+    One ``.npz`` (never unpickled, so loading runs no code) holding
     ``__ece662_format__`` (the string ``"ece662-model-v1"``), ``__ece662_spec__`` (the
     architecture as JSON, see ``Module.spec``) and one array per state-dict key,
     including ``<name>_orig`` / ``<name>_mask`` of pruned parameters, which are pruned
     again on load.  Saving writes a temporary file beside the target and renames it
     into place, so a failed save never leaves a half-written file where a good one was.
+    Loading treats the file as untrusted input (see :func:`load_model`).
 
 Other formats live beside this module and are re-exported here:
-``ece662.torch_format`` (PyTorch state_dicts, read without torch) and
-``ece662.keras_format`` (Keras files, read with h5py).
+``ece662.torch_format`` (PyTorch state_dicts, read and written without torch) and
+``ece662.keras_format`` (Keras files, read and written with h5py, without Keras).
 """
 import json
 import os
@@ -166,8 +167,11 @@ def _read_npz(path):
                     raise ValueError(f"{path}: array {key!r} declares shape {shape} of {dtype} "
                                      f"({count * dtype.itemsize:,} bytes), but its archive member holds "
                                      f"{info.file_size - header:,}; the file is damaged or crafted")
+                if dtype.kind == "U" and count * dtype.itemsize > 4 * _MAX_SPEC_CHARS:
+                    raise ValueError(f"{path}: the string {key!r} declares {count * dtype.itemsize:,} "
+                                     f"bytes; a model spec is far smaller")
                 total += count if dtype.kind != "U" else 0
-                if total > 2 * MAX_PARAMETERS or (dtype.kind == "U" and count * dtype.itemsize > 4 * _MAX_SPEC_CHARS):
+                if total > 2 * MAX_PARAMETERS:
                     raise ValueError(f"{path}: the arrays declare more than {2 * MAX_PARAMETERS:,} "
                                      f"values (at {key!r}), more than ece662 loads (ece662.io.MAX_PARAMETERS)")
                 with zf.open(info) as f:
@@ -303,5 +307,6 @@ def _load_with_masks(model, arrays, source):
 
 
 # the other formats, re-exported (they import this module lazily, inside functions)
-from ece662.torch_format import model_from_state_dict, read_torch_state_dict  # noqa: E402
-from ece662.keras_format import model_from_keras, read_keras_weights  # noqa: E402
+from ece662.torch_format import (model_from_state_dict, read_torch_state_dict,  # noqa: E402
+                                  save_torch_state_dict)
+from ece662.keras_format import model_from_keras, read_keras_weights, save_keras  # noqa: E402

@@ -77,8 +77,8 @@ def _datasets_in_order(group, keys, path, layer):
     out = []
     for k in keys:
         obj = group.get(k)
-        if not isinstance(obj, h5py.Dataset):
-            raise _error(path, f"layer {layer!r}: weight {k!r} is missing or not a dataset")
+        if not isinstance(obj, h5py.Dataset) or obj.shape is None:
+            raise _error(path, f"layer {layer!r}: weight {k!r} is missing or not an array")
         out.append(obj)
     return out
 
@@ -96,6 +96,11 @@ def _keras_file(path):
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no file at {path}")
     config_layers, build, weights = None, None, {}
+    try:
+        open(path, "rb").close()
+    except PermissionError:
+        raise PermissionError(f"cannot read {path}: permission denied; check the file's "
+                              f"permissions (ls -l {path})") from None
     try:
         if zipfile.is_zipfile(path):                       # Keras 3 native .keras
             with zipfile.ZipFile(path) as z:
@@ -124,6 +129,17 @@ def _keras_file(path):
                                                f"datasets named 0, 1, 2, ...")
                         by_group[gname] = (_vars_name(vars_), keys, vars_)
                 named = {n: (keys, g) for n, keys, g in by_group.values() if n}
+                if not named:
+                    # a file that does not record layer names in vars: Keras names the groups
+                    # by class in model order (conv2d, conv2d_1, ...)
+                    seen = {}
+                    for layer in config_layers:
+                        group = _snake_case(layer["class_name"])
+                        n = seen.get(group, 0)
+                        seen[group] = n + 1
+                        found = by_group.get(group if n == 0 else f"{group}_{n}")
+                        if found:
+                            named[layer["config"].get("name")] = found[1:]
                 for layer in config_layers:
                     name = layer["config"].get("name")
                     if name in named and named[name][0]:
@@ -137,13 +153,13 @@ def _keras_file(path):
                 if "model_config" in f.attrs:
                     config_layers, build = _parse_config(f.attrs["model_config"], path, "model_config")
                 mw = f["model_weights"]
-                for raw in mw.attrs.get("layer_names", []):
+                for raw in np.atleast_1d(mw.attrs.get("layer_names", [])):
                     name = raw.decode() if isinstance(raw, bytes) else str(raw)
                     group = mw.get(name)
                     if not isinstance(group, h5py.Group):
                         raise _error(path, f"layer {name!r} is listed but has no weights group")
                     wnames = [w.decode() if isinstance(w, bytes) else str(w)
-                              for w in group.attrs.get("weight_names", [])]
+                              for w in np.atleast_1d(group.attrs.get("weight_names", []))]
                     if wnames:
                         weights[name] = _datasets_in_order(group, wnames, path, name)
                 yield config_layers, build, weights
@@ -205,7 +221,7 @@ def _check_budget(weights, path, budget):
 
 # ---------------------------------------------------------------- Keras config -> ece662 layers
 _SUPPORTED = ("InputLayer", "Conv2D", "MaxPooling2D", "AveragePooling2D", "GlobalAveragePooling2D",
-              "BatchNormalization", "Dense", "Flatten", "Dropout", "Activation", "ReLU")
+              "BatchNormalization", "Dense", "Flatten", "Dropout", "Activation", "ReLU", "LeakyReLU")
 
 
 def _pair(value, what, name, path):
@@ -225,12 +241,22 @@ def _activation_layers(activation, name, path, last):
         return []
     if activation == "relu":
         return [(f"{name}_relu", ReLU())]
+    if activation == "leaky_relu":          # Keras 3's default slope
+        return [(f"{name}_relu", _leaky_relu(0.2, name, path))]
     if activation == "softmax" and last:
         warnings.warn(f"{path}: the final softmax of Keras layer {name!r} is left out: ece662 models "
                       f"return logits (the predicted classes and the accuracy are the same)", stacklevel=4)
         return []
     raise _error(path, f"Keras layer {name!r}: activation {activation!r} is not supported "
                        f"(relu, linear, and softmax on the last layer are)")
+
+
+def _leaky_relu(slope, name, path):
+    import ece662.layers as L
+    if not (isinstance(slope, (int, float)) and not isinstance(slope, bool) and 0 <= slope < 1e3
+            and math.isfinite(slope)):
+        raise _error(path, f"Keras layer {name!r}: negative_slope must be a number, got {slope!r}")
+    return _optional_layer(L, "LeakyReLU", name, "LeakyReLU", path)(float(slope))
 
 
 def _same_padding(size, k, s, name, path):
@@ -303,7 +329,8 @@ def model_from_keras_config(config_layers, path="the Keras config", build=None,
             k = _pair(cfg.get("pool_size", 2), "pool_size", name, path)
             s = _pair(cfg.get("strides") or k, "strides", name, path)
             if k[0] != k[1] or s[0] != s[1]:
-                raise _error(path, f"Keras layer {name!r}: pool_size {k} / strides {s}; ece662 pools are square")
+                raise _error(path, f"Keras layer {name!r}: pool_size {k} / strides {s}; "
+                                   f"ece662 pools are square")
             padding = cfg.get("padding", "valid")
             if padding == "same" and not (k == s and shape[2] % k[0] == 0 and shape[3] % k[0] == 0):
                 raise _error(path, f"Keras layer {name!r}: padding='same' that pads is not supported")
@@ -314,10 +341,8 @@ def model_from_keras_config(config_layers, path="the Keras config", build=None,
             else:
                 new = [(name, _optional_layer(L, "AvgPool2d", name, cls, path)(k[0], stride=s[0]))]
         elif cls == "GlobalAveragePooling2D":
-            pool = _optional_layer(L, "AdaptiveAvgPool2d", name, cls, path)(1)
-            new = [(name, pool), (f"{name}_flatten", L.Flatten())]
-            if cfg.get("keepdims"):
-                raise _error(path, f"Keras layer {name!r}: keepdims=True is not supported")
+            pool = _optional_layer(L, "AdaptiveAvgPool2d", name, cls, path)(1)    # (N, C, 1, 1)
+            new = [(name, pool)] if cfg.get("keepdims") else [(name, pool), (f"{name}_flatten", L.Flatten())]
         elif cls == "BatchNormalization":
             axis = cfg.get("axis", -1)
             if axis not in (-1, [-1], len(shape) - 1, [len(shape) - 1]):
@@ -326,8 +351,13 @@ def model_from_keras_config(config_layers, path="the Keras config", build=None,
             cls_name = "BatchNorm2d" if len(shape) == 4 else "BatchNorm1d"
             eps = cfg.get("epsilon", 1e-3)
             if not (isinstance(eps, (int, float)) and 0 < eps < 1):
-                raise _error(path, f"Keras layer {name!r}: epsilon must be a small positive number, got {eps!r}")
-            new = [(name, _optional_layer(L, cls_name, name, cls, path)(shape[1], eps=float(eps)))]
+                raise _error(path, f"Keras layer {name!r}: epsilon must be a small positive number, "
+                                   f"got {eps!r}")
+            momentum = cfg.get("momentum", 0.99)     # Keras keeps this much of the old average,
+            if not (isinstance(momentum, (int, float)) and 0 <= momentum <= 1):   # torch says 1 - that
+                raise _error(path, f"Keras layer {name!r}: momentum must be in [0, 1], got {momentum!r}")
+            new = [(name, _optional_layer(L, cls_name, name, cls, path)(
+                shape[1], eps=float(eps), momentum=round(1.0 - float(momentum), 12)))]
             bn_flags[name] = (bool(cfg.get("scale", True)), bool(cfg.get("center", True)))
         elif cls == "Dense":
             units = cfg.get("units")
@@ -349,11 +379,13 @@ def model_from_keras_config(config_layers, path="the Keras config", build=None,
             new = _activation_layers(cfg.get("activation"), name, path, last)
             new = [(name, m) for _, m in new]
         elif cls == "ReLU":
-            if cfg.get("max_value") is not None or cfg.get("threshold", 0) not in (0, 0.0) \
-                    or cfg.get("negative_slope", 0) not in (0, 0.0):
-                raise _error(path, f"Keras layer {name!r}: ReLU with max_value/threshold/negative_slope "
-                                   f"is not supported")
-            new = [(name, L.ReLU())]
+            slope = cfg.get("negative_slope", 0.0) or 0.0
+            if cfg.get("max_value") is not None or cfg.get("threshold", 0) not in (0, 0.0):
+                raise _error(path, f"Keras layer {name!r}: ReLU with max_value or threshold is not supported")
+            new = [(name, L.ReLU() if slope == 0 else _leaky_relu(slope, name, path))]
+        elif cls == "LeakyReLU":           # Keras 3 says negative_slope, Keras 2 said alpha
+            slope = cfg.get("negative_slope", cfg.get("alpha", 0.3))
+            new = [(name, _leaky_relu(slope, name, path))]
         else:
             raise _error(path, f"Keras layer {name!r} is a {cls}, which ece662 cannot build; "
                                f"supported: {', '.join(_SUPPORTED)}")
@@ -407,6 +439,10 @@ def _weight_targets(model, input_shape):
             targets.append((name, m, flat_from))
             flat_from = None
         elif m._parameters or m._buffers:          # Conv2d, BatchNorm
+            if flat_from is not None and flat_from[1] * flat_from[2] > 1:
+                raise ValueError(f"layer {name!r} ({type(m).__name__}) works on the features of a Flatten "
+                                 f"over {flat_from[1]}x{flat_from[2]} pixels, which Keras orders (h, w, c) "
+                                 f"and ece662 (c, h, w): not supported")
             targets.append((name, m, None))
         shape = m.output_shape(shape)
     return targets
@@ -417,7 +453,8 @@ def _convert(path, kname, datasets, name, m, flat, bn_flags):
     from ece662.layers import Conv2d, Linear
     if isinstance(m, Conv2d):
         HH, WW = m.kernel_size
-        expected = [(HH, WW, m.in_channels, m.out_channels)] + ([(m.out_channels,)] if m.bias is not None else [])
+        expected = [(HH, WW, m.in_channels, m.out_channels)]
+        expected += [(m.out_channels,)] if m.bias is not None else []
     elif isinstance(m, Linear):
         expected = [(m.in_features, m.out_features)] + ([(m.out_features,)] if m.bias is not None else [])
     elif type(m).__name__.startswith("BatchNorm"):
@@ -556,8 +593,9 @@ def keras_layers_of(model, input_shape=(3, 32, 32)):
     -------
     list of (config dict, [ndarray, ...])
         The first is Keras' ``InputLayer``; every ece662 layer becomes one Keras layer of the
-        same name (Conv2d -> Conv2D, Linear -> Dense, ReLU, MaxPool2d -> MaxPooling2D, Flatten,
-        Dropout).
+        same name (Conv2d -> Conv2D, Linear -> Dense, ReLU, LeakyReLU, MaxPool2d -> MaxPooling2D,
+        AvgPool2d -> AveragePooling2D, AdaptiveAvgPool2d(1) -> GlobalAveragePooling2D(keepdims=True),
+        BatchNorm2d/1d -> BatchNormalization, Flatten, Dropout).
 
     Raises
     ------
@@ -565,7 +603,9 @@ def keras_layers_of(model, input_shape=(3, 32, 32)):
         A layer Keras cannot express this way (e.g. a conv whose padding is neither 0 nor
         Keras' stride-1 ``'same'``), named.
     """
+    import ece662.layers as L
     from ece662.layers import Conv2d, Dropout, Flatten, Linear, MaxPool2d, ReLU
+    optional = {n: getattr(L, n, None) for n in ("AvgPool2d", "AdaptiveAvgPool2d", "LeakyReLU")}
     C, H, W = input_shape
     out = [({"module": "keras.layers", "class_name": "InputLayer",
              "config": {"batch_shape": [None, H, W, C], "dtype": "float32", "sparse": False,
@@ -614,9 +654,29 @@ def keras_layers_of(model, input_shape=(3, 32, 32)):
             cfg, variables = _keras_layer("Flatten", name, data_format="channels_last"), []
         elif isinstance(m, Dropout):
             cfg, variables = _keras_layer("Dropout", name, rate=m.p, seed=None, noise_shape=None), []
+        elif optional["LeakyReLU"] and isinstance(m, optional["LeakyReLU"]):
+            cfg, variables = _keras_layer("LeakyReLU", name, negative_slope=m.negative_slope), []
+        elif optional["AvgPool2d"] and isinstance(m, optional["AvgPool2d"]):
+            k, s = m.kernel_size, m.stride
+            cfg, variables = _keras_layer("AveragePooling2D", name, pool_size=[k, k], padding="valid",
+                                          strides=[s, s], data_format="channels_last"), []
+        elif optional["AdaptiveAvgPool2d"] and isinstance(m, optional["AdaptiveAvgPool2d"]):
+            cfg, variables = _keras_layer("GlobalAveragePooling2D", name, data_format="channels_last",
+                                          keepdims=True), []
+        elif type(m).__name__ in ("BatchNorm2d", "BatchNorm1d") and len(shape) in (2, 4):
+            if flat_from is not None and flat_from[1] * flat_from[2] > 1:
+                raise ValueError(f"save_keras: layer {name!r} normalises the features of a Flatten "
+                                 f"over {flat_from[1]}x{flat_from[2]} pixels, which Keras orders differently")
+            C_ = m.running_mean.shape[0]
+            gamma = m.weight if m.weight is not None else np.ones(C_, np.float32)
+            beta = m.bias if m.bias is not None else np.zeros(C_, np.float32)
+            cfg = _keras_layer("BatchNormalization", name, axis=-1, momentum=round(1.0 - m.momentum, 12),
+                               epsilon=m.eps, center=True, scale=True)
+            variables = [gamma, beta, m.running_mean, m.running_var]
         else:
             raise ValueError(f"save_keras: layer {name!r} is a {type(m).__name__}, which save_keras "
-                             f"does not write (Conv2d, Linear, ReLU, MaxPool2d, Flatten, Dropout)")
+                             f"does not write (Conv2d, Linear, ReLU, LeakyReLU, MaxPool2d, AvgPool2d, "
+                             f"AdaptiveAvgPool2d, BatchNorm2d/1d, Flatten, Dropout)")
         out.append((cfg, [np.ascontiguousarray(v, dtype=np.float32) for v in variables]))
         shape = m.output_shape(shape)
     return out
@@ -633,7 +693,7 @@ def save_keras(model, path, input_shape=(3, 32, 32)):
     Parameters
     ----------
     model : ece662.layers.Sequential
-        Of Conv2d, Linear, ReLU, MaxPool2d, Flatten and Dropout layers.
+        Of the layers :func:`keras_layers_of` lists.
     path : str or os.PathLike
     input_shape : (C, H, W)
         One image's shape, which a Keras file records.

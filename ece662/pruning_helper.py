@@ -4,9 +4,11 @@ Course code uses them exactly as the assignment notebook does::
 
     from ece662.pruning_helper import test_model, load_model
     from ece662.data_utils import get_CINIC10_data
-    data = get_CINIC10_data()
-    model = load_model(path, mode='torch')      # a PyTorch state_dict, read without torch
-    test_model(model, [data['X_test'], data['y_test']])   # prints "Test Acc: 0.7231"
+    data = get_CINIC10_data(); mode = 'torch'  # torch or tensorflow
+    test_data = [data['X_test'], data['y_test']]
+    path = os.path.join('ece662', 'models', f'{mode}.model')   # the course's file names
+    model = load_model(path, mode=mode)         # a PyTorch state_dict (or Keras file), read without either
+    test_model(model, test_data, mode=mode)     # prints "Test Acc: 0.7424"
 """
 import os
 
@@ -30,10 +32,12 @@ def load_model(path=None, mode="numpy", model=None):
         ``'torch'``: a PyTorch ``state_dict`` written by ``torch.save`` (zip format),
         read without importing torch and without unpickling arbitrary objects.
         ``'tensorflow'``: a Keras model file (``.keras`` or ``.h5``), read with h5py
-        (``pip install h5py``) without Keras; NHWC layouts are converted.
+        (``pip install h5py``) without Keras; the architecture is built from the file's
+        config (see ``ece662.keras_format``) and NHWC layouts are converted.
     model : ece662.layers.Sequential, optional
         For ``mode='torch'`` / ``'tensorflow'``: the architecture to load into, when it is not
-        the course's default network.  Its keys and shapes must match the file's.
+        the course's default network (torch) or not the file's own config (Keras).  Its keys
+        and shapes must match the file's.
 
     Returns
     -------

@@ -197,7 +197,8 @@ def test_course_files_give_the_shipped_models_logits(mode):
 
 @requires_torch
 def test_torch_course_file_is_the_shipped_state_dict_for_real_torch():
-    """Real torch reads torch.model (weights_only=True) as the course CNN's state_dict of the shipped weights."""
+    """Real torch reads torch.model (weights_only=True) as the course CNN's state_dict of the
+    shipped weights."""
     sd = torch.load(os.path.join(MODELS, "torch.model"), weights_only=True)
     shipped = load_model().state_dict()
     assert list(sd) == list(shipped)

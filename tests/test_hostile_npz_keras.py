@@ -66,15 +66,16 @@ def test_npz_header_declaring_more_than_the_member_holds_is_refused_without_allo
         _load_within(path)
 
 
-def test_npz_with_too_many_values_is_refused_before_reading(tmp_path):
-    """Arrays that together exceed the budget are refused from their headers, before their data."""
-    members = _good_members()
-    n = 2 * mio.MAX_PARAMETERS // 3 + 1
-    for i in range(3):       # honest headers, but each member's declared size is checked, then summed
-        members[f"extra{i}"] = _npy(np.zeros(n, np.uint8))
+def test_npz_with_too_many_values_is_refused_before_reading(tmp_path, monkeypatch):
+    """Arrays that together exceed the budget are refused from their headers, before their data
+    (the budget is lowered here so that the test file stays small)."""
+    monkeypatch.setattr(mio, "MAX_PARAMETERS", 30_000)
+    members = _good_members()          # 23,210 weights
+    for i in range(3):                 # honest headers; their declared sizes are summed as they come
+        members[f"extra{i}"] = _npy(np.zeros(13_000, np.uint8))
     path = _npz(tmp_path / "big.npz", members)
-    with pytest.raises(ValueError, match="more than 100,000,000 values .at 'extra2'"):
-        _load_within(path, limit_mb=300)
+    with pytest.raises(ValueError, match="more than 60,000 values .at 'extra2'"):
+        _load_within(path)
 
 
 def test_npz_object_array_anywhere_is_refused(tmp_path):
@@ -151,7 +152,7 @@ def test_npz_permission_error_is_not_called_corrupt(tmp_path, monkeypatch):
     real_open = builtins.open
 
     def locked(file, *args, **kwargs):
-        if os.fspath(file) == str(path):
+        if isinstance(file, (str, os.PathLike)) and os.fspath(file) == str(path):
             raise PermissionError(13, "Permission denied", str(path))
         return real_open(file, *args, **kwargs)
 
@@ -186,3 +187,191 @@ def test_npz_honest_files_still_load(tmp_path):
     x = np.random.default_rng(0).standard_normal((2, 3, 32, 32)).astype(np.float32)
     np.testing.assert_array_equal(again(x), net.eval()(x))
     assert load_model() is not None
+
+
+# ================================================================= Keras files
+h5py = pytest.importorskip("h5py")
+KERAS = os.path.join(FIXTURES, "keras_default_convnet.keras")
+
+
+def _keras_with(path, config=None, weights=None, source=KERAS):
+    """A copy of a real .keras fixture with config.json and/or model.weights.h5 replaced."""
+    with zipfile.ZipFile(source) as z:
+        members = {n: z.read(n) for n in z.namelist()}
+    if config is not None:
+        members["config.json"] = config if isinstance(config, bytes) else json.dumps(config).encode()
+    if weights is not None:
+        members["model.weights.h5"] = weights
+    with zipfile.ZipFile(path, "w") as z:
+        for n, data in members.items():
+            z.writestr(n, data)
+    return str(path)
+
+
+def _fixture_config():
+    with zipfile.ZipFile(KERAS) as z:
+        return json.loads(z.read("config.json"))
+
+
+def _weights_edited(edit):
+    """The fixture's model.weights.h5 bytes after ``edit(h5py.File)``."""
+    with zipfile.ZipFile(KERAS) as z:
+        buf = io.BytesIO(z.read("model.weights.h5"))
+    with h5py.File(buf, "r+") as f:
+        edit(f)
+    return buf.getvalue()
+
+
+def _load_keras_within(path, limit_mb=64):
+    tracemalloc.start()
+    try:
+        return load_model(path, mode="tensorflow")
+    finally:
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        assert peak < limit_mb * 2 ** 20, f"loading {path} allocated {peak / 2 ** 20:.0f} MB"
+
+
+@pytest.mark.parametrize("declared", [(100_000, 100_000), (1152, 11), (2,)])
+def test_keras_dataset_shape_is_checked_against_the_architecture_before_reading(tmp_path, declared):
+    """An HDF5 dataset declaring a shape the architecture does not have is refused unread,
+    even one that declares 40 GB in a file of a few kB."""
+    def swap(f):
+        del f["layers/dense/vars/0"]
+        f.create_dataset("layers/dense/vars/0", shape=declared, dtype="f4", chunks=True)
+    path = _keras_with(tmp_path / "big.keras", weights=_weights_edited(swap))
+    with pytest.raises(ValueError, match=r"big.keras: .*(Keras layer 'dense': weight 0 is declared "
+                                         r"\(.*\), the architecture needs \(1152, 10\)|more than)"):
+        _load_keras_within(path)
+
+
+def test_keras_weights_over_the_budget_are_refused(tmp_path, monkeypatch):
+    """More declared weights than MAX_PARAMETERS: refused from the metadata alone."""
+    monkeypatch.setattr(mio, "MAX_PARAMETERS", 10_000)
+    with pytest.raises(ValueError, match="declare 23,210 values, more than the 10,000"):
+        load_model(KERAS, mode="tensorflow")
+
+
+@pytest.mark.parametrize("config, message", [
+    (b"{not json", "config.json is not valid JSON"),
+    (b"\xff\xfe", "config.json is not UTF-8 text"),
+    ([1, 2], "not a Keras model config"),
+    ({"class_name": "Functional", "config": {"layers": []}}, "Keras 'Functional' model.*model="),
+    ({"class_name": "Sequential", "config": {}}, "no list of 'layers'"),
+    ({"class_name": "Sequential", "config": {"layers": [{"class_name": 3}]}}, "layer 0 is not a"),
+    ({"class_name": "Sequential", "config": {"layers": [{"class_name": "Dense", "config": {"name": 5}}]}},
+     "layer 0 is not a"),
+])
+def test_malformed_keras_config_gets_a_clear_error(tmp_path, config, message):
+    """A damaged or foreign config.json is a ValueError naming the file, not a traceback."""
+    path = _keras_with(tmp_path / "bad.keras", config=config)
+    with pytest.raises(ValueError, match=f"bad.keras: .*{message}"):
+        load_model(path, mode="tensorflow")
+
+
+def _config_with(edit):
+    config = _fixture_config()
+    edit(config["config"]["layers"])
+    return config
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda layers: layers[1]["config"].update(filters="32"), "'conv2d': filters must be a positive int"),
+    (lambda layers: layers[1]["config"].update(kernel_size=[5, 5, 5]), "'conv2d': kernel_size must be"),
+    (lambda layers: layers[1]["config"].update(activation="gelu"), "'conv2d': activation 'gelu'"),
+    (lambda layers: layers[1]["config"].update(dilation_rate=[2, 2]), "dilated or grouped"),
+    (lambda layers: layers[1]["config"].update(padding="causal"), "padding 'causal'"),
+    (lambda layers: layers[1]["config"].update(data_format="channels_first"), "only channels_last"),
+    (lambda layers: layers.insert(2, {"class_name": "LSTM", "config": {"name": "lstm"}}),
+     "'lstm' is a LSTM, which ece662 cannot build"),
+    (lambda layers: layers[0]["config"].update(batch_shape=[None, 32, 32]), "not \\[batch, height"),
+    (lambda layers: layers[6]["config"].update(units=-1), "'dense': units must be a positive int"),
+    (lambda layers: layers[2]["config"].update(pool_size=[2, 3]), "ece662 pools are square"),
+])
+def test_keras_layer_settings_ece662_cannot_build_are_named(tmp_path, edit, message):
+    """Every Keras setting without an ece662 equivalent is refused, naming the layer."""
+    path = _keras_with(tmp_path / "odd.keras", config=_config_with(edit))
+    with pytest.raises(ValueError, match=message):
+        load_model(path, mode="tensorflow")
+
+
+def test_keras_asymmetric_same_padding_is_explained(tmp_path):
+    """'same' padding at stride 2 on an even input pads one side more: refused with the reason."""
+    def edit(layers):
+        layers[1]["config"].update(kernel_size=[3, 3], strides=[2, 2], padding="same")
+    path = _keras_with(tmp_path / "asym.keras", config=_config_with(edit))
+    with pytest.raises(ValueError, match="pads 0 before and 1 after.*symmetrically"):
+        load_model(path, mode="tensorflow")
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+@pytest.mark.parametrize("ext", ["keras", "h5"])
+def test_keras_non_finite_weights_name_the_layer(tmp_path, bad, ext):
+    """A NaN/inf weight in a Keras file is an error naming the Keras layer."""
+    if ext == "keras":
+        def poison(f):
+            f["layers/conv2d_1/vars/1"][3] = bad
+        path = _keras_with(tmp_path / "nan.keras", weights=_weights_edited(poison))
+    else:
+        path = str(tmp_path / "nan.h5")
+        with open(os.path.join(FIXTURES, "keras_default_convnet.h5"), "rb") as src, open(path, "wb") as dst:
+            dst.write(src.read())
+        with h5py.File(path, "r+") as f:
+            f["model_weights/conv2d_1/sequential/conv2d_1/bias"][3] = bad
+    with pytest.raises(ValueError, match="Keras layer 'conv2d_1': weight 1 holds 1 NaN or infinite"):
+        load_model(path, mode="tensorflow")
+
+
+def test_keras_non_float_dataset_is_refused(tmp_path):
+    """A weight stored as strings or integers is refused by dtype, before it is read."""
+    def swap(f):
+        del f["layers/dense/vars/1"]
+        f.create_dataset("layers/dense/vars/1", data=np.arange(10, dtype=np.int64))
+    path = _keras_with(tmp_path / "int.keras", weights=_weights_edited(swap))
+    with pytest.raises(ValueError, match="'dense': weight 1 has dtype int64, expected floats"):
+        load_model(path, mode="tensorflow")
+
+
+def test_keras_weights_group_with_odd_names_is_refused(tmp_path):
+    """A vars group whose datasets are not named 0, 1, ... is refused, naming the group."""
+    def rename(f):
+        f.move("layers/dense/vars/1", "layers/dense/vars/bias")
+    path = _keras_with(tmp_path / "odd.keras", weights=_weights_edited(rename))
+    with pytest.raises(ValueError, match="layers/dense/vars holds .* expected datasets named 0, 1, 2"):
+        load_model(path, mode="tensorflow")
+
+
+def test_keras_legacy_h5_without_weights_is_refused(tmp_path):
+    """An HDF5 file that is not a Keras model says so."""
+    path = tmp_path / "data.h5"
+    with h5py.File(path, "w") as f:
+        f.create_dataset("x", data=np.zeros(3))
+    with pytest.raises(ValueError, match="without model_weights"):
+        load_model(str(path), mode="tensorflow")
+
+
+def test_keras_file_without_layer_names_in_vars_still_loads(tmp_path):
+    """Weights groups that do not record their layer's name are matched by Keras' class-based names."""
+    def strip(f):
+        for g in f["layers"].values():
+            del g["vars"].attrs["name"]
+    path = _keras_with(tmp_path / "old.keras", weights=_weights_edited(strip))
+    io_ = np.load(os.path.join(FIXTURES, "keras_default_convnet_io.npz"))
+    np.testing.assert_allclose(load_model(path, mode="tensorflow")(io_["x"]), io_["logits"],
+                               rtol=1e-4, atol=1e-5)
+
+
+def test_keras_permission_error_is_not_called_unreadable(tmp_path, monkeypatch):
+    """A Keras file this user cannot read says 'permission denied'."""
+    path = _keras_with(tmp_path / "locked.keras")
+    real_open = builtins.open
+
+    def locked(file, *args, **kwargs):
+        if isinstance(file, (str, os.PathLike)) and os.fspath(file) == path:
+            raise PermissionError(13, "Permission denied", path)
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", locked)
+    monkeypatch.setattr(io, "open", locked)
+    with pytest.raises(PermissionError, match="permission denied; check the file's permissions"):
+        load_model(path, mode="tensorflow")

@@ -9,7 +9,7 @@ import pytest
 
 from conftest import FIXTURES, assert_close
 from ece662 import io as mio
-from ece662.layers import Conv2d, Flatten, Linear, MaxPool2d, ReLU, Sequential
+from ece662.layers import Conv2d, Dropout, Flatten, Linear, MaxPool2d, ReLU, Sequential
 from ece662.models import default_convnet
 from ece662.pruning_helper import load_model, test_model
 
@@ -169,3 +169,89 @@ def test_keras_file_of_another_architecture_is_explained():
         load_model(os.path.join(FIXTURES, "keras_default_convnet.keras"), mode="tensorflow", model=model)
     with pytest.raises(ValueError, match="not a .keras model|not a readable Keras"):
         load_model(os.path.join(FIXTURES, "torch_default_convnet.pt"), mode="tensorflow")
+
+
+def _softmax(z):
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+@pytest.mark.parametrize("ext", ["keras", "h5"])
+@pytest.mark.parametrize("name", ["keras_beyond", "keras_gap"])
+def test_keras_architectures_beyond_the_course_cnn_build_from_their_config(name, ext, monkeypatch):
+    """Real Keras 3 Sequentials (Conv2D same/stride 2, pooling max/average/global, LeakyReLU,
+    Activation, ReLU, Dropout, Flatten, Dense) are built from the file's config, with Keras' outputs."""
+    monkeypatch.setitem(sys.modules, "keras", None)
+    path = os.path.join(FIXTURES, f"{name}.{ext}")
+    io = np.load(os.path.join(FIXTURES, f"{name}_io.npz"))
+    if name == "keras_beyond":       # its last Dense has a softmax, which ece662 leaves out (and says so)
+        with pytest.warns(UserWarning, match="final softmax of Keras layer 'dense_1' is left out"):
+            net = load_model(path, mode="tensorflow")
+        out = _softmax(net(io["x"]))
+    else:
+        net = load_model(path, mode="tensorflow")
+        out = net(io["x"])
+    assert_close(out, io["out"], f"{name}.{ext}", rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("ext", ["keras", "h5"])
+def test_keras_batchnorm_file(ext):
+    """A Keras BatchNormalization loads with Keras' outputs once ece662 has BatchNorm2d; until then
+    the error names the layer and what is missing."""
+    import ece662.layers
+    path = os.path.join(FIXTURES, f"keras_gap_bn.{ext}")
+    if not hasattr(ece662.layers, "BatchNorm2d"):
+        with pytest.raises(ValueError, match="'batch_normalization' is a BatchNormalization, which "
+                                             "needs ece662.layers.BatchNorm2d"):
+            load_model(path, mode="tensorflow")
+        return
+    io = np.load(os.path.join(FIXTURES, "keras_gap_bn_io.npz"))
+    assert_close(load_model(path, mode="tensorflow")(io["x"]), io["out"], f"bn .{ext}", rtol=1e-4, atol=1e-5)
+
+
+def test_keras_writer_round_trips_and_refuses_what_keras_cannot_say(tmp_path):
+    """save_keras then load_model(mode='tensorflow') gives identical logits (padding 'same' at
+    stride 1, Dropout, a Dense after a Flatten); an asymmetric padding is refused by name."""
+    from ece662.keras_format import save_keras
+    net = Sequential(Conv2d(3, 6, 3, padding=1, seed=1), ReLU(), MaxPool2d(2), Dropout(0.2),
+                     Conv2d(6, 4, 3, stride=2, seed=2), Flatten(), Linear(4 * 7 * 7, 5, seed=3)).eval()
+    path = tmp_path / "net.keras"
+    save_keras(net, path)
+    x = np.random.default_rng(0).standard_normal((3, 3, 32, 32)).astype(np.float32)
+    np.testing.assert_array_equal(load_model(str(path), mode="tensorflow")(x), net(x))
+    with pytest.raises(ValueError, match="layer '0'.*padding 2"):
+        save_keras(Sequential(Conv2d(3, 4, 3, padding=2)), tmp_path / "bad.keras")
+
+
+def test_course_keras_file_is_read_by_real_keras(tmp_path, monkeypatch):
+    """Real Keras 3 (torch backend) loads ece662/models/tensorflow.model and predicts the shipped logits
+    (an optional oracle like torch: skipped where Keras is not installed)."""
+    monkeypatch.setenv("KERAS_BACKEND", os.environ.get("KERAS_BACKEND", "torch"))
+    keras = pytest.importorskip("keras")
+    path = tmp_path / "course.keras"      # Keras insists on the .keras extension
+    path.write_bytes(open(os.path.join(os.path.dirname(FIXTURES), "..", "ece662", "models",
+                                       "tensorflow.model"), "rb").read())
+    x = np.random.default_rng(0).standard_normal((4, 3, 32, 32)).astype(np.float32)
+    out = np.asarray(keras.saving.load_model(str(path)).predict(x.transpose(0, 2, 3, 1), verbose=0))
+    assert_close(out, load_model()(x), "real Keras", rtol=1e-4, atol=1e-5)
+
+
+def test_keras_writer_round_trips_the_newer_layers(tmp_path):
+    """BatchNorm2d (with running statistics), LeakyReLU, AvgPool2d and AdaptiveAvgPool2d(1) go to
+    Keras and back with identical logits."""
+    from ece662.keras_format import save_keras
+    import ece662.layers as L
+    bn = L.BatchNorm2d(6, eps=1e-3, momentum=0.01)
+    rng = np.random.default_rng(2)
+    bn.load_state_dict({"weight": rng.uniform(0.5, 1.5, 6), "bias": rng.normal(0, 0.1, 6),
+                        "running_mean": rng.normal(0, 0.2, 6), "running_var": rng.uniform(0.5, 2, 6),
+                        "num_batches_tracked": np.array(3)})
+    net = Sequential(Conv2d(3, 6, 3, seed=1), bn, L.LeakyReLU(0.1), L.AvgPool2d(2),
+                     Conv2d(6, 4, 3, seed=2), ReLU(), L.AdaptiveAvgPool2d(1), Flatten(),
+                     Linear(4, 5, seed=3)).eval()
+    path = tmp_path / "net.keras"
+    save_keras(net, path)
+    back = load_model(str(path), mode="tensorflow")
+    x = np.random.default_rng(0).standard_normal((3, 3, 32, 32)).astype(np.float32)
+    np.testing.assert_array_equal(back(x), net(x))
+    assert back[1].eps == 1e-3 and back[1].momentum == 0.01
