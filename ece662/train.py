@@ -168,6 +168,8 @@ class Trainer:
         self.model = model
         self.epochs = _check_positive_int(epochs, "epochs")
         self.batch_size = _check_positive_int(batch_size, "batch_size")
+        if isinstance(cutout, bool) or not isinstance(cutout, (int, np.integer)) or cutout < 0:
+            raise ValueError(f"Trainer: cutout must be a whole number of pixels >= 0 (0: none), got {cutout!r}")
         self.cutout = int(cutout)
         self.max_lr, self.schedule, self.augment = float(max_lr), schedule, augment
         self.label_smoothing = float(label_smoothing)

@@ -5,13 +5,16 @@
 Recipe (``ece662.pruning.schedules``), from the shipped dense model, on the same 25,000
 train + val images it was trained on, seed 0, test split evaluated once at the end:
 
-* ``pruned-80``: gradual global magnitude pruning of every conv and linear weight to 80%
-  on Zhu & Gupta's cubic schedule over the first 60% of the run, with distillation from
-  the dense model (T = 4, weight 0.7), one-cycle learning rate peaking at 0.02;
+* ``pruned-80``: 5 epochs of gradual global magnitude pruning of every conv and linear
+  weight to 80% on Zhu & Gupta's cubic schedule over the first 60% of the run, with
+  distillation from the dense model (T = 4, weight 0.7), one-cycle learning rate peaking
+  at 0.02;
 * ``pruned-90``: the same recipe continued from ``pruned-80`` (cubic from 80% to 90%);
-* ``filters-50``: gradual L2 filter pruning of each conv layer to 50% of its filters with
-  distillation, then the dead filters removed (``ece662.pruning.shrink``) and the smaller
-  network fine-tuned with distillation.
+* ``filters-50``: 5 epochs of gradual L2 filter pruning of each conv layer to 50% of its
+  filters with distillation, then the dead filters removed (``ece662.pruning.shrink``) and
+  the smaller network fine-tuned 4 epochs with distillation.
+
+The run is deterministic (seeded): it reproduces the shipped files bit for bit.
 
 Writes ``<name>.npz`` and ``<name>_training.json`` (accuracy, time, history) per model.
 """
@@ -49,8 +52,8 @@ def main():
     ap.add_argument("--data", default=None, help="data path (default: the library's lookup)")
     ap.add_argument("--dense", default=shipped_model_path(), help="the dense model to prune")
     ap.add_argument("--which", default="all", choices=["all", "pruned-80", "pruned-90", "filters-50"])
-    ap.add_argument("--epochs", type=int, default=10, help="epochs of each gradual run")
-    ap.add_argument("--shrunk-epochs", type=int, default=8, help="fine-tuning epochs of the shrunk filters-50")
+    ap.add_argument("--epochs", type=int, default=5, help="epochs of each gradual run")
+    ap.add_argument("--shrunk-epochs", type=int, default=4, help="fine-tuning epochs of the shrunk filters-50")
     ap.add_argument("--train-images", type=int, default=None, help="use only the first N images (quick check)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out-dir", default=models_dir())

@@ -122,7 +122,8 @@ def test_early_stopping_keeps_the_best_validation_weights():
 
 @pytest.mark.parametrize("kwargs, match", [
     (dict(batch_size=0), "batch_size must be a positive whole number, got 0"), (dict(batch_size=-3), "batch_size"),
-    (dict(batch_size=2.5), "batch_size"), (dict(batch_size=True), "batch_size"), (dict(epochs=0), "epochs")])
+    (dict(batch_size=2.5), "batch_size"), (dict(batch_size=True), "batch_size"), (dict(epochs=0), "epochs"),
+    (dict(cutout=-4), "cutout"), (dict(label_smoothing=1.0), "label_smoothing")])
 def test_bad_batch_size_or_epochs_is_a_clear_error(kwargs, match):
     """batch_size <= 0 (or not a whole number) and epochs < 1 are refused when the Trainer is made."""
     X, y = _tiny_data(8)

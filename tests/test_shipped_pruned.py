@@ -1,0 +1,60 @@
+"""The shipped pruned models: loadable by name, as sparse as their cards say, as accurate as recorded."""
+import json
+import os
+
+import numpy as np
+import pytest
+
+from ece662.data_utils import get_CINIC10_data
+from ece662.layers import Conv2d, Linear
+from ece662.models import SHIPPED, load_named, named_model_path
+from ece662.pruning import is_pruned
+from ece662.pruning_helper import test_model
+
+PRUNED = {"pruned-80": 0.8, "pruned-90": 0.9}
+
+
+def _card(name):
+    with open(os.path.splitext(named_model_path(name))[0] + "_training.json") as f:
+        return json.load(f)
+
+
+@pytest.mark.parametrize("name, target", sorted(PRUNED.items()))
+def test_unstructured_models_have_their_sparsity_and_keep_their_masks(name, target):
+    """pruned-80/90: that fraction of the conv + linear weights is exactly 0, and the masks ship with them."""
+    net = load_named(name)
+    layers = [m for _, m in net.named_modules() if isinstance(m, (Conv2d, Linear))]
+    zeros = sum(int((m.weight == 0).sum()) for m in layers)
+    total = sum(m.weight.size for m in layers)
+    assert zeros / total == pytest.approx(target, abs=1e-4)
+    assert zeros / total == pytest.approx(_card(name)["sparsity"], abs=1e-6)
+    assert is_pruned(net)
+    assert all((m.weight[~m.weight_mask] == 0).all() for m in layers)
+
+
+def test_filter_model_is_physically_half_as_wide():
+    """filters-50: conv1 and conv2 have 16 of their 32 filters, fc reads 16 * 6 * 6 features."""
+    net = load_named("filters-50")
+    assert net.conv1.weight.shape == (16, 3, 5, 5)
+    assert net.conv2.weight.shape == (16, 16, 3, 3)
+    assert net.fc.weight.shape == (10, 16 * 6 * 6)
+    assert not is_pruned(net)
+    assert _card("filters-50")["conv_filters"] == [16, 16]
+
+
+@pytest.mark.parametrize("name", sorted(SHIPPED))
+def test_shipped_models_give_their_recorded_accuracy(name, real_data):
+    """Every named model gives exactly its card's accuracy on the 10,000-image test split."""
+    card = _card(name)
+    data = get_CINIC10_data(os.path.join(real_data, "cifar10_real.npz"), splits=("test",))
+    acc = test_model(load_named(name), [data["X_test"], data["y_test"]], verbose=False)
+    assert acc == card["test_accuracy"]
+    assert acc >= 0.6
+
+
+def test_unknown_name_lists_the_shipped_models():
+    with pytest.raises(ValueError, match=r"unknown shipped model 'pruned-99'.*'pruned-80'"):
+        load_named("pruned-99")
+    with pytest.raises(ValueError, match="unknown shipped model"):
+        load_named(None)
+    assert np.isfinite(load_named("dense").conv1.weight).all()
