@@ -39,7 +39,8 @@ How layers map (both directions)::
     Relu / LeakyRelu              ReLU / LeakyReLU
     MaxPool / AveragePool         MaxPool2d / AvgPool2d (square window, no padding, floor mode)
     GlobalAveragePool             AdaptiveAvgPool2d(1)   (read also: ReduceMean over H, W)
-    Flatten (axis 1), Reshape     Flatten                (Reshape only to (N, C*H*W))
+    Flatten (axis 1), Reshape     Flatten                (Reshape only to (N, C*H*W); the target
+                                                          may be computed: Shape, Gather, Concat...)
     Gemm, or MatMul then Add      Linear
     Dropout                       Dropout, Dropout2d (the identity in an inference graph); Identity is skipped
 
@@ -256,6 +257,7 @@ class _ChainReader:
         self.counts = Counter()                  # per kind, for generated names
         self.shape = None                        # (C, H, W) or (F,) of the tensor flowing along the chain
         self.bias_slot = None                    # a Linear built from MatMul, whose Add may follow
+        self.shapes = {}                         # name -> list of ints and "N": shape arithmetic
 
     # -- small helpers
     def where(self, node):
@@ -283,7 +285,8 @@ class _ChainReader:
         return arr
 
     def is_const(self, name):
-        return name in self.constants or name in self.inits
+        """A weight, a Constant, or a value of the shape arithmetic (never the data flowing)."""
+        return name in self.constants or name in self.inits or name in self.shapes
 
     def name_for(self, node, kind, weight_name=None):
         """A layer name: the weight's module path (``conv1.weight`` -> ``conv1``), torch's legacy
@@ -350,7 +353,8 @@ class _ChainReader:
     def build(self):
         from ece662.layers import Sequential
         current, self.shape = self.graph_input()
-        uses = Counter(name for n in self.graph.node for name in n.input if name)
+        # a Shape node reads a tensor's shape, not its values: it does not make the graph branch
+        uses = Counter(name for n in self.graph.node if n.op_type != "Shape" for name in n.input if name)
         outputs = [o.name for o in self.graph.output]
         if len(outputs) != 1:
             raise ValueError(f"{self.source}: expected one graph output (the logits), got {outputs}")
@@ -360,6 +364,9 @@ class _ChainReader:
                 raise ValueError(f"{where}: the node has no output")
             if node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
                 _guard(where, self.constant_node, node)
+                continue
+            if node.op_type in _SHAPE_OPS and node.domain in ("", "ai.onnx") and self.is_shape_node(node, current):
+                _guard(where, self.shape_node, node)
                 continue
             if node.op_type == "Identity" and node.input and self.is_const(node.input[0]):
                 self.constants[node.output[0]] = self.const(node.input[0], node)
@@ -409,6 +416,37 @@ class _ChainReader:
         else:
             raise ValueError(f"{self.where(node)}: a Constant of kind {sorted(a)} is not supported")
         self.constants[node.output[0]] = arr
+
+    # -- x.view(x.size(0), -1): torch's legacy exporter writes the target shape as arithmetic,
+    #    Shape(x) -> Gather(0) -> Unsqueeze -> Concat([N], [-1]) -> Reshape(x, target).  The values
+    #    are known here (the batch is "N"), so they are computed, not turned into layers.
+    def is_shape_node(self, node, current):
+        if node.op_type == "Shape":
+            return bool(node.input) and node.input[0] == current
+        return any(i in self.shapes for i in node.input)
+
+    def shape_node(self, node):
+        a = _attrs(node)
+        if node.op_type == "Shape":
+            value = ["N", *self.shape][a.get("start", 0):a.get("end", None)]
+        elif node.op_type == "Gather":
+            if a.get("axis", 0) != 0:
+                raise ValueError(f"{self.where(node)}: a Gather of a shape along axis {a['axis']}")
+            value = [self.shapes[node.input[0]][int(i)] for i in self.const(node.input[1], node).reshape(-1)]
+        elif node.op_type in ("Unsqueeze", "Squeeze"):  # a shape value stays a list of numbers
+            value = list(self.shapes[node.input[0]])
+        else:                                           # Concat along axis 0
+            value = []
+            for name in node.input:
+                value += self.shapes[name] if name in self.shapes else \
+                    [int(v) for v in self.const(name, node).reshape(-1)]
+        self.shapes[node.output[0]] = value
+
+    def shape_input(self, name, node):
+        """A Reshape's target: computed shape arithmetic, or a constant."""
+        if name in self.shapes:
+            return list(self.shapes[name])
+        return [int(v) for v in self.const(name, node).reshape(-1)]
 
     # -- one method per op; each checks what ece662's layer cannot express
     def window(self, node, a, kernel_default=None):
@@ -531,11 +569,11 @@ class _ChainReader:
 
     def read_reshape(self, node, a):
         """A Reshape is a Flatten when its target shape is (N, C*H*W), N as -1, 0 or the batch."""
-        target = [int(v) for v in self.const(node.input[1], node).reshape(-1)]
+        target = self.shape_input(node.input[1], node)
         features = math.prod(self.shape)
-        firsts = (-1,) if a.get("allowzero", 0) else (-1, 0)
+        firsts = ("N", -1) if a.get("allowzero", 0) else ("N", -1, 0)
         if not (len(target) == 2 and target[1] in (features, -1)
-                and (target[0] in firsts or (target[0] > 0 and target[1] == features))):
+                and (target[0] in firsts or (target[0] != "N" and target[0] > 0 and target[1] == features))):
             raise ValueError(f"{self.where(node)}: reshape of (N, {', '.join(map(str, self.shape))}) to "
                              f"{target}; ece662 reads only a flatten to (N, {features})")
         from ece662.layers import Flatten
@@ -596,6 +634,9 @@ class _ChainReader:
     def read_identity(self, node, a):
         pass
 
+
+# the ops of a shape computation (``x.view(x.size(0), -1)``), evaluated rather than turned into layers
+_SHAPE_OPS = ("Shape", "Gather", "Unsqueeze", "Squeeze", "Concat")
 
 # inputs each op needs besides its defaults (data, weight, bias, BatchNorm's four statistics, ...)
 _MIN_INPUTS = {"Conv": 2, "BatchNormalization": 5, "Gemm": 2, "MatMul": 2, "Add": 2, "Reshape": 2}

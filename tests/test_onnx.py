@@ -70,6 +70,20 @@ def test_torch_pooling_cnn_reads_with_torch_logits(exporter):
                  rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("exporter", ["dynamo", "legacy"])
+def test_torch_view_flatten_reads_as_flatten(exporter):
+    """x.view(x.size(0), -1), which the legacy exporter writes as Shape -> Gather -> Unsqueeze ->
+    Concat -> Reshape, reads as one Flatten with torch's logits."""
+    path = os.path.join(ONNX_FIXTURES, f"view_cnn_{exporter}.onnx")
+    io = np.load(os.path.join(ONNX_FIXTURES, "io.npz"))
+    if exporter == "legacy":
+        ops = [n.op_type for n in onnx.load(path).graph.node]
+        assert "Shape" in ops and "Concat" in ops      # the fixture holds the shape arithmetic
+    net = read_onnx(path)
+    assert [type(m).__name__ for m in net] == ["Conv2d", "ReLU", "MaxPool2d", "Flatten", "Linear"]
+    assert_close(net(io["x"]), io["view_cnn"], f"view CNN, {exporter}", rtol=1e-4, atol=1e-5)
+
+
 @needs_bn_layers
 @pytest.mark.parametrize("exporter", ["dynamo", "legacy"])
 def test_torch_batchnorm_cnn_reads_with_torch_logits(exporter):
@@ -469,7 +483,8 @@ def test_randomly_damaged_graphs_give_a_model_or_a_value_error(tmp_path):
     """300 seeded random damages of a valid graph (inputs, outputs, ops, attributes, dims, data,
     node order) each end in a model or a ValueError: never another exception."""
     ops = ["Conv", "Relu", "MaxPool", "AveragePool", "Flatten", "Reshape", "Gemm", "MatMul", "Add",
-           "BatchNormalization", "Dropout", "Identity", "Constant", "GlobalAveragePool", "ReduceMean"]
+           "BatchNormalization", "Dropout", "Identity", "Constant", "GlobalAveragePool", "ReduceMean",
+           "Shape", "Gather", "Unsqueeze", "Concat"]
     values = [0, -1, 2, 1 << 40, 0.5, float("nan"), [1], [2, 2], [0, 0, 0, 0], [-3, 1 << 40], [0.5, 2.0], "abc"]
     good = small_proto(tmp_path)
     rng = np.random.default_rng(0)
