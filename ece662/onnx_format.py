@@ -256,6 +256,7 @@ class _ChainReader:
         self.layers = OrderedDict()
         self.counts = Counter()                  # per kind, for generated names
         self.shape = None                        # (C, H, W) or (F,) of the tensor flowing along the chain
+        self.batch = None                        # the input's batch size if the file fixes one
         self.bias_slot = None                    # a Linear built from MatMul, whose Add may follow
         self.shapes = {}                         # name -> list of ints and "N": shape arithmetic
 
@@ -348,6 +349,7 @@ class _ChainReader:
             raise ValueError(f"{self.source}: the graph input {inp.name!r} has shape {dims}; ece662 "
                              f"needs fixed sizes for every axis but the batch (export with a fixed "
                              f"image size)")
+        self.batch = dims[0]                 # a fixed batch size, or None for a dynamic batch axis
         return inp.name, tuple(dims[1:])
 
     def build(self):
@@ -571,9 +573,12 @@ class _ChainReader:
         """A Reshape is a Flatten when its target shape is (N, C*H*W), N as -1, 0 or the batch."""
         target = self.shape_input(node.input[1], node)
         features = math.prod(self.shape)
-        firsts = ("N", -1) if a.get("allowzero", 0) else ("N", -1, 0)
-        if not (len(target) == 2 and target[1] in (features, -1)
-                and (target[0] in firsts or (target[0] != "N" and target[0] > 0 and target[1] == features))):
+        # "N" is the batch computed from the input (x.size(0)); 0 copies the input's axis, unless allowzero
+        batch = ["N"] + ([] if a.get("allowzero", 0) else [0]) + ([self.batch] if self.batch else [])
+        ok = len(target) == 2 and (
+            (target[1] == features and (target[0] in batch or target[0] == -1 or target[0] > 0))
+            or (target[1] == -1 and target[0] in batch))
+        if not ok:
             raise ValueError(f"{self.where(node)}: reshape of (N, {', '.join(map(str, self.shape))}) to "
                              f"{target}; ece662 reads only a flatten to (N, {features})")
         from ece662.layers import Flatten

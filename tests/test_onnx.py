@@ -473,9 +473,15 @@ def test_reshape_that_is_not_a_flatten_is_refused(tmp_path):
     del n.attribute[:]
     n.input.append("target")
     p.graph.initializer.append(numpy_helper.from_array(np.array([-1, 450], np.int64), "target"))
-    with pytest.raises(ValueError, match=r"node '3' \(Reshape\).*flatten to \(N, 900\)"):
-        read_onnx(write(tmp_path / "reshape.onnx", p))
-    init(p, "target").CopyFrom(numpy_helper.from_array(np.array([-1, 900], np.int64), "target"))
+    for bad in ([-1, 450], [-1, -1], [5, -1], [900], [-1, 1, 900]):
+        init(p, "target").CopyFrom(numpy_helper.from_array(np.array(bad, np.int64), "target"))
+        with pytest.raises(ValueError, match=r"node '3' \(Reshape\).*flatten to \(N, 900\)"):
+            read_onnx(write(tmp_path / "reshape.onnx", p))
+    for good in ([-1, 900], [0, -1], [0, 900], [7, 900]):
+        init(p, "target").CopyFrom(numpy_helper.from_array(np.array(good, np.int64), "target"))
+        assert isinstance(read_onnx(write(tmp_path / "reshape.onnx", p))[3], Flatten), good
+    p.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 5      # a fixed batch of 5
+    init(p, "target").CopyFrom(numpy_helper.from_array(np.array([5, -1], np.int64), "target"))
     assert isinstance(read_onnx(write(tmp_path / "reshape.onnx", p))[3], Flatten)
 
 
