@@ -14,7 +14,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["ece662", "ece662.*"]),
-    package_data={"ece662": ["models/*.npz", "models/*.md"]},
+    package_data={"ece662": ["models/*.npz", "models/*.md", "models/*.model"]},
     install_requires=[
         "numpy>=1.24",
         "numba>=0.59",       # the jitted kernels (cache=True; NUMBA_DISABLE_JIT=1 still runs them)
@@ -24,8 +24,9 @@ setup(
     ],
     extras_require={
         "test": ["pytest>=7", "hypothesis>=6", "h5py>=3",
-                 # the notebook test executes notebooks/Pruning.ipynb
-                 "nbclient>=0.7", "nbformat>=5", "ipykernel>=6"],
+                 # the notebook test executes notebooks/Pruning.ipynb; ipywidgets: tqdm.auto's notebook bars
+                 # (without it tqdm.auto warns "IProgress not found" in every notebook that trains)
+                 "nbclient>=0.7", "nbformat>=5", "ipykernel>=6", "ipywidgets>=8"],
         # an optional outside reference for the tests and the benchmarks; never imported by the library.
         # 2.13.0 is the CPU build that lies on the course machines' disk (other specs download gigabytes)
         # onnx and onnxruntime: the ONNX tests read/write graphs and check logits against onnxruntime,

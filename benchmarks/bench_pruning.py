@@ -1,15 +1,22 @@
 """Does pruning make inference faster?  Measured, in one run, against the FLOP-count ideal.
 
-    python benchmarks/bench_pruning.py [--images 5000] [--repeats 3] [--plot docs/speedup.png]
+    python benchmarks/bench_pruning.py [--images 2000] [--repeats 7] [--plot [FILE]]   (default FILE: runs/bench/speedup.png)
+
+Every ece662 speedup is a paired, repeated measurement (``ece662.timing.PairedTimer``): the
+dense model and the pruned variants run back to back, interleaved, ``--repeats`` rounds; the
+table gives the median ratio and its interquartile range, and flags a ratio above the FLOP
+ideal or a "masks only" ratio off 1x beyond its noise.
 
 1. Filter pruning (L2, dim 0) of both conv layers of the shipped model at 25/50/75%:
    whole-network time with the dense kernels on the masked weights ("masks alone"), with
    ece662's filter-skipping path, and physically shrunk; speedups over the dense run next
    to the FLOP ideal (dense FLOPs / FLOPs left, from ece662.pruning.report).  With torch:
-   torch on the zeroed weights and torch on the shrunk network (channels_last, 2 threads).
+   torch on the zeroed weights and torch on the shrunk network (channels_last, 2 threads),
+   timed after all ece662 timings (best of several: torch's threads disturb whatever runs beside them).
 2. Unstructured L1 pruning of conv1 and conv2 at 0-90%: each layer alone, dense v3 vs the sparse-taps kernel.
 """
 import argparse
+import os
 import time
 
 import numpy as np
@@ -18,6 +25,7 @@ import ece662.pruning as prune
 from ece662.experiments import dense_twin
 from ece662.layers import functional as fn
 from ece662.pruning_helper import load_model
+from ece662.timing import PairedTimer
 
 
 def best_time(fn_, repeats):
@@ -61,11 +69,23 @@ def torch_time(net, x, repeats, bs=128):
     return best_time(run, max(5, 2 * repeats))
 
 
+def _positive(text):
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return value
+
+
+def _cell(r):
+    return f"{r.median:.2f}x [{r.q1:.2f}-{r.q3:.2f}]" + ("!" if r.flag else "")
+
+
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--images", type=int, default=5000)
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--plot", default=None)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--images", type=_positive, default=2000)
+    ap.add_argument("--repeats", type=_positive, default=7, help="interleaved rounds per comparison")
+    ap.add_argument("--plot", nargs="?", const="runs/bench/speedup.png", default=None,
+                    help="write the figure (default runs/bench/speedup.png; the README's copy is docs/speedup.png)")
     args = ap.parse_args()
     x = np.random.default_rng(0).standard_normal((args.images, 3, 32, 32)).astype(np.float32)
     try:
@@ -76,8 +96,8 @@ def main():
 
     # all ece662 timings first, then all torch timings: torch's OpenMP threads keep spinning for a
     # while after each call and slow down whatever runs next (measured: up to 2.5x on both sides)
+    timer = PairedTimer(repeats=args.repeats)
     base = load_model()
-    t_dense0 = best_time(run_batched(dense_twin(base), x), args.repeats)
     rows, models = [], []
     for amount in (0.25, 0.5, 0.75):
         m = load_model()
@@ -85,16 +105,14 @@ def main():
             prune.ln_structured(layer, "weight", amount=amount, n=2, dim=0)
         rep = prune.report(m, verbose=False)[-1]
         small = prune.shrink(m)
-        rows.append({"amount": amount, "ideal": rep["flops_dense"] / rep["flops_skip"],
-                     "t_masked": best_time(run_batched(dense_twin(m), x), args.repeats),
-                     "t_skip": best_time(run_batched(m.eval(), x), args.repeats),
-                     "t_small": best_time(run_batched(small, x), args.repeats)})
+        ideal = rep["flops_dense"] / rep["flops_skip"]
+        r = timer.compare({"dense": dense_twin(base), "masked": dense_twin(m), "skip": m.eval(), "shrunk": small}, x)
+        r["masked"].check(same_work=True)
+        r["skip"].check(ideal=ideal)
+        r["shrunk"].check(ideal=ideal)
+        rows.append({"amount": amount, "ideal": ideal, **r})
         models.append((m, small))
-    # the baseline again at the end, best of both: one slow first measurement would inflate every ratio
-    t_dense0 = min(t_dense0, best_time(run_batched(dense_twin(base), x), args.repeats))
-    for r in rows:
-        r["masked"], r["skip"], r["shrunk"] = (t_dense0 / r["t_masked"], t_dense0 / r["t_skip"],
-                                               t_dense0 / r["t_small"])
+    t_dense0 = float(np.median(timer.reference_times))
     t_torch0 = None
     if torch:
         t_torch0 = torch_time(torch_net(base), x, args.repeats)
@@ -106,52 +124,78 @@ def main():
         t_zeros = min([t_torch0] + [r["tz"] for r in rows])
         for r in rows:
             r["tz"] = t_zeros
-    print(f"unpruned: ece662 dense {t_dense0:.3f} s" + (f", torch channels_last {t_torch0:.3f} s" if torch else ""))
-    print(f"\n{'filters pruned':>14} {'FLOP ideal':>10} {'masks only':>10} {'skip':>8} {'shrunk':>8} "
+    print(f"{args.images} images, {args.repeats} interleaved rounds per comparison: median speedup [interquartile "
+          f"range]; ! = flagged (see below)")
+    print(f"unpruned: ece662 dense {t_dense0:.3f} s (median)" + (f", torch channels_last {t_torch0:.3f} s (best)" if torch else ""))
+    print(f"\n{'filters pruned':>14} {'FLOP ideal':>10} {'masks only':>20} {'skip':>20} {'shrunk':>20} "
           f"{'skip/ideal':>10}" + (f" {'torch zeros':>12} {'torch shrunk':>12} {'skip vs tz':>10} {'shrunk vs ts':>12}" if torch else ""))
     for r in rows:
-        line = (f"{r['amount']:>14.0%} {r['ideal']:>9.2f}x {r['masked']:>9.2f}x {r['skip']:>7.2f}x "
-                f"{r['shrunk']:>7.2f}x {r['skip'] / r['ideal']:>9.0%}")
+        line = (f"{r['amount']:>14.0%} {r['ideal']:>9.2f}x {_cell(r['masked']):>20} {_cell(r['skip']):>20} "
+                f"{_cell(r['shrunk']):>20} {r['skip'].median / r['ideal']:>9.0%}")
         if torch:
-            line += (f" {r['tz']:>11.3f}s {r['ts']:>11.3f}s {r['tz'] / r['t_skip']:>9.2f}x "
-                     f"{r['ts'] / r['t_small']:>11.2f}x")
+            t_skip = r["skip"].times.min()
+            t_small = r["shrunk"].times.min()
+            line += (f" {r['tz']:>11.3f}s {r['ts']:>11.3f}s {r['tz'] / t_skip:>9.2f}x "
+                     f"{r['ts'] / t_small:>11.2f}x")
         print(line)
+    for r in rows:
+        for k in ("masked", "skip", "shrunk"):
+            if r[k].flag:
+                print(f"! {r['amount']:.0%} {k}: {r[k].flag}")
+    if timer.busy:
+        print("(the machine was busy: the dense model's own rounds spread by more than 20%; the paired ratios "
+              "hold, absolute seconds do not)")
 
     net = load_model()
     inputs = {"conv1": x[:2000]}
     inputs["conv2"] = net.pool1(net.relu1(net.conv1(x[:2000])))
     rng = np.random.default_rng(1)
+    layer_timer = PairedTimer(repeats=args.repeats, warn=False)   # layer-sized rounds: a separate spread
     sparse_rows = []
     for layer_name in ("conv1", "conv2"):
         layer, h = getattr(net, layer_name), inputs[layer_name]
         w, b = layer.weight, layer.bias
-        t_d = best_time(lambda: fn.conv2d_forward_numba(h, w, b), args.repeats)
-        print(f"\n{layer_name + ' zeros':>12} {'sparse vs dense':>16}")
+        print(f"\n{layer_name + ' zeros':>12} {'sparse vs dense':>22}")
         for s in (0.0, 0.3, 0.5, 0.8, 0.9):
             mask = prune.masks.l1_unstructured(w * (1 + 0.01 * rng.random(w.shape)), s)
             ws = w * mask
-            t_s = best_time(lambda: fn.conv2d_forward_sparse(h, ws, b), args.repeats)
-            print(f"{s:>12.0%} {t_d / t_s:>15.2f}x")
+            r = layer_timer.compare({"dense": lambda: fn.conv2d_forward_numba(h, w, b),
+                               "sparse": lambda: fn.conv2d_forward_sparse(h, ws, b)})["sparse"]
+            print(f"{s:>12.0%} {_cell(r):>22}")
             if layer_name == "conv2":
-                sparse_rows.append((s, t_d / t_s))
+                sparse_rows.append((s, r))
 
     if args.plot:
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
-        fig, ax = plt.subplots(figsize=(6, 4))
+        os.makedirs(os.path.dirname(os.path.abspath(args.plot)), exist_ok=True)
+        fig, ax = plt.subplots(figsize=(7, 4.6))
         a = [r["amount"] for r in rows]
+
+        def bars(xs, rs, fmt, label):
+            ok = [not r.flag for r in rs]
+            med = np.array([r.median for r in rs])
+            err = np.array([[r.median - r.q1 for r in rs], [r.q3 - r.median for r in rs]])
+            xs, ok = np.asarray(xs), np.asarray(ok)
+            ax.errorbar(xs[ok], med[ok], yerr=err[:, ok], fmt=fmt, capsize=3, label=label)
+            if (~ok).any():
+                ax.errorbar(xs[~ok], med[~ok], yerr=err[:, ~ok], fmt="o", mfc="white", mec="red", capsize=3,
+                            label=f"{label}: FLAGGED, not a result")
+
         ax.plot(a, [r["ideal"] for r in rows], "k--", label="filters: FLOP ideal")
-        ax.plot(a, [r["skip"] for r in rows], "o-", label="filters: skipping kernel")
-        ax.plot(a, [r["shrunk"] for r in rows], "s-", label="filters: physically removed")
-        ax.plot(a, [r["masked"] for r in rows], "x-", label="filters: masks only (dense kernel)")
-        ax.plot([s for s, _ in sparse_rows], [v for _, v in sparse_rows], "^-", label="conv2 unstructured: sparse kernel")
+        bars(a, [r["skip"] for r in rows], "o-", "filters: skipping kernel")
+        bars(a, [r["shrunk"] for r in rows], "s-", "filters: physically removed")
+        bars(a, [r["masked"] for r in rows], "x-", "filters: masks only (dense kernel)")
+        bars([s for s, _ in sparse_rows], [r for _, r in sparse_rows], "^-", "conv2 weights: sparse kernel")
         ax.axhline(1, color="grey", lw=0.8)
-        ax.set_xlabel("fraction pruned (filters per conv layer, or conv2 weights)")
+        ax.set_xlabel("fraction pruned (filters of each conv layer, or conv2's weights)")
         ax.set_ylabel("speedup over the dense kernel")
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
-        fig.tight_layout()
+        fig.text(0.5, 0.01, f"Median of {args.repeats} interleaved rounds, {args.images} images; bars: interquartile "
+                 "range; dashed: FLOP ideal.", ha="center", va="bottom", fontsize=7, style="italic")
+        fig.tight_layout(rect=(0, 0.05, 1, 1))
         fig.savefig(args.plot, dpi=110)
         print(f"\nwrote {args.plot}")
 

@@ -7,21 +7,50 @@ import argparse
 import csv
 import json
 import os
+import shutil
+import signal
 import sys
+import tempfile
 import time
 
 import numpy as np
 
 
 def _amounts(text):
+    """Comma-separated pruning fractions in [0, 1): 1.0 would remove everything there is to prune."""
     try:
         values = [float(v) for v in text.split(",") if v.strip()]
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated fractions such as 0.1,0.5, got {text!r}")
-    bad = [v for v in values if not 0 <= v <= 1]
-    if bad or not values:
+    if not values or any(not 0 <= v <= 1 for v in values):
         raise argparse.ArgumentTypeError(f"amounts must be fractions in [0, 1], got {text!r}")
+    if any(v == 1 for v in values):
+        raise argparse.ArgumentTypeError(f"amount 1.0 prunes every weight (or every filter) and leaves a model that "
+                                         f"predicts one class; use fractions below 1, such as 0.9 or 0.99 (got {text!r})")
     return values
+
+
+def _count(minimum):
+    """An argparse type: a whole number >= ``minimum``."""
+    def parse(text):
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}")
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected a whole number >= {minimum}, got {text!r}")
+        return value
+    return parse
+
+
+def _positive_float(text):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}")
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
 
 
 def _parser():
@@ -33,7 +62,7 @@ def _parser():
                         help="model file format: ece662 .npz (numpy), a PyTorch state_dict (torch), a Keras .keras/.h5 (tensorflow)")
     common.add_argument("--data", default=None,
                         help="CINIC-10 folder or .npz (default: $ECE662_DATA, datasets/, ../shared/datasets)")
-    common.add_argument("--num-test", type=int, default=None, help="evaluate on a class-balanced subset")
+    common.add_argument("--num-test", type=_count(1), default=None, help="evaluate on a class-balanced subset")
     sub.add_parser("evaluate", parents=[common], help="print the model's test accuracy")
     sw = sub.add_parser("sweep", parents=[common], help="unstructured and structured pruning sweeps")
     sw.add_argument("--out", default="runs/sweep", help="output folder for CSV, JSON and plots")
@@ -43,15 +72,19 @@ def _parser():
                     help="structured (L2 filter) amounts per conv layer, comma-separated")
     sw.add_argument("--scope", choices=["layer", "global", "both"], default="layer",
                     help="filter pruning per conv layer (the notebook's way), ranked globally, or both")
-    sw.add_argument("--finetune", type=int, default=0, metavar="EPOCHS",
+    sw.add_argument("--finetune", type=_count(0), default=0, metavar="EPOCHS",
                     help="fine-tune every pruned model for EPOCHS epochs (masks held) and report both accuracies")
-    sw.add_argument("--iterative", type=int, default=0, metavar="STEPS",
+    sw.add_argument("--iterative", type=_count(0), default=0, metavar="STEPS",
                     help="also prune in STEPS rounds with fine-tuning between them (needs --finetune)")
-    sw.add_argument("--finetune-images", type=int, default=None,
+    sw.add_argument("--finetune-images", type=_count(1), default=None,
                     help="fine-tune on a class-balanced subset of the training images")
-    sw.add_argument("--timing-images", type=int, default=2000,
+    sw.add_argument("--finetune-lr", type=_positive_float, default=0.01, help="peak learning rate of fine-tuning")
+    sw.add_argument("--timing-images", type=_count(0), default=500,
                     help="test images the speed columns are measured on (0: no timing)")
-    sw.add_argument("--seed", type=int, default=0)
+    sw.add_argument("--timing-repeats", type=_count(1), default=7,
+                    help="interleaved rounds (dense, pruned, ...) per pruned model; the median and IQR come from these")
+    sw.add_argument("--no-timing", action="store_true", help="accuracy only: skip the speed columns")
+    sw.add_argument("--seed", type=_count(0), default=0)
     return p
 
 
@@ -63,20 +96,36 @@ def _load(args):
     return model, data
 
 
+_SHORT = {"accuracy_finetuned": "acc_finetuned", "accuracy_imagenet": "acc_imagenet",
+          "images_per_s_pruned": "img/s_pruned", "speedup_iqr": "speedup_IQR"}
+
+
+def _cell(r, k):
+    if k == "speedup_iqr":
+        return f"{r['speedup_iqr_low']:.2f}-{r['speedup_iqr_high']:.2f}" if "speedup_iqr_low" in r else ""
+    if k == "flag":
+        return "!" if r.get("speedup_flag") or r.get("masks_only_flag") else ""
+    v = r.get(k, "")
+    if isinstance(v, float):
+        if k.startswith("images"):
+            return f"{v:.0f}"
+        if k in ("speedup", "masks_only", "flop_ideal"):
+            return f"{v:.2f}x"
+        return f"{v:.4f}"
+    return str(v)
+
+
 def _table(records, keys):
-    short = {"accuracy_finetuned": "acc_finetuned", "accuracy_imagenet": "acc_imagenet",
-             "images_per_s_dense": "img/s_dense", "images_per_s_pruned": "img/s_pruned"}
-    lines = ["  ".join(f"{short.get(k, k):>22}" if i == 0 else f"{short.get(k, k):>13}"
-                       for i, k in enumerate(keys))]
+    """The sweep's table; flagged speeds get a "!" and a line below saying why."""
+    widths = [22] + [max(9, len(_SHORT.get(k, k))) for k in keys[1:]]
+    lines = ["  ".join(f"{_SHORT.get(k, k):>{w}}" for k, w in zip(keys, widths))]
+    notes = []
     for r in records:
-        cells = []
-        for i, k in enumerate(keys):
-            v = r.get(k, "")
-            s = (f"{v:.0f}" if isinstance(v, float) and k.startswith("images") else
-                 f"{v:.4f}" if isinstance(v, float) else str(v))
-            cells.append(f"{s:>22}" if i == 0 else f"{s:>13}")
-        lines.append("  ".join(cells))
-    return "\n".join(lines)
+        lines.append("  ".join(f"{_cell(r, k):>{w}}" for k, w in zip(keys, widths)))
+        for col in ("speedup_flag", "masks_only_flag"):
+            if "flag" in keys and r.get(col):
+                notes.append(f"! {r['method']} {r['target']:g}: {r[col]}")
+    return "\n".join(lines + notes)
 
 
 def _check_out(out):
@@ -89,19 +138,77 @@ def _check_out(out):
         raise SystemExit(f"ece662: cannot write to the output folder {out}: {e.strerror}")
 
 
-def _save(records, out):
+# every file a sweep writes; a re-run removes the ones it did not write (they belonged to the run it replaces)
+OUTPUTS = ("results.csv", "results.json", "accuracy_vs_sparsity.png", "per_layer_sparsity.png",
+           "speedup_vs_ideal.png", "weight_histograms.png", "conv1_filters_l2_50.png", "mask_global_l1_50.png")
+INCOMPLETE = "incomplete"
+
+
+def _save(records, folder):
     lead = ["method", "target", "sparsity", "accuracy"]
     keys = lead + sorted({k for r in records for k in r} - set(lead))
-    tmp = os.path.join(out, ".results.json.tmp")
+    tmp = os.path.join(folder, ".results.json.tmp")
     with open(tmp, "w") as f:
         json.dump(records, f, indent=1)
-    os.replace(tmp, os.path.join(out, "results.json"))
-    tmp = os.path.join(out, ".results.csv.tmp")
+    os.replace(tmp, os.path.join(folder, "results.json"))
+    tmp = os.path.join(folder, ".results.csv.tmp")
     with open(tmp, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=keys)
         w.writeheader()
         w.writerows(records)
-    os.replace(tmp, os.path.join(out, "results.csv"))
+    os.replace(tmp, os.path.join(folder, "results.csv"))
+
+
+class _Staging:
+    """A run is written into a hidden folder inside ``out`` and moved into place only when complete.
+
+    Until :meth:`commit`, ``out`` keeps the previous complete run untouched.  ``commit`` moves
+    the new files over the old ones (``os.replace``: each file is either the old or the new one,
+    never half written; ``results.json`` goes last and Ctrl-C is held off meanwhile) and removes
+    the previous run's files this run did not write.  :meth:`keep_incomplete` moves an
+    interrupted run's finished rows to ``out/incomplete/`` instead.
+    """
+
+    def __init__(self, out):
+        self.out = out
+        self.dir = tempfile.mkdtemp(prefix=".sweep-in-progress-", dir=out)
+
+    def path(self, name):
+        return os.path.join(self.dir, name)
+
+    def commit(self):
+        written = sorted(os.listdir(self.dir), key=lambda f: (f == "results.json", f))
+        stale = [f for f in OUTPUTS if f not in written and os.path.exists(os.path.join(self.out, f))]
+        held = signal.signal(signal.SIGINT, signal.SIG_IGN) if _main_thread() else None
+        try:
+            for f in written:
+                os.replace(os.path.join(self.dir, f), os.path.join(self.out, f))
+            for f in stale:
+                os.remove(os.path.join(self.out, f))
+            os.rmdir(self.dir)
+        finally:
+            if held is not None:
+                signal.signal(signal.SIGINT, held)
+        return sorted(written), stale
+
+    def keep_incomplete(self):
+        dest = os.path.join(self.out, INCOMPLETE)
+        if os.path.isdir(dest):
+            shutil.rmtree(dest)
+        for f in os.listdir(self.dir):      # only the rows: half-drawn pictures are not kept
+            if not f.startswith("results."):
+                os.remove(os.path.join(self.dir, f))
+        os.replace(self.dir, dest)
+        return dest
+
+
+def _main_thread():
+    import threading
+    return threading.current_thread() is threading.main_thread()
+
+
+def _warn_in_one_line(message, category, *args, **kwargs):
+    print(f"ece662: warning: {message}", file=sys.stderr)
 
 
 def _sweep(args):
@@ -111,9 +218,7 @@ def _sweep(args):
 
     from ece662 import experiments as E
     from ece662 import plots
-    from ece662 import pruning as prune
     from ece662.data_utils import get_CINIC10_data
-    from ece662.layers import Conv2d
     if args.iterative and not args.finetune:
         raise SystemExit("ece662: --iterative needs --finetune EPOCHS (the epochs between pruning steps)")
     _check_out(args.out)
@@ -127,8 +232,13 @@ def _sweep(args):
                                num_training=args.finetune_images, seed=args.seed)
         finetune_data = (np.asarray(raw["X_train"]), raw["y_train"])
         print(f"fine-tuning: {args.finetune} epoch(s) on {len(raw['y_train'])} training images per pruned model")
-    setup = E.Setup(X, y, origin, timing_images=min(args.timing_images, len(y)), finetune_data=finetune_data,
-                    finetune_epochs=args.finetune, seed=args.seed)
+    timing_images = 0 if args.no_timing else min(args.timing_images, len(y))
+    setup = E.Setup(X, y, origin, timing_images=timing_images, timing_repeats=args.timing_repeats,
+                    finetune_data=finetune_data, finetune_epochs=args.finetune, finetune_lr=args.finetune_lr,
+                    seed=args.seed)
+    if timing_images:
+        print(f"speed: each pruned model timed against the unpruned one, interleaved, {args.timing_repeats} rounds "
+              f"over {timing_images} test images (median ratio and interquartile range)")
     base = E.baseline(model, setup=setup)
     print(f"unpruned test accuracy: {base['accuracy']:.4f}")
     records = [base]
@@ -137,6 +247,7 @@ def _sweep(args):
     jobs += [(f"structured-{sc}", a) for sc in scopes for a in args.filter_amounts]
     if args.iterative:
         jobs += [("iterative", a) for a in args.amounts]
+    staging = _Staging(args.out)
     try:
         for kind, a in tqdm(jobs, desc="sweep", unit="model", leave=False):
             if kind == "unstructured":
@@ -146,42 +257,58 @@ def _sweep(args):
                                              epochs_per_step=args.finetune)
             else:
                 records += E.structured_sweep(model, amounts=[a], scope=kind.split("-")[1], setup=setup)
-    finally:  # an interrupted sweep keeps the rows it finished
-        _save(records, args.out)
+        _save(records, staging.dir)
+        _figures(model, records, base, staging, timing=bool(timing_images))
+    except BaseException as e:  # an interrupted sweep keeps its finished rows apart; the last complete run stays
+        _save(records, staging.dir)
+        kept = staging.keep_incomplete()
+        print(f"ece662: {'interrupted' if isinstance(e, KeyboardInterrupt) else 'stopped'}: the {len(records)} "
+              f"rows finished are in {kept}/ ({args.out}/results.* are untouched)", file=sys.stderr)
+        raise
     cols = ["method", "target", "sparsity", "accuracy"]
     if args.finetune:
         cols.append("accuracy_finetuned")
     cols += [c for c in ("accuracy_imagenet",) if any(c in r for r in records)]
-    cols += ["dead_filters", "flops_skip"]
-    if args.timing_images:
-        cols += ["images_per_s_dense", "images_per_s_pruned"]
+    cols += ["dead_filters", "flop_ideal"]
+    if timing_images:
+        cols += ["speedup", "speedup_iqr", "masks_only", "images_per_s_pruned", "flag"]
     print(_table(records, cols))
-    plots.accuracy_vs_sparsity(records[1:], base, os.path.join(args.out, "accuracy_vs_sparsity.png"))
-    plots.per_layer_sparsity(records, os.path.join(args.out, "per_layer_sparsity.png"))
-    if args.timing_images:
-        plots.speedup_vs_ideal(records[1:], base, os.path.join(args.out, "speedup_vs_ideal.png"))
-    plots.weight_histograms(model, (0.2, 0.5, 0.8), os.path.join(args.out, "weight_histograms.png"))
+    written, stale = staging.commit()
+    print(f"wrote {args.out}/: {', '.join(written)} in {time.perf_counter() - t0:.1f} s"
+          + (f" (removed the previous run's {', '.join(stale)})" if stale else ""))
+    return 0
+
+
+def _figures(model, records, base, staging, timing):
+    from ece662 import experiments as E
+    from ece662 import plots
+    from ece662 import pruning as prune
+    from ece662.layers import Conv2d
+    plots.accuracy_vs_sparsity(records[1:], base, staging.path("accuracy_vs_sparsity.png"))
+    plots.per_layer_sparsity(records, staging.path("per_layer_sparsity.png"))
+    if timing:
+        plots.speedup_vs_ideal(records[1:], base, staging.path("speedup_vs_ideal.png"))
+    plots.weight_histograms(model, (0.2, 0.5, 0.8), staging.path("weight_histograms.png"))
     # teaching pictures: the first conv's filters after 50% L2 filter pruning (if it sees RGB),
     # and which weights of the second prunable layer global L1 pruning at 50% removes
     example = E.copy_model(model)
     convs = E.prunable(example, (Conv2d,))
     if convs and convs[0][1].in_channels == 3:
         prune.ln_structured(convs[0][1], "weight", amount=0.5, n=2, dim=0)
-        plots.conv_filters(convs[0][1], os.path.join(args.out, "conv1_filters_l2_50.png"))
+        plots.conv_filters(convs[0][1], staging.path("conv1_filters_l2_50.png"))
     unstructured = E.copy_model(model)
     layers = [m for _, m in E.prunable(unstructured)]
     prune.global_unstructured([(m, "weight") for m in layers], pruning_method=prune.L1Unstructured, amount=0.5)
     layer = layers[min(1, len(layers) - 1)]
-    plots.mask_image(layer, os.path.join(args.out, "mask_global_l1_50.png"),
+    plots.mask_image(layer, staging.path("mask_global_l1_50.png"),
                      title=f"{layer.name} after global L1 pruning at 50%: kept (white) "
                            f"{layer.weight_mask.mean():.0%}")
-    pngs = sorted(f for f in os.listdir(args.out) if f.endswith(".png"))
-    print(f"wrote {args.out}/: results.csv, results.json, {', '.join(pngs)} in {time.perf_counter() - t0:.1f} s")
-    return 0
 
 
 def main(argv=None):
     args = _parser().parse_args(argv)
+    import warnings
+    shown, warnings.showwarning = warnings.showwarning, _warn_in_one_line   # "the machine is busy": one line
     try:
         if args.command == "evaluate":
             from ece662.pruning_helper import test_model
@@ -192,6 +319,11 @@ def main(argv=None):
     except (FileNotFoundError, ValueError, TypeError, ImportError) as e:
         print(f"ece662: {e}", file=sys.stderr)
         return 2
+    except OSError as e:
+        print(f"ece662: {e.strerror or e}" + (f": {e.filename}" if e.filename else ""), file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("ece662: interrupted", file=sys.stderr)
         return 130
+    finally:
+        warnings.showwarning = shown

@@ -8,15 +8,20 @@ modified.  A record is a flat dict (one row of the sweep's CSV):
 ``accuracy_<origin>`` -- per image origin (``cifar10`` / ``imagenet``) when the data says;
 ``sparsity_<layer>, params_nonzero, dead_filters`` -- where the zeros are;
 ``flops_dense, flops_skip, flops_nonzero`` -- per image, from ``ece662.pruning.report``;
-``images_per_s_dense, images_per_s_pruned, kernels`` -- measured inference speed with the
-dense kernels on the masked weights and with the kernels ece662 picks for the pruned model;
-``accuracy_finetuned`` (and per origin) -- after fine-tuning with the masks held, if asked.
+``flop_ideal`` -- dense FLOPs over the FLOPs left (the most any kernel could gain);
+``speedup, speedup_iqr_low, speedup_iqr_high, speedup_flag`` -- the pruned model (the kernels
+ece662 picks) against the unpruned model on the dense kernels, timed interleaved and repeated
+(``ece662.timing``): median ratio, its interquartile range, and why not to trust it ("" if fine);
+``masks_only`` (same four columns) -- the dense kernels on the masked weights, against the same;
+``images_per_s_dense, images_per_s_pruned`` -- median throughputs of the unpruned and pruned
+model in those rounds (secondary: unpaired, they move with the machine's load); ``kernels``;
+``accuracy_finetuned`` (and per origin), ``finetune_epochs`` -- after fine-tuning with the masks held, if asked;
+``test_images, timing_images, timing_rounds`` -- how much each number rests on.
 """
-import time
-
 import numpy as np
 
 from ece662 import pruning as prune
+from ece662 import timing
 from ece662.io import _load_with_masks
 from ece662.layers import Conv2d, Linear, from_spec
 from ece662.pruning_helper import predict_logits
@@ -30,20 +35,14 @@ def copy_model(model):
     clone = from_spec(model.spec())
     _load_with_masks(clone, model.state_dict(), source="copy_model")
     for (_, a), (_, b) in zip(model.named_modules(), clone.named_modules()):
-        for flag in ("skip_dead", "sparse_threshold"):
-            if hasattr(a, flag):
-                setattr(b, flag, getattr(a, flag))
+        b.kernels = a.kernels                  # parents first, so a layer keeps its own setting
     return clone.train(model.training)
 
 
 def dense_twin(model):
     """A copy of ``model`` that runs the dense kernels on its masked weights ("masks alone")."""
     m = copy_model(model).eval()
-    m.skip_dead = False
-    for _, layer in m.named_modules():
-        if isinstance(layer, Conv2d):
-            layer.skip_dead = False
-            layer.sparse_threshold = None
+    m.kernels = "dense"
     return m
 
 
@@ -81,18 +80,37 @@ def evaluate(model, X, y, batch_size=1000, origin=None, prefix="accuracy"):
     return rec
 
 
-def images_per_second(model, X, batch_size=500, repeats=2):
-    """Inference throughput of ``model`` on ``X`` (best of ``repeats`` after a warm-up)."""
-    X = np.asarray(X)
-    model.eval()
-    model(X[:batch_size])
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        for s in range(0, len(X), batch_size):
-            model(X[s:s + batch_size])
-        best = min(best, time.perf_counter() - t0)
-    return len(X) / best
+def images_per_second(model, X, batch_size=500, repeats=3):
+    """Inference throughput of ``model`` on ``X``: the median of ``repeats`` timed rounds after a warm-up.
+
+    One model alone, so it moves with the machine's load; to compare models use
+    :func:`speedups` (paired and interleaved).
+    """
+    runs = timing.interleaved_times({"m": timing.batched(model, X, batch_size)}, repeats)
+    return len(X) / float(np.median(runs["m"]))
+
+
+def speedups(model, reference, X, timer=None, ideal=None):
+    """How much faster ``model`` runs than the unpruned ``reference`` on the dense kernels.
+
+    Times three models interleaved (``ece662.timing.PairedTimer``): the reference's dense
+    twin, ``model``'s dense twin ("masks only": the same work on masked weights) and
+    ``model`` itself (the kernels ece662 picks).  Returns the record columns ``speedup*``,
+    ``masks_only*``, ``images_per_s_dense`` and ``images_per_s_pruned``; a speedup above
+    ``ideal`` or a masks-only ratio outside its noise band is flagged.
+    """
+    timer = timer or timing.PairedTimer()
+    r = timer.compare({"dense": dense_twin(reference), "masks_only": dense_twin(model), "pruned": model.eval()}, X)
+    if model is reference:      # the unpruned model against itself: a null experiment, 1x within its noise
+        r["pruned"].check(same_work=True)
+    else:
+        r["pruned"].check(ideal=ideal)
+    r["masks_only"].check(same_work=True)
+    cols = timing.speedup_columns(r["pruned"], "speedup")
+    cols.update(timing.speedup_columns(r["masks_only"], "masks_only"))
+    cols["images_per_s_dense"] = r["dense"].images_per_s
+    cols["images_per_s_pruned"] = r["pruned"].images_per_s
+    return cols
 
 
 class Setup:
@@ -104,6 +122,8 @@ class Setup:
     origin : optional per-image origin strings
     timing_images : int
         How many test images the speed columns are measured on (0 turns timing off).
+    timing_repeats : int
+        Interleaved rounds per pruned model (``ece662.timing.PairedTimer``).
     finetune_data : (X_uint8_NHWC, y), optional
         Training images for fine-tuning (``Trainer`` input).
     finetune_epochs : int
@@ -111,10 +131,11 @@ class Setup:
     seed : int
     """
 
-    def __init__(self, X, y, origin=None, batch_size=1000, timing_images=2000, finetune_data=None,
-                 finetune_epochs=0, finetune_lr=0.01, seed=0, progress=False):
+    def __init__(self, X, y, origin=None, batch_size=1000, timing_images=500, finetune_data=None,
+                 finetune_epochs=0, finetune_lr=0.01, seed=0, progress=False, timing_repeats=7):
         self.X, self.y, self.origin, self.batch_size = X, np.asarray(y), origin, batch_size
         self.timing_X = np.asarray(X[:timing_images]) if timing_images else None
+        self.timer = timing.PairedTimer(repeats=timing_repeats) if timing_images else None
         self.finetune_data, self.finetune_epochs = finetune_data, finetune_epochs
         self.finetune_lr, self.seed, self.progress = finetune_lr, seed, progress
 
@@ -126,8 +147,9 @@ class Setup:
                 max_lr=self.finetune_lr, seed=self.seed, progress=self.progress).fit()
         return model.eval()
 
-    def record(self, method, target, model, finetune=True):
-        """One row: sparsity, FLOPs, accuracy, speed, and (if set up) fine-tuned accuracy."""
+    def record(self, method, target, model, finetune=True, reference=None):
+        """One row: sparsity, FLOPs, accuracy, speed against ``reference`` (the unpruned model;
+        default ``model`` itself), and (if set up) fine-tuned accuracy."""
         overall, per_layer = sparsity(model)
         rec = {"method": method, "target": target, "sparsity": overall}
         rec.update({f"sparsity_{k}": v for k, v in per_layer.items()})
@@ -136,13 +158,18 @@ class Setup:
         total = prune.report(model, verbose=False)[-1]
         for k in ("flops_dense", "flops_skip", "flops_nonzero"):
             rec[k] = total[k]
+        left = min(total["flops_skip"], total["flops_nonzero"])
+        rec["flop_ideal"] = total["flops_dense"] / left if left else float("inf")
         rec.update(evaluate(model, self.X, self.y, self.batch_size, self.origin))
+        rec["test_images"] = len(self.y)
         if self.timing_X is not None:
-            rec["images_per_s_dense"] = images_per_second(dense_twin(model), self.timing_X)
-            rec["images_per_s_pruned"] = images_per_second(model, self.timing_X)
+            rec["timing_images"], rec["timing_rounds"] = len(self.timing_X), self.timer.repeats
+            rec.update(speedups(model, reference if reference is not None else model, self.timing_X, self.timer,
+                                ideal=rec["flop_ideal"]))
             rec["kernels"] = "; ".join(f"{n}: {m.last_kernel}" for n, m in prunable(model, (Conv2d,)))
         if finetune and self.finetune_data is not None and self.finetune_epochs:
             tuned = self.finetune(copy_model(model))
+            rec["finetune_epochs"] = self.finetune_epochs
             rec.update(evaluate(tuned, self.X, self.y, self.batch_size, self.origin, prefix="accuracy_finetuned"))
         return rec
 
@@ -173,7 +200,7 @@ def unstructured_sweep(model, X=None, y=None, amounts=UNSTRUCTURED_AMOUNTS, orig
         m = copy_model(model)
         prune.global_unstructured([(layer, "weight") for _, layer in prunable(m)],
                                   pruning_method=prune.L1Unstructured, amount=a)
-        records.append(setup.record("global_l1_unstructured", a, m))
+        records.append(setup.record("global_l1_unstructured", a, m, reference=model))
     return records
 
 
@@ -199,7 +226,7 @@ def structured_sweep(model, X=None, y=None, amounts=STRUCTURED_AMOUNTS, n=2, ori
             prune.global_structured([(conv, "weight") for _, conv in convs], amount=a, n=n, dim=0,
                                     normalize=True)
         method = f"l{n}_structured_filters" + ("_global" if scope == "global" else "")
-        records.append(setup.record(method, a, m))
+        records.append(setup.record(method, a, m, reference=model))
     return records
 
 
@@ -220,5 +247,6 @@ def iterative_sweep(model, setup, amounts=UNSTRUCTURED_AMOUNTS, steps=3, epochs_
             prune.global_unstructured([(layer, "weight") for _, layer in prunable(m)],
                                       pruning_method=prune.L1Unstructured, amount=p)
             setup.finetune(m, epochs=epochs_per_step)
-        records.append(setup.record(f"global_l1_iterative_{steps}x{epochs_per_step}ep", a, m, finetune=False))
+        records.append(setup.record(f"global_l1_iterative_{steps}x{epochs_per_step}ep", a, m, finetune=False,
+                                    reference=model))
     return records

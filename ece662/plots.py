@@ -6,74 +6,161 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 
-def _save(fig, path):
-    fig.tight_layout()
+def _save(fig, path, caption=None):
+    """Lay out, add the one-line ``caption`` under the axes, save (if ``path``) and close."""
+    if caption:
+        fig.text(0.5, 0.01, caption, ha="center", va="bottom", fontsize=7, style="italic")
+        fig.tight_layout(rect=(0, 0.07, 1, 1))
+    else:
+        fig.tight_layout()
     if path:
         fig.savefig(path, dpi=110)
         plt.close(fig)
     return fig
 
 
+def describe(method, finetune_epochs=None):
+    """A sweep method in plain words, e.g. ``"global magnitude, pruned once"`` or
+    ``"filters (L2), fine-tuned 1 epoch"`` (``finetune_epochs`` given)."""
+    import re
+    it = re.fullmatch(r"global_l1_iterative_(\d+)x(\d+)ep", method)
+    if it:
+        steps, ep = int(it.group(1)), int(it.group(2))
+        return f"global magnitude, {steps} rounds of prune + fine-tune {ep} epoch{'s' * (ep != 1)}"
+    what = {"none": "unpruned", "global_l1_unstructured": "global magnitude",
+            "l2_structured_filters": "filters (L2)",
+            "l2_structured_filters_global": "filters (L2, ranked globally)"}.get(method, method)
+    if method == "none":
+        return what
+    if finetune_epochs:
+        return f"{what}, fine-tuned {finetune_epochs} epoch{'s' * (finetune_epochs != 1)}"
+    return f"{what}, pruned once"
+
+
+def _is_filters(method):
+    return "structured_filters" in method
+
+
+def _label_filters(ax, rs, ys, color, below=False):
+    """Write "25% of filters" next to each structured point: its x axis is weight sparsity."""
+    for r, y in zip(rs, ys):
+        ax.annotate(f"{r['target']:.0%} of filters", (r["sparsity"], y), textcoords="offset points",
+                    xytext=(5, -11 if below else 4), fontsize=7, color=color)
+
+
 def accuracy_vs_sparsity(records, baseline=None, path=None):
-    """Test accuracy against the fraction of zero weights: one line per method, dashed after
-    fine-tuning (when the records have ``accuracy_finetuned``)."""
-    fig, ax = plt.subplots(figsize=(6.5, 4.2))
-    methods = list(dict.fromkeys(r["method"] for r in records))
+    """Test accuracy against the fraction of zero weights, one colour per method.
+
+    Pruned once: filled circles, solid; after fine-tuning with the masks held: hollow squares,
+    dashed (when the records have ``accuracy_finetuned``); pruning in rounds: triangles.
+    Filter-pruning points say which fraction of each conv layer's filters went.
+    """
+    fig, ax = plt.subplots(figsize=(7, 4.6))
+    methods = list(dict.fromkeys(r["method"] for r in records if r["method"] != "none"))
     for i, method in enumerate(methods):
         rs = sorted((r for r in records if r["method"] == method), key=lambda r: r["sparsity"])
         color = f"C{i}"
-        ax.plot([r["sparsity"] for r in rs], [r["accuracy"] for r in rs], "o-", color=color, label=method)
+        x = [r["sparsity"] for r in rs]
+        marker = "^-" if "iterative" in method else "o-"
+        ax.plot(x, [r["accuracy"] for r in rs], marker, color=color, label=describe(method))
+        if _is_filters(method):
+            _label_filters(ax, rs, [r["accuracy"] for r in rs], color, below="global" in method)
         if all("accuracy_finetuned" in r for r in rs):
-            ax.plot([r["sparsity"] for r in rs], [r["accuracy_finetuned"] for r in rs], "o--", color=color,
-                    label=method + " + fine-tuning")
+            ax.plot(x, [r["accuracy_finetuned"] for r in rs], "s--", color=color, mfc="white",
+                    label=describe(method, rs[0].get("finetune_epochs", 1)))
     if baseline is not None:
-        ax.axhline(baseline["accuracy"], color="grey", ls=":", label="unpruned")
+        ax.axhline(baseline["accuracy"], color="grey", ls=":", label=f"unpruned ({baseline['accuracy']:.4f})")
     ax.set_xlabel("fraction of conv + linear weights that are zero")
     ax.set_ylabel("test accuracy")
     ax.set_ylim(0, 1)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    return _save(fig, path)
+    ax.legend(fontsize=8, loc="upper right")
+    n = baseline.get("test_images") if baseline else None
+    return _save(fig, path, "Each point: one pruned copy of the unpruned model, tested"
+                 + (f" on {n} images" if n else "") + "; labels: the share of the conv filters removed.")
 
 
 def per_layer_sparsity(records, path=None):
-    """Where the zeros are: each layer's sparsity against the overall sparsity, per method."""
+    """Where the zeros are: each layer's sparsity against the target amount, one panel per method.
+
+    Layers with equal sparsity (filter pruning takes the same fraction from every conv layer)
+    would hide each other: each layer gets its own marker and line style and a small
+    sideways offset, so every line stays visible.
+    """
     layers = sorted({k[len("sparsity_"):] for r in records for k in r if k.startswith("sparsity_")})
     methods = list(dict.fromkeys(r["method"] for r in records if r["method"] != "none"))
-    fig, axes = plt.subplots(1, len(methods), figsize=(4.2 * len(methods), 3.6), squeeze=False)
+    fig, axes = plt.subplots(1, len(methods), figsize=(4.4 * len(methods), 3.9), squeeze=False)
+    markers, styles = "osD^v<>", ["-", "--", ":", "-."]
     for ax, method in zip(axes[0], methods):
         rs = sorted((r for r in records if r["method"] == method), key=lambda r: r["target"])
-        for layer in layers:
-            ax.plot([r["target"] for r in rs], [r.get(f"sparsity_{layer}", np.nan) for r in rs], "o-", label=layer)
-        ax.set_title(method, fontsize=9)
-        ax.set_xlabel("target amount")
+        targets = [r["target"] for r in rs]
+        step = (max(targets) - min(targets)) / max(len(targets) - 1, 1) if len(targets) > 1 else 0.1
+        for j, layer in enumerate(layers):
+            dx = (j - (len(layers) - 1) / 2) * 0.06 * step
+            ax.plot([t + dx for t in targets], [r.get(f"sparsity_{layer}", np.nan) for r in rs],
+                    marker=markers[j % len(markers)], ls=styles[j % len(styles)], mfc="white" if j % 2 else None,
+                    label=layer)
+        ax.set_title(describe(method), fontsize=9)
+        ax.set_xlabel("filters removed, all conv layers ranked together" if "global" in method and _is_filters(method)
+                      else "filters removed per conv layer" if _is_filters(method) else "target amount (all weights)")
         ax.set_ylabel("fraction of the layer's weights that are zero")
-        ax.set_ylim(0, 1)
+        ax.set_ylim(-0.02, 1.02)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    return _save(fig, path)
+    return _save(fig, path, "One line per layer; lines that coincide are drawn slightly apart so none hides another.")
 
 
-def speedup_vs_ideal(records, baseline, path=None):
-    """Measured inference speedup over the unpruned dense model, next to the FLOP-count ideal
-    (dense FLOPs over the FLOPs left when every zero weight and dead filter is skipped)."""
-    fig, ax = plt.subplots(figsize=(6.5, 4.2))
-    base = baseline.get("images_per_s_dense")
-    methods = list(dict.fromkeys(r["method"] for r in records if "images_per_s_pruned" in r))
+def _errorbar(ax, rs, x, key, color, marker, label, filled=True):
+    """Median with its interquartile range; flagged points hollow and outlined in red."""
+    med = np.array([r[key] for r in rs])
+    err = np.array([[r[key] - r[f"{key}_iqr_low"] for r in rs], [r[f"{key}_iqr_high"] - r[key] for r in rs]])
+    ok = np.array([not r.get(f"{key}_flag") for r in rs])
+    x = np.asarray(x)
+    if ok.any():
+        ax.errorbar(x[ok], med[ok], yerr=err[:, ok], fmt=marker, color=color, capsize=3, label=label,
+                    mfc=color if filled else "white", ms=6)
+    if (~ok).any():
+        ax.errorbar(x[~ok], med[~ok], yerr=err[:, ~ok], fmt=marker, color=color, capsize=3, mfc="white",
+                    mec="red", ms=8, alpha=0.6, label=f"{label}: FLAGGED, not a result" if ok.any() else label)
+
+
+def speedup_vs_ideal(records, baseline=None, path=None):
+    """Measured inference speedup over the unpruned model against the FLOP-count ideal.
+
+    Each point is the median of interleaved rounds (pruned model, unpruned model, ...; see
+    ``ece662.timing``) with its interquartile range as the error bar; the dashed line is the
+    FLOP ideal (dense FLOPs over the FLOPs left when zero weights and dead filters are
+    skipped); grey crosses are "masks only" (the dense kernels on the masked weights, which
+    should stay at 1x).  Flagged points (above the ideal, or masks only off 1x by more than
+    its noise) are drawn hollow in red: they are noise, not results.
+    """
+    fig, ax = plt.subplots(figsize=(7, 4.6))
+    timed = [r for r in records if "speedup" in r and r["method"] != "none"]
+    methods = list(dict.fromkeys(r["method"] for r in timed))
     for i, method in enumerate(methods):
-        rs = sorted((r for r in records if r["method"] == method), key=lambda r: r["sparsity"])
+        rs = sorted((r for r in timed if r["method"] == method), key=lambda r: r["sparsity"])
         x = [r["sparsity"] for r in rs]
-        ax.plot(x, [r["flops_dense"] / min(r["flops_skip"], r["flops_nonzero"]) for r in rs], "--",
-                color=f"C{i}", alpha=0.6, label=f"{method}: FLOP ideal")
-        ax.plot(x, [r["images_per_s_pruned"] / base for r in rs], "o-", color=f"C{i}", label=f"{method}: measured")
-        ax.plot(x, [r["images_per_s_dense"] / base for r in rs], "x:", color=f"C{i}", alpha=0.6,
-                label=f"{method}: masks only")
+        color = f"C{i}"
+        ax.plot(x, [r["flop_ideal"] for r in rs], "--", color=color, alpha=0.7, label=f"{describe(method)}: FLOP ideal")
+        _errorbar(ax, rs, x, "speedup", color, "o", f"{describe(method)}: measured")
+        _errorbar(ax, rs, x, "masks_only", "grey", "x", "masks only (dense kernels)" if i == 0 else None)
+        if _is_filters(method):
+            _label_filters(ax, rs, [r["speedup"] for r in rs], color, below="global" in method)
     ax.axhline(1, color="grey", lw=0.8)
+    ax.set_yscale("log", base=2)
+    top = max([4.0] + [r["speedup_iqr_high"] * 1.3 for r in timed] + [min(r["flop_ideal"], 64) for r in timed])
+    ax.set_ylim(min([0.5] + [r["masks_only_iqr_low"] * 0.8 for r in timed]), top)
+    from matplotlib.ticker import FuncFormatter
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}x"))
     ax.set_xlabel("fraction of conv + linear weights that are zero")
-    ax.set_ylabel("speedup over the unpruned model")
+    ax.set_ylabel("speedup over the unpruned model (log scale)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    return _save(fig, path)
+    handles, labels = ax.get_legend_handles_labels()
+    keep = [(h, l) for h, l in zip(handles, labels) if l and not l.startswith("_")]
+    ax.legend(*zip(*keep), fontsize=7, loc="upper left")
+    rounds = timed[0].get("timing_rounds") if timed else None
+    return _save(fig, path, f"Median of {rounds or 'the'} interleaved rounds vs the unpruned model; "
+                 "bars: interquartile range; dashed: FLOP ideal; hollow red: flagged, not a result.")
 
 
 def conv_filters(conv, path=None, title=None):
@@ -101,7 +188,7 @@ def conv_filters(conv, path=None, title=None):
             ax.plot([-0.5, WW - 0.5], [-0.5, HH - 0.5], "r-", lw=2)
             ax.plot([-0.5, WW - 0.5], [HH - 0.5, -0.5], "r-", lw=2)
     fig.suptitle(title or f"{conv.name}: {int(alive.sum())}/{F} filters alive (red: pruned)", fontsize=9)
-    return _save(fig, path)
+    return _save(fig, path, "One tile per filter, colours on one scale for the whole layer.")
 
 
 def weight_histograms(model, amounts=(0.2, 0.5, 0.8), path=None):
@@ -128,7 +215,7 @@ def weight_histograms(model, amounts=(0.2, 0.5, 0.8), path=None):
                 ax.axvline(allw[k - 1], color=f"C{i + 1}", ls="--", label=f"{a:.0%} global threshold")
     axes[0][0].set_ylabel("weights")
     axes[0][-1].legend(fontsize=7)
-    return _save(fig, path)
+    return _save(fig, path, "Global pruning removes every weight left of a line, in whichever layer it is.")
 
 
 def mask_image(module, path=None, title=None):
@@ -142,4 +229,4 @@ def mask_image(module, path=None, title=None):
     ax.set_xlabel("weight index within the filter (c, kh, kw)" if mask.ndim == 4 else "input feature")
     ax.set_ylabel("filter" if mask.ndim == 4 else "output unit")
     ax.set_title(title or f"{getattr(module, 'name', '')}: kept (white) {img.mean():.0%} of weights", fontsize=9)
-    return _save(fig, path)
+    return _save(fig, path, "One row per output unit; black: pruned weights.")

@@ -79,7 +79,7 @@ class Ratio:
         if ideal is not None and self.median > ideal:
             flags.append(f"above the FLOP ideal ({self.median:.2f}x > {ideal:.2f}x)")
         if same_work and not (self.q1 * (1 - MASKS_ONLY_TOLERANCE) <= 1.0 <= self.q3 * (1 + MASKS_ONLY_TOLERANCE)):
-            flags.append(f"masks only should be 1x; measured {self.median:.2f}x "
+            flags.append(f"the same work should run at 1x; measured {self.median:.2f}x "
                          f"(IQR {self.q1:.2f}-{self.q3:.2f}): noise")
         self.flag = "; ".join(flags)
         return self.flag

@@ -33,6 +33,13 @@ def test_sweep_writes_table_csv_json_and_plot(real_data, tmp_path):
                 "conv1_filters_l2_50.png", "mask_global_l1_50.png"):
         assert (out / png).stat().st_size > 5_000, png
     assert rows[3]["images_per_s_pruned"] > 0 and rows[3]["flops_skip"] < rows[0]["flops_skip"]
+    for row in rows:      # speed is a paired, repeated measurement: a median inside its interquartile range
+        assert row["speedup_iqr_low"] <= row["speedup"] <= row["speedup_iqr_high"]
+        assert row["masks_only_iqr_low"] <= row["masks_only"] <= row["masks_only_iqr_high"]
+        assert isinstance(row["speedup_flag"], str) and row["timing_rounds"] == 7
+    assert rows[3]["flop_ideal"] == pytest.approx(rows[3]["flops_dense"] / rows[3]["flops_skip"])
+    header = r.stdout.splitlines()[3]
+    assert "speedup_IQR" in header and "masks_only" in header and "flop_ideal" in header
 
 
 def test_sweep_with_finetuning_and_iterative_pruning(real_data, tmp_path):
@@ -60,6 +67,15 @@ def test_unpruned_accuracy_is_identical_on_every_run(real_data):
 
 @pytest.mark.parametrize("args, match", [
     (["sweep", "--amounts", "0.5,1.5"], "fractions in \\[0, 1\\]"),
+    (["sweep", "--amounts", "1.0"], "--amounts: amount 1.0 prunes every weight"),
+    (["sweep", "--filter-amounts", "1.0"], "--filter-amounts: amount 1.0 prunes every weight"),
+    (["sweep", "--amounts", "a,b"], "comma-separated fractions"),
+    (["sweep", "--timing-images", "-5"], "--timing-images: expected a whole number >= 0"),
+    (["sweep", "--finetune", "-1"], "--finetune: expected a whole number >= 0"),
+    (["sweep", "--timing-repeats", "0"], "--timing-repeats: expected a whole number >= 1"),
+    (["sweep", "--num-test", "0"], "--num-test: expected a whole number >= 1"),
+    (["sweep", "--finetune-images", "-3"], "--finetune-images: expected a whole number >= 1"),
+    (["sweep", "--finetune-lr", "nan"], "--finetune-lr: expected a positive number"),
     (["sweep", "--bogus"], "unrecognized arguments"),
     (["evaluate", "--data", "/nonexistent/place"], "no CINIC-10 data found"),
     (["sweep", "--iterative", "3"], "needs --finetune"),
@@ -89,20 +105,49 @@ def test_unwritable_output_folder(tmp_path, real_data):
     assert r.returncode != 0 and "cannot write" in r.stderr and "Traceback" not in r.stderr
 
 
-def test_interrupted_sweep_keeps_the_rows_it_finished(real_data, tmp_path, monkeypatch, capsys):
-    """Ctrl-C during the structured part leaves the baseline and unstructured rows on disk."""
-    from ece662 import cli, experiments
+def _small_sweep(real_data, out, *extra):
+    from ece662 import cli
+    return cli.main(["sweep", "--data", os.path.join(real_data, "cifar10_real_small.npz"), "--out", str(out),
+                     "--amounts", "0.3,0.6", "--filter-amounts", "0.5", "--num-test", "200", *extra])
+
+
+def test_interrupted_rerun_keeps_the_complete_run(real_data, tmp_path, monkeypatch, capsys):
+    """Ctrl-C while re-running into a folder with a complete run: the complete run stays as it was, and the
+    interrupted run's finished rows (baseline and unstructured) are kept apart in out/incomplete/."""
+    from ece662 import experiments
+    out = tmp_path / "out"
+    assert _small_sweep(real_data, out, "--no-timing") == 0
+    before = {f: (out / f).read_bytes() for f in os.listdir(out) if not f.startswith(".")}
+    assert "results.json" in before and "accuracy_vs_sparsity.png" in before
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(experiments, "structured_sweep", interrupted)
-    out = tmp_path / "out"
-    code = cli.main(["sweep", "--data", os.path.join(real_data, "cifar10_real_small.npz"), "--out", str(out),
-                     "--amounts", "0.3,0.6", "--timing-images", "0"])
-    assert code == 130 and "interrupted" in capsys.readouterr().err
-    rows = json.loads((out / "results.json").read_text())
+    capsys.readouterr()
+    code = _small_sweep(real_data, out, "--no-timing", "--seed", "1")
+    err = capsys.readouterr().err
+    assert code == 130 and "interrupted" in err and "incomplete" in err
+    after = {f: (out / f).read_bytes() for f in os.listdir(out) if (out / f).is_file()}
+    assert after == before                                   # nothing of the complete run lost or changed
+    rows = json.loads((out / "incomplete" / "results.json").read_text())
     assert [r["target"] for r in rows] == [0.0, 0.3, 0.6]
+    assert not [f for f in os.listdir(out) if f.startswith(".sweep-in-progress")]
+
+
+def test_wrote_line_lists_only_this_runs_files(real_data, tmp_path, capsys):
+    """A timed run, then an accuracy-only run into the same folder: the second lists (and leaves) no speed plot."""
+    out = tmp_path / "out"
+    assert _small_sweep(real_data, out, "--timing-images", "50", "--timing-repeats", "2") == 0
+    first = capsys.readouterr().out.splitlines()[-1]
+    assert "speedup_vs_ideal.png" in first and (out / "speedup_vs_ideal.png").exists()
+    assert _small_sweep(real_data, out, "--no-timing") == 0
+    last = capsys.readouterr().out.splitlines()[-1]
+    assert last.startswith(f"wrote {out}/: ") and "results.json" in last
+    assert "speedup_vs_ideal.png" not in last.split(" (removed")[0]
+    assert "removed the previous run's speedup_vs_ideal.png" in last
+    assert not (out / "speedup_vs_ideal.png").exists()
+    assert "speedup" not in json.loads((out / "results.json").read_text())[1]
 
 
 @pytest.mark.parametrize("mode, fixture", [("torch", "torch_default_convnet.pt"),

@@ -1,17 +1,92 @@
-"""The README's Python examples run as written (on the real data)."""
+"""The README is checked, not trusted: its examples run, and its sweep section is generated from a real run.
+
+``scripts/make_readme_results.py`` runs the sweeps the README shows, stores what they printed and their
+records in ``docs/readme_results.json`` and writes the README's sweep section from that file.  These tests
+re-render the section from the same file and compare it with the README character for character, so every
+number in its prose and its sample output is the one the run produced.
+"""
+import importlib.util
+import json
 import os
 import re
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RESULTS = os.path.join(ROOT, "docs", "readme_results.json")
 
 
-def test_readme_python_blocks_run(real_data, monkeypatch, capsys):
+def _readme():
+    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
+        return f.read()
+
+
+@pytest.fixture(scope="module")
+def script():
+    spec = importlib.util.spec_from_file_location("make_readme_results",
+                                                  os.path.join(ROOT, "scripts", "make_readme_results.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def results():
+    with open(RESULTS) as f:
+        return json.load(f)
+
+
+def _section(script):
+    text = _readme()
+    assert text.count(script.BEGIN) == 1 and text.count(script.END) == 1, "the generated section's markers"
+    return text.split(script.BEGIN, 1)[1].split(script.END, 1)[0].strip("\n")
+
+
+def test_sweep_section_is_exactly_what_the_results_file_renders(script, results):
+    """Every number in the section (prose and sample output) comes from docs/readme_results.json."""
+    section = _section(script)
+    expected = script.render(results)
+    assert section == expected, ("README.md's sweep section differs from docs/readme_results.json: run "
+                                 "`python scripts/make_readme_results.py --render` (or without --render to re-measure)")
+
+
+def test_results_file_is_one_real_run(results):
+    """The sample output is the default command's, into the default folder, and agrees with its records."""
+    plain = results["plain"]
+    assert plain["command"] == "python -m ece662 sweep"
+    lines = plain["stdout"].splitlines()
+    assert lines[-1].startswith("wrote runs/sweep/: ")
+    seconds = float(re.search(r" in ([\d.]+) s$", lines[-1]).group(1))
+    assert 0 < seconds <= plain["seconds"]
+    assert f"unpruned test accuracy: {plain['records'][0]['accuracy']:.4f}" in lines
+    rows = [line.split() for line in lines if line.split() and line.split()[0] in
+            ("none", "global_l1_unstructured", "l2_structured_filters")]
+    assert len(rows) == len(plain["records"])
+    for row, rec in zip(rows, plain["records"]):       # the table and results.json are the same run
+        assert row[0] == rec["method"] and row[3] == f"{rec['accuracy']:.4f}"
+        assert f"{rec['speedup']:.2f}x" in row and f"{rec['speedup_iqr_low']:.2f}-{rec['speedup_iqr_high']:.2f}" in row
+    assert "machine" in plain and plain["machine"]
+
+
+def test_every_quoted_accuracy_in_the_readme_matches_the_run(results):
+    """`Test Acc: 0.xxxx` anywhere in the README is the unpruned accuracy of the recorded run."""
+    acc = f"{results['plain']['records'][0]['accuracy']:.4f}"
+    quoted = re.findall(r"Test Acc: (0\.\d{4})", _readme())
+    assert quoted and set(quoted) == {acc}
+
+
+def test_readme_figures_exist():
+    for name in re.findall(r"\]\((docs/[^)]+\.png)\)", _readme()):
+        assert os.path.getsize(os.path.join(ROOT, name)) > 10_000, name
+
+
+def test_readme_python_blocks_run(real_data, monkeypatch, capsys, results):
     """Every ```python block of README.md executes without error, in order, in one namespace."""
     monkeypatch.setenv("ECE662_DATA", real_data)
-    text = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
+    text = _readme()
     blocks = re.findall(r"```python\n(.*?)```", text, flags=re.S)
     assert blocks, "the README has no Python examples"
     namespace = {}
     for block in blocks:
         exec(compile(block, "README.md", "exec"), namespace)
-    assert "Test Acc: 0.7424" in capsys.readouterr().out
+    assert f"Test Acc: {results['plain']['records'][0]['accuracy']:.4f}" in capsys.readouterr().out
