@@ -57,6 +57,9 @@ from collections import Counter, OrderedDict
 
 import numpy as np
 
+from ece662.layers import (AdaptiveAvgPool2d, AvgPool2d, BatchNorm1d, BatchNorm2d, Conv2d, Dropout, Flatten,
+                           LeakyReLU, Linear, MaxPool2d, ReLU, Sequential)
+
 # TensorProto data types ece662 reads: float weights, int64 shapes (numbers from onnx's TensorProto)
 _FLOAT, _INT64 = 1, 7
 _DTYPES = {1: np.float32, 6: np.int32, 7: np.int64, 10: np.float16, 11: np.float64}
@@ -74,16 +77,6 @@ def _import_onnx():
         raise ImportError("ONNX files need the optional 'onnx' package: pip install onnx "
                           "(or pip install -e \".[onnx]\" from the ece662 folder)") from None
     return onnx
-
-
-def _layer_class(name, where):
-    """An ece662 layer class by name, with a clear error if this version does not have it."""
-    import ece662.layers as L
-    cls = getattr(L, name, None)
-    if cls is None:
-        raise ValueError(f"{where}: needs the layer ece662.layers.{name}, which this version of "
-                         f"ece662 does not support yet")
-    return cls
 
 
 # ============================================================================ reading tensors
@@ -223,6 +216,10 @@ def _guard(where, fn, *args):
     malformed file provokes (an attribute of the wrong type, say) into the same kind of error."""
     try:
         return fn(*args)
+    except ValueError as e:         # e.g. a layer refusing stride 0: say which node asked for it
+        if where in str(e):
+            raise
+        raise ValueError(f"{where}: {e}") from None
     except (TypeError, IndexError, KeyError, AttributeError, OverflowError) as e:
         raise ValueError(f"{where}: malformed node ({type(e).__name__}: {e})") from None
 
@@ -353,7 +350,6 @@ class _ChainReader:
         return inp.name, tuple(dims[1:])
 
     def build(self):
-        from ece662.layers import Sequential
         current, self.shape = self.graph_input()
         # a Shape node reads a tensor's shape, not its values: it does not make the graph branch
         uses = Counter(name for n in self.graph.node if n.op_type != "Shape" for name in n.input if name)
@@ -490,7 +486,6 @@ class _ChainReader:
             raise ValueError(f"{self.where(node)}: weight {w.shape} does not fit kernel_shape {kernel} "
                              f"and {self.shape[0]} input channels")
         has_bias = len(node.input) > 2 and node.input[2]
-        from ece662.layers import Conv2d
         conv = Conv2d(C, F, (HH, WW), stride=stride, padding=pad, bias=bool(has_bias))
         conv.weight = np.ascontiguousarray(w)
         if has_bias:
@@ -510,7 +505,7 @@ class _ChainReader:
         rank = len(self.shape) + 1
         if rank not in (2, 4):
             self.need_rank(node, 4)
-        cls = _layer_class("BatchNorm2d" if rank == 4 else "BatchNorm1d", self.where(node))
+        cls = BatchNorm2d if rank == 4 else BatchNorm1d
         C = self.shape[0]
         bn = cls(C, eps=float(a.get("epsilon", 1e-5)))
         for key, name in zip(("weight", "bias", "running_mean", "running_var"), node.input[1:5]):
@@ -520,12 +515,10 @@ class _ChainReader:
         self.add(node, "bn", bn, node.input[1])
 
     def read_relu(self, node, a):
-        from ece662.layers import ReLU
         self.add(node, "relu", ReLU())
 
     def read_leaky_relu(self, node, a):
-        cls = _layer_class("LeakyReLU", self.where(node))
-        self.add(node, "relu", cls(negative_slope=float(a.get("alpha", 0.01))))
+        self.add(node, "relu", LeakyReLU(negative_slope=float(a.get("alpha", 0.01))))
 
     def pool(self, node, a, cls):
         self.need_rank(node, 4)
@@ -538,15 +531,14 @@ class _ChainReader:
     def read_maxpool(self, node, a):
         if a.get("storage_order", 0):
             raise ValueError(f"{self.where(node)}: storage_order=1 (column-major indices) is not supported")
-        from ece662.layers import MaxPool2d
         self.pool(node, a, MaxPool2d)
 
     def read_avgpool(self, node, a):
-        self.pool(node, a, _layer_class("AvgPool2d", self.where(node)))
+        self.pool(node, a, AvgPool2d)
 
     def read_global_avgpool(self, node, a):
         self.need_rank(node, 4)
-        self.add(node, "pool", _layer_class("AdaptiveAvgPool2d", self.where(node))(1))
+        self.add(node, "pool", AdaptiveAvgPool2d(1))
 
     def read_reduce_mean(self, node, a):
         """torch's dynamo exporter writes AdaptiveAvgPool2d(1) as ReduceMean over axes (-1, -2)."""
@@ -557,16 +549,14 @@ class _ChainReader:
         if axes is None or sorted(ax % 4 for ax in axes) != [2, 3]:
             raise ValueError(f"{self.where(node)}: a mean over axes {axes}; ece662 reads only the mean "
                              f"over H and W (global average pooling)")
-        self.add(node, "pool", _layer_class("AdaptiveAvgPool2d", self.where(node))(1))
+        self.add(node, "pool", AdaptiveAvgPool2d(1))
         if not a.get("keepdims", 1):
-            from ece662.layers import Flatten
             self.add(node, "flatten", Flatten())
 
     def read_flatten(self, node, a):
         if a.get("axis", 1) != 1:
             raise ValueError(f"{self.where(node)}: axis={a['axis']}; ece662's Flatten keeps the batch "
                              f"axis only (axis=1)")
-        from ece662.layers import Flatten
         self.add(node, "flatten", Flatten())
 
     def read_reshape(self, node, a):
@@ -581,7 +571,6 @@ class _ChainReader:
         if not ok:
             raise ValueError(f"{self.where(node)}: reshape of (N, {', '.join(map(str, self.shape))}) to "
                              f"{target}; ece662 reads only a flatten to (N, {features})")
-        from ece662.layers import Flatten
         self.add(node, "flatten", Flatten())
 
     def linear(self, node, w, b):
@@ -590,7 +579,6 @@ class _ChainReader:
         if w.ndim != 2 or w.shape[1] != self.shape[0]:
             raise ValueError(f"{self.where(node)}: weight of shape {w.shape} does not fit "
                              f"{self.shape[0]} input features")
-        from ece662.layers import Linear
         fc = Linear(w.shape[1], w.shape[0], bias=b is not None)
         fc.weight = np.ascontiguousarray(w)
         if b is not None:
@@ -633,7 +621,6 @@ class _ChainReader:
             raise ValueError(f"{self.where(node)}: training_mode is true; export the model in eval mode")
         if not 0 <= ratio < 1:
             raise ValueError(f"{self.where(node)}: dropout ratio {ratio} is not in [0, 1)")
-        from ece662.layers import Dropout
         self.add(node, "dropout", Dropout(ratio))
 
     def read_identity(self, node, a):
@@ -695,7 +682,13 @@ def _graph_nodes(model, input_name, helper, numpy_helper):
                 ins.append(tensor("bias", b))
             nodes.append(helper.make_node("Gemm", ins, [out], name=name, transB=1))   # x @ W.T + b
         elif kind in ("BatchNorm2d", "BatchNorm1d"):
-            ins = [x] + [tensor(k, _effective(m, k)) for k in ("weight", "bias", "running_mean", "running_var")]
+            C = m.num_features           # affine=False: ONNX still wants a scale (ones) and a shift (zeros)
+            gamma = _effective(m, "weight")
+            beta = _effective(m, "bias")
+            ins = [x, tensor("weight", np.ones(C, np.float32) if gamma is None else gamma),
+                   tensor("bias", np.zeros(C, np.float32) if beta is None else beta),
+                   tensor("running_mean", _effective(m, "running_mean")),
+                   tensor("running_var", _effective(m, "running_var"))]
             nodes.append(helper.make_node("BatchNormalization", ins, [out], name=name, epsilon=float(m.eps)))
         elif kind == "ReLU":
             nodes.append(helper.make_node("Relu", [x], [out], name=name))
@@ -732,7 +725,6 @@ def _check_input_shape(model, input_shape):
     The ONNX graph declares these shapes, so an ``input_shape`` the model cannot take must
     fail here rather than inside whatever runtime loads the file.
     """
-    from ece662.layers import Conv2d, Linear
     shape = (1,) + input_shape
     for name, m in model.named_children():
         want = None
@@ -791,7 +783,6 @@ def save_onnx(model, path, input_shape=(3, 32, 32)):
     """
     _import_onnx()
     from onnx import TensorProto, helper, numpy_helper
-    from ece662.layers import Sequential
     if not isinstance(model, Sequential):
         raise TypeError(f"save_onnx: expected an ece662 Sequential model, got {type(model).__name__}")
     if len(model) == 0:

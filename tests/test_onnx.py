@@ -17,13 +17,6 @@ from ece662.onnx_format import read_onnx, save_onnx  # noqa: E402
 from ece662.pruning_helper import load_model  # noqa: E402
 
 ONNX_FIXTURES = os.path.join(FIXTURES, "onnx")
-HAS_BN_LAYERS = hasattr(L, "BatchNorm2d") and hasattr(L, "BatchNorm1d")
-# The BatchNorm fixtures need layers that another branch adds. Until they exist these tests are
-# expected to fail with read_onnx's "not supported yet" ValueError (reported as xfail, never
-# skipped); strict=True turns an unexpected pass into a failure, and once the layers exist the
-# tests run normally.
-needs_bn_layers = pytest.mark.xfail(not HAS_BN_LAYERS, raises=ValueError, strict=True,
-                                    reason="ece662.layers has no BatchNorm2d/BatchNorm1d yet")
 
 
 def images(n=4, seed=0):
@@ -84,7 +77,6 @@ def test_torch_view_flatten_reads_as_flatten(exporter):
     assert_close(net(io["x"]), io["view_cnn"], f"view CNN, {exporter}", rtol=1e-4, atol=1e-5)
 
 
-@needs_bn_layers
 @pytest.mark.parametrize("exporter", ["dynamo", "legacy"])
 def test_torch_batchnorm_cnn_reads_with_torch_logits(exporter):
     """A student-style CNN (BatchNorm2d/1d, LeakyReLU, AvgPool2d, AdaptiveAvgPool2d(1), Dropout,
@@ -100,7 +92,6 @@ def test_torch_batchnorm_cnn_reads_with_torch_logits(exporter):
                  rtol=1e-4, atol=1e-5)
 
 
-@needs_bn_layers
 def test_batchnorm_model_round_trips_through_onnx(tmp_path):
     """A torch BatchNorm CNN read from ONNX, saved by ece662 and read again keeps its logits,
     and onnxruntime agrees with ece662 on ece662's export."""
@@ -113,6 +104,28 @@ def test_batchnorm_model_round_trips_through_onnx(tmp_path):
     assert [type(m).__name__ for m in again] == [type(m).__name__ for m in net]
     np.testing.assert_array_equal(again(io["x"]), net(io["x"]))
     assert_close(ort_logits(path, io["x"]), io["bn_cnn"], "BN CNN exported by ece662", rtol=1e-4, atol=1e-5)
+
+
+def test_pruned_and_shrunk_batchnorm_model_exports_with_its_logits(tmp_path):
+    """The torch BatchNorm CNN, read from ONNX, with half of its second conv's filters pruned and
+    then shrunk, exports to ONNX with the pruned model's logits in onnxruntime; a BatchNorm2d
+    with affine=False exports too."""
+    io = np.load(os.path.join(ONNX_FIXTURES, "io.npz"))
+    net = read_onnx(os.path.join(ONNX_FIXTURES, "bn_cnn_legacy.onnx"))
+    prune.ln_structured(net["4"], "weight", amount=0.5, n=2, dim=0)
+    small = prune.shrink(net)
+    assert small["4"].weight.shape[0] == 8
+    path = tmp_path / "small.onnx"
+    save_onnx(small, path)
+    assert_close(ort_logits(path, io["x"]), net(io["x"]), "pruned and shrunk BN CNN", rtol=1e-4, atol=1e-4)
+
+    plain = Sequential(Conv2d(3, 4, 3, seed=0), L.BatchNorm2d(4, affine=False), ReLU(), Flatten(),
+                       Linear(4 * 30 * 30, 3, seed=1)).eval()
+    plain[1].running_mean = np.array([0.1, -0.2, 0.3, 0.0], np.float32)
+    plain[1].running_var = np.array([0.5, 2.0, 1.0, 1.5], np.float32)
+    save_onnx(plain, tmp_path / "plain.onnx")
+    x = images(2)
+    assert_close(ort_logits(tmp_path / "plain.onnx", x), plain(x), "affine=False BatchNorm", atol=1e-4)
 
 
 # ============================================================================ ece662's exports
@@ -449,6 +462,7 @@ def test_branching_graph_is_refused(tmp_path):
     ("0", "group", 3, "group=3"),
     ("0", "pads", [1, 0, 1, 0], "asymmetric pads"),
     ("0", "strides", [1, 2], "strides"),
+    ("0", "strides", [0, 0], "stride"),
     ("2", "ceil_mode", 1, "ceil_mode"),
     ("2", "pads", [1, 1, 1, 1], "padding"),
     ("3", "axis", 2, "axis=2"),
