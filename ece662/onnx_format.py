@@ -7,7 +7,8 @@ and production runtimes such as onnxruntime run.  It needs the optional ``onnx``
 What is inside an ONNX file
 ---------------------------
 A protobuf ``ModelProto`` whose ``graph`` holds four lists.  Printed with
-``print(onnx.printer.to_text(onnx.load(path).graph))``, the course CNN exported by torch reads::
+``print(onnx.printer.to_text(onnx.load(path).graph))``, the course CNN exported by torch reads
+(abridged: node names, attribute types and defaults, and the weights' values left out)::
 
     main_graph (float[N,3,32,32] input)            <- graph.input: name, dtype, shape ('N' = any batch)
       => (float[N,10] logits)                       <- graph.output
@@ -60,8 +61,8 @@ import numpy as np
 from ece662.layers import (AdaptiveAvgPool2d, AvgPool2d, BatchNorm1d, BatchNorm2d, Conv2d, Dropout, Flatten,
                            LeakyReLU, Linear, MaxPool2d, ReLU, Sequential)
 
-# TensorProto data types ece662 reads: float weights, int64 shapes (numbers from onnx's TensorProto)
-_FLOAT, _INT64 = 1, 7
+# TensorProto data types ece662 reads: float weights, integer shapes (numbers from onnx's TensorProto)
+_FLOAT = 1
 _DTYPES = {1: np.float32, 6: np.int32, 7: np.int64, 10: np.float16, 11: np.float64}
 _TYPED_FIELD = {1: "float_data", 6: "int32_data", 7: "int64_data", 11: "double_data"}
 _MAX_TENSOR_BYTES = 1 << 30       # 1 GiB: far above any course model, far below a hostile "4 TiB" tensor
