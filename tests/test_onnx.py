@@ -8,6 +8,7 @@ import pytest
 onnx = pytest.importorskip("onnx")
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
+import ece662.io  # noqa: E402
 import ece662.layers as L  # noqa: E402
 import ece662.pruning as prune  # noqa: E402
 from conftest import FIXTURES, assert_close  # noqa: E402
@@ -126,6 +127,26 @@ def test_pruned_and_shrunk_batchnorm_model_exports_with_its_logits(tmp_path):
     save_onnx(plain, tmp_path / "plain.onnx")
     x = images(2)
     assert_close(ort_logits(tmp_path / "plain.onnx", x), plain(x), "affine=False BatchNorm", atol=1e-4)
+
+
+# load_model(path, mode='onnx') and save_model(model, 'x.onnx') are wired in by the lead when merging
+# (ece662/pruning_helper.py and ece662/io.py); until then this test is an expected failure (never a skip)
+_WIRED = hasattr(ece662.io, "read_onnx")
+
+
+@pytest.mark.xfail(not _WIRED, raises=ValueError, strict=True,
+                   reason="load_model(mode='onnx') / save_model('x.onnx') not wired into ece662 yet")
+def test_course_helpers_read_and_write_onnx(tmp_path):
+    """load_model(path, mode='onnx') reads torch's export with torch's logits, and save_model
+    writes ONNX for a name ending in .onnx (and ece662's .npz otherwise)."""
+    io = np.load(os.path.join(ONNX_FIXTURES, "io.npz"))
+    net = load_model(os.path.join(ONNX_FIXTURES, "course_cnn_dynamo.onnx"), mode="onnx")
+    assert_close(net(io["x"]), io["course_cnn"], "load_model(mode='onnx')", rtol=1e-4, atol=1e-5)
+    ece662.io.save_model(net, tmp_path / "net.onnx")
+    assert [n.op_type for n in onnx.load(str(tmp_path / "net.onnx")).graph.node][0] == "Conv"
+    np.testing.assert_array_equal(load_model(tmp_path / "net.onnx", mode="onnx")(io["x"]), net(io["x"]))
+    ece662.io.save_model(net, tmp_path / "net.npz")
+    np.testing.assert_array_equal(load_model(tmp_path / "net.npz")(io["x"]), net(io["x"]))
 
 
 # ============================================================================ ece662's exports
