@@ -7,7 +7,8 @@ and production runtimes such as onnxruntime run.  It needs the optional ``onnx``
 What is inside an ONNX file
 ---------------------------
 A protobuf ``ModelProto`` whose ``graph`` holds four lists.  Printed with
-``print(onnx.printer.to_text(onnx.load(path).graph))``, the course CNN exported by torch reads::
+``print(onnx.printer.to_text(onnx.load(path).graph))``, the course CNN exported by torch reads
+(abridged: node names, attribute types and defaults, and the weights' values left out)::
 
     main_graph (float[N,3,32,32] input)            <- graph.input: name, dtype, shape ('N' = any batch)
       => (float[N,10] logits)                       <- graph.output
@@ -39,7 +40,8 @@ How layers map (both directions)::
     Relu / LeakyRelu              ReLU / LeakyReLU
     MaxPool / AveragePool         MaxPool2d / AvgPool2d (square window, no padding, floor mode)
     GlobalAveragePool             AdaptiveAvgPool2d(1)   (read also: ReduceMean over H, W)
-    Flatten (axis 1), Reshape     Flatten                (Reshape only to (N, C*H*W))
+    Flatten (axis 1), Reshape     Flatten                (Reshape only to (N, C*H*W); the target
+                                                          may be computed: Shape, Gather, Concat...)
     Gemm, or MatMul then Add      Linear
     Dropout                       Dropout, Dropout2d (the identity in an inference graph); Identity is skipped
 
@@ -56,8 +58,11 @@ from collections import Counter, OrderedDict
 
 import numpy as np
 
-# TensorProto data types ece662 reads: float weights, int64 shapes (numbers from onnx's TensorProto)
-_FLOAT, _INT64 = 1, 7
+from ece662.layers import (AdaptiveAvgPool2d, AvgPool2d, BatchNorm1d, BatchNorm2d, Conv2d, Dropout, Flatten,
+                           LeakyReLU, Linear, MaxPool2d, ReLU, Sequential)
+
+# TensorProto data types ece662 reads: float weights, integer shapes (numbers from onnx's TensorProto)
+_FLOAT = 1
 _DTYPES = {1: np.float32, 6: np.int32, 7: np.int64, 10: np.float16, 11: np.float64}
 _TYPED_FIELD = {1: "float_data", 6: "int32_data", 7: "int64_data", 11: "double_data"}
 _MAX_TENSOR_BYTES = 1 << 30       # 1 GiB: far above any course model, far below a hostile "4 TiB" tensor
@@ -73,16 +78,6 @@ def _import_onnx():
         raise ImportError("ONNX files need the optional 'onnx' package: pip install onnx "
                           "(or pip install -e \".[onnx]\" from the ece662 folder)") from None
     return onnx
-
-
-def _layer_class(name, where):
-    """An ece662 layer class by name, with a clear error if this version does not have it."""
-    import ece662.layers as L
-    cls = getattr(L, name, None)
-    if cls is None:
-        raise ValueError(f"{where}: needs the layer ece662.layers.{name}, which this version of "
-                         f"ece662 does not support yet")
-    return cls
 
 
 # ============================================================================ reading tensors
@@ -222,6 +217,10 @@ def _guard(where, fn, *args):
     malformed file provokes (an attribute of the wrong type, say) into the same kind of error."""
     try:
         return fn(*args)
+    except ValueError as e:         # e.g. a layer refusing stride 0: say which node asked for it
+        if where in str(e):
+            raise
+        raise ValueError(f"{where}: {e}") from None
     except (TypeError, IndexError, KeyError, AttributeError, OverflowError) as e:
         raise ValueError(f"{where}: malformed node ({type(e).__name__}: {e})") from None
 
@@ -255,7 +254,9 @@ class _ChainReader:
         self.layers = OrderedDict()
         self.counts = Counter()                  # per kind, for generated names
         self.shape = None                        # (C, H, W) or (F,) of the tensor flowing along the chain
+        self.batch = None                        # the input's batch size if the file fixes one
         self.bias_slot = None                    # a Linear built from MatMul, whose Add may follow
+        self.shapes = {}                         # name -> list of ints and "N": shape arithmetic
 
     # -- small helpers
     def where(self, node):
@@ -283,7 +284,8 @@ class _ChainReader:
         return arr
 
     def is_const(self, name):
-        return name in self.constants or name in self.inits
+        """A weight, a Constant, or a value of the shape arithmetic (never the data flowing)."""
+        return name in self.constants or name in self.inits or name in self.shapes
 
     def name_for(self, node, kind, weight_name=None):
         """A layer name: the weight's module path (``conv1.weight`` -> ``conv1``), torch's legacy
@@ -345,12 +347,13 @@ class _ChainReader:
             raise ValueError(f"{self.source}: the graph input {inp.name!r} has shape {dims}; ece662 "
                              f"needs fixed sizes for every axis but the batch (export with a fixed "
                              f"image size)")
+        self.batch = dims[0]                 # a fixed batch size, or None for a dynamic batch axis
         return inp.name, tuple(dims[1:])
 
     def build(self):
-        from ece662.layers import Sequential
         current, self.shape = self.graph_input()
-        uses = Counter(name for n in self.graph.node for name in n.input if name)
+        # a Shape node reads a tensor's shape, not its values: it does not make the graph branch
+        uses = Counter(name for n in self.graph.node if n.op_type != "Shape" for name in n.input if name)
         outputs = [o.name for o in self.graph.output]
         if len(outputs) != 1:
             raise ValueError(f"{self.source}: expected one graph output (the logits), got {outputs}")
@@ -360,6 +363,9 @@ class _ChainReader:
                 raise ValueError(f"{where}: the node has no output")
             if node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
                 _guard(where, self.constant_node, node)
+                continue
+            if node.op_type in _SHAPE_OPS and node.domain in ("", "ai.onnx") and self.is_shape_node(node, current):
+                _guard(where, self.shape_node, node)
                 continue
             if node.op_type == "Identity" and node.input and self.is_const(node.input[0]):
                 self.constants[node.output[0]] = self.const(node.input[0], node)
@@ -410,6 +416,37 @@ class _ChainReader:
             raise ValueError(f"{self.where(node)}: a Constant of kind {sorted(a)} is not supported")
         self.constants[node.output[0]] = arr
 
+    # -- x.view(x.size(0), -1): torch's legacy exporter writes the target shape as arithmetic,
+    #    Shape(x) -> Gather(0) -> Unsqueeze -> Concat([N], [-1]) -> Reshape(x, target).  The values
+    #    are known here (the batch is "N"), so they are computed, not turned into layers.
+    def is_shape_node(self, node, current):
+        if node.op_type == "Shape":
+            return bool(node.input) and node.input[0] == current
+        return any(i in self.shapes for i in node.input)
+
+    def shape_node(self, node):
+        a = _attrs(node)
+        if node.op_type == "Shape":
+            value = ["N", *self.shape][a.get("start", 0):a.get("end", None)]
+        elif node.op_type == "Gather":
+            if a.get("axis", 0) != 0:
+                raise ValueError(f"{self.where(node)}: a Gather of a shape along axis {a['axis']}")
+            value = [self.shapes[node.input[0]][int(i)] for i in self.const(node.input[1], node).reshape(-1)]
+        elif node.op_type in ("Unsqueeze", "Squeeze"):  # a shape value stays a list of numbers
+            value = list(self.shapes[node.input[0]])
+        else:                                           # Concat along axis 0
+            value = []
+            for name in node.input:
+                value += self.shapes[name] if name in self.shapes else \
+                    [int(v) for v in self.const(name, node).reshape(-1)]
+        self.shapes[node.output[0]] = value
+
+    def shape_input(self, name, node):
+        """A Reshape's target: computed shape arithmetic, or a constant."""
+        if name in self.shapes:
+            return list(self.shapes[name])
+        return [int(v) for v in self.const(name, node).reshape(-1)]
+
     # -- one method per op; each checks what ece662's layer cannot express
     def window(self, node, a, kernel_default=None):
         """Kernel, stride, pads of a conv or pooling node, refusing what ece662's layers lack."""
@@ -450,7 +487,6 @@ class _ChainReader:
             raise ValueError(f"{self.where(node)}: weight {w.shape} does not fit kernel_shape {kernel} "
                              f"and {self.shape[0]} input channels")
         has_bias = len(node.input) > 2 and node.input[2]
-        from ece662.layers import Conv2d
         conv = Conv2d(C, F, (HH, WW), stride=stride, padding=pad, bias=bool(has_bias))
         conv.weight = np.ascontiguousarray(w)
         if has_bias:
@@ -470,7 +506,7 @@ class _ChainReader:
         rank = len(self.shape) + 1
         if rank not in (2, 4):
             self.need_rank(node, 4)
-        cls = _layer_class("BatchNorm2d" if rank == 4 else "BatchNorm1d", self.where(node))
+        cls = BatchNorm2d if rank == 4 else BatchNorm1d
         C = self.shape[0]
         bn = cls(C, eps=float(a.get("epsilon", 1e-5)))
         for key, name in zip(("weight", "bias", "running_mean", "running_var"), node.input[1:5]):
@@ -480,12 +516,10 @@ class _ChainReader:
         self.add(node, "bn", bn, node.input[1])
 
     def read_relu(self, node, a):
-        from ece662.layers import ReLU
         self.add(node, "relu", ReLU())
 
     def read_leaky_relu(self, node, a):
-        cls = _layer_class("LeakyReLU", self.where(node))
-        self.add(node, "relu", cls(negative_slope=float(a.get("alpha", 0.01))))
+        self.add(node, "relu", LeakyReLU(negative_slope=float(a.get("alpha", 0.01))))
 
     def pool(self, node, a, cls):
         self.need_rank(node, 4)
@@ -498,15 +532,14 @@ class _ChainReader:
     def read_maxpool(self, node, a):
         if a.get("storage_order", 0):
             raise ValueError(f"{self.where(node)}: storage_order=1 (column-major indices) is not supported")
-        from ece662.layers import MaxPool2d
         self.pool(node, a, MaxPool2d)
 
     def read_avgpool(self, node, a):
-        self.pool(node, a, _layer_class("AvgPool2d", self.where(node)))
+        self.pool(node, a, AvgPool2d)
 
     def read_global_avgpool(self, node, a):
         self.need_rank(node, 4)
-        self.add(node, "pool", _layer_class("AdaptiveAvgPool2d", self.where(node))(1))
+        self.add(node, "pool", AdaptiveAvgPool2d(1))
 
     def read_reduce_mean(self, node, a):
         """torch's dynamo exporter writes AdaptiveAvgPool2d(1) as ReduceMean over axes (-1, -2)."""
@@ -517,28 +550,28 @@ class _ChainReader:
         if axes is None or sorted(ax % 4 for ax in axes) != [2, 3]:
             raise ValueError(f"{self.where(node)}: a mean over axes {axes}; ece662 reads only the mean "
                              f"over H and W (global average pooling)")
-        self.add(node, "pool", _layer_class("AdaptiveAvgPool2d", self.where(node))(1))
+        self.add(node, "pool", AdaptiveAvgPool2d(1))
         if not a.get("keepdims", 1):
-            from ece662.layers import Flatten
             self.add(node, "flatten", Flatten())
 
     def read_flatten(self, node, a):
         if a.get("axis", 1) != 1:
             raise ValueError(f"{self.where(node)}: axis={a['axis']}; ece662's Flatten keeps the batch "
                              f"axis only (axis=1)")
-        from ece662.layers import Flatten
         self.add(node, "flatten", Flatten())
 
     def read_reshape(self, node, a):
         """A Reshape is a Flatten when its target shape is (N, C*H*W), N as -1, 0 or the batch."""
-        target = [int(v) for v in self.const(node.input[1], node).reshape(-1)]
+        target = self.shape_input(node.input[1], node)
         features = math.prod(self.shape)
-        firsts = (-1,) if a.get("allowzero", 0) else (-1, 0)
-        if not (len(target) == 2 and target[1] in (features, -1)
-                and (target[0] in firsts or (target[0] > 0 and target[1] == features))):
+        # "N" is the batch computed from the input (x.size(0)); 0 copies the input's axis, unless allowzero
+        batch = ["N"] + ([] if a.get("allowzero", 0) else [0]) + ([self.batch] if self.batch else [])
+        ok = len(target) == 2 and (
+            (target[1] == features and (target[0] in batch or target[0] == -1 or target[0] > 0))
+            or (target[1] == -1 and target[0] in batch))
+        if not ok:
             raise ValueError(f"{self.where(node)}: reshape of (N, {', '.join(map(str, self.shape))}) to "
                              f"{target}; ece662 reads only a flatten to (N, {features})")
-        from ece662.layers import Flatten
         self.add(node, "flatten", Flatten())
 
     def linear(self, node, w, b):
@@ -547,7 +580,6 @@ class _ChainReader:
         if w.ndim != 2 or w.shape[1] != self.shape[0]:
             raise ValueError(f"{self.where(node)}: weight of shape {w.shape} does not fit "
                              f"{self.shape[0]} input features")
-        from ece662.layers import Linear
         fc = Linear(w.shape[1], w.shape[0], bias=b is not None)
         fc.weight = np.ascontiguousarray(w)
         if b is not None:
@@ -590,12 +622,14 @@ class _ChainReader:
             raise ValueError(f"{self.where(node)}: training_mode is true; export the model in eval mode")
         if not 0 <= ratio < 1:
             raise ValueError(f"{self.where(node)}: dropout ratio {ratio} is not in [0, 1)")
-        from ece662.layers import Dropout
         self.add(node, "dropout", Dropout(ratio))
 
     def read_identity(self, node, a):
         pass
 
+
+# the ops of a shape computation (``x.view(x.size(0), -1)``), evaluated rather than turned into layers
+_SHAPE_OPS = ("Shape", "Gather", "Unsqueeze", "Squeeze", "Concat")
 
 # inputs each op needs besides its defaults (data, weight, bias, BatchNorm's four statistics, ...)
 _MIN_INPUTS = {"Conv": 2, "BatchNormalization": 5, "Gemm": 2, "MatMul": 2, "Add": 2, "Reshape": 2}
@@ -649,7 +683,13 @@ def _graph_nodes(model, input_name, helper, numpy_helper):
                 ins.append(tensor("bias", b))
             nodes.append(helper.make_node("Gemm", ins, [out], name=name, transB=1))   # x @ W.T + b
         elif kind in ("BatchNorm2d", "BatchNorm1d"):
-            ins = [x] + [tensor(k, _effective(m, k)) for k in ("weight", "bias", "running_mean", "running_var")]
+            C = m.num_features           # affine=False: ONNX still wants a scale (ones) and a shift (zeros)
+            gamma = _effective(m, "weight")
+            beta = _effective(m, "bias")
+            ins = [x, tensor("weight", np.ones(C, np.float32) if gamma is None else gamma),
+                   tensor("bias", np.zeros(C, np.float32) if beta is None else beta),
+                   tensor("running_mean", _effective(m, "running_mean")),
+                   tensor("running_var", _effective(m, "running_var"))]
             nodes.append(helper.make_node("BatchNormalization", ins, [out], name=name, epsilon=float(m.eps)))
         elif kind == "ReLU":
             nodes.append(helper.make_node("Relu", [x], [out], name=name))
@@ -686,7 +726,6 @@ def _check_input_shape(model, input_shape):
     The ONNX graph declares these shapes, so an ``input_shape`` the model cannot take must
     fail here rather than inside whatever runtime loads the file.
     """
-    from ece662.layers import Conv2d, Linear
     shape = (1,) + input_shape
     for name, m in model.named_children():
         want = None
@@ -745,7 +784,6 @@ def save_onnx(model, path, input_shape=(3, 32, 32)):
     """
     _import_onnx()
     from onnx import TensorProto, helper, numpy_helper
-    from ece662.layers import Sequential
     if not isinstance(model, Sequential):
         raise TypeError(f"save_onnx: expected an ece662 Sequential model, got {type(model).__name__}")
     if len(model) == 0:

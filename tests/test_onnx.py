@@ -8,6 +8,7 @@ import pytest
 onnx = pytest.importorskip("onnx")
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
+import ece662.io  # noqa: E402
 import ece662.layers as L  # noqa: E402
 import ece662.pruning as prune  # noqa: E402
 from conftest import FIXTURES, assert_close  # noqa: E402
@@ -17,13 +18,6 @@ from ece662.onnx_format import read_onnx, save_onnx  # noqa: E402
 from ece662.pruning_helper import load_model  # noqa: E402
 
 ONNX_FIXTURES = os.path.join(FIXTURES, "onnx")
-HAS_BN_LAYERS = hasattr(L, "BatchNorm2d") and hasattr(L, "BatchNorm1d")
-# The BatchNorm fixtures need layers that another branch adds. Until they exist these tests are
-# expected to fail with read_onnx's "not supported yet" ValueError (reported as xfail, never
-# skipped); strict=True turns an unexpected pass into a failure, and once the layers exist the
-# tests run normally.
-needs_bn_layers = pytest.mark.xfail(not HAS_BN_LAYERS, raises=ValueError, strict=True,
-                                    reason="ece662.layers has no BatchNorm2d/BatchNorm1d yet")
 
 
 def images(n=4, seed=0):
@@ -70,7 +64,20 @@ def test_torch_pooling_cnn_reads_with_torch_logits(exporter):
                  rtol=1e-4, atol=1e-5)
 
 
-@needs_bn_layers
+@pytest.mark.parametrize("exporter", ["dynamo", "legacy"])
+def test_torch_view_flatten_reads_as_flatten(exporter):
+    """x.view(x.size(0), -1), which the legacy exporter writes as Shape -> Gather -> Unsqueeze ->
+    Concat -> Reshape, reads as one Flatten with torch's logits."""
+    path = os.path.join(ONNX_FIXTURES, f"view_cnn_{exporter}.onnx")
+    io = np.load(os.path.join(ONNX_FIXTURES, "io.npz"))
+    if exporter == "legacy":
+        ops = [n.op_type for n in onnx.load(path).graph.node]
+        assert "Shape" in ops and "Concat" in ops      # the fixture holds the shape arithmetic
+    net = read_onnx(path)
+    assert [type(m).__name__ for m in net] == ["Conv2d", "ReLU", "MaxPool2d", "Flatten", "Linear"]
+    assert_close(net(io["x"]), io["view_cnn"], f"view CNN, {exporter}", rtol=1e-4, atol=1e-5)
+
+
 @pytest.mark.parametrize("exporter", ["dynamo", "legacy"])
 def test_torch_batchnorm_cnn_reads_with_torch_logits(exporter):
     """A student-style CNN (BatchNorm2d/1d, LeakyReLU, AvgPool2d, AdaptiveAvgPool2d(1), Dropout,
@@ -86,7 +93,6 @@ def test_torch_batchnorm_cnn_reads_with_torch_logits(exporter):
                  rtol=1e-4, atol=1e-5)
 
 
-@needs_bn_layers
 def test_batchnorm_model_round_trips_through_onnx(tmp_path):
     """A torch BatchNorm CNN read from ONNX, saved by ece662 and read again keeps its logits,
     and onnxruntime agrees with ece662 on ece662's export."""
@@ -99,6 +105,48 @@ def test_batchnorm_model_round_trips_through_onnx(tmp_path):
     assert [type(m).__name__ for m in again] == [type(m).__name__ for m in net]
     np.testing.assert_array_equal(again(io["x"]), net(io["x"]))
     assert_close(ort_logits(path, io["x"]), io["bn_cnn"], "BN CNN exported by ece662", rtol=1e-4, atol=1e-5)
+
+
+def test_pruned_and_shrunk_batchnorm_model_exports_with_its_logits(tmp_path):
+    """The torch BatchNorm CNN, read from ONNX, with half of its second conv's filters pruned and
+    then shrunk, exports to ONNX with the pruned model's logits in onnxruntime; a BatchNorm2d
+    with affine=False exports too."""
+    io = np.load(os.path.join(ONNX_FIXTURES, "io.npz"))
+    net = read_onnx(os.path.join(ONNX_FIXTURES, "bn_cnn_legacy.onnx"))
+    prune.ln_structured(net["4"], "weight", amount=0.5, n=2, dim=0)
+    small = prune.shrink(net)
+    assert small["4"].weight.shape[0] == 8
+    path = tmp_path / "small.onnx"
+    save_onnx(small, path)
+    assert_close(ort_logits(path, io["x"]), net(io["x"]), "pruned and shrunk BN CNN", rtol=1e-4, atol=1e-4)
+
+    plain = Sequential(Conv2d(3, 4, 3, seed=0), L.BatchNorm2d(4, affine=False), ReLU(), Flatten(),
+                       Linear(4 * 30 * 30, 3, seed=1)).eval()
+    plain[1].running_mean = np.array([0.1, -0.2, 0.3, 0.0], np.float32)
+    plain[1].running_var = np.array([0.5, 2.0, 1.0, 1.5], np.float32)
+    save_onnx(plain, tmp_path / "plain.onnx")
+    x = images(2)
+    assert_close(ort_logits(tmp_path / "plain.onnx", x), plain(x), "affine=False BatchNorm", atol=1e-4)
+
+
+# load_model(path, mode='onnx') and save_model(model, 'x.onnx') are wired in by the lead when merging
+# (ece662/pruning_helper.py and ece662/io.py); until then this test is an expected failure (never a skip)
+_WIRED = hasattr(ece662.io, "read_onnx")
+
+
+@pytest.mark.xfail(not _WIRED, raises=ValueError, strict=True,
+                   reason="load_model(mode='onnx') / save_model('x.onnx') not wired into ece662 yet")
+def test_course_helpers_read_and_write_onnx(tmp_path):
+    """load_model(path, mode='onnx') reads torch's export with torch's logits, and save_model
+    writes ONNX for a name ending in .onnx (and ece662's .npz otherwise)."""
+    io = np.load(os.path.join(ONNX_FIXTURES, "io.npz"))
+    net = load_model(os.path.join(ONNX_FIXTURES, "course_cnn_dynamo.onnx"), mode="onnx")
+    assert_close(net(io["x"]), io["course_cnn"], "load_model(mode='onnx')", rtol=1e-4, atol=1e-5)
+    ece662.io.save_model(net, tmp_path / "net.onnx")
+    assert [n.op_type for n in onnx.load(str(tmp_path / "net.onnx")).graph.node][0] == "Conv"
+    np.testing.assert_array_equal(load_model(tmp_path / "net.onnx", mode="onnx")(io["x"]), net(io["x"]))
+    ece662.io.save_model(net, tmp_path / "net.npz")
+    np.testing.assert_array_equal(load_model(tmp_path / "net.npz")(io["x"]), net(io["x"]))
 
 
 # ============================================================================ ece662's exports
@@ -435,6 +483,7 @@ def test_branching_graph_is_refused(tmp_path):
     ("0", "group", 3, "group=3"),
     ("0", "pads", [1, 0, 1, 0], "asymmetric pads"),
     ("0", "strides", [1, 2], "strides"),
+    ("0", "strides", [0, 0], "stride"),
     ("2", "ceil_mode", 1, "ceil_mode"),
     ("2", "pads", [1, 1, 1, 1], "padding"),
     ("3", "axis", 2, "axis=2"),
@@ -459,9 +508,15 @@ def test_reshape_that_is_not_a_flatten_is_refused(tmp_path):
     del n.attribute[:]
     n.input.append("target")
     p.graph.initializer.append(numpy_helper.from_array(np.array([-1, 450], np.int64), "target"))
-    with pytest.raises(ValueError, match=r"node '3' \(Reshape\).*flatten to \(N, 900\)"):
-        read_onnx(write(tmp_path / "reshape.onnx", p))
-    init(p, "target").CopyFrom(numpy_helper.from_array(np.array([-1, 900], np.int64), "target"))
+    for bad in ([-1, 450], [-1, -1], [5, -1], [900], [-1, 1, 900]):
+        init(p, "target").CopyFrom(numpy_helper.from_array(np.array(bad, np.int64), "target"))
+        with pytest.raises(ValueError, match=r"node '3' \(Reshape\).*flatten to \(N, 900\)"):
+            read_onnx(write(tmp_path / "reshape.onnx", p))
+    for good in ([-1, 900], [0, -1], [0, 900], [7, 900]):
+        init(p, "target").CopyFrom(numpy_helper.from_array(np.array(good, np.int64), "target"))
+        assert isinstance(read_onnx(write(tmp_path / "reshape.onnx", p))[3], Flatten), good
+    p.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 5      # a fixed batch of 5
+    init(p, "target").CopyFrom(numpy_helper.from_array(np.array([5, -1], np.int64), "target"))
     assert isinstance(read_onnx(write(tmp_path / "reshape.onnx", p))[3], Flatten)
 
 
@@ -469,7 +524,8 @@ def test_randomly_damaged_graphs_give_a_model_or_a_value_error(tmp_path):
     """300 seeded random damages of a valid graph (inputs, outputs, ops, attributes, dims, data,
     node order) each end in a model or a ValueError: never another exception."""
     ops = ["Conv", "Relu", "MaxPool", "AveragePool", "Flatten", "Reshape", "Gemm", "MatMul", "Add",
-           "BatchNormalization", "Dropout", "Identity", "Constant", "GlobalAveragePool", "ReduceMean"]
+           "BatchNormalization", "Dropout", "Identity", "Constant", "GlobalAveragePool", "ReduceMean",
+           "Shape", "Gather", "Unsqueeze", "Concat"]
     values = [0, -1, 2, 1 << 40, 0.5, float("nan"), [1], [2, 2], [0, 0, 0, 0], [-3, 1 << 40], [0.5, 2.0], "abc"]
     good = small_proto(tmp_path)
     rng = np.random.default_rng(0)
