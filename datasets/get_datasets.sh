@@ -9,18 +9,18 @@ DEST="${CINIC10_DEST:-$HERE}"
 mkdir -p "$DEST"
 ARCHIVE="$DEST/CINIC-10.tar.gz"
 TARGET="$DEST/cinic-10"
+# this repository's ece662, also when it is not installed
+export PYTHONPATH="$(dirname "$HERE")${PYTHONPATH:+:$PYTHONPATH}"
 
-if [ ! -d "$TARGET" ]; then
-  if [ ! -f "$ARCHIVE" ]; then
-    echo "downloading $URL"
-    if ! curl -fL --retry 3 -C - -o "$ARCHIVE.part" "$URL"; then
-      echo "get_datasets: the download failed (offline?). Run this again to resume, or put the" >&2
-      echo "archive at $ARCHIVE yourself, or point ECE662_DATA at data you already have." >&2
-      exit 1
-    fi
-    mv "$ARCHIVE.part" "$ARCHIVE"
+if [ ! -d "$TARGET" ] && [ ! -f "$ARCHIVE" ]; then
+  echo "downloading $URL"
+  if ! curl -fL --retry 3 -C - -o "$ARCHIVE.part" "$URL"; then
+    echo "get_datasets: the download failed (offline?). Run this again to resume, or put the" >&2
+    echo "archive at $ARCHIVE yourself, or point ECE662_DATA at data you already have." >&2
+    exit 1
   fi
-  # check and unpack with the same checks as the Python twin (safe members, all 30 class folders)
-  python -c "import sys; from ece662.download import unpack; unpack(sys.argv[1], sys.argv[2])" "$ARCHIVE" "$TARGET"
+  mv "$ARCHIVE.part" "$ARCHIVE"
 fi
-python -c "import sys; from ece662.download import main; raise SystemExit(main(['--dest', sys.argv[1]]))" "$DEST"
+# check and unpack (the Python twin's checks: safe members, all 30 class folders), then build the
+# cache; a refused archive is one line on stderr and exit status 1
+exec python -m ece662.download --dest "$DEST"

@@ -10,23 +10,57 @@ Where the data is found (first hit wins):
 
 ``path`` may be a CINIC-10 folder (``train/ valid/ test/``, ten class folders of
 32x32 PNGs each, as its authors ship it), an ``.npz`` archive with ``X_train, y_train,
-X_val, y_val, X_test, y_test`` (uint8 NHWC images, integer labels), or a folder holding
+X_val, y_val, X_test, y_test`` (uint8 NHWC images or float in [0, 1], integer labels
+0..9; see :func:`read_npz`), or a folder holding
 one of these: ``cinic-10/`` (or ``CINIC-10/``), then ``cinic10.npz``, then
 ``cifar10_real.npz`` (the CIFAR-10 part of CINIC-10 shipped with the course machines).
 
 Images stay uint8 NHWC in memory (or memory-mapped from a cache); with the
 defaults every ``X_*`` is a :class:`NormalizedImages`, an array-like that turns a
 slice into normalised float32 NCHW only when it is used, so the 90,000-image test
-split never sits in memory as 1.1 GB of float32.  The first load of a PNG folder
-decodes every image once (with a progress bar) into a uint8 cache of ``.npy``
-files in ``$ECE662_CACHE`` (default ``~/.cache/ece662``; never inside the data folder,
-which may be shared and read-only); later loads memory-map it.
+split never sits in memory as 1.1 GB of float32.
+
+The PNG cache
+-------------
+The first load of a PNG folder decodes every image once (with a progress bar) into
+uint8 ``.npy`` files in ``$ECE662_CACHE`` (default ``~/.cache/ece662``; never inside the
+data folder, which may be shared and read-only); later loads memory-map them.  The
+cache must never serve other pixels than the PNGs hold, never be seen half-built, and
+never fail for good:
+
+- **Key.** Each split's entry is the folder ``<split>-<key>``, where the key hashes the
+  cache version, the class order and, per file, its relative path, size, mtime_ns and
+  inode: one ``os.scandir`` and one ``stat`` per file, no reads.  An image replaced in
+  place, added, removed or renamed gives another key, hence a rebuild.  The manifest
+  lists the files left out by ``on_bad_image='skip'``: a strict load refuses such an
+  entry (raising the recorded error), a skipping load reuses a strict one (same arrays).
+  ``verify=True`` also re-hashes every PNG's bytes and the cached arrays (SHA-256),
+  for file systems whose times cannot be trusted.
+- **Lock and atomic publish.** A missing entry is built while holding the split's
+  file lock (``<split>.lock``, with ``filelock``), in a private ``.tmp-<split>-*``
+  folder: arrays first, ``manifest.json`` last, then one ``os.replace`` of the folder
+  publishes it.  Readers take no lock: they see a whole entry or none.  Processes that
+  find no entry wait for the lock and then use what the first one built.  A killed
+  builder's temp folder is removed by the next builder (who holds the lock, so it is
+  nobody's), with entries of older keys.
+- **Self-repair.** Every hit checks the manifest (valid JSON, this key and version) and
+  the arrays (whole files, shapes, dtypes, labels 0..9); a damaged entry is reported
+  with a warning naming its path and rebuilt.  A cache folder that cannot be written
+  (read-only, ``ECE662_CACHE`` under a file, disk full) gives a warning and the images
+  are decoded in memory instead.
 """
+import errno
 import hashlib
+import io
 import json
 import os
 import re
+import stat
+import sys
+import tempfile
+import uuid
 import warnings
+from typing import NamedTuple
 
 import numpy as np
 
@@ -37,7 +71,7 @@ STD = np.array([0.24205776, 0.23828046, 0.25874835], dtype=np.float32)
 # our split names -> the CINIC-10 folder names
 SPLIT_FOLDERS = {"train": "train", "val": "valid", "test": "test"}
 ORIGINS = ("cifar10", "imagenet", "unknown")
-_CACHE_VERSION = 1
+_CACHE_VERSION = 2        # bump whenever decoding changes what the cache holds
 
 _REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -127,10 +161,21 @@ def _is_tree(folder):
 
 
 def _resolve(folder):
-    """The data source inside ``folder``: ('tree', dir), ('npz', file) or None."""
-    if os.path.isfile(folder):
+    """The data source inside ``folder``: ('tree', dir), ('npz', file) or None.
+
+    A folder we may not look into is a PermissionError, never "no data found".
+    """
+    try:
+        st = os.stat(folder)
+        if stat.S_ISDIR(st.st_mode):
+            os.listdir(folder)                  # may we look inside?
+    except PermissionError:
+        raise _permission_denied(folder, "opening") from None
+    except OSError:                             # missing, or a path through a file
+        return None
+    if stat.S_ISREG(st.st_mode):
         return ("npz", folder)
-    if not os.path.isdir(folder):
+    if not stat.S_ISDIR(st.st_mode):
         return None
     if _is_tree(folder):
         return ("tree", folder)
@@ -182,18 +227,49 @@ def origin_of(filename):
     return "unknown"
 
 
+def _permission_denied(path, doing):
+    """The PermissionError every reader raises: what could not be done, to what, and the fix."""
+    return PermissionError(errno.EACCES, f"permission denied {doing} {path}; make it readable "
+                           f"(e.g. chmod -R a+rX on the data folder) or point ECE662_DATA (or path=) at a "
+                           f"copy you can read", path)
+
+
+# ---------------------------------------------------------------------------- .npz archives
 def read_npz(path, splits=("train", "val", "test")):
-    """Read ``X_<split>, y_<split>`` (uint8 NHWC, int labels) from an .npz, checked.
+    """Read ``X_<split>, y_<split>`` from an .npz, checked before and after reading.
+
+    Each array's ``.npy`` header is checked before its data is read (shape, dtype, and
+    that the archive really holds that many bytes), so a small hostile file cannot make
+    the process allocate gigabytes.  Accepted values:
+
+    - ``X_<split>``: ``(N, 32, 32, 3)`` RGB pixels, either an integer type with values
+      0..255 (uint8 is kept as is) or float with values in [0, 1] (turned into uint8 as
+      ``round(255 * x)``).
+    - ``y_<split>``: ``(N,)`` integer class indices 0..9 (float labels are refused).
+    - ``origin_<split>`` (optional): ``(N,)`` strings among 'cifar10', 'imagenet', 'unknown'.
 
     Returns
     -------
     dict
         ``{split: (X uint8 (N, 32, 32, 3), y int64 (N,), origin <U8 (N,))}``
+
+    Raises
+    ------
+    ValueError
+        Naming the file and the key: a missing key, an object array, a truncated or
+        corrupt archive, wrong shapes, dtypes or values.
+    PermissionError
+        When the file cannot be read; says "permission denied" and the path.
     """
     try:
         z = np.load(path, allow_pickle=False)
+    except PermissionError:
+        raise _permission_denied(path, "reading") from None
     except Exception as e:
-        raise ValueError(f"{path}: not a readable .npz archive ({e})") from None
+        raise ValueError(f"{path}: not a readable .npz archive ({type(e).__name__}: {e})") from None
+    if not isinstance(z, np.lib.npyio.NpzFile):
+        raise ValueError(f"{path}: holds a single array (.npy), not an .npz archive with X_train, y_train, "
+                         f"X_val, y_val, X_test, y_test; write one with np.savez")
     out = {}
     with z:
         for split in splits:
@@ -201,37 +277,192 @@ def read_npz(path, splits=("train", "val", "test")):
                 if key not in z.files:
                     raise ValueError(f"{path}: missing array {key!r}; the archive holds {sorted(z.files)}, "
                                      f"expected X_train, y_train, X_val, y_val, X_test, y_test")
-            X, y = z[f"X_{split}"], z[f"y_{split}"]
-            origin = (z[f"origin_{split}"] if f"origin_{split}" in z.files
-                      else np.full(len(y), "cifar10" if "cifar10" in os.path.basename(path) else "unknown"))
-            _check_split(X, y, f"{path} [{split}]")
-            out[split] = (X, y.astype(np.int64), np.asarray(origin).astype("<U8"))
+            X = _check_images(_npz_array(z, path, f"X_{split}"), f"{path}: X_{split}")
+            y = _check_labels(_npz_array(z, path, f"y_{split}"), len(X), f"{path}: y_{split}")
+            if f"origin_{split}" in z.files:
+                origin = _check_origin(_npz_array(z, path, f"origin_{split}"), len(X), f"{path}: origin_{split}")
+            else:
+                origin = np.full(len(y), "cifar10" if "cifar10" in os.path.basename(path) else "unknown", "<U8")
+            if len(y) == 0:
+                raise ValueError(f"{path}: X_{split}, y_{split}: the split is empty")
+            out[split] = (X, y, origin)
     return out
 
 
-def _check_split(X, y, where):
+# The largest array read from an .npz: CINIC-10's 90,000-image train split is 0.28 GB as uint8
+# and 1.1 GB as float32, so anything above this is a hostile or mistaken header, refused before
+# it is allocated.
+_MAX_ARRAY_BYTES = 4 << 30
+
+
+def _npz_array(z, path, key):
+    """``z[key]``, after checking its .npy header against what the archive really holds."""
+    where = f"{path}: {key}"
+    try:
+        info = z.zip.getinfo(key + ".npy")
+        with z.zip.open(info) as f:
+            version = np.lib.format.read_magic(f)
+            if version == (1, 0):
+                shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+            elif version == (2, 0):
+                shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+            else:
+                raise ValueError(f".npy format version {version} is not supported (expected 1.0 or 2.0)")
+            header_bytes = f.tell()
+    except PermissionError:
+        raise _permission_denied(path, "reading") from None
+    except Exception as e:
+        raise ValueError(f"{where}: unreadable array header ({type(e).__name__}: {e}); the archive "
+                         f"is corrupt or was not written by np.savez") from None
+    if dtype.hasobject:
+        raise ValueError(f"{where}: an object array (it would need pickle, which is never loaded); "
+                         f"store numbers and strings as plain numpy arrays")
+    nbytes = int(np.prod(shape, dtype=np.float64)) * dtype.itemsize
+    if nbytes > _MAX_ARRAY_BYTES:
+        raise ValueError(f"{where}: declares shape {shape} of {dtype} ({nbytes / 2 ** 30:.1f} GB), more than "
+                         f"the {_MAX_ARRAY_BYTES >> 30} GB any CINIC-10 split needs")
+    if header_bytes + nbytes > info.file_size:
+        raise ValueError(f"{where}: declares shape {shape} of {dtype} ({nbytes} bytes) but the archive "
+                         f"holds only {info.file_size - header_bytes} bytes for it; the file is truncated "
+                         f"or corrupt")
+    try:
+        return z[key]
+    except PermissionError:
+        raise _permission_denied(path, "reading") from None
+    except Exception as e:
+        raise ValueError(f"{where}: cannot read the array ({type(e).__name__}: {e}); the archive is "
+                         f"corrupt or truncated") from None
+
+
+def _check_images(X, where):
+    """``(N, 32, 32, 3)`` pixels as uint8: integer 0..255 kept, float in [0, 1] rounded from 255 * x."""
+    if X.ndim == 4 and X.shape[1:] == (3, 32, 32):
+        raise ValueError(f"{where}: expected images of shape (N, 32, 32, 3), got {X.shape} (channels "
+                         f"first); save X.transpose(0, 2, 3, 1)")
     if X.ndim != 4 or X.shape[1:] != (32, 32, 3):
         raise ValueError(f"{where}: expected images of shape (N, 32, 32, 3), got {X.shape}")
-    if X.dtype != np.uint8:
-        raise ValueError(f"{where}: expected uint8 images, got {X.dtype}")
-    if y.ndim != 1 or len(y) != len(X):
-        raise ValueError(f"{where}: expected {len(X)} labels of shape ({len(X)},), got {y.shape}")
-    if len(y) == 0:
-        raise ValueError(f"{where}: the split is empty")
-    if y.min() < 0 or y.max() >= len(CLASSES):
-        bad = int(np.flatnonzero((y < 0) | (y >= len(CLASSES)))[0])
-        raise ValueError(f"{where}: label {int(y[bad])} at index {bad} is out of range 0..{len(CLASSES) - 1}")
+    if X.dtype == np.uint8:
+        return X
+    if X.dtype.kind in "iu":
+        if X.size and (X.min() < 0 or X.max() > 255):
+            raise ValueError(f"{where}: {X.dtype} pixels must lie in 0..255, found {X.min()}..{X.max()}")
+        return X.astype(np.uint8)
+    if X.dtype.kind == "f":
+        if not np.isfinite(X).all():
+            raise ValueError(f"{where}: the images hold NaN or infinite values")
+        if X.size and (X.min() < 0 or X.max() > 1):
+            hint = ("; 0..255 pixel values belong in a uint8 array" if X.max() <= 255 and X.min() >= 0 else "")
+            raise ValueError(f"{where}: float pixels must lie in [0, 1], found {X.min():.4g}..{X.max():.4g}"
+                             f"{hint}")
+        return np.rint(X * 255).astype(np.uint8)
+    raise ValueError(f"{where}: expected uint8 images (or float in [0, 1]), got {X.dtype}")
 
 
-def _decode_png(path):
+def _check_labels(y, n, where):
+    """``(n,)`` integer labels 0..9 as int64."""
+    if y.ndim == 2 and y.shape == (n, len(CLASSES)):
+        raise ValueError(f"{where}: expected {n} class indices of shape ({n},), got {y.shape} "
+                         f"(one-hot?); save y.argmax(axis=1)")
+    if y.ndim != 1 or len(y) != n:
+        raise ValueError(f"{where}: expected {n} labels of shape ({n},) to match the images, got {y.shape}")
+    if y.dtype.kind == "f":
+        what = "with NaN or infinite values" if not np.isfinite(y).all() else "values"
+        raise ValueError(f"{where}: labels must be integer class indices 0..{len(CLASSES) - 1}, got {y.dtype} "
+                         f"{what}; if they are whole numbers, save y.astype(np.int64)")
+    if y.dtype.kind not in "iu":
+        raise ValueError(f"{where}: labels must be integer class indices 0..{len(CLASSES) - 1}, got {y.dtype}")
+    bad = np.flatnonzero((y < 0) | (y >= len(CLASSES)))
+    if len(bad):
+        raise ValueError(f"{where}: label {int(y[bad[0]])} at index {int(bad[0])} is out of range "
+                         f"0..{len(CLASSES) - 1} ({len(bad)} such labels)")
+    return y.astype(np.int64)
+
+
+def _check_origin(origin, n, where):
+    if origin.dtype.kind not in "US" or origin.shape != (n,):
+        raise ValueError(f"{where}: expected {n} strings of shape ({n},), got {origin.dtype} {origin.shape}")
+    origin = origin.astype("<U8") if origin.dtype.kind == "U" else np.char.decode(origin, "ascii", "replace")
+    odd = sorted(set(np.unique(origin)) - set(ORIGINS))
+    if odd:
+        raise ValueError(f"{where}: unknown origin {odd[0]!r}; expected one of {ORIGINS}")
+    return origin.astype("<U8")
+
+
+# ---------------------------------------------------------------------------- PNG trees
+# A CINIC-10 PNG is about 2.5 KB; a file this big is not a 32x32 image and is never read whole.
+_MAX_PNG_BYTES = 1 << 20
+
+
+class _PngFile(NamedTuple):
+    """One listed file and the stat fields that key the cache."""
+    path: str          # as opened
+    rel: str           # relative to the data root, e.g. 'test/cat/cifar10-test-7.png'
+    label: int
+    size: int
+    mtime_ns: int
+    inode: int
+    problem: str       # why it cannot be an image (not a regular file, too big), or ''
+
+
+def _list_tree_split(root, split):
+    """Every ``*.png`` of one split in label then name order, with its stat, from ``os.scandir``.
+
+    One ``stat`` per file and no reads: this is what a cache hit pays (about a second for
+    270,000 files on a local disk).
+    """
+    folder = os.path.join(root, SPLIT_FOLDERS[split])
+    files = []
+    for label, cls in enumerate(CLASSES):
+        cdir = os.path.join(folder, cls)
+        if not os.path.isdir(cdir):
+            raise ValueError(f"{folder}: class folder {cls!r} is missing; a CINIC-10 split has the "
+                             f"ten folders {', '.join(CLASSES)}")
+        try:
+            with os.scandir(cdir) as it:
+                entries = sorted((e for e in it if e.name.lower().endswith(".png")), key=lambda e: e.name)
+            for e in entries:
+                files.append(_stat_png(e, f"{SPLIT_FOLDERS[split]}/{cls}/{e.name}", label))
+        except PermissionError as err:
+            raise _permission_denied(err.filename or cdir, "listing or reading") from None
+    if not files:
+        raise ValueError(f"{folder}: the split holds no PNG images")
+    return files
+
+
+def _stat_png(entry, rel, label):
+    try:
+        st = entry.stat()                       # follows a symlink to its target
+    except FileNotFoundError:
+        return _PngFile(entry.path, rel, label, -1, -1, -1, "a broken symbolic link")
+    if not stat.S_ISREG(st.st_mode):
+        return _PngFile(entry.path, rel, label, -1, -1, -1, "not a regular file")
+    problem = (f"{st.st_size} bytes, too big for a 32x32 PNG" if st.st_size > _MAX_PNG_BYTES else "")
+    return _PngFile(entry.path, rel, label, st.st_size, st.st_mtime_ns, st.st_ino, problem)
+
+
+def _read_png_bytes(f):
+    """``(bytes, '')`` of a listed file, or ``(None, why)`` when it cannot be an image."""
+    if f.problem:
+        return None, f.problem
+    try:
+        with open(f.path, "rb") as fh:
+            return fh.read(_MAX_PNG_BYTES + 1), ""
+    except PermissionError:
+        raise _permission_denied(f.path, "reading") from None
+    except OSError as e:                        # vanished or unreadable since it was listed
+        return None, f"cannot read the file ({e.strerror})"
+
+
+def _decode_png(data, path):
+    """PNG bytes -> ``(32, 32, 3)`` uint8; size and mode are checked before any pixel is decoded."""
     from PIL import Image
     try:
-        with Image.open(path) as im:
-            im.load()
-            if im.size != (32, 32):
+        with Image.open(io.BytesIO(data), formats=["PNG"]) as im:
+            if im.size != (32, 32):             # before load(): a PNG may claim 100000x100000
                 raise ValueError(f"{path}: image is {im.size[0]}x{im.size[1]}, expected 32x32")
             if im.mode != "RGB":
                 raise ValueError(f"{path}: image mode is {im.mode}, expected RGB")
+            im.load()
             return np.asarray(im, dtype=np.uint8)
     except ValueError:
         raise
@@ -240,33 +471,250 @@ def _decode_png(path):
                          f"the file is corrupt or truncated") from None
 
 
-def _list_tree_split(root, split):
-    folder = os.path.join(root, SPLIT_FOLDERS[split])
-    files = []
-    for label, cls in enumerate(CLASSES):
-        cdir = os.path.join(folder, cls)
-        if not os.path.isdir(cdir):
-            raise ValueError(f"{folder}: class folder {cls!r} is missing; a CINIC-10 split has the "
-                             f"ten folders {', '.join(CLASSES)}")
-        names = sorted(n for n in os.listdir(cdir) if n.lower().endswith(".png"))
-        files.extend((os.path.join(cdir, n), label) for n in names)
-    if not files:
-        raise ValueError(f"{folder}: the split holds no PNG images")
-    return files
+def _hash_file_into(h, f, data, why):
+    """Feed one file's name and content (or why it has none) to the content hash ``h``."""
+    h.update(os.fsencode(f.rel) + b"\0")
+    h.update(b"B%d\0" % len(data) + data if data is not None else b"P" + why.encode() + b"\0")
 
 
+def _decode_files(files, split, on_bad_image, progress):
+    """Decode every listed PNG.
+
+    Returns
+    -------
+    X : uint8 (N, 32, 32, 3)
+    y : int64 (N,)
+    origin : uint8 (N,), an index into ORIGINS
+    skipped : list of [rel, message] for the files left out (only with on_bad_image='skip')
+    png_sha256 : str, the hash of every file's name and bytes (see ``verify``)
+    """
+    from tqdm.auto import tqdm
+    X = np.empty((len(files), 32, 32, 3), dtype=np.uint8)
+    keep = np.ones(len(files), dtype=bool)
+    skipped = []
+    h = hashlib.sha256()
+    for i, f in enumerate(tqdm(files, desc=f"decoding {split}", unit="img", disable=not progress, leave=False)):
+        data, why = _read_png_bytes(f)
+        _hash_file_into(h, f, data, why)
+        try:
+            if data is None:
+                raise ValueError(f"{f.path}: {why}")
+            X[i] = _decode_png(data, f.path)
+        except ValueError as e:
+            if on_bad_image == "raise":
+                raise
+            keep[i] = False
+            skipped.append([f.rel, str(e)])
+    y = np.array([f.label for f in files], dtype=np.int64)
+    origin = np.array([ORIGINS.index(origin_of(os.path.basename(f.rel))) for f in files], dtype=np.uint8)
+    if not keep.all():
+        X, y, origin = X[keep], y[keep], origin[keep]
+    if len(y) == 0:
+        raise ValueError(f"{split}: no readable images left")
+    return X, y, origin, skipped, h.hexdigest()
+
+
+def _png_digest(files):
+    """The content hash ``_decode_files`` records, re-read from disk (what ``verify=True`` costs)."""
+    h = hashlib.sha256()
+    for f in files:
+        data, why = _read_png_bytes(f)
+        _hash_file_into(h, f, data, why)
+    return h.hexdigest()
+
+
+# ---------------------------------------------------------------------------- the PNG cache
 def _cache_dir(root):
     """``$ECE662_CACHE/<folder name>-<hash>``, default ``~/.cache/ece662/...``.
 
     The cache never goes inside the data folder: data folders may be shared and read-only.
     """
     base = os.environ.get("ECE662_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "ece662")
-    digest = hashlib.sha1(os.path.abspath(root).encode()).hexdigest()[:12]
-    return os.path.join(base, f"{os.path.basename(os.path.abspath(root))}-{digest}")
+    digest = hashlib.sha1(os.path.abspath(root).encode("utf-8", "surrogateescape")).hexdigest()[:12]
+    return os.path.join(os.path.abspath(base), f"{os.path.basename(os.path.abspath(root))}-{digest}")
 
 
-def read_tree(root, splits=("train", "val", "test"), on_bad_image="raise", progress=True):
-    """Read the CINIC-10 folder layout, through a uint8 cache built on first use.
+def _tree_key(split, files):
+    """SHA-256 of everything that decides a split's arrays, except the pixels themselves.
+
+    The cache version (bumped whenever decoding changes), the class order, and per file its
+    relative path, size, mtime_ns and inode (an image replaced in place, or renamed, changes the
+    key).  ``on_bad_image`` is not part of it: the manifest lists the skipped files instead,
+    and a strict load refuses an entry that skipped any.
+    """
+    lines = [f"ece662 PNG cache v{_CACHE_VERSION} {split} {','.join(CLASSES)} {_MAX_PNG_BYTES}"]
+    lines += [f"{f.rel}\t{f.size}\t{f.mtime_ns}\t{f.inode}" for f in files]
+    return hashlib.sha256("\n".join(lines).encode("utf-8", "surrogateescape")).hexdigest()
+
+
+class _Unusable(Exception):
+    """A published cache entry that must not be used (damaged, or stale on ``verify``); says why."""
+
+
+_ENTRY_FILES = ("X.npy", "y.npy", "origin.npy")
+
+
+def _sha256_file(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _open_entry(entry, key, files, verify):
+    """The checked arrays of a published cache entry, or None when there is none.
+
+    Returns
+    -------
+    (X uint8 (N, 32, 32, 3) memory-mapped, y int64 (N,), origin <U8 (N,), manifest dict) or None
+
+    Raises
+    ------
+    _Unusable
+        A damaged entry (unreadable or corrupt manifest, truncated arrays, wrong
+        shapes/dtypes, labels out of range), or with ``verify`` one whose arrays or PNGs
+        no longer hash to what the manifest recorded.
+    """
+    try:
+        with open(os.path.join(entry, "manifest.json"), "rb") as fh:
+            raw = fh.read()
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except OSError as e:
+        raise _Unusable(f"its manifest cannot be read ({e.strerror})") from None
+    try:
+        m = json.loads(raw)
+        n, skipped, sums = m["count"], m["skipped"], m["sha256"]
+        ok = (m["version"] == _CACHE_VERSION and m["key"] == key and isinstance(n, int) and n > 0
+              and isinstance(skipped, list) and all(isinstance(s, list) and len(s) == 2 for s in skipped)
+              and isinstance(sums, dict) and isinstance(m["png_sha256"], str))
+    except (ValueError, TypeError, KeyError) as e:     # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise _Unusable(f"its manifest is not valid ({type(e).__name__}: {e})") from None
+    if not ok:
+        raise _Unusable("its manifest does not describe this data")
+    try:
+        X = np.load(os.path.join(entry, "X.npy"), mmap_mode="r")
+        y = np.load(os.path.join(entry, "y.npy"))
+        origin = np.load(os.path.join(entry, "origin.npy"))
+    except (OSError, ValueError, EOFError) as e:
+        raise _Unusable(f"an array is missing, truncated or corrupt ({type(e).__name__}: {e})") from None
+    for name, arr, shape, dtype in (("X.npy", X, (n, 32, 32, 3), np.uint8), ("y.npy", y, (n,), np.int64),
+                                    ("origin.npy", origin, (n,), np.uint8)):
+        if arr.shape != shape or arr.dtype != dtype:
+            raise _Unusable(f"{name} holds {arr.dtype} {arr.shape}, expected {np.dtype(dtype)} {shape}")
+    if y.min() < 0 or y.max() >= len(CLASSES) or origin.max() >= len(ORIGINS):
+        raise _Unusable("its labels or origins are out of range")
+    if verify:
+        for name in _ENTRY_FILES:
+            if _sha256_file(os.path.join(entry, name)) != sums.get(name):
+                raise _Unusable(f"{name} does not match the hash in its manifest")
+        if _png_digest(files) != m["png_sha256"]:
+            raise _Unusable("the PNG files changed since it was built (same sizes and times, other bytes)")
+    return X, y, np.array(ORIGINS, dtype="<U8")[origin], m
+
+
+def _write_entry(tmp, key, X, y, origin, skipped, png_sha256):
+    """Write the arrays, then the manifest last, into the private folder ``tmp``."""
+    sums = {}
+    for name, arr in zip(_ENTRY_FILES, (X, y, origin)):
+        path = os.path.join(tmp, name)
+        with open(path, "wb") as fh:
+            np.save(fh, arr)
+            fh.flush()
+            os.fsync(fh.fileno())
+        sums[name] = _sha256_file(path)
+    manifest = {"version": _CACHE_VERSION, "key": key, "count": len(y), "skipped": skipped,
+                "sha256": sums, "png_sha256": png_sha256}
+    with open(os.path.join(tmp, "manifest.json"), "w") as fh:
+        json.dump(manifest, fh)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def _why(e):
+    return f"{e.strerror or e}: {e.filename}" if isinstance(e, OSError) and e.filename else str(e)
+
+
+def _load_split(root, split, cache, on_bad_image, verify, progress):
+    """One split of a PNG tree: from its cache entry, or decoded and published under the lock."""
+    files = _list_tree_split(root, split)
+    key = _tree_key(split, files)
+    entry = os.path.join(cache, f"{split}-{key[:16]}")
+    try:
+        hit = _open_entry(entry, key, files, verify)
+    except _Unusable as e:
+        warnings.warn(f"the PNG cache {entry} cannot be used: {e}; rebuilding it")
+        hit = None
+    if hit is not None:
+        return hit
+
+    # No usable entry: build one under the split's lock, in a private temp folder, and publish it
+    # with one rename.  A cache folder we cannot write falls back to decoding in memory.
+    from filelock import FileLock, Timeout
+    try:
+        os.makedirs(cache, exist_ok=True)
+        lock = FileLock(os.path.join(cache, f"{split}.lock"))
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            if progress:
+                print(f"waiting for another process to finish the cache {entry} ...", file=sys.stderr)
+            lock.acquire()
+    except OSError as e:
+        return _in_memory(_decode_files(files, split, on_bad_image, progress), cache, e)
+    try:
+        try:                                    # another process may have built it while we waited
+            hit = _open_entry(entry, key, files, verify)
+        except _Unusable:
+            hit = None
+        return hit if hit is not None else _build_entry(cache, entry, split, key, files, on_bad_image, progress)
+    finally:
+        lock.release()
+
+
+def _build_entry(cache, entry, split, key, files, on_bad_image, progress):
+    """Holding the split's lock: decode into a private temp folder, then publish it with one rename."""
+    import shutil
+    _clean(cache, split)                        # dead builders' temp folders, entries of older keys
+    try:
+        tmp = tempfile.mkdtemp(prefix=f".tmp-{split}-", dir=cache)
+    except OSError as e:
+        return _in_memory(_decode_files(files, split, on_bad_image, progress), cache, e)
+    try:
+        decoded = _decode_files(files, split, on_bad_image, progress)    # bad data raises here
+        try:
+            _write_entry(tmp, key, *decoded)
+            if os.path.lexists(entry):          # left by a failed clean-up: move it aside first
+                os.replace(entry, os.path.join(cache, f".old-{split}-{uuid.uuid4().hex}"))
+            os.replace(tmp, entry)
+        except OSError as e:                    # disk full, folder made read-only meanwhile, ...
+            return _in_memory(decoded, cache, e)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # nothing left once it is published
+    return _open_entry(entry, key, files, verify=False) or _in_memory(decoded)
+
+
+def _clean(cache, split):
+    """Under the split's lock: remove every temp folder and entry of ``split`` (none is in use)."""
+    import shutil
+    for name in os.listdir(cache):
+        if name.startswith((f".tmp-{split}-", f".old-{split}-")) or re.fullmatch(rf"{split}-[0-9a-f]{{16}}", name):
+            shutil.rmtree(os.path.join(cache, name), ignore_errors=True)   # a reader's memory map survives
+
+
+def _in_memory(decoded, cache=None, error=None):
+    """Decoded arrays as ``_open_entry`` returns them, with a warning when the cache was not writable."""
+    X, y, origin, skipped, png_sha256 = decoded
+    if error is not None:
+        warnings.warn(f"cannot write the PNG cache in {cache} ({_why(error)}); the images were decoded in "
+                      f"memory and will be decoded again on every load. Set ECE662_CACHE to a folder "
+                      f"you can write to keep a cache.")
+    return X, y, np.array(ORIGINS, dtype="<U8")[origin], {"skipped": skipped}
+
+
+def read_tree(root, splits=("train", "val", "test"), on_bad_image="raise", progress=True, verify=False):
+    """Read the CINIC-10 folder layout, through the uint8 cache (see the module docstring).
 
     Parameters
     ----------
@@ -277,68 +725,37 @@ def read_tree(root, splits=("train", "val", "test"), on_bad_image="raise", progr
         file; with ``'skip'`` it is left out with a warning that counts the skipped files.
     progress : bool
         Show a progress bar while decoding.
+    verify : bool
+        Also re-read every PNG and the cached arrays and compare their SHA-256 with the
+        cache's manifest, instead of trusting each file's size, mtime and inode.  Costs a
+        full read of the data (about 700 MB for CINIC-10: seconds from the page cache, a
+        minute or more from a cold disk) but no decoding; a mismatch rebuilds the cache.
 
     Returns
     -------
     dict
         ``{split: (X uint8 (N, 32, 32, 3) memory-mapped, y int64 (N,), origin <U8 (N,))}``
+
+    Raises
+    ------
+    ValueError
+        A missing class folder, an empty split, or (with ``on_bad_image='raise'``) a bad image.
+    PermissionError
+        A folder or file of the data that may not be read ("permission denied" and its path).
     """
     if on_bad_image not in ("raise", "skip"):
         raise ValueError(f"on_bad_image must be 'raise' or 'skip', got {on_bad_image!r}")
+    cache = _cache_dir(root)
     out = {}
-    cache = None
     for split in splits:
-        files = _list_tree_split(root, split)
-        signature = {"version": _CACHE_VERSION, "count": len(files),
-                     "names": hashlib.sha1("\n".join(os.path.relpath(f, root) for f, _ in files)
-                                           .encode()).hexdigest()}
-        cache = cache or _cache_dir(root)
-        manifest = os.path.join(cache, f"{split}.json")
-        paths = {k: os.path.join(cache, f"{split}_{k}.npy") for k in ("X", "y", "origin")}
-        if os.path.isfile(manifest):
-            with open(manifest) as f:
-                if json.load(f) == signature and all(os.path.isfile(p) for p in paths.values()):
-                    out[split] = (np.load(paths["X"], mmap_mode="r"), np.load(paths["y"]),
-                                  np.load(paths["origin"]))
-                    continue
-        X, y, origin = _decode_files(files, split, on_bad_image, progress)
-        os.makedirs(cache, exist_ok=True)
-        if os.path.exists(manifest):
-            os.remove(manifest)        # the manifest is written last: no manifest, no valid cache
-        for key, arr in (("X", X), ("y", y), ("origin", origin)):
-            tmp = paths[key] + ".tmp.npy"
-            np.save(tmp, arr)
-            os.replace(tmp, paths[key])
-        tmp = manifest + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(signature, f)
-        os.replace(tmp, manifest)
-        out[split] = (np.load(paths["X"], mmap_mode="r"), y, origin)
+        X, y, origin, manifest = _load_split(root, split, cache, on_bad_image, verify, progress)
+        skipped = manifest["skipped"]
+        if skipped and on_bad_image == "raise":     # an entry built with 'skip' never serves a strict load
+            raise ValueError(skipped[0][1])
+        if skipped:
+            warnings.warn(f"skipped {len(skipped)} bad image(s) in {split}; first: {skipped[0][1]}")
+        out[split] = (X, y, origin)
     return out
-
-
-def _decode_files(files, split, on_bad_image, progress):
-    from tqdm.auto import tqdm
-    X = np.empty((len(files), 32, 32, 3), dtype=np.uint8)
-    keep = np.ones(len(files), dtype=bool)
-    bad = []
-    for i, (path, _) in enumerate(tqdm(files, desc=f"decoding {split}", unit="img",
-                                       disable=not progress, leave=False)):
-        try:
-            X[i] = _decode_png(path)
-        except ValueError as e:
-            if on_bad_image == "raise":
-                raise
-            keep[i] = False
-            bad.append(str(e))
-    if bad:
-        warnings.warn(f"skipped {len(bad)} bad image(s) in {split}; first: {bad[0]}")
-    y = np.array([label for _, label in files], dtype=np.int64)
-    origin = np.array([origin_of(os.path.basename(p)) for p, _ in files], dtype="<U8")
-    X, y, origin = X[keep], y[keep], origin[keep]
-    if len(y) == 0:
-        raise ValueError(f"{split}: no readable images left")
-    return X, y, origin
 
 
 # ============================================================================ the course entry point
@@ -358,7 +775,8 @@ def _balanced_subset(y, n, rng):
 
 def get_CINIC10_data(path=None, splits=("train", "val", "test"), num_training=None,
                      num_validation=None, num_test=None, normalize=True, channels_first=True,
-                     dtype=np.float32, lazy=True, seed=0, on_bad_image="raise", progress=True):
+                     dtype=np.float32, lazy=True, seed=0, on_bad_image="raise", progress=True,
+                     verify=False):
     """Load CINIC-10 (or its CIFAR-10 part) for the course notebook.
 
     Parameters
@@ -380,6 +798,11 @@ def get_CINIC10_data(path=None, splits=("train", "val", "test"), num_training=No
         For the subsets.
     on_bad_image : {'raise', 'skip'}
         For PNG folders: fail on a bad image, or skip it with a warning.
+    progress : bool
+        For PNG folders: a progress bar while decoding.
+    verify : bool
+        For PNG folders: re-hash every PNG and the cached arrays instead of trusting file
+        sizes and times (a full read of the data, no decoding; see :func:`read_tree`).
 
     Returns
     -------
@@ -406,7 +829,7 @@ def get_CINIC10_data(path=None, splits=("train", "val", "test"), num_training=No
         if n is not None and (not isinstance(n, (int, np.integer)) or isinstance(n, bool) or n < 1):
             raise ValueError(f"{name} must be a positive int or None, got {n!r}")
     kind, location = find_data(path)
-    parts = (read_tree(location, splits, on_bad_image, progress) if kind == "tree"
+    parts = (read_tree(location, splits, on_bad_image, progress, verify) if kind == "tree"
              else read_npz(location, splits))
     rng = np.random.default_rng(seed)
     sizes = {"train": num_training, "val": num_validation, "test": num_test}

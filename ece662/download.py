@@ -1,21 +1,25 @@
 """Download the official CINIC-10 archive, check it, unpack it, and build the uint8 cache.
 
     python -m ece662.download [--dest datasets] [--url URL]
-    bash datasets/get_datasets.sh            # the same with curl and tar
+    bash datasets/get_datasets.sh            # the same, downloading with curl
 
 The archive (about 700 MB) is fetched into ``<dest>/CINIC-10.tar.gz`` with HTTP range
 requests, so an interrupted download resumes where it stopped.  It is then checked (a
 readable gzip tar whose members all lie under train/, valid/ or test/ with the ten class
-folders, nothing outside the destination) and unpacked into ``<dest>/cinic-10/``; finally
+folders: no links, devices, absolute paths or ``..``, nothing landing on or inside another
+member; see :func:`check_archive`) and unpacked into ``<dest>/cinic-10/``; finally
 ``get_CINIC10_data`` decodes the PNGs once into its cache.  Offline, it stops with a
-message saying so and what to do instead.
+message saying so and what to do instead.  Every refusal is one line on stderr and exit
+status 1, never a traceback.
 """
 import argparse
 import os
+import re
 import sys
 import tarfile
 import urllib.error
 import urllib.request
+import zlib
 
 URL = "https://datashare.ed.ac.uk/bitstream/handle/10283/3192/CINIC-10.tar.gz"
 SPLITS = ("train", "valid", "test")
@@ -63,41 +67,127 @@ def fetch(url, path, chunk=1 << 20, progress=True, timeout=60):
     return path
 
 
-def check_archive(path):
-    """Raise DownloadError unless ``path`` is a gzip tar laid out as CINIC-10; return its members."""
-    try:
-        with tarfile.open(path, "r:gz") as tar:
-            members = tar.getmembers()
-    except (tarfile.TarError, OSError, EOFError) as e:
-        raise DownloadError(f"{path} is not a readable .tar.gz archive ({e}); delete it and download "
-                            f"again") from None
+# A CINIC-10 PNG is about 2.5 KB and the whole archive unpacks to about 700 MB: members or totals far
+# above that are not CINIC-10, and are refused before anything is written.
+MAX_MEMBER_BYTES = 1 << 20
+MAX_TOP_LEVEL_FILE_BYTES = 100 << 20
+MAX_TOTAL_BYTES = 4 << 30
+
+
+def _unsafe(m, name, parts):
+    """Why the member ``m`` (named ``name``, split into ``parts``) must not be unpacked, or ''."""
+    if m.issym() or m.islnk():
+        return f"a {'symbolic' if m.issym() else 'hard'} link to {m.linkname!r}"
+    if not (m.isfile() or m.isdir()):
+        return "not a regular file or folder (a device, FIFO or other special member)"
+    if name.startswith("/") or re.match(r"[A-Za-z]:", name):
+        return "an absolute path"
+    if ".." in parts:
+        return "a '..' component that climbs out of the destination"
+    if any(p in ("", ".") for p in parts):
+        return "an empty or '.' path component"
+    if re.search(r"[\\:\x00-\x1f\x7f]", name):
+        return "a backslash, colon or control character in its name"
+    if m.isfile() and m.size > (MAX_MEMBER_BYTES if len(parts) > 1 else MAX_TOP_LEVEL_FILE_BYTES):
+        return f"{m.size} bytes, far more than a CINIC-10 file"
+    return ""
+
+
+def _check_members(members, path):
+    """Raise DownloadError unless every member is safe, in the CINIC-10 layout, and unique."""
     from ece662.data_utils import CLASSES
-    seen = set()
+    seen = set()            # (split, class) folders present
+    kinds = {}              # case-folded path -> 'file' or 'dir' (so nothing lands on top of anything)
+    total = 0
     for m in members:
         name = m.name[2:] if m.name.startswith("./") else m.name
+        name = name.rstrip("/") if m.isdir() else name
+        if m.isdir() and name in ("", "."):     # the archive's root folder itself ('./')
+            continue
         parts = name.split("/")
-        if name.startswith("/") or ".." in parts or not (m.isfile() or m.isdir()):
-            raise DownloadError(f"{path}: refusing the unsafe member {m.name!r}")
-        if parts[0] and parts[0] not in SPLITS and not (len(parts) == 1 and m.isfile()):
+        why = _unsafe(m, name, parts)
+        if why:
+            raise DownloadError(f"{path}: refusing the unsafe member {m.name!r}: {why}")
+        if parts[0] not in SPLITS and not (len(parts) == 1 and m.isfile()):
             raise DownloadError(f"{path}: unexpected member {m.name!r}; a CINIC-10 archive holds "
                                 f"train/, valid/ and test/")
-        if len(parts) >= 2 and parts[0] in SPLITS:
+        if len(parts) >= 2:
             seen.add((parts[0], parts[1]))
+        # Every parent must be a folder, and a file may neither replace nor sit where anything else
+        # sits; names are compared case-folded, as Windows and macOS file systems compare them.
+        for i in range(1, len(parts)):
+            parent = "/".join(parts[:i]).casefold()
+            if kinds.setdefault(parent, "dir") != "dir":
+                raise DownloadError(f"{path}: refusing {m.name!r}: it would go inside the file {parent!r}")
+        kind = "dir" if m.isdir() else "file"
+        before = kinds.get(name.casefold())
+        if before is not None and "file" in (before, kind):
+            raise DownloadError(f"{path}: refusing {m.name!r}: it would replace an earlier "
+                                f"{'file' if before == 'file' else 'folder'} of the same name")
+        kinds[name.casefold()] = kind
+        total += m.size if m.isfile() else 0
+        if total > MAX_TOTAL_BYTES:
+            raise DownloadError(f"{path}: unpacks to more than {MAX_TOTAL_BYTES >> 30} GB; CINIC-10 is "
+                                f"about 0.7 GB, so this is not it")
     missing = [f"{s}/{c}" for s in SPLITS for c in CLASSES if (s, c) not in seen]
     if missing:
         raise DownloadError(f"{path}: the archive lacks {len(missing)} class folders, e.g. {missing[0]}")
+
+
+def _open_archive(path):
+    """The open tar and its member list, or DownloadError saying why it cannot be read."""
+    tar = None
+    try:
+        tar = tarfile.open(path, "r:gz")
+        return tar, tar.getmembers()
+    except (tarfile.TarError, OSError, EOFError, zlib.error) as e:
+        if tar is not None:
+            tar.close()
+        if isinstance(e, PermissionError):
+            raise DownloadError(f"permission denied reading {path}; make it readable or download it "
+                                f"again") from None
+        raise DownloadError(f"{path} is not a readable .tar.gz archive ({e}); delete it and download "
+                            f"again") from None
+
+
+def check_archive(path):
+    """Raise DownloadError unless ``path`` is a gzip tar laid out as CINIC-10; return its members.
+
+    Refused: links (symbolic and hard), devices and FIFOs, absolute paths, ``..`` / ``.`` /
+    empty components, backslashes, colons and control characters in names, a member that
+    would land on or inside another (a file over a folder, a folder over a file, a second
+    file of the same name, compared case-insensitively), files far bigger than CINIC-10's,
+    anything outside train/, valid/ and test/ except top-level files, and a missing class folder.
+    """
+    tar, members = _open_archive(path)
+    with tar:
+        _check_members(members, path)
     return members
 
 
-def unpack(path, dest):
-    """Unpack a checked archive into ``dest`` (created); a failure leaves no half-made ``dest``."""
-    check_archive(path)
-    tmp = dest + ".unpacking"
-    if os.path.exists(tmp):
-        import shutil
-        shutil.rmtree(tmp)
-    with tarfile.open(path, "r:gz") as tar:
-        tar.extractall(tmp, filter="data")
+def unpack(path, dest, progress=False):
+    """Unpack a checked archive into ``dest`` (created); a failure leaves no half-made ``dest``.
+
+    The members checked are the members extracted, from one open archive, into
+    ``dest + '.unpacking'``, which is renamed to ``dest`` once complete.
+    """
+    if os.path.lexists(dest):
+        raise DownloadError(f"{dest} already exists; remove it (or move it away) to unpack again")
+    tar, members = _open_archive(path)
+    with tar:
+        _check_members(members, path)
+        if progress:
+            print(f"unpacking {path} ...")
+        tmp = dest + ".unpacking"
+        if os.path.isdir(tmp) and not os.path.islink(tmp):
+            import shutil
+            shutil.rmtree(tmp)                  # left by an interrupted run
+        elif os.path.lexists(tmp):
+            os.remove(tmp)
+        try:
+            tar.extractall(tmp, members=members, filter="data")
+        except (tarfile.TarError, EOFError, zlib.error) as e:
+            raise DownloadError(f"{path}: unpacking failed ({e}); delete it and download again") from None
     os.replace(tmp, dest)
     return dest
 
@@ -110,20 +200,20 @@ def main(argv=None):
     ap.add_argument("--url", default=URL)
     ap.add_argument("--no-cache", action="store_true", help="do not decode the PNGs into the cache")
     args = ap.parse_args(argv)
-    os.makedirs(args.dest, exist_ok=True)
     archive = os.path.join(args.dest, "CINIC-10.tar.gz")
     target = os.path.join(args.dest, "cinic-10")
     try:
+        os.makedirs(args.dest, exist_ok=True)
         if not os.path.isdir(target):
             if not os.path.exists(archive):
                 fetch(args.url, archive)
-            print(f"checking and unpacking {archive} ...")
-            unpack(archive, target)
+            unpack(archive, target, progress=True)
         if not args.no_cache:
             from ece662.data_utils import get_CINIC10_data
             data = get_CINIC10_data(target, normalize=False)
             print("cached: " + ", ".join(f"{s} {len(data['y_' + s])}" for s in ("train", "val", "test")))
-    except DownloadError as e:
+    except (DownloadError, OSError, ValueError) as e:
+        # one line, no traceback: the message says what is wrong and what to do
         print(f"get_datasets: {e}", file=sys.stderr)
         return 1
     print(f"CINIC-10 is ready in {target}")

@@ -35,20 +35,14 @@ def copy_model(model):
     clone = from_spec(model.spec())
     _load_with_masks(clone, model.state_dict(), source="copy_model")
     for (_, a), (_, b) in zip(model.named_modules(), clone.named_modules()):
-        for flag in ("skip_dead", "sparse_threshold"):
-            if hasattr(a, flag):
-                setattr(b, flag, getattr(a, flag))
+        b.kernels = a.kernels                  # parents first, so a layer keeps its own setting
     return clone.train(model.training)
 
 
 def dense_twin(model):
     """A copy of ``model`` that runs the dense kernels on its masked weights ("masks alone")."""
     m = copy_model(model).eval()
-    m.skip_dead = False
-    for _, layer in m.named_modules():
-        if isinstance(layer, Conv2d):
-            layer.skip_dead = False
-            layer.sparse_threshold = None
+    m.kernels = "dense"
     return m
 
 

@@ -41,7 +41,7 @@ How layers map (both directions)::
     GlobalAveragePool             AdaptiveAvgPool2d(1)   (read also: ReduceMean over H, W)
     Flatten (axis 1), Reshape     Flatten                (Reshape only to (N, C*H*W))
     Gemm, or MatMul then Add      Linear
-    Dropout                       Dropout (the identity in an inference graph); Identity is skipped
+    Dropout                       Dropout, Dropout2d (the identity in an inference graph); Identity is skipped
 
 Every ONNX file is untrusted input: tensor sizes are checked against the bytes that really
 hold them before any array is made, external data is read only from files inside the model's
@@ -217,6 +217,15 @@ def read_onnx(path):
     return _ChainReader(proto.graph, os.path.dirname(os.path.abspath(path)), path).build()
 
 
+def _guard(where, fn, *args):
+    """Call ``fn``; the specific checks name what is wrong, and this net turns whatever else a
+    malformed file provokes (an attribute of the wrong type, say) into the same kind of error."""
+    try:
+        return fn(*args)
+    except (TypeError, IndexError, KeyError, AttributeError, OverflowError) as e:
+        raise ValueError(f"{where}: malformed node ({type(e).__name__}: {e})") from None
+
+
 def _attrs(node):
     """``{name: value}`` of a node's attributes (ints, floats, strings, lists of them)."""
     out = {}
@@ -252,23 +261,26 @@ class _ChainReader:
     def where(self, node):
         return f"{self.source}: node {node.name or '(unnamed)'!r} ({node.op_type})"
 
-    def const(self, name, node, finite=True):
-        """The array behind an initializer or a Constant, checked finite when it is a float."""
+    def const(self, name, node):
+        """The array behind an initializer or a Constant (converted once)."""
         if name not in self.constants:
             if name not in self.inits:
                 raise ValueError(f"{self.where(node)}: input {name!r} is neither a weight (initializer) "
                                  f"nor a Constant; ece662 reads chains whose extra inputs are weights")
             self.constants[name] = _tensor_to_array(self.inits[name], self.folder, self.where(node))
-        arr = self.constants[name]
-        if finite and arr.dtype.kind == "f":
-            bad = int(arr.size - np.count_nonzero(np.isfinite(arr)))
-            if bad:
-                raise ValueError(f"{self.where(node)}: weight {name!r} holds {bad} NaN or infinite "
-                                 f"value(s) out of {arr.size}; the model file is damaged")
-        return arr
+        return self.constants[name]
 
     def weight(self, name, node):
-        return self.const(name, node).astype(np.float32)
+        """A weight as float32, refused if it holds NaN or infinity (also after the cast)."""
+        arr = self.const(name, node)
+        if arr.dtype.kind != "f":
+            raise ValueError(f"{self.where(node)}: weight {name!r} has dtype {arr.dtype}, expected floats")
+        arr = arr.astype(np.float32)
+        bad = int(arr.size - np.count_nonzero(np.isfinite(arr)))
+        if bad:
+            raise ValueError(f"{self.where(node)}: weight {name!r} holds {bad} NaN or infinite "
+                             f"value(s) out of {arr.size} (as float32); the model file is damaged")
+        return arr
 
     def is_const(self, name):
         return name in self.constants or name in self.inits
@@ -344,11 +356,13 @@ class _ChainReader:
             raise ValueError(f"{self.source}: expected one graph output (the logits), got {outputs}")
         for node in self.graph.node:
             where = self.where(node)
+            if not node.output or not node.output[0]:
+                raise ValueError(f"{where}: the node has no output")
             if node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
-                self.constant_node(node)
+                _guard(where, self.constant_node, node)
                 continue
             if node.op_type == "Identity" and node.input and self.is_const(node.input[0]):
-                self.constants[node.output[0]] = self.const(node.input[0], node, finite=False)
+                self.constants[node.output[0]] = self.const(node.input[0], node)
                 continue
             data = [i for i in node.input if i and not self.is_const(i)]
             if data != [current]:
@@ -368,9 +382,12 @@ class _ChainReader:
             extra = [o for o in node.output[1:] if o and (uses[o] or o in outputs)]
             if extra:
                 raise ValueError(f"{where}: its extra outputs {extra} are used; ece662 reads only the first")
+            if len(node.input) < _MIN_INPUTS.get(node.op_type, 1):
+                raise ValueError(f"{where}: has {len(node.input)} input(s), the op needs at least "
+                                 f"{_MIN_INPUTS[node.op_type]}")
             if node.op_type != "Add":
                 self.bias_slot = None
-            handler(self, node, _attrs(node))
+            _guard(where, handler, self, node, _attrs(node))
             current = node.output[0]
         if current != outputs[0]:
             raise ValueError(f"{self.source}: the chain ends at {current!r}, not at the graph output "
@@ -381,6 +398,8 @@ class _ChainReader:
 
     def constant_node(self, node):
         a = _attrs(node)
+        if "value" in a and not hasattr(a["value"], "t"):
+            raise ValueError(f"{self.where(node)}: its 'value' attribute is not a tensor")
         if "value" in a:
             arr = _tensor_to_array(a["value"].t, self.folder, self.where(node))
         elif "value_ints" in a or "value_int" in a:
@@ -578,6 +597,9 @@ class _ChainReader:
         pass
 
 
+# inputs each op needs besides its defaults (data, weight, bias, BatchNorm's four statistics, ...)
+_MIN_INPUTS = {"Conv": 2, "BatchNormalization": 5, "Gemm": 2, "MatMul": 2, "Add": 2, "Reshape": 2}
+
 _READERS = {
     "Conv": _ChainReader.read_conv, "BatchNormalization": _ChainReader.read_batchnorm,
     "Relu": _ChainReader.read_relu, "LeakyRelu": _ChainReader.read_leaky_relu,
@@ -646,8 +668,9 @@ def _graph_nodes(model, input_name, helper, numpy_helper):
             nodes.append(helper.make_node("GlobalAveragePool", [x], [out], name=name))
         elif kind == "Flatten":
             nodes.append(helper.make_node("Flatten", [x], [out], name=name, axis=1))
-        elif kind == "Dropout":
+        elif kind in ("Dropout", "Dropout2d"):
             # the ratio is an input since opset 12; in an inference graph Dropout is the identity
+            # (Dropout2d too: it is read back as a Dropout, which computes the same at inference)
             ratio = tensor("ratio", np.array(m.p, dtype=np.float32))
             nodes.append(helper.make_node("Dropout", [x, ratio], [out], name=name))
         else:

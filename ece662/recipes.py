@@ -129,7 +129,8 @@ def plot_compare_schedules(records, path=None, title=None):
     ax.set_xlabel(f"fraction of {what} pruned")
     ax.set_ylabel("test accuracy")
     if records:
-        ax.set_title(title or f"equal budget: {records[0]['epochs']} epochs per run"
+        e = records[0]["epochs"]
+        ax.set_title(title or f"equal budget: {e} epoch{'s' if e != 1 else ''} per run"
                      + (", distilled" if records[0].get("distill") else ""), fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
@@ -138,3 +139,49 @@ def plot_compare_schedules(records, path=None, title=None):
         fig.savefig(path, dpi=110)
         plt.close(fig)
     return fig
+
+
+def main(argv=None):
+    """``python -m ece662.recipes``: run the comparison, write ``<out>.json`` and ``<out>.png``."""
+    import argparse
+    import json
+    import sys
+
+    from ece662.data_utils import get_CINIC10_data
+    from ece662.pruning_helper import load_model
+    ap = argparse.ArgumentParser(prog="python -m ece662.recipes",
+                                 description="Compare pruning schedules at an equal epoch budget.")
+    ap.add_argument("--data", default=None, help="data path (default: the library's lookup)")
+    ap.add_argument("--model", default=None, help="the trained model (default: the shipped one)")
+    ap.add_argument("--sparsities", default="0.5,0.8,0.9")
+    ap.add_argument("--epochs", type=int, default=3, help="the equal budget: epochs per run")
+    ap.add_argument("--train-images", type=int, default=None, help="train on a class-balanced subset of N")
+    ap.add_argument("--structure", default="unstructured", choices=["unstructured", "filters"])
+    ap.add_argument("--scope", default="global", choices=["global", "layer"])
+    ap.add_argument("--distill", action="store_true")
+    ap.add_argument("--out", default="compare_schedules", help="output path without extension")
+    args = ap.parse_args(argv)
+    raw = get_CINIC10_data(args.data, splits=("train",), num_training=args.train_images, normalize=False,
+                           channels_first=False, progress=False)
+    test = get_CINIC10_data(args.data, splits=("test",), progress=False)
+    t0 = time.perf_counter()
+    recs = compare_schedules(load_model(args.model), raw["X_train"], raw["y_train"],
+                             test["X_test"], test["y_test"],
+                             sparsities=[float(s) for s in args.sparsities.split(",")], epochs=args.epochs,
+                             structure=args.structure, scope=args.scope, distill=args.distill,
+                             progress=lambda r: print(f"{r['schedule']:>9s}  sparsity {r['sparsity']:.2f}  "
+                                                      f"accuracy {r['accuracy']:.4f}  {r['seconds']:.0f} s",
+                                                      flush=True))
+    total = time.perf_counter() - t0
+    with open(args.out + ".json", "w") as f:
+        argv = argv if argv is not None else sys.argv[1:]
+        json.dump({"command": "python -m ece662.recipes " + " ".join(argv),
+                   "data": raw["source"], "train_images": int(len(raw["y_train"])),
+                   "test_images": int(len(test["y_test"])), "seconds": round(total, 1), "records": recs},
+                  f, indent=1)
+    plot_compare_schedules(recs, path=args.out + ".png")
+    print(f"wrote {args.out}.json and {args.out}.png ({total:.0f} s)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,5 +1,7 @@
 """The course notebook's own calls, as written: test_model's modes, labels it refuses, empty batches."""
+import importlib.util
 import os
+import re
 import zipfile
 
 import numpy as np
@@ -8,7 +10,8 @@ import pytest
 from conftest import FIXTURES, requires_torch, torch
 from ece662 import torch_format
 from ece662.models import default_convnet
-from ece662.pruning_helper import predict_logits, test_model
+from ece662.data_utils import get_CINIC10_data
+from ece662.pruning_helper import load_model, predict_logits, test_model
 from ece662.torch_format import read_torch_state_dict, save_torch_state_dict
 
 
@@ -157,3 +160,124 @@ def test_torch_writer_refuses_what_torch_cannot_hold(tmp_path, state_dict, error
     with pytest.raises(error, match=message):
         save_torch_state_dict(state_dict, tmp_path / "w.pt")
     assert os.listdir(tmp_path) == []
+
+
+# ---------------------------------------------------------------- the course's own model files
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MODELS = os.path.join(REPO, "ece662", "models")
+
+
+def _make_course_files():
+    spec = importlib.util.spec_from_file_location("make_course_files",
+                                                  os.path.join(REPO, "scripts", "make_course_files.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_course_files_are_what_the_script_makes_from_the_shipped_npz(tmp_path):
+    """torch.model and tensorflow.model equal, byte for byte, what scripts/make_course_files.py
+    writes from today's default_convnet.npz (re-run the script after retraining)."""
+    _make_course_files().write_course_files(str(tmp_path))
+    for name in ("torch.model", "tensorflow.model"):
+        shipped = os.path.join(MODELS, name)
+        assert os.path.isfile(shipped), f"{name} is missing: run python scripts/make_course_files.py"
+        assert open(shipped, "rb").read() == (tmp_path / name).read_bytes(), \
+            f"ece662/models/{name} is stale: run python scripts/make_course_files.py"
+
+
+@pytest.mark.parametrize("mode", ["torch", "tensorflow"])
+def test_course_files_give_the_shipped_models_logits(mode):
+    """load_model('ece662/models/<mode>.model', mode=mode) computes exactly the shipped model's logits."""
+    shipped = load_model()
+    model = load_model(os.path.join(MODELS, f"{mode}.model"), mode=mode)
+    x = _images(16, seed=5)
+    np.testing.assert_array_equal(model(x), shipped(x))
+
+
+@requires_torch
+def test_torch_course_file_is_the_shipped_state_dict_for_real_torch():
+    """Real torch reads torch.model (weights_only=True) as the course CNN's state_dict of the shipped weights."""
+    sd = torch.load(os.path.join(MODELS, "torch.model"), weights_only=True)
+    shipped = load_model().state_dict()
+    assert list(sd) == list(shipped)
+    for key, value in shipped.items():
+        np.testing.assert_array_equal(sd[key].numpy(), value, err_msg=key)
+
+
+COURSE_LOAD_CELL = """
+import os
+from ece662.pruning_helper import test_model, load_model
+from ece662.data_utils import get_CINIC10_data
+data = get_CINIC10_data(); mode = '{mode}'  # torch or tensorflow
+test_data = [data['X_test'], data['y_test']]
+path = os.path.join('ece662', 'models', f'{{mode}}.model')
+model = load_model(path, mode=mode)
+test_model(model, test_data, mode=mode)
+"""
+
+
+@pytest.fixture(scope="module")
+def shipped_accuracy(real_data):
+    """The shipped .npz model's accuracy on the real 10,000-image test split."""
+    data = get_CINIC10_data(real_data)
+    assert len(data["y_test"]) == 10000
+    return test_model(load_model(), [data["X_test"], data["y_test"]], verbose=False)
+
+
+@pytest.mark.parametrize("mode", ["torch", "tensorflow"])
+def test_course_load_cell_runs_unchanged_from_the_repository_root(mode, real_data, shipped_accuracy,
+                                                                   monkeypatch, capsys):
+    """The course notebook's first cell, as written, prints the shipped model's test accuracy."""
+    monkeypatch.setenv("ECE662_DATA", real_data)
+    monkeypatch.chdir(REPO)
+    exec(compile(COURSE_LOAD_CELL.format(mode=mode), "course cell", "exec"), {})
+    assert capsys.readouterr().out == f"Test Acc: {shipped_accuracy:.4f}\n"
+    assert shipped_accuracy > 0.7                   # a trained model, not chance
+
+
+# ---------------------------------------------------------------- the README's porting guide
+def _guide_blocks():
+    text = open(os.path.join(REPO, "README.md"), encoding="utf-8").read()
+    start = text.index("## Porting the course notebook")
+    end = text.find("\n## ", start + 1)
+    section = text[start:end if end != -1 else len(text)]
+    blocks = re.findall(r"<!-- (course|ece662) -->\n```py\n(.*?)```", section, flags=re.S)
+    return [b for kind, b in blocks if kind == "course"], [b for kind, b in blocks if kind == "ece662"]
+
+
+def test_porting_guide_pairs_every_course_cell_with_an_ece662_cell():
+    """Each course cell has its ece662 version, line for line, and the lines that differ are the
+    ones the guide's table names (imports, nn.Conv2d/nn.Linear, numel, dim=, torch.sum)."""
+    course, ported = _guide_blocks()
+    assert len(course) == len(ported) == 5
+    allowed = ("import", "nn.", "numel()", "dim=", "torch.sum")
+    for c, p in zip(course, ported):
+        for a, b in zip(c.splitlines(), p.splitlines()):
+            if a != b and not a.startswith("import"):
+                assert any(t in a for t in allowed), f"unexplained change: {a!r} -> {b!r}"
+        body = lambda block: [l for l in block.splitlines() if not l.startswith(("import", "from"))]
+        assert len(body(c)) == len(body(p))
+
+
+def test_porting_guide_runs_and_matches_the_sweeps(real_data, shipped_accuracy, monkeypatch, capsys):
+    """The guide's ece662 cells run as written from the repository root on the real 10k test split;
+    their accuracies equal ece662.experiments' unstructured and structured sweeps."""
+    from ece662 import experiments
+    monkeypatch.setenv("ECE662_DATA", real_data)
+    monkeypatch.chdir(REPO)
+    namespace = {}
+    for block in _guide_blocks()[1]:
+        exec(compile(block, "README.md porting guide", "exec"), namespace)
+    out = capsys.readouterr().out
+    assert out.startswith(f"Test Acc: {shipped_accuracy:.4f}\n23210 parameters\n")
+    model, (X, y) = namespace["model"], namespace["test_data"]
+    unstructured = experiments.unstructured_sweep(model, X, y)
+    structured = experiments.structured_sweep(model, X, y, scope="layer", n=2)
+    assert namespace["unstructured"] == [r["accuracy"] for r in unstructured]
+    assert namespace["structured"] == [r["accuracy"] for r in structured]
+    for r in unstructured:
+        assert f"sparsity {r['sparsity']:.2f}: Test Acc: {r['accuracy']:.4f}" in out
+    assert "conv1: 24 of 32 filters pruned" in out          # 0.75 of 32 filters
+    assert namespace["sparsity"](namespace["pruned"]) == experiments.sparsity(namespace["pruned"])[0]
+    assert all(not n.endswith("_orig") for n in out.splitlines()[-1].split("'")[1::2])

@@ -1,4 +1,5 @@
 """The CINIC-10 downloader, against a small archive served on loopback (no internet needed)."""
+import functools
 import http.server
 import io
 import os
@@ -12,6 +13,7 @@ from ece662 import download
 from ece662.data_utils import CLASSES
 
 
+@functools.lru_cache(maxsize=None)
 def _archive_bytes(extra=None, drop=None):
     """A gzip tar in the CINIC-10 layout: 2 tiny PNGs per class per split."""
     from PIL import Image
@@ -135,3 +137,142 @@ def test_shell_script_does_the_same(server, tmp_path):
     assert r.returncode == 0, r.stderr
     assert "cached: train 20, val 20, test 20" in r.stdout
     assert sorted(os.listdir(tmp_path / "d" / "cinic-10")) == ["test", "train", "valid"]
+
+
+# ---------------------------------------------------------------------------- hostile archives
+def _member(name, kind="file", size=1, link=""):
+    """A TarInfo of the given kind ('file', 'dir', 'sym', 'hard', 'chr', 'blk', 'fifo')."""
+    info = tarfile.TarInfo(name)
+    info.type = {"file": tarfile.REGTYPE, "dir": tarfile.DIRTYPE, "sym": tarfile.SYMTYPE,
+                 "hard": tarfile.LNKTYPE, "chr": tarfile.CHRTYPE, "blk": tarfile.BLKTYPE,
+                 "fifo": tarfile.FIFOTYPE}[kind]
+    info.size = size if kind == "file" else 0
+    info.linkname = link
+    return info
+
+
+def _hostile_archive(members, before=False):
+    """The valid CINIC-10 layout with ``members`` (TarInfo list) added after (or before) it."""
+    import gzip
+    valid = tarfile.open(fileobj=io.BytesIO(_archive_bytes()), mode="r:gz")
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        def add_hostile():
+            for m in members:
+                tar.addfile(m, io.BytesIO(b"\0" * m.size) if m.isreg() else None)
+        if before:
+            add_hostile()
+        for m in valid.getmembers():
+            tar.addfile(m, valid.extractfile(m))
+        if not before:
+            add_hostile()
+    assert gzip.decompress(buf.getvalue())      # a well-formed archive: only its members are hostile
+    return buf.getvalue()
+
+
+# Each of these must be refused before anything is written (23 escapes known to be refused, plus
+# links, devices, collisions and sizes).
+HOSTILE = {
+    "parent": [_member("../evil.txt")],
+    "parent-deep": [_member("train/cat/../../../evil.png")],
+    "parent-dot-slash": [_member("./../evil.txt")],
+    "parent-only": [_member("..", "dir")],
+    "absolute": [_member("/tmp/evil.png")],
+    "absolute-under-split": [_member("/train/cat/evil.png")],
+    "windows-drive": [_member("C:/evil.png")],
+    "windows-drive-relative": [_member("train/C:evil.png")],
+    "backslash-parent": [_member("train\\..\\..\\evil.png")],
+    "control-char": [_member("train/cat/evil\n.png")],
+    "empty-component": [_member("train//cat/x.png")],
+    "dot-component": [_member("train/./cat/x.png")],
+    "symlink-out": [_member("train/cat/link.png", "sym", link="/etc/passwd")],
+    "symlink-relative-out": [_member("train/cat/link.png", "sym", link="../../../../etc/passwd")],
+    "symlink-inside": [_member("train/cat/link.png", "sym", link="cifar10-train-0.png")],
+    "symlink-dir-then-write": [_member("train/esc", "sym", link="/tmp"), _member("train/esc/evil.png")],
+    "hardlink-out": [_member("train/cat/hard.png", "hard", link="/etc/passwd")],
+    "hardlink-inside": [_member("train/cat/hard.png", "hard", link="train/cat/cifar10-train-0.png")],
+    "char-device": [_member("train/cat/dev.png", "chr")],
+    "block-device": [_member("train/cat/dev.png", "blk")],
+    "fifo": [_member("train/cat/fifo.png", "fifo")],
+    "file-over-dir": [_member("train/cat")],
+    "file-over-dir-first": [_member("train/cat/x.png/y.png"), _member("train/cat/x.png")],
+    "file-then-dir": [_member("train/cat/new.png"), _member("train/cat/new.png", "dir")],
+    "file-as-parent": [_member("train/cat/a.png"), _member("train/cat/a.png/b.png")],
+    "file-as-split": [_member("test")],
+    "duplicate-file": [_member("train/cat/cifar10-train-0.png")],
+    "case-duplicate": [_member("train/cat/CIFAR10-TRAIN-0.png")],
+    "case-file-over-dir": [_member("train/CAT")],
+    "member-too-big": [_member("train/cat/huge.png", size=(1 << 20) + 1)],
+    "outside-layout": [_member("other/readme.txt")],
+}
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE))
+def test_hostile_archives_are_refused_and_leave_nothing(tmp_path, case):
+    """Links, devices, escaping paths, a file over a folder (either order), duplicates and oversized
+    members are refused with a DownloadError naming the member, and nothing is unpacked."""
+    path = tmp_path / "a.tar.gz"
+    path.write_bytes(_hostile_archive(HOSTILE[case]))
+    with pytest.raises(download.DownloadError, match=r"refusing|unexpected member") as err:
+        download.unpack(str(path), str(tmp_path / "cinic-10"))
+    assert str(path) in str(err.value)
+    assert sorted(os.listdir(tmp_path)) == ["a.tar.gz"]
+
+
+def test_hostile_member_first_is_refused_too(tmp_path):
+    """A collision is caught whichever member comes first (file before the folder it would hide)."""
+    path = tmp_path / "a.tar.gz"
+    path.write_bytes(_hostile_archive([_member("valid/frog")], before=True))
+    with pytest.raises(download.DownloadError, match="valid/frog"):
+        download.unpack(str(path), str(tmp_path / "cinic-10"))
+
+
+def test_archive_root_folder_and_top_level_files_are_fine(tmp_path):
+    """'./' members, a './' root entry and a top-level README are what real tars hold: accepted."""
+    path = tmp_path / "a.tar.gz"
+    path.write_bytes(_hostile_archive([_member(".", "dir"), _member("./README.md", size=10)], before=True))
+    download.unpack(str(path), str(tmp_path / "cinic-10"))
+    assert sorted(os.listdir(tmp_path / "cinic-10")) == ["README.md", "test", "train", "valid"]
+
+
+def test_unpack_refuses_an_existing_destination(tmp_path):
+    """A file (or folder) already at the destination is reported, not overwritten or crashed on."""
+    path = tmp_path / "a.tar.gz"
+    path.write_bytes(_archive_bytes())
+    (tmp_path / "cinic-10").write_text("mine")
+    with pytest.raises(download.DownloadError, match="already exists"):
+        download.unpack(str(path), str(tmp_path / "cinic-10"))
+    assert (tmp_path / "cinic-10").read_text() == "mine"
+
+
+def _run_script(tmp_path, env_extra=None):
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, CINIC10_URL="http://127.0.0.1:9/unreachable.tar.gz",
+               CINIC10_DEST=str(tmp_path / "d"), ECE662_CACHE=str(tmp_path / "cache"),
+               PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"], **(env_extra or {}))
+    return subprocess.run(["bash", os.path.join(root, "datasets", "get_datasets.sh")], env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize("case", ["file-over-dir", "symlink-out", "parent", "truncated"])
+def test_shell_script_refuses_an_archive_in_one_line(tmp_path, case):
+    """get_datasets.sh with a hostile or broken archive: exit 1, one line on stderr, no traceback."""
+    (tmp_path / "d").mkdir()
+    data = _archive_bytes()[:3000] if case == "truncated" else _hostile_archive(HOSTILE[case])
+    (tmp_path / "d" / "CINIC-10.tar.gz").write_bytes(data)
+    r = _run_script(tmp_path)
+    assert r.returncode == 1
+    assert "Traceback" not in r.stderr + r.stdout
+    lines = (r.stdout + r.stderr).strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("get_datasets: "), lines
+    assert not (tmp_path / "d" / "cinic-10").exists()
+
+
+def test_main_reports_an_unwritable_destination_in_one_line(tmp_path, capsys):
+    """--dest under a regular file: one line and exit 1, no traceback."""
+    (tmp_path / "f").write_text("x")
+    assert download.main(["--dest", str(tmp_path / "f" / "d"), "--url", "http://127.0.0.1:9/x"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("get_datasets: ")

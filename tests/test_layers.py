@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from conftest import assert_close, requires_torch, torch
-from ece662.layers import (AdaptiveAvgPool2d, AvgPool2d, Conv2d, Dropout, Dropout2d, Flatten, LeakyReLU,
+from ece662.layers import (AdaptiveAvgPool2d, AvgPool2d, BatchNorm1d, BatchNorm2d, Conv2d, Dropout, Dropout2d, Flatten, LeakyReLU,
                            Linear, MaxPool2d, ReLU, Sequential, from_spec)
 from ece662.models import default_convnet
 
@@ -250,3 +250,56 @@ def test_small_cnn_with_the_new_layers_matches_torch(rng):
     assert_close(dx, tx.grad.numpy(), "dx", rtol=1e-3, atol=1e-5)
     assert_close(grads["conv1.weight"], tnet[0].weight.grad.numpy(), "conv1.weight", rtol=1e-3, atol=1e-4)
     assert_close(net.eval()(x), tout.detach().numpy(), "eval logits", rtol=1e-4, atol=1e-5)
+
+
+# ----------------------------------------------------------------------------- batch norm
+def test_batchnorm_state_dict_keys_are_torchs():
+    """BatchNorm2d has torch's keys: weight/bias parameters, running stats and a counter as buffers."""
+    bn = BatchNorm2d(4)
+    assert list(bn.state_dict()) == ["weight", "bias", "running_mean", "running_var", "num_batches_tracked"]
+    assert [n for n, _ in bn.named_parameters()] == ["weight", "bias"]
+    assert bn.state_dict()["num_batches_tracked"].shape == () and bn.num_batches_tracked.dtype == np.int64
+    assert from_spec(Sequential(BatchNorm2d(4, eps=1e-3, momentum=0.2), BatchNorm1d(3)).spec())[0].eps == 1e-3
+    with pytest.raises(ValueError, match="track_running_stats"):
+        BatchNorm2d(4, track_running_stats=False)
+    with pytest.raises(ValueError, match="4 channels"):
+        BatchNorm2d(4)(np.zeros((2, 3, 2, 2), np.float32))
+
+
+@requires_torch
+@pytest.mark.parametrize("cls, tcls, shape", [(BatchNorm2d, "BatchNorm2d", (6, 3, 4, 5)),
+                                              (BatchNorm1d, "BatchNorm1d", (8, 5)),
+                                              (BatchNorm1d, "BatchNorm1d", (4, 5, 3))], ids=str)
+def test_batchnorm_running_statistics_and_eval_match_torch(cls, tcls, shape, rng):
+    """Three training steps update running_mean / running_var (unbiased) / num_batches_tracked as torch
+    does, the outputs and gradients match, and eval mode then uses the running statistics."""
+    C = shape[1]
+    bn = cls(C, momentum=0.1)
+    tbn = getattr(torch.nn, tcls)(C, momentum=0.1)
+    gamma = rng.uniform(0.5, 1.5, C).astype(np.float32)
+    bn.weight = gamma.copy()
+    with torch.no_grad():
+        tbn.weight.copy_(torch.tensor(gamma))
+    bn.train()
+    tbn.train()
+    for _ in range(3):
+        x = (rng.standard_normal(shape) * 3 + 2).astype(np.float32)
+        dout = rng.standard_normal(shape).astype(np.float32)
+        tx = torch.tensor(x, requires_grad=True)
+        tout = tbn(tx)
+        tout.backward(torch.tensor(dout))
+        bn.zero_grad()
+        assert_close(bn(x), tout.detach().numpy(), "train out", rtol=1e-4, atol=1e-4)
+        assert_close(bn.backward(dout), tx.grad.numpy(), "dx", rtol=1e-3, atol=1e-4)
+        assert_close(bn.grads["weight"], tbn.weight.grad.numpy(), "dgamma", rtol=1e-3, atol=1e-3)
+        tbn.weight.grad = None
+        tbn.bias.grad = None
+    tsd = tbn.state_dict()
+    for key in ("running_mean", "running_var"):
+        assert_close(bn.state_dict()[key], tsd[key].numpy(), key, rtol=1e-5, atol=1e-6)
+    assert int(bn.num_batches_tracked) == int(tsd["num_batches_tracked"]) == 3
+    x = rng.standard_normal(shape).astype(np.float32)
+    assert_close(bn.eval()(x), tbn.eval()(torch.tensor(x)).detach().numpy(), "eval", rtol=1e-4, atol=1e-5)
+    fresh = cls(C)
+    fresh.load_state_dict({k: v.numpy() for k, v in tsd.items()})
+    assert_close(fresh.eval()(x), bn(x), "loaded from torch's state_dict", rtol=1e-6, atol=1e-6)

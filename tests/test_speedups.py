@@ -6,6 +6,7 @@ import ece662.pruning as prune
 from conftest import assert_close
 from ece662.experiments import dense_twin
 from ece662.layers import Conv2d, Flatten, Linear, ReLU, Sequential
+from ece662.layers.plan import SPARSE_THRESHOLD, KernelChoice
 from ece662.models import default_convnet
 from ece662.pruning_helper import load_model
 
@@ -25,20 +26,25 @@ def test_masked_skipping_and_shrunk_models_give_the_same_logits(amount, how):
         for m, name in convs:
             prune.ln_structured(m, name, amount=amount, n=2, dim=0, prune_bias=how.endswith("bias"))
     dense = dense_twin(model)(X)
+    assert not dense_twin(model).plan().steps[0].kernel.skipping
     skipping = model.eval()(X)
-    assert model.conv2.last_kernel.startswith("live-only v4")
-    assert model.conv2.last_kernel.endswith("+ fused ReLU + 2x2 max pool")
-    assert model.fc.last_kernel.startswith("live-only")
+    k = model.conv2.last_kernel
+    assert (k.version, k.fused, k.skipping) == ("v4", ("ReLU", "2x2 max pool"), True)
+    assert k.live_inputs == int(model.conv1.alive_filters().sum()) < 32
     model.train()
-    training_path = model(X)             # full tensors, constant input channels skipped
-    assert model.conv2.last_kernel.startswith("skip v3")
+    training_path = model(X)             # full tensors, dead filters skipped
+    assert model.conv2.last_kernel.version == "v3" and model.conv2.last_kernel.live_inputs == 32
     model.eval()
     small = prune.shrink(model)
     assert small.conv1.out_channels == int(model.conv1.alive_filters().sum())
+    model.kernels = "reference"
+    reference = model(X[:4])
+    model.kernels = "auto"
     cfg = {"amount": amount, "how": how}
     assert_close(skipping, dense, cfg, rtol=1e-4, atol=1e-4, what="skip vs dense")
     assert_close(training_path, dense, cfg, rtol=1e-4, atol=1e-4, what="training path vs dense")
     assert_close(small(X), dense, cfg, rtol=1e-4, atol=1e-4, what="shrunk vs dense")
+    assert_close(reference, dense[:4], cfg, rtol=1e-4, atol=1e-4, what="reference vs dense")
     assert (small(X).argmax(1) == dense.argmax(1)).mean() > 0.98
 
 
@@ -62,30 +68,48 @@ def test_shrink_leaves_the_original_alone_and_refuses_inexact_folds():
 
 
 def test_kernel_choice_is_reported_and_configurable():
-    """Conv2d says which kernel ran: dense, sparse above the threshold, live-only for dead filters."""
+    """Each conv records which kernel ran (a KernelChoice): dense, sparse above the threshold,
+    skipping with dead filters; model.kernels switches every layer at once."""
     model = default_convnet(seed=0).eval()
     model(X[:2])
-    assert model.conv1.last_kernel == "v4 (32/32 filters, 3/3 input channels) + fused ReLU + 2x2 max pool"
+    assert model.conv1.last_kernel == KernelChoice("v4", ("ReLU", "2x2 max pool"), 32, 32, 3, 3,
+                                                   model.conv1.last_kernel.reason)
     prune.l1_unstructured(model.conv2, "weight", amount=0.5)
     model(X[:2])
-    assert model.conv2.last_kernel.startswith("v4 ")     # 50% < the 85% break-even
+    assert model.conv2.last_kernel.version == "v4"            # 50% < the 85% break-even
     prune.l1_unstructured(model.conv2, "weight", amount=0.8)
     model(X[:2])
-    assert model.conv2.last_kernel.startswith("sparse taps (90%")
-    assert model.conv2.last_kernel.endswith("+ fused ReLU + 2x2 max pool")
-    model.conv2.sparse_threshold = 0.95
+    k = model.conv2.last_kernel
+    assert k.version == "sparse" and k.reason.startswith("90% of live weights are zero")
+    assert k.fused == ("ReLU", "2x2 max pool")
+    model.kernels = "dense"
+    assert {m.kernels for m in model.modules()} == {"dense"}
     model(X[:2])
-    assert model.conv2.last_kernel.startswith("v4 ")
-    model.fuse_relu = False
-    model(X[:2])
-    assert model.conv2.last_kernel == "dense v3"
-    model.fuse_relu = True
+    assert model.conv2.last_kernel.version == "v4" and "dense" in model.conv2.last_kernel.reason
+    model.kernels = "auto"
     prune.ln_structured(model.conv1, "weight", amount=4, n=1, dim=0)
     model(X[:2])
-    assert model.conv1.last_kernel == "live-only v4 (28/32 filters, 3/3 input channels) + fused ReLU + 2x2 max pool"
-    assert model.conv2.last_kernel == "live-only v4 (32/32 filters, 28/32 input channels) + fused ReLU + 2x2 max pool"
+    assert model.conv1.last_kernel[:6] == ("v4", ("ReLU", "2x2 max pool"), 28, 32, 3, 3)
+    assert model.conv2.last_kernel[2:6] == (32, 32, 28, 32)
+    assert str(model.conv1.last_kernel) == "v4 skip, fused ReLU + 2x2 max pool"
     model.train()(X[:2])
-    assert model.conv1.last_kernel == "skip v3 (28/32 filters, 3/3 input channels)"
+    assert model.conv1.last_kernel[:6] == ("v3", (), 28, 32, 3, 3)
+    with pytest.raises(ValueError, match="kernels must be one of"):
+        model.kernels = "fast"
+
+
+def test_plan_is_printable_and_names_every_layer():
+    """model.plan() lists every layer once, with live filters and the kernel for each conv."""
+    model = default_convnet(seed=0)
+    prune.ln_structured(model.conv1, "weight", amount=16, n=2, dim=0)
+    plan = model.plan((3, 32, 32))
+    lines = str(plan).splitlines()
+    assert lines[0].startswith("conv1+relu1+pool1  (32, 14, 14)  16/32 filters live, 3/3 input "
+                               "channels -> v4 skip, fused ReLU + 2x2 max pool")
+    assert "16/32 input channels" in lines[1]
+    assert [n for s in plan for n in s.names] == [n for n, _ in model.named_children()]
+    model.kernels = "reference"
+    assert all("reference" in line for line in str(model.plan()).splitlines())
 
 
 @pytest.mark.parametrize("amount", [0.5, 0.8, 0.9, 0.95])
@@ -96,22 +120,23 @@ def test_sparse_path_matches_dense_on_unstructured_masks(amount):
                               pruning_method=prune.L1Unstructured, amount=amount)
     got = model.eval()(X)
     sparse = 1 - np.count_nonzero(model.conv2.weight) / model.conv2.weight.size
-    assert ("sparse taps" in model.conv2.last_kernel) == (sparse >= model.conv2.sparse_threshold)
+    assert (model.conv2.last_kernel.version == "sparse") == (sparse >= SPARSE_THRESHOLD)
     assert_close(got, dense_twin(model)(X), {"amount": amount}, rtol=1e-4, atol=1e-4)
 
 
+
 def test_fused_relu_gives_the_unfused_result():
-    """Eval-mode ReLU fusion (dense, live-only and sparse paths) changes no logit beyond rounding."""
+    """Eval-mode ReLU fusion (dense, live-only and sparse paths) gives the unfused references' logits."""
     model = load_model()
-    fused = model.eval()(X)
-    model.fuse_relu = False
-    assert_close(model(X), fused, "fused vs unfused", rtol=1e-5, atol=1e-5)   # only rounding differs
+    fused = model.eval()(X[:4])
+    model.kernels = "reference"                 # no fusion: every layer its plain-loop twin
+    assert_close(model(X[:4]), fused, "fused vs reference", rtol=1e-5, atol=1e-5)   # only rounding differs
     prune.ln_structured(model.conv1, "weight", amount=8, n=2, dim=0)
     prune.l1_unstructured(model.conv2, "weight", amount=0.9)
-    unfused = model(X)
-    model.fuse_relu = True
-    assert_close(model(X), unfused, "fused vs unfused, pruned", rtol=1e-5, atol=1e-5)
-    assert "sparse taps" in model.conv2.last_kernel and "fused ReLU" in model.conv2.last_kernel
+    unfused = model(X[:4])
+    model.kernels = "auto"
+    assert_close(model(X[:4]), unfused, "fused vs reference, pruned", rtol=1e-5, atol=1e-5)
+    assert model.conv2.last_kernel.version == "sparse" and model.conv2.last_kernel.fused
 
 
 def test_all_filters_dead_gives_the_bias_everywhere():
@@ -123,3 +148,80 @@ def test_all_filters_dead_gives_the_bias_everywhere():
     assert_close(out, dense_twin(model)(X[:4]), "all dead", rtol=1e-4, atol=1e-4)
     with pytest.raises(ValueError, match="every filter of conv2 is dead"):
         prune.shrink(model)
+
+
+def _bn_cnn(seed=0):
+    """A student CNN with BatchNorm, LeakyReLU, average and global pooling, trained-looking statistics."""
+    from collections import OrderedDict
+    from ece662.layers import AdaptiveAvgPool2d, AvgPool2d, BatchNorm1d, BatchNorm2d, LeakyReLU, MaxPool2d
+    rng = np.random.default_rng(seed)
+    m = Sequential(OrderedDict([
+        ("conv1", Conv2d(3, 8, 3, seed=seed)), ("bn1", BatchNorm2d(8)), ("relu1", ReLU()), ("pool1", MaxPool2d(2)),
+        ("conv2", Conv2d(8, 8, 3, seed=seed + 1)), ("bn2", BatchNorm2d(8)), ("act2", LeakyReLU(0.1)),
+        ("pool2", AvgPool2d(2)), ("gap", AdaptiveAvgPool2d(1)), ("flatten", Flatten()),
+        ("fc", Linear(8, 6, seed=seed + 2)), ("bn3", BatchNorm1d(6)), ("fc2", Linear(6, 3, seed=seed + 3))]))
+    for bn in (m.bn1, m.bn2, m.bn3):
+        C = bn.num_features
+        bn.weight = rng.uniform(0.5, 1.5, C).astype(np.float32)
+        bn.bias = rng.standard_normal(C).astype(np.float32)
+        bn.running_mean = rng.standard_normal(C).astype(np.float32)
+        bn.running_var = rng.uniform(0.5, 2, C).astype(np.float32)
+    return m
+
+
+@pytest.mark.parametrize("prune_bias", [False, True])
+def test_batchnorm_network_pruned_gives_the_same_logits_on_every_path(prune_bias):
+    """Dead filters before BatchNorm become constant channels after it (beta - gamma*mean/std ...):
+    the plan folds BN into the conv, carries the constants through LeakyReLU / average / global
+    pooling, and the live-only, dense, reference and shrunk networks agree."""
+    model = _bn_cnn()
+    prune.ln_structured(model.conv1, "weight", amount=3, n=2, dim=0, prune_bias=prune_bias)
+    prune.ln_structured(model.conv2, "weight", amount=3, n=2, dim=0, prune_bias=prune_bias)
+    x = np.random.default_rng(1).standard_normal((5, 3, 18, 18)).astype(np.float32)
+    model.eval()
+    plan = model.plan((3, 18, 18))
+    first = plan.steps[0]
+    assert first.names == ("conv1", "bn1", "relu1", "pool1")
+    assert first.kernel.fused == ("BatchNorm2d folded", "ReLU", "2x2 max pool")
+    assert first.kernel.live_filters == 5
+    # a dead filter's channel after BN is the constant relu(beta - gamma * mean / sqrt(var + eps) + ...)
+    dead = ~model.conv1.alive_filters()
+    gamma, beta = model.bn1.gamma_beta()
+    b = model.conv1.bias
+    expected = np.maximum(gamma * (b - model.bn1.running_mean) / np.sqrt(model.bn1.running_var + 1e-5) + beta, 0)
+    assert_close(first.const_out[dead], expected[dead], "constant after BN")
+    assert [s.op for s in plan.steps[2:6]] == ["channels"] * 3 + ["flatten"]   # act2, pool2, gap carry them
+    assert plan.steps[5].live_out.sum() == 5
+    live = model(x)
+    model.kernels = "dense"
+    dense = model(x)
+    model.kernels = "reference"
+    reference = model(x)
+    model.kernels = "auto"
+    small = prune.shrink(model, input_shape=(3, 18, 18))
+    assert small.conv2.weight.shape == (5, 5, 3, 3) and "bn1" not in dict(small.named_children())
+    assert_close(live, reference, "live vs reference", rtol=1e-4, atol=1e-5)
+    assert_close(dense, reference, "dense vs reference", rtol=1e-4, atol=1e-5)
+    assert_close(small(x), reference, "shrunk vs reference", rtol=1e-4, atol=1e-5)
+    rows = prune.report(model, input_shape=(3, 18, 18), verbose=False)
+    assert rows[1]["flops_skip"] == rows[1]["flops_dense"] * 5 * 5 // 64
+
+
+def test_batchnorm_not_after_a_conv_runs_on_live_channels_only():
+    """A BatchNorm2d after ReLU (not foldable) normalises only the live channels; shrink keeps it, sliced."""
+    from ece662.layers import BatchNorm2d
+    model = Sequential(Conv2d(3, 6, 3, seed=0), ReLU(), BatchNorm2d(6), Conv2d(6, 4, 3, seed=1), Flatten(),
+                       Linear(4 * 4 * 4, 3, seed=2))
+    rng = np.random.default_rng(0)
+    model[2].running_mean = rng.standard_normal(6).astype(np.float32)
+    model[2].weight = rng.uniform(0.5, 1.5, 6).astype(np.float32)
+    prune.ln_structured(model[0], "weight", amount=2, n=2, dim=0)
+    x = rng.standard_normal((3, 3, 8, 8)).astype(np.float32)
+    model.eval()
+    plan = model.plan((3, 8, 8))
+    assert plan.steps[1].names == ("2",) and plan.steps[1].op == "channels" and plan.steps[1].weight.shape == (4,)
+    got = model(x)
+    assert_close(got, dense_twin(model)(x), "BN on live channels", rtol=1e-4, atol=1e-5)
+    small = prune.shrink(model, input_shape=(3, 8, 8))
+    assert small[2].num_features == 4
+    assert_close(small(x), got, "shrunk", rtol=1e-4, atol=1e-5)

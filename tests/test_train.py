@@ -120,9 +120,9 @@ def test_early_stopping_keeps_the_best_validation_weights():
         np.testing.assert_array_equal(net.state_dict()[k], v)
 
 
-@pytest.mark.parametrize("kwargs, match", [(dict(batch_size=0), "batch_size must be a positive whole number, got 0"),
-                                           (dict(batch_size=-3), "batch_size"), (dict(batch_size=2.5), "batch_size"),
-                                           (dict(batch_size=True), "batch_size"), (dict(epochs=0), "epochs")])
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(batch_size=0), "batch_size must be a positive whole number, got 0"), (dict(batch_size=-3), "batch_size"),
+    (dict(batch_size=2.5), "batch_size"), (dict(batch_size=True), "batch_size"), (dict(epochs=0), "epochs")])
 def test_bad_batch_size_or_epochs_is_a_clear_error(kwargs, match):
     """batch_size <= 0 (or not a whole number) and epochs < 1 are refused when the Trainer is made."""
     X, y = _tiny_data(8)

@@ -522,3 +522,75 @@ def global_avgpool_backward_numba(dout, x):
     dx = np.empty_like(x)
     kernels.global_avgpool_backward(dout, dx)
     return dx
+
+
+# ============================================================================ batch norm
+def _as_ncs(x, where):
+    """``x`` (N, C, ...) seen as (N, C, S) for the batch-norm kernels."""
+    x = check_float32(x, "x", where)
+    if x.ndim < 2:
+        raise ValueError(f"{where}: expected x of shape (N, C, ...), got {x.shape}")
+    return x, x.reshape(x.shape[0], x.shape[1], -1)
+
+
+def batchnorm_batch_stats_numba(x):
+    """Per-channel mean and biased variance; fast twin of ``reference.batchnorm_batch_stats_reference``."""
+    x, x3 = _as_ncs(x, "batchnorm_batch_stats")
+    mean = np.empty(x.shape[1], dtype=np.float32)
+    var = np.empty(x.shape[1], dtype=np.float32)
+    kernels.batchnorm_stats(x3, mean, var)
+    return mean, var
+
+
+def batchnorm_forward_numba(x, gamma, beta, mean, var, eps=1e-5):
+    """Batch norm with given statistics; fast twin of ``reference.batchnorm_forward_reference``.
+
+    Examples
+    --------
+    >>> x = np.array([[1., 2.], [3., 6.]], dtype=np.float32)
+    >>> one, zero = np.ones(2, np.float32), np.zeros(2, np.float32)
+    >>> batchnorm_forward_numba(x, one, zero, np.array([2., 4.], np.float32), one, eps=0.0)
+    array([[-1., -2.],
+           [ 1.,  2.]], dtype=float32)
+    """
+    scale, shift = batchnorm_scale_shift(gamma, beta, mean, var, eps)
+    return batchnorm_apply_numba(x, scale, shift)
+
+
+def batchnorm_scale_shift(gamma, beta, mean, var, eps=1e-5):
+    """``(scale, shift)`` (C,) float32 with ``bn(x) = x * scale + shift`` per channel:
+    ``scale = gamma / sqrt(var + eps)``, ``shift = beta - mean * scale`` (computed in float64)."""
+    scale = np.asarray(gamma, np.float64) / np.sqrt(np.asarray(var, np.float64) + eps)
+    shift = np.asarray(beta, np.float64) - np.asarray(mean, np.float64) * scale
+    return scale.astype(np.float32), shift.astype(np.float32)
+
+
+def batchnorm_apply_numba(x, scale, shift):
+    """``x * scale[c] + shift[c]`` per channel (axis 1) of x (N, C, ...)."""
+    x, x3 = _as_ncs(x, "batchnorm_forward")
+    out = np.empty_like(x)
+    kernels.batchnorm_apply(x3, np.ascontiguousarray(scale, np.float32), np.ascontiguousarray(shift, np.float32),
+                            out.reshape(x3.shape))
+    return out
+
+
+def batchnorm_backward_numba(dout, x, gamma, eps=1e-5):
+    """Training-mode batch norm backward; fast twin of ``reference.batchnorm_backward_reference``.
+
+    Returns
+    -------
+    dx : ndarray, the shape of x
+    dgamma, dbeta : ndarray, (C,)
+    """
+    where = "batchnorm_backward"
+    x, x3 = _as_ncs(x, where)
+    dout = check_float32(dout, "dout", where)
+    check_same_shape(dout, x, "dout", "x", where)
+    mean, var = batchnorm_batch_stats_numba(x)
+    inv_std = (1.0 / np.sqrt(var.astype(np.float64) + eps)).astype(np.float32)
+    dx = np.empty_like(x)
+    C = x.shape[1]
+    dgamma, dbeta = np.empty(C, np.float32), np.empty(C, np.float32)
+    kernels.batchnorm_backward(dout.reshape(x3.shape), x3, mean, inv_std, np.ascontiguousarray(gamma, np.float32),
+                               dx.reshape(x3.shape), dgamma, dbeta)
+    return dx, dgamma, dbeta

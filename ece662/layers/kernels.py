@@ -674,3 +674,61 @@ def global_avgpool_backward(dout, dx):
             for i in range(H):
                 for j in range(W):
                     dx[n, c, i, j] = g
+
+
+# ============================================================================ batch norm
+# x3 is the input seen as (N, C, S): S = H*W for BatchNorm2d, 1 (or L) for BatchNorm1d.
+@njit(parallel=True, cache=True)
+def batchnorm_stats(x3, mean, var):
+    """Per channel c: mean and biased variance of x3[:, c, :] (two passes, float64 sums)."""
+    N, C, S = x3.shape
+    M = N * S
+    for c in prange(C):
+        s = 0.0
+        for n in range(N):
+            for i in range(S):
+                s += x3[n, c, i]
+        m = s / M
+        q = 0.0
+        for n in range(N):
+            for i in range(S):
+                d = x3[n, c, i] - m
+                q += d * d
+        mean[c] = m
+        var[c] = q / M
+
+
+@njit(parallel=True, cache=True, fastmath=True)
+def batchnorm_apply(x3, scale, shift, out):
+    """out[n, c, :] = x3[n, c, :] * scale[c] + shift[c]: batch norm with its statistics and
+    affine parameters folded into one scale and shift per channel."""
+    N, C, S = x3.shape
+    for n in prange(N):
+        for c in range(C):
+            a = scale[c]
+            b = shift[c]
+            for i in range(S):
+                out[n, c, i] = x3[n, c, i] * a + b
+
+
+@njit(parallel=True, cache=True)
+def batchnorm_backward(dout3, x3, mean, inv_std, gamma, dx, dgamma, dbeta):
+    """Training-mode gradients per channel (see reference.batchnorm_backward_reference):
+    dbeta = sum dout, dgamma = sum dout*xhat, dx = gamma*inv_std/M * (M*dout - dbeta - xhat*dgamma)."""
+    N, C, S = x3.shape
+    M = N * S
+    for c in prange(C):
+        sb = 0.0
+        sg = 0.0
+        for n in range(N):
+            for i in range(S):
+                d = dout3[n, c, i]
+                sb += d
+                sg += d * (x3[n, c, i] - mean[c]) * inv_std[c]
+        dbeta[c] = sb
+        dgamma[c] = sg
+        k = gamma[c] * inv_std[c] / M
+        for n in range(N):
+            for i in range(S):
+                xhat = (x3[n, c, i] - mean[c]) * inv_std[c]
+                dx[n, c, i] = k * (M * dout3[n, c, i] - sb - xhat * sg)

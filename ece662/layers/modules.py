@@ -18,16 +18,11 @@ from collections import OrderedDict
 import numpy as np
 
 from ece662.layers import functional as fn
+from ece662.layers import plan
 from ece662.layers.checks import (check_finite, check_float32, check_nchw,
                                   check_nonnegative_int, check_positive_int)
 from ece662.layers.shapes import conv_output_size
 
-# Conv2d uses the sparse-taps kernel for a layer whose live weights are at least this sparse.
-# Measured on the course machine (python benchmarks/bench_pruning.py, table in
-# benchmarks/RESULTS.md): against the dense v3 kernel the sparse one runs at 0.33x (conv1) /
-# 0.17x (conv2) with no zeros, 1.28x / 0.76x at 80% and 1.96x / 1.35x at 90%: break-even
-# near 60-70% (conv1) and 85% (conv2).
-SPARSE_THRESHOLD = 0.85
 
 
 class _HookHandle:
@@ -55,8 +50,25 @@ class Module:
         object.__setattr__(self, "_modules", OrderedDict())
         object.__setattr__(self, "_forward_pre_hooks", OrderedDict())
         object.__setattr__(self, "_next_hook_id", 0)
+        object.__setattr__(self, "_kernels", "auto")
         self.grads = {}
         self.training = True
+
+    @property
+    def kernels(self):
+        """Which kernels run: ``'auto'`` (default: live-only, fused, the fastest measured kernel),
+        ``'dense'`` (every filter, dead or not) or ``'reference'`` (the plain-loop twins).
+
+        Setting it on a model sets it on every layer; ``ece662.layers.plan`` explains the choice.
+        """
+        return self._kernels
+
+    @kernels.setter
+    def kernels(self, value):
+        from ece662.layers.plan import check_mode
+        check_mode(value)
+        for _, m in self.named_modules():
+            object.__setattr__(m, "_kernels", value)
 
     # -- attribute access: parameters and buffers read like plain attributes
     def __getattr__(self, name):
@@ -307,9 +319,7 @@ class Conv2d(Module):
             "bias", rng.uniform(-bound, bound, self.out_channels).astype(np.float32) if bias else None)
         self.name = "Conv2d"
         self._cache = None
-        self.skip_dead = True            # dead filters (all weights zero) are not computed
-        self.sparse_threshold = SPARSE_THRESHOLD
-        self.last_kernel = None          # which kernel the last forward used, and why
+        self.last_kernel = None          # a plan.KernelChoice: which kernel the last forward ran, and why
 
     def _where(self):
         return f"{self.name} (Conv2d {self.in_channels}->{self.out_channels})"
@@ -319,15 +329,8 @@ class Conv2d(Module):
         (pruned away by a mask, or zeroed for good by ``prune.remove``)."""
         return np.any(self.weight.reshape(self.out_channels, -1) != 0, axis=1)
 
-    def forward(self, x, relu=False, pool2=False):
-        """Convolve ``x (N, C, H, W)`` -> ``(N, F, H', W')``, choosing the kernel.
-
-        Dead filters (all weights zero) are skipped; their planes are their bias.
-        ``relu=True`` returns ``max(conv, 0)`` with the ReLU fused into the kernel, and
-        ``pool2=True`` (with ``relu``) also 2x2 max pooling with stride 2 (kernel v4): an
-        eval-mode ``Sequential`` asks for them when a ReLU (and a ``MaxPool2d(2)``) follow.
-        The kernel choice is :meth:`_convolve`'s; ``last_kernel`` says which one ran.
-        """
+    def check_input(self, x):
+        """``x`` as a float32 C-contiguous ``(N, C, H, W)`` batch that fits the kernel, or an error."""
         where = self._where()
         x = check_float32(x, "x", where)
         check_nchw(x, where, channels=self.in_channels)
@@ -338,89 +341,20 @@ class Conv2d(Module):
             raise ValueError(f"{where}: kernel {HH}x{WW} is larger than the padded input "
                              f"{H + 2 * self.padding}x{W + 2 * self.padding} (x of shape {x.shape}); "
                              f"use a smaller kernel, more padding or larger images")
-        b = self.bias if self.bias is not None else np.zeros(self.out_channels, np.float32)
-        alive = self.alive_filters() if self.skip_dead else np.ones(self.out_channels, bool)
-        out, kernel = self._convolve(x, self.weight, b, alive, relu, pool2)
-        if kernel == "v3" and alive.all():
-            kernel = "dense v3"
-        elif not kernel.startswith("sparse"):
-            kernel = ("skip v3" if kernel == "v3" else kernel) + (
-                f" ({int(alive.sum())}/{self.out_channels} filters, "
-                f"{self.in_channels}/{self.in_channels} input channels)")
-        self.last_kernel = kernel + self._fused_suffix(relu, pool2)
+        return x
+
+    def forward(self, x):
+        """Convolve ``x (N, C, H, W)`` -> ``(N, F, H', W')``.
+
+        Dead filters (all weights zero) are not computed in ``kernels='auto'`` mode: their
+        planes are their bias.  ``last_kernel`` says which kernel ran and why.  In an eval-mode
+        ``Sequential`` the model's plan runs this layer instead (``ece662.layers.plan``: live
+        input channels only, a following ReLU / max pool fused into the kernel).
+        """
+        x = self.check_input(x)
+        out, self.last_kernel = plan.conv_forward(self, x)
         self._cache = x if self.training else None
         return out
-
-    def _convolve(self, x, w, b, alive, relu, pool2):
-        """Run the kernel that suits ``w``; returns ``(out, kernel name)``.
-
-        * sparse taps: stride 1 and a fraction of zeros among the weights of live filters
-          >= ``sparse_threshold`` (the measured break-even; ``None`` turns it off);
-        * v4: ``pool2`` -- conv + ReLU + 2x2 max pool in one kernel;
-        * v3: everything else, over the live filters only (dead ones get their bias plane).
-        """
-        live = w if alive.all() else w[alive]
-        sparsity = 1.0 - np.count_nonzero(live) / max(live.size, 1)
-        if self.sparse_threshold is not None and self.stride == 1 and sparsity >= self.sparse_threshold:
-            out = fn.conv2d_forward_sparse(x, w, b, 1, self.padding)
-            if relu:
-                np.maximum(out, 0, out=out)
-            if pool2:
-                out = fn.maxpool2d_forward_numba(out, 2, 2)
-            return out, f"sparse taps ({sparsity:.0%} of live weights zero)"
-        alive_f = None if alive.all() else alive
-        if pool2:
-            return fn.conv2d_relu_maxpool2_numba(x, w, b, self.padding, alive_f=alive_f), "v4"
-        return fn.conv2d_forward_numba(x, w, b, self.stride, self.padding, alive_f=alive_f, relu=relu), "v3"
-
-    @staticmethod
-    def _fused_suffix(relu, pool2):
-        return (" + fused ReLU" if relu else "") + (" + 2x2 max pool" if pool2 else "")
-
-    def constant_outputs(self):
-        """``(is_constant (F,), value (F,))``: dead filters output their bias everywhere."""
-        dead = ~self.alive_filters()
-        b = self.bias if self.bias is not None else np.zeros(self.out_channels, np.float32)
-        return dead, np.where(dead, b, 0).astype(np.float32)
-
-    def forward_live(self, x_live, live_in, const_in, relu=False, pool2=False):
-        """Inference on live channels only: the network shrunk on the fly.
-
-        Parameters
-        ----------
-        x_live : ndarray, (N, C_live, H, W)
-            The input channels ``live_in`` of the full input, in order.
-        live_in : ndarray of bool, (C,)
-        const_in : ndarray, (C,)
-            The value of every channel that is not live (a constant plane).
-
-        Returns
-        -------
-        out_live : ndarray, (N, F_live, H', W')   only the live filters' planes
-        live_out : ndarray of bool, (F,)
-        const_out : ndarray, (F,)                 a dead filter's plane is its bias
-                                                  (``relu(bias)`` with ``relu=True``)
-        """
-        where = self._where()
-        x_live = check_float32(x_live, "x", where)
-        if self.padding > 0 and np.any(const_in[~live_in] != 0):
-            raise ValueError(f"{where}: the constant planes of dead filters upstream cannot be folded "
-                             f"into this layer's bias with padding {self.padding} (the border sees zeros); "
-                             f"prune those filters with prune_bias=True, or set model.skip_dead = False")
-        w = self.weight
-        b = self.bias if self.bias is not None else np.zeros(self.out_channels, np.float32)
-        if not live_in.all():
-            # a constant plane v_c adds v_c * sum(w[f, c]) at every output position
-            b = b + (w[:, ~live_in].sum(axis=(2, 3)) @ const_in[~live_in]).astype(np.float32)
-            w = w[:, live_in]
-        alive = self.alive_filters()
-        w_live, b_live = np.ascontiguousarray(w[alive]), np.ascontiguousarray(b[alive])
-        out, kernel = self._convolve(x_live, w_live, b_live, np.ones(len(w_live), bool), relu, pool2)
-        self.last_kernel = (f"live-only {kernel} ({int(alive.sum())}/{self.out_channels} filters, "
-                            f"{int(live_in.sum())}/{self.in_channels} input channels)"
-                            + self._fused_suffix(relu, pool2))
-        const_out = np.where(alive, 0, b).astype(np.float32)
-        return out, alive, (np.maximum(const_out, 0) if relu else const_out)
 
     def backward(self, dout, need_dx=True):
         """Store ``grads['weight']`` (or ``weight_orig``) and ``grads['bias']``; return dx
@@ -491,8 +425,8 @@ class Linear(Module):
     def _where(self):
         return f"{self.name} (Linear {self.in_features}->{self.out_features})"
 
-    def forward(self, x):
-        """``x (N, in_features)`` -> ``(N, out_features)``."""
+    def check_input(self, x):
+        """``x`` as a float32 C-contiguous ``(N, in_features)`` batch, or an error."""
         where = self._where()
         x = check_float32(x, "x", where)
         if x.ndim != 2 or x.shape[1] != self.in_features:
@@ -501,21 +435,16 @@ class Linear(Module):
             raise ValueError(f"{where}: expected x of shape (N, {self.in_features}), got "
                              f"{x.shape}{hint}")
         check_finite(x, "x", where)
+        return x
+
+    def forward(self, x):
+        """``x (N, in_features)`` -> ``(N, out_features)``."""
+        x = self.check_input(x)
         out = fn.linear_forward_numba(x, self.weight, self.bias)
-        self.last_kernel = "dense"
+        self.last_kernel = plan.KernelChoice("linear", (), self.out_features, self.out_features,
+                                             self.in_features, self.in_features, "dense")
         self._cache = x if self.training else None
         return out
-
-    def forward_live(self, x_live, live_in, const_in):
-        """Inference reading only the live input features; the constant ones are folded
-        into the bias (see ``Conv2d.forward_live``).  Returns the full output."""
-        b = self.bias if self.bias is not None else np.zeros(self.out_features, np.float32)
-        w = self.weight
-        if not live_in.all():
-            b = b + (w[:, ~live_in] @ const_in[~live_in]).astype(np.float32)
-            w = np.ascontiguousarray(w[:, live_in])
-        self.last_kernel = f"live-only ({int(live_in.sum())}/{self.in_features} input features)"
-        return fn.linear_forward_numba(x_live, w, b)
 
     def backward(self, dout):
         if self._cache is None:
@@ -797,6 +726,111 @@ class AdaptiveAvgPool2d(Module):
         return {"type": "AdaptiveAvgPool2d", "args": {"output_size": 1}}
 
 
+class _BatchNorm(Module):
+    """Batch normalisation over axis 1, ``torch.nn.BatchNorm2d`` / ``BatchNorm1d``'s arguments.
+
+    Training mode normalises with the batch's mean and biased variance and updates the running
+    statistics: ``running = (1 - momentum) * running + momentum * batch`` (the variance
+    unbiased, ``* M / (M - 1)``, as torch does); eval mode uses the running statistics.
+    Parameters ``weight`` (gamma) and ``bias`` (beta), buffers ``running_mean``, ``running_var``,
+    ``num_batches_tracked``: torch's state-dict keys.  In an eval-mode ``Sequential`` a batch
+    norm right after a Conv2d (Linear) is folded into that layer's weights and bias
+    (``ece662.layers.plan``).  The spec is ``reference.batchnorm_forward_reference``.
+    """
+    _ndims = ()
+
+    def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True, track_running_stats=True):
+        super().__init__()
+        where = type(self).__name__
+        self.num_features = check_positive_int(num_features, "num_features", where)
+        if not track_running_stats:
+            raise ValueError(f"{where}: track_running_stats=False is not supported (eval mode would need the "
+                             f"batch's statistics); use the default track_running_stats=True")
+        if isinstance(momentum, bool) or not isinstance(momentum, (int, float)) or not 0 <= momentum <= 1:
+            raise ValueError(f"{where}: expected momentum in [0, 1], got {momentum!r}")
+        if isinstance(eps, bool) or not isinstance(eps, (int, float)) or eps <= 0:
+            raise ValueError(f"{where}: expected eps > 0, got {eps!r}")
+        self.eps, self.momentum, self.affine = float(eps), float(momentum), bool(affine)
+        C = self.num_features
+        self.register_parameter("weight", np.ones(C, np.float32) if affine else None)
+        self.register_parameter("bias", np.zeros(C, np.float32) if affine else None)
+        self.register_buffer("running_mean", np.zeros(C, np.float32))
+        self.register_buffer("running_var", np.ones(C, np.float32))
+        self.register_buffer("num_batches_tracked", np.array(0, dtype=np.int64))
+        self.name = where
+        self._cache = None
+
+    def gamma_beta(self):
+        """``(gamma, beta)`` (C,): the affine parameters, ones and zeros when ``affine=False``."""
+        C = self.num_features
+        return (self.weight if self.weight is not None else np.ones(C, np.float32),
+                self.bias if self.bias is not None else np.zeros(C, np.float32))
+
+    def scale_shift(self):
+        """``(scale, shift)`` (C,) of eval mode: ``bn(x) = x * scale + shift`` per channel."""
+        gamma, beta = self.gamma_beta()
+        return fn.batchnorm_scale_shift(gamma, beta, self.running_mean, self.running_var, self.eps)
+
+    def forward(self, x):
+        where = f"{self.name} ({type(self).__name__}({self.num_features}))"
+        x = check_float32(x, "x", where)
+        if x.ndim not in self._ndims or x.shape[1] != self.num_features:
+            raise ValueError(f"{where}: expected x with {self.num_features} channels on axis 1 and "
+                             f"{' or '.join(map(str, self._ndims))} dimensions, got shape {x.shape}")
+        if not self.training:
+            self._cache = None
+            scale, shift = self.scale_shift()
+            return fn.batchnorm_apply_numba(x, scale, shift)
+        M = x.size // x.shape[1]
+        if M < 2:
+            raise ValueError(f"{where}: training needs more than 1 value per channel to estimate a "
+                             f"variance, got x of shape {x.shape}")
+        mean, var = fn.batchnorm_batch_stats_numba(x)
+        m = np.float32(self.momentum)
+        self.running_mean = ((1 - m) * self.running_mean + m * mean).astype(np.float32)
+        self.running_var = ((1 - m) * self.running_var + m * var * np.float32(M / (M - 1))).astype(np.float32)
+        self.num_batches_tracked = np.array(self.num_batches_tracked + 1, dtype=np.int64)
+        self._cache = x
+        gamma, beta = self.gamma_beta()
+        return fn.batchnorm_forward_numba(x, gamma, beta, mean, var, self.eps)
+
+    def backward(self, dout):
+        if self._cache is None:
+            raise RuntimeError(f"{self.name}: backward needs a forward in training mode first")
+        gamma, _ = self.gamma_beta()
+        dx, dgamma, dbeta = fn.batchnorm_backward_numba(dout, self._cache, gamma, self.eps)
+        if self.affine:
+            self._store_grad("weight", dgamma)
+            self._store_grad("bias", dbeta)
+        return dx
+
+    def extra_repr(self):
+        return (f"{self.num_features}, eps={self.eps}, momentum={self.momentum}"
+                + ("" if self.affine else ", affine=False"))
+
+    def spec(self):
+        return {"type": type(self).__name__, "args": {"num_features": self.num_features, "eps": self.eps,
+                                                      "momentum": self.momentum, "affine": self.affine}}
+
+
+class BatchNorm2d(_BatchNorm):
+    """Batch norm of feature maps: per channel over (N, H, W).  Shapes: x ``(N, C, H, W)``.
+
+    Examples
+    --------
+    >>> bn = BatchNorm2d(2).train()
+    >>> out = bn(np.arange(16, dtype=np.float32).reshape(2, 2, 2, 2))
+    >>> bool(np.allclose(out.mean(axis=(0, 2, 3)), 0, atol=1e-6)), bn.running_mean
+    (True, array([0.55, 0.95], dtype=float32))
+    """
+    _ndims = (4,)
+
+
+class BatchNorm1d(_BatchNorm):
+    """Batch norm of features: per feature over N (and L).  Shapes: x ``(N, C)`` or ``(N, C, L)``."""
+    _ndims = (2, 3)
+
+
 class Sequential(Module):
     """Children run in order; each has a name (``"0"``, ``"1"``, ... or the keys given).
 
@@ -831,8 +865,6 @@ class Sequential(Module):
             self._modules[name] = m
             if hasattr(m, "name"):
                 m.name = name
-        self.skip_dead = True
-        self.fuse_relu = True
 
     def __getitem__(self, i):
         if isinstance(i, str):
@@ -848,115 +880,27 @@ class Sequential(Module):
     def forward(self, x):
         """Run the layers in order.
 
-        In eval mode, a network with dead filters runs *live-only* (see :meth:`forward_live`;
-        ``skip_dead = False`` turns that off), and a Conv2d runs its following ReLU (and 2x2
-        max pool) inside its own kernel (``fuse_relu = False`` turns that off).  In training
-        mode every layer runs on its own and keeps what its backward needs.
+        In training mode every layer runs on its own and keeps what its backward needs.  In
+        eval mode the model's plan runs (``ece662.layers.plan``; ``print(model.plan())`` shows
+        it): dead filters and the channels they make constant are not computed, and a conv
+        runs its following ReLU (and 2x2 max pool) inside its kernel.  ``model.kernels``
+        switches that off (``'dense'``) or runs the plain-loop references (``'reference'``).
         """
-        if not self.training and self.skip_dead and self._has_dead_filters():
-            return self.forward_live(x)
-        layers = list(self._modules.values())
-        fuse = self._fusable(layers)
-        skip = 0
-        for i, m in enumerate(layers):
-            if skip:                          # this ReLU (or pool) already ran inside the conv
-                skip -= 1
-            elif i in fuse:
-                skip = fuse[i]
-                x = m(x, relu=True, pool2=skip == 2)
-            else:
+        if self.training:
+            for m in self._modules.values():
                 x = m(x)
-        return x
+            return x
+        first = next(iter(self._modules.values()), None)
+        if hasattr(first, "check_input"):       # errors name the first layer, before planning
+            x = first.check_input(x)
+        x = check_float32(x, "x", "Sequential")
+        return self.plan(x.shape[1:])(x)
 
-    def _fusable(self, layers):
-        """``{index of a Conv2d: how many following layers run inside its kernel}``.
-
-        In eval mode only (training keeps every activation for backward): a ReLU after a
-        Conv2d is fused (1), and a ``MaxPool2d(2)`` after that too (2) when the conv has
-        stride 1 and an even output size.  Layers with hooks of their own are not fused.
+    def plan(self, input_shape=(3, 32, 32)):
+        """The eval-mode plan for inputs of ``input_shape`` (no batch axis): per layer, live and
+        constant channels, fusion, and the kernel with its reason.  ``print`` it to read it.
         """
-        if self.training or not self.fuse_relu:
-            return {}
-        fused = {}
-        for i in range(len(layers) - 1):
-            conv, nxt = layers[i], layers[i + 1]
-            if not (isinstance(conv, Conv2d) and isinstance(nxt, ReLU) and not nxt._forward_pre_hooks):
-                continue
-            fused[i] = 1
-            pool = layers[i + 2] if i + 2 < len(layers) else None
-            if (isinstance(pool, MaxPool2d) and pool.kernel_size == 2 and pool.stride == 2
-                    and conv.stride == 1 and not pool._forward_pre_hooks):
-                fused[i] = 2
-        return fused
-
-    def _has_dead_filters(self):
-        return any(isinstance(m, Conv2d) and m.skip_dead and not m.alive_filters().all()
-                   for m in self._modules.values())
-
-    def forward_live(self, x):
-        """Inference that computes only what dead filters do not decide: the network is
-        shrunk on the fly, with the same weights.
-
-        After a conv, only its live filters' planes are computed and carried on; a dead
-        filter's plane is the constant ``bias`` (ReLU makes it ``relu(bias)``, max pooling
-        keeps it).  ReLU and pooling run on the live planes only; the next conv never reads
-        the constant planes and adds their effect to its bias instead (exact with padding 0);
-        after Flatten, a linear layer reads only the live features.  A layer of another kind
-        gets the full tensor back.  ``ece662.pruning.shrink`` builds the same network for good.
-
-        Returns
-        -------
-        ndarray, the same as :meth:`forward` on the masked weights (float32 tolerance)
-        """
-        live, const = None, None      # which channels (or features) of x are real, the rest's values
-        layers = list(self._modules.values())
-        fuse = self._fusable(layers)
-        skip = 0
-        for i, m in enumerate(layers):
-            if skip:                      # this ReLU (or pool) already ran inside the conv
-                skip -= 1
-                continue
-            relu, pool2 = i in fuse, fuse.get(i) == 2
-            if relu:
-                skip = fuse[i]
-            if live is None:
-                if isinstance(m, Conv2d):
-                    x, live, const = m.forward_live(x, np.ones(m.in_channels, bool),
-                                                    np.zeros(m.in_channels, np.float32), relu=relu,
-                                                    pool2=pool2)
-                else:
-                    x = m(x)
-                continue
-            if isinstance(m, Conv2d) and (m.padding == 0 or not np.any(const[~live])):
-                x, live, const = m.forward_live(x, live, const, relu=relu, pool2=pool2)
-            elif isinstance(m, ReLU):
-                x = m(x)
-                const = np.maximum(const, 0)
-            elif isinstance(m, MaxPool2d) or (isinstance(m, Dropout) and not m.training):
-                x = m(x)
-            elif isinstance(m, Flatten):
-                hw = int(np.prod(x.shape[2:]))
-                x = m(x)
-                live, const = np.repeat(live, hw), np.repeat(const, hw)
-            elif isinstance(m, Linear):
-                x = m.forward_live(x, live, const)
-                live, const = None, None
-            else:                      # back to full tensors for anything else
-                x = self._expand(x, live, const)
-                live, const = None, None
-                if relu:               # a conv that cannot run live-only, with its ReLU fused
-                    x = m(x, relu=True, pool2=pool2)
-                else:
-                    x = m(x)
-        return x if live is None else self._expand(x, live, const)
-
-    @staticmethod
-    def _expand(x, live, const):
-        """Put the live channels (or features) back among the constant ones."""
-        full = np.empty((x.shape[0], live.size) + x.shape[2:], dtype=np.float32)
-        full[:, live] = x
-        full[:, ~live] = const[~live].reshape((-1,) + (1,) * (x.ndim - 2))
-        return full
+        return plan.build_plan(self, input_shape)
 
     def backward(self, dout, need_input_grad=True):
         """Backpropagate ``dout`` through every layer, last to first; return the input's
@@ -1020,7 +964,8 @@ class Sequential(Module):
 
 
 LAYER_TYPES = {cls.__name__: cls for cls in (Conv2d, Linear, ReLU, MaxPool2d, Flatten, Dropout, Dropout2d,
-                                              LeakyReLU, AvgPool2d, AdaptiveAvgPool2d)}
+                                              LeakyReLU, AvgPool2d, AdaptiveAvgPool2d, BatchNorm2d,
+                                              BatchNorm1d)}
 
 
 def from_spec(spec):

@@ -391,3 +391,79 @@ def dropout2d_forward_reference(x, keep, p):
             if keep[n, c]:
                 out[n, c] = x[n, c] / (1 - p)
     return out
+
+
+# ----------------------------------------------------------------------------- batch norm
+def batchnorm_forward_reference(x, gamma, beta, mean, var, eps=1e-5):
+    """Batch normalisation with given statistics: ``(x - mean) / sqrt(var + eps) * gamma + beta``
+    per channel (axis 1).  Eval mode passes the running statistics; training mode the batch's
+    (:func:`batchnorm_batch_stats_reference`).
+
+    Parameters
+    ----------
+    x : ndarray, (N, C, H, W) for BatchNorm2d, (N, C) or (N, C, L) for BatchNorm1d
+    gamma, beta, mean, var : ndarray, (C,)
+
+    Returns
+    -------
+    out : ndarray, the shape of x
+
+    Examples
+    --------
+    >>> x = np.array([[1., 2.], [3., 6.]], dtype=np.float32)
+    >>> one, zero = np.ones(2, np.float32), np.zeros(2, np.float32)
+    >>> batchnorm_forward_reference(x, one, zero, np.array([2., 4.], np.float32), one, eps=0.0)
+    array([[-1., -2.],
+           [ 1.,  2.]], dtype=float32)
+    """
+    out = np.empty_like(x)
+    for c in range(x.shape[1]):             # each channel has its own statistics
+        inv_std = 1.0 / np.sqrt(var[c] + eps)
+        out[:, c] = (x[:, c] - mean[c]) * inv_std * gamma[c] + beta[c]
+    return out
+
+
+def batchnorm_batch_stats_reference(x):
+    """Per-channel mean and *biased* variance (divide by the count M, as the forward uses) over
+    every axis but 1.  ``running_var`` is updated with the unbiased ``var * M / (M - 1)``.
+
+    Returns
+    -------
+    mean, var : ndarray, (C,)
+    """
+    C = x.shape[1]
+    mean = np.empty(C, dtype=x.dtype)
+    var = np.empty(C, dtype=x.dtype)
+    for c in range(C):
+        v = x[:, c].astype(np.float64)
+        mean[c] = v.mean()
+        var[c] = ((v - v.mean()) ** 2).mean()
+    return mean, var
+
+
+def batchnorm_backward_reference(dout, x, gamma, eps=1e-5):
+    """Gradients of training-mode batch normalisation (the batch's own statistics).
+
+    With ``xhat = (x - mean) / sqrt(var + eps)`` over the M = N*H*W values of a channel:
+    ``dbeta = sum(dout)``, ``dgamma = sum(dout * xhat)``,
+    ``dx = gamma / sqrt(var + eps) / M * (M * dout - dbeta - xhat * dgamma)``.
+
+    Returns
+    -------
+    dx : ndarray, the shape of x
+    dgamma, dbeta : ndarray, (C,)
+    """
+    mean, var = batchnorm_batch_stats_reference(x)
+    C = x.shape[1]
+    dx = np.empty_like(x)
+    dgamma = np.empty(C, dtype=x.dtype)
+    dbeta = np.empty(C, dtype=x.dtype)
+    for c in range(C):
+        inv_std = 1.0 / np.sqrt(var[c] + eps)
+        xhat = (x[:, c] - mean[c]) * inv_std
+        d = dout[:, c]
+        M = d.size
+        dbeta[c] = d.sum()
+        dgamma[c] = (d * xhat).sum()
+        dx[:, c] = gamma[c] * inv_std / M * (M * d - dbeta[c] - xhat * dgamma[c])
+    return dx, dgamma, dbeta

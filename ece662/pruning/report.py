@@ -3,14 +3,16 @@
 For every Conv2d and Linear layer: parameters, zeros, sparsity, dead filters, and three
 FLOP counts per image: *dense* (what a kernel that multiplies by zeros does), *skip*
 (what ece662's filter-skipping path still does: only live filters, and only input
-channels / features that are not constant because a dead filter upstream made them so),
+channels / features that are not constant because a dead filter upstream made them so --
+the inference plan of ``ece662.layers.plan`` decides which, so the count is the plan's),
 and *nonzero* (only the multiplications by non-zero weights: the ideal of a sparse kernel).
 """
 import sys
 
 import numpy as np
 
-from ece662.layers import Conv2d, Flatten, Linear, MaxPool2d, ReLU
+from ece662.layers import Conv2d, Linear
+from ece662.layers.plan import build_plan
 
 
 def report(model, input_shape=(3, 32, 32), file=None, verbose=True):
@@ -43,47 +45,25 @@ def report(model, input_shape=(3, 32, 32), file=None, verbose=True):
     >>> rows[0]["dead_filters"], rows[0]["flops_skip"] / rows[0]["flops_dense"]
     (16, 0.5)
     """
+    # what the plan computes of each Conv2d / Linear: live filters x live inputs
+    computed = {step.names[0]: step.kernel for step in build_plan(model, input_shape, kernels="auto")
+                if step.kernel is not None}
     shape = (1,) + tuple(input_shape)
-    const = None          # (is_constant (C,), value (C,)) of the current activation's channels
-    feat_const = None     # after Flatten: is_constant per feature
     rows = []
     for name, m in model.named_children():
-        out_shape = m.output_shape(shape)
         if isinstance(m, (Conv2d, Linear)):
             w = m.weight
             zeros = int(w.size - np.count_nonzero(w))
             params = int(w.size + (m.bias.size if m.bias is not None else 0))
             dense = m.flops(shape)
-            if isinstance(m, Conv2d):
-                alive = m.alive_filters()
-                live_in = m.in_channels
-                if const is not None and m.padding == 0:
-                    live_in = int((~const[0]).sum())
-                skip = dense * int(alive.sum()) * live_in // (m.out_channels * m.in_channels)
-                dead = int((~alive).sum())
-            else:
-                live_in = m.in_features if feat_const is None else int((~feat_const).sum())
-                skip = 2 * m.out_features * live_in
-                dead = 0
+            k = computed.get(name)
+            skip = dense if k is None else dense * k.live_filters * k.live_inputs // (k.filters * k.inputs)
+            dead = int((~m.alive_filters()).sum()) if isinstance(m, Conv2d) else 0
             nonzero = dense * np.count_nonzero(w) // w.size
             rows.append({"name": name, "type": type(m).__name__, "params": params, "zeros": zeros,
                          "sparsity": zeros / w.size, "dead_filters": dead,
                          "flops_dense": int(dense), "flops_skip": int(skip), "flops_nonzero": int(nonzero)})
-        # how constant channels flow to the next layer
-        if isinstance(m, Conv2d):
-            const = m.constant_outputs()
-            feat_const = None
-        elif isinstance(m, ReLU) and const is not None:
-            const = (const[0], np.maximum(const[1], 0))
-        elif isinstance(m, MaxPool2d):
-            pass
-        elif isinstance(m, Flatten) and const is not None:
-            hw = int(np.prod(shape[2:]))
-            feat_const = np.repeat(const[0], hw)
-            const = None
-        else:
-            const, feat_const = None, None
-        shape = out_shape
+        shape = m.output_shape(shape)
     total = {"name": "total", "type": "", "params": sum(r["params"] for r in rows),
              "zeros": sum(r["zeros"] for r in rows), "dead_filters": sum(r["dead_filters"] for r in rows),
              "flops_dense": sum(r["flops_dense"] for r in rows), "flops_skip": sum(r["flops_skip"] for r in rows),

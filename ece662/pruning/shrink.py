@@ -2,14 +2,12 @@
 
 A filter whose weights are all masked still outputs its bias ``b`` at every position
 (ece662 leaves the bias alone, as torch does, unless you prune it with ``prune_bias=True``).
-Removing the filter must keep that constant's effect, and the network layout tells us
-where it goes:
-
-* ReLU turns the constant plane into ``relu(b)``, max pooling keeps it constant;
-* the next conv (padding 0) sees, for each of its filters ``f``, the constant
-  ``relu(b) * sum(w[f, c])`` at every position: it is added to that conv's bias;
-* after Flatten, channel ``c`` owns features ``c*H*W ... (c+1)*H*W - 1``; a linear layer
-  adds ``W[:, those] @ relu(b)`` to its bias.
+Removing the filter must keep that constant's effect.  Where it goes (ReLU makes it
+``relu(b)``, pooling keeps it, the next conv or linear layer folds it into its bias) is
+decided once, by the inference plan (``ece662.layers.plan``): ``shrink`` builds the plan's
+live-only network for good, with the plan's weights and folded biases.  A BatchNorm right
+after a conv (linear) layer is folded into that layer's weights and bias, as the plan runs it,
+so the shrunk network has no such batch norm layer (it is an inference network).
 
 With padding > 0 the border positions see zeros instead of the constant, so a dead
 filter with a non-zero output cannot be removed exactly: ``shrink`` refuses and says so.
@@ -18,7 +16,9 @@ from collections import OrderedDict
 
 import numpy as np
 
-from ece662.layers import Conv2d, Dropout, Flatten, Linear, MaxPool2d, ReLU, Sequential
+from ece662.layers import BatchNorm1d, BatchNorm2d, Conv2d, Linear, Sequential
+from ece662.layers.modules import LAYER_TYPES
+from ece662.layers.plan import build_plan
 
 
 def shrink(model, input_shape=(3, 32, 32)):
@@ -59,56 +59,53 @@ def shrink(model, input_shape=(3, 32, 32)):
     """
     if not isinstance(model, Sequential):
         raise TypeError(f"shrink: expected an ece662 Sequential, got {type(model).__name__}")
-    shape = (1,) + tuple(input_shape)
-    keep, const = None, None          # channels kept, and the constant value of removed ones
     layers = OrderedDict()
-    for name, m in model.named_children():
-        out_shape = m.output_shape(shape)
-        if isinstance(m, Conv2d):
-            w = m.weight.astype(np.float32)
-            b = m.bias.astype(np.float32) if m.bias is not None else np.zeros(m.out_channels, np.float32)
-            if keep is not None:
-                removed = ~keep
-                if m.padding > 0 and np.any(const[removed] != 0):
-                    raise ValueError(f"shrink: {name} has padding {m.padding}, so the constant output of the "
-                                     f"dead filters before it cannot be folded into its bias exactly; prune "
-                                     f"those filters with prune_bias=True (their output is then 0)")
-                b = b + (w[:, removed].sum(axis=(2, 3)) @ const[removed]).astype(np.float32)
-                w = w[:, keep]
-            alive = m.alive_filters()
-            if not alive.any():
+    for step in build_plan(model, input_shape, kernels="auto"):
+        name, m = step.names[0], step.module
+        folded = step.live_in is not None          # constants from dead filters upstream
+        if folded and step.full_input and step.op == "conv":
+            raise ValueError(f"shrink: {name} has padding {m.padding}, so the constant output of the dead "
+                             f"filters before it cannot be folded into its bias exactly; prune those "
+                             f"filters with prune_bias=True (their output is then 0)")
+        if folded and step.full_input:
+            raise ValueError(f"shrink: does not know how to fold the constant channels of dead filters "
+                             f"through layer {name} ({type(m).__name__})")
+        if step.op == "conv":
+            if step.kernel.live_filters == 0:
                 raise ValueError(f"shrink: every filter of {name} is dead; the network outputs constants")
-            new = Conv2d(w.shape[1], int(alive.sum()), m.kernel_size, m.stride, m.padding,
-                         bias=m.bias is not None or keep is not None)
-            new.weight = np.ascontiguousarray(w[alive])
-            if new.bias is not None:
-                new.bias = np.ascontiguousarray(b[alive])
-            keep, const = alive, np.where(alive, 0, b).astype(np.float32)
-        elif isinstance(m, ReLU):
-            new = ReLU()
-            const = None if const is None else np.maximum(const, 0)
-        elif isinstance(m, MaxPool2d):
-            new = MaxPool2d(m.kernel_size, m.stride)
-        elif isinstance(m, Dropout):
-            new = Dropout(m.p)
-        elif isinstance(m, Flatten):
-            new = Flatten()
-            if keep is not None:
-                hw = int(np.prod(shape[2:]))
-                keep, const = np.repeat(keep, hw), np.repeat(const, hw)
-        elif isinstance(m, Linear):
-            w = m.weight.astype(np.float32)
-            b = m.bias.astype(np.float32) if m.bias is not None else np.zeros(m.out_features, np.float32)
-            if keep is not None:
-                b = b + (w[:, ~keep] @ const[~keep]).astype(np.float32)
-                w = w[:, keep]
-            new = Linear(w.shape[1], m.out_features, bias=m.bias is not None or keep is not None)
-            new.weight = np.ascontiguousarray(w)
-            if new.bias is not None:
-                new.bias = b
-            keep, const = None, None
+            new = Conv2d(step.weight.shape[1], step.weight.shape[0], m.kernel_size, m.stride, m.padding,
+                         bias=m.bias is not None or folded)
+        elif step.op == "linear":
+            new = Linear(step.weight.shape[1], m.out_features, bias=m.bias is not None or folded)
+        elif isinstance(m, (BatchNorm2d, BatchNorm1d)):
+            new = _copy_batchnorm(m, step.live_in if step.op == "channels" else None)
         else:
-            raise ValueError(f"shrink: does not know how to fold through layer {name} ({type(m).__name__})")
+            new = _copy_plain(name, m)
+        if step.op in ("conv", "linear"):
+            new.weight = step.weight.copy()
+            if new.bias is not None:
+                new.bias = step.bias.copy()
         layers[name] = new
-        shape = out_shape
+        for fused_name, fused in zip(step.names[1:], step.fused):
+            if not isinstance(fused, (BatchNorm2d, BatchNorm1d)):     # a batch norm is folded in
+                layers[fused_name] = _copy_plain(fused_name, fused)
     return Sequential(layers).eval()
+
+
+def _copy_plain(name, m):
+    """A fresh copy of a layer without parameters (ReLU, pooling, Flatten, Dropout, ...)."""
+    cls = LAYER_TYPES.get(type(m).__name__)
+    if cls is None or any(True for _ in m.named_parameters()):
+        raise ValueError(f"shrink: does not know how to fold through layer {name} ({type(m).__name__})")
+    return cls(**m.spec()["args"])
+
+
+def _copy_batchnorm(bn, live=None):
+    """A copy of a batch norm layer, of its ``live`` channels only when given."""
+    keep = np.ones(bn.num_features, bool) if live is None else live
+    new = type(bn)(int(keep.sum()), eps=bn.eps, momentum=bn.momentum, affine=bn.affine)
+    for key in ("weight", "bias", "running_mean", "running_var"):
+        if getattr(bn, key) is not None:
+            setattr(new, key, np.ascontiguousarray(getattr(bn, key)[keep]))
+    new.num_batches_tracked = bn.num_batches_tracked.copy()
+    return new.eval()

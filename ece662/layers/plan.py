@@ -1,0 +1,438 @@
+"""How an eval-mode network runs: the inference plan.
+
+One walk over the layers of a ``Sequential`` decides, per layer,
+
+* which channels of its input are *live* (computed) and which are *constant planes*,
+  and the value of each constant.  A dead filter (all weights zero) outputs its bias
+  ``b`` at every position; ReLU makes that ``relu(b)``, pooling and dropout keep it, and
+  the next conv never reads it: a constant plane ``v_c`` adds ``v_c * sum(w[f, c])`` to
+  filter ``f`` at every position, so it is folded into that conv's bias (exact with
+  padding 0 -- with padding, the border sees zeros, so the plane is put back instead).
+  After Flatten, a linear layer reads only the live features and folds the rest into its
+  bias the same way.  **This is the only place the rule is written**: ``Sequential``'s
+  eval forward runs the plan, ``ece662.pruning.shrink`` builds the plan's network for
+  good, and ``ece662.pruning.report`` counts its FLOPs.
+* which following layers run inside a conv's kernel (``ReLU``, and a ``MaxPool2d(2)``
+  after it when the conv has stride 1: kernel v4), and
+* which kernel runs and why (:class:`KernelChoice`, what ``layer.last_kernel`` holds).
+
+One switch decides what runs: ``model.kernels`` (every layer has it; setting it on a
+model sets it on every layer)
+
+* ``'auto'`` (default): live-only inference, fusion, and the fastest measured kernel
+  (the sparse-taps conv for weights that are at least ``SPARSE_THRESHOLD`` zeros);
+* ``'dense'``: every filter computed with the dense kernels, dead or not ("masks only");
+* ``'reference'``: every layer through its plain-loop twin of ``ece662.layers.reference``
+  (the spec; slow), no fusion.
+
+Examples
+--------
+>>> import ece662.pruning as prune
+>>> from ece662.models import default_convnet
+>>> net = default_convnet(seed=0)
+>>> _ = prune.ln_structured(net.conv1, "weight", amount=16, n=2, dim=0)
+>>> print(net.plan((3, 32, 32)))          # doctest: +NORMALIZE_WHITESPACE
+conv1+relu1+pool1  (32, 14, 14)  16/32 filters live, 3/3 input channels -> v4 skip, fused ReLU + 2x2 max pool (fewer than 85% zeros; ReLU and MaxPool2d(2) follow a stride-1 conv)
+conv2+relu2+pool2  (32, 6, 6)    32/32 filters live, 16/32 input channels -> v4 skip, fused ReLU + 2x2 max pool (fewer than 85% zeros; ReLU and MaxPool2d(2) follow a stride-1 conv)
+flatten            (1152,)
+fc                 (10,)         1152/1152 input features -> linear (kernels='auto')
+"""
+from typing import NamedTuple
+
+import numpy as np
+
+from ece662.layers import functional as fn
+from ece662.layers import reference as ref
+
+MODES = ("auto", "dense", "reference")
+
+# The sparse-taps conv runs when at least this fraction of a layer's live weights are zero.
+# Measured on the course machine (python benchmarks/bench_pruning.py, table in
+# benchmarks/RESULTS.md): against the dense tiled kernel the sparse one runs at 0.33x (conv1) /
+# 0.17x (conv2) with no zeros, 1.28x / 0.76x at 80% and 1.96x / 1.35x at 90%: break-even
+# near 60-70% (conv1) and 85% (conv2).
+SPARSE_THRESHOLD = 0.85
+
+
+def check_mode(value):
+    """``value`` if it is one of :data:`MODES`, else a ValueError saying which are."""
+    if value not in MODES:
+        raise ValueError(f"kernels must be one of {MODES}, got {value!r}")
+    return value
+
+
+class KernelChoice(NamedTuple):
+    """Which kernel a Conv2d or Linear layer ran, and why (``layer.last_kernel``).
+
+    ``version`` is ``'v3'``, ``'v4'``, ``'sparse'``, ``'reference'`` (conv) or ``'linear'``;
+    ``fused`` names the layers that ran inside the kernel (e.g. ``('ReLU', 'MaxPool2d(2)')``);
+    ``live_filters / filters`` and ``live_inputs / inputs`` say how much of the layer was
+    computed (input channels for a conv, input features for a linear layer).
+    """
+    version: str
+    fused: tuple
+    live_filters: int
+    filters: int
+    live_inputs: int
+    inputs: int
+    reason: str
+
+    @property
+    def skipping(self):
+        """True when part of the layer (dead filters, constant inputs) is not computed."""
+        return self.live_filters < self.filters or self.live_inputs < self.inputs
+
+    def __str__(self):
+        fused = (", fused " + " + ".join(self.fused)) if self.fused else ""
+        return f"{self.version}{' skip' if self.skipping else ''}{fused}"
+
+
+# ============================================================================ conv kernels
+def choose_conv_kernel(mode, w_live, stride, pool2):
+    """``(version, reason)`` for a conv with the (live) weights ``w_live``.
+
+    * ``'reference'`` mode: the plain-loop reference;
+    * ``'auto'``, stride 1, and at least ``SPARSE_THRESHOLD`` of the live weights zero:
+      the sparse-taps kernel (work proportional to the non-zeros);
+    * a fused 2x2 max pool: v4 (conv + ReLU + pool in one pass);
+    * everything else: v3 (register-tiled patches).
+    """
+    if mode == "reference":
+        return "reference", "kernels='reference'"
+    zeros = 1.0 - np.count_nonzero(w_live) / max(w_live.size, 1)
+    if mode == "auto" and stride == 1 and zeros >= SPARSE_THRESHOLD and w_live.size:
+        return "sparse", f"{zeros:.0%} of live weights are zero (>= {SPARSE_THRESHOLD:.0%}, the measured break-even)"
+    why = "kernels='dense'" if mode == "dense" else "fewer than {:.0%} zeros".format(SPARSE_THRESHOLD)
+    if pool2:
+        return "v4", why + "; ReLU and MaxPool2d(2) follow a stride-1 conv"
+    return "v3", why
+
+
+def run_conv(version, x, w, b, stride, pad, relu=False, pool2=False, alive_f=None):
+    """Run one conv kernel; ``relu`` / ``pool2`` apply a ReLU / 2x2 max pool after it.
+
+    ``alive_f`` (v3 only) marks filters to compute; the others output their bias.
+    """
+    if version == "reference":
+        out = ref.conv2d_forward_reference(x, w, b, stride, pad)
+        if relu:
+            out = ref.relu_forward_reference(out)
+        return ref.maxpool2d_forward_reference(out, 2, 2) if pool2 else out
+    if version == "sparse":
+        out = fn.conv2d_forward_sparse(x, w, b, 1, pad)
+        if relu:
+            np.maximum(out, 0, out=out)
+        return fn.maxpool2d_forward_numba(out, 2, 2) if pool2 else out
+    if version == "v4":
+        return fn.conv2d_relu_maxpool2_numba(x, w, b, pad, alive_f=alive_f)
+    return fn.conv2d_forward_numba(x, w, b, stride, pad, alive_f=alive_f, relu=relu)
+
+
+def conv_forward(conv, x):
+    """One Conv2d on its own (training, or a layer called directly): every input channel,
+    dead filters skipped in ``'auto'`` mode (their planes are their bias).
+
+    Returns ``(out, KernelChoice)``.
+    """
+    w = conv.weight
+    b = conv.bias if conv.bias is not None else np.zeros(conv.out_channels, np.float32)
+    alive = conv.alive_filters() if conv.kernels == "auto" else np.ones(conv.out_channels, bool)
+    version, reason = choose_conv_kernel(conv.kernels, w[alive], conv.stride, False)
+    out = run_conv(version, x, w, b, conv.stride, conv.padding,
+                   alive_f=None if alive.all() or version != "v3" else alive)
+    return out, KernelChoice(version, (), int(alive.sum()), conv.out_channels, conv.in_channels,
+                             conv.in_channels, reason)
+
+
+# ============================================================================ the plan
+class Step:
+    """One entry of a :class:`Plan`: a layer (or a conv with the layers fused into it).
+
+    Attributes
+    ----------
+    names : tuple of str        the layers this step runs
+    op : str                    'conv', 'linear', 'channels' (a per-channel layer run on the
+                                live channels), 'flatten', 'full' (a layer run on the whole tensor)
+                                or 'reference'
+    module : Module             the (first) layer
+    live_in, const_in           which input channels / features are computed (bool), and the
+                                values of the others; ``None`` when every one is computed
+    live_out, const_out         the same for the output
+    full_input : bool           the constant planes are put back before this step runs
+    kernel : KernelChoice       for 'conv' and 'linear' steps
+    weight, bias                what the kernel multiplies: live filters x live inputs, with the
+                                constant inputs folded into the bias
+    out_shape : tuple           the full output shape for one input (batch axis 1)
+    """
+
+    def __init__(self, names, op, module, live_in, const_in, full_input=False):
+        self.names, self.op, self.module = tuple(names), op, module
+        self.live_in, self.const_in, self.full_input = live_in, const_in, full_input
+        self.live_out, self.const_out = None, None
+        self.kernel, self.weight, self.bias, self.fused = None, None, None, ()
+        self.out_shape = None
+
+    def describe(self):
+        """One line a student can read."""
+        if self.op == "conv":
+            k = self.kernel
+            return (f"{k.live_filters}/{k.filters} filters live, {k.live_inputs}/{k.inputs} input channels "
+                    f"-> {k} ({k.reason})")
+        if self.op == "linear":
+            k = self.kernel
+            return f"{k.live_inputs}/{k.inputs} input features -> {k} ({k.reason})"
+        if self.op == "flatten" and self.live_out is not None:
+            return f"{int(self.live_out.sum())}/{self.live_out.size} features live"
+        if self.live_out is not None:
+            return f"{int(self.live_out.sum())}/{self.live_out.size} channels live"
+        if self.op == "full" and self.full_input:
+            return "constant planes put back; runs on the full tensor"
+        return "reference" if self.op == "reference" else ""
+
+
+class Plan:
+    """The steps of an eval-mode forward pass; ``print(plan)`` shows them, ``plan(x)`` runs them."""
+
+    def __init__(self, steps, input_shape):
+        self.steps, self.input_shape = steps, input_shape
+
+    def __iter__(self):
+        return iter(self.steps)
+
+    def __str__(self):
+        width = max((len("+".join(s.names)) for s in self.steps), default=0) + 1
+        shapes = [str(s.out_shape[1:]) for s in self.steps]
+        sw = max((len(t) for t in shapes), default=0) + 1
+        return "\n".join(f"{'+'.join(s.names):<{width}} {t:<{sw}} {s.describe()}".rstrip()
+                         for s, t in zip(self.steps, shapes))
+
+    __repr__ = __str__
+
+    def __call__(self, x):
+        live, const = None, None
+        for s in self.steps:
+            if s.full_input and live is not None:
+                x = expand(x, live, const)
+            x = _run_step(s, x)
+            live, const = s.live_out, s.const_out
+        return x if live is None else expand(x, live, const)
+
+
+def expand(x, live, const):
+    """Put the live channels (or features) ``x`` back among the constant ones.
+
+    x : (N, live.sum(), ...) -> (N, live.size, ...)
+    """
+    full = np.empty((x.shape[0], live.size) + x.shape[2:], dtype=np.float32)
+    full[:, live] = x
+    full[:, ~live] = const[~live].reshape((-1,) + (1,) * (x.ndim - 2))
+    return full
+
+
+def _no_hooks(m):
+    return not m._forward_pre_hooks
+
+
+def _only_pruning_hooks(m):
+    return all(getattr(h, "refresh_on_load", False) for h in m._forward_pre_hooks.values())
+
+
+def _fusion(layers, i, conv, mode):
+    """How many layers after the conv at ``layers[i]`` run inside its kernel: a BatchNorm2d
+    (folded into the weights), then a ReLU, then a ``MaxPool2d(2)`` when the conv has stride 1.
+    Layers with hooks of their own are not fused; nothing is in 'reference' mode."""
+    from ece662.layers.modules import BatchNorm2d, MaxPool2d, ReLU
+    if mode == "reference":
+        return 0
+    nxt = [m for _, m in layers[i + 1:i + 4]] + [None] * 3
+    n = 0
+    if type(nxt[0]) is BatchNorm2d and _no_hooks(nxt[0]) and not nxt[0].training:
+        n = 1
+    if not (type(nxt[n]) is ReLU and _no_hooks(nxt[n])):
+        return n
+    pool = nxt[n + 1]
+    if (type(pool) is MaxPool2d and pool.kernel_size == 2 and pool.stride == 2 and conv.stride == 1
+            and _no_hooks(pool)):
+        return n + 2
+    return n + 1
+
+
+def _folded_batchnorm(w, b, bn):
+    """``(w, b)`` of a conv or linear layer with the eval-mode batch norm ``bn`` after it folded
+    in: ``bn(w*x + b) = (scale*w)*x + (scale*(b - mean) + beta)`` per output channel (exact)."""
+    scale, shift = bn.scale_shift()
+    w = (w * scale.reshape((-1,) + (1,) * (w.ndim - 1))).astype(np.float32)
+    return w, (b * scale + shift).astype(np.float32)
+
+
+def _constant_through(m, const):
+    """The value a constant plane has after the per-channel layer ``m`` (None: ``m`` is not
+    per-channel, so the plan cannot carry constants through it)."""
+    from ece662.layers.modules import (AdaptiveAvgPool2d, AvgPool2d, BatchNorm1d, BatchNorm2d, Dropout,
+                                       Dropout2d, LeakyReLU, MaxPool2d, ReLU)
+    if type(m) in (BatchNorm2d, BatchNorm1d) and not m.training:
+        scale, shift = m.scale_shift()
+        return (const * scale + shift).astype(np.float32)
+    if type(m) is ReLU:
+        return np.maximum(const, 0)
+    if type(m) is LeakyReLU:
+        return np.where(const > 0, const, np.float32(m.negative_slope) * const).astype(np.float32)
+    if type(m) in (MaxPool2d, AvgPool2d, AdaptiveAvgPool2d, Dropout, Dropout2d):
+        return const                   # pooling a constant plane (or dropout in eval) keeps it
+    return None
+
+
+def build_plan(model, input_shape, kernels=None):
+    """Walk the layers of ``model`` (eval mode) once and decide how each runs.
+
+    Parameters
+    ----------
+    model : Sequential
+    input_shape : tuple
+        One input without the batch axis, e.g. ``(3, 32, 32)``.
+    kernels : {'auto', 'dense', 'reference'}, optional
+        Override every layer's own ``kernels`` setting (``shrink`` and ``report`` use 'auto').
+
+    Returns
+    -------
+    Plan
+    """
+    from ece662.layers.modules import BatchNorm1d, BatchNorm2d, Conv2d, Flatten, Linear
+    layers = list(model.named_children())
+    for _, m in layers:                # pruned layers recompute weight = weight_orig * weight_mask
+        for hook in list(m._forward_pre_hooks.values()):
+            if getattr(hook, "refresh_on_load", False):
+                hook(m, None)
+    shape = (1,) + tuple(input_shape)
+    steps = []
+    live, const = None, None          # live channels (features) of the current activation; None: all
+    i = 0
+    while i < len(layers):
+        name, m = layers[i]
+        mode = check_mode(kernels or m.kernels)
+        if isinstance(m, (Conv2d, Linear)) and not _only_pruning_hooks(m):
+            step = Step([name], "full", m, live, const, full_input=True)    # a user's hook sees x
+        elif isinstance(m, Conv2d):
+            if shape[1] != m.in_channels:
+                raise ValueError(f"{name} (Conv2d {m.in_channels}->{m.out_channels}) expects {m.in_channels} "
+                                 f"input channels, but its input has {shape[1]} (shape {shape[1:]})")
+            n_fused = _fusion(layers, i, m, mode)
+            step = _conv_step(layers[i:i + 1 + n_fused], mode, live, const)
+        elif isinstance(m, Linear):
+            bn = layers[i + 1][1] if i + 1 < len(layers) else None
+            fuse_bn = (type(bn) is BatchNorm1d and _no_hooks(bn) and not bn.training and mode != "reference")
+            step = _linear_step(layers[i:i + 1 + fuse_bn], mode, live, const)
+        elif mode == "reference":
+            step = Step([name], "reference", m, live, const, full_input=True)
+        elif isinstance(m, Flatten):
+            step = Step([name], "flatten", m, live, const)
+            if live is not None:
+                hw = int(np.prod(shape[2:]))  # channel c owns features c*H*W ... (c+1)*H*W - 1
+                step.live_out, step.const_out = np.repeat(live, hw), np.repeat(const, hw)
+        elif live is not None and _constant_through(m, const) is not None:
+            step = Step([name], "channels", m, live, const)
+            step.live_out, step.const_out = live, _constant_through(m, const)
+            if isinstance(m, (BatchNorm2d, BatchNorm1d)):   # normalise the live channels only
+                scale, shift = m.scale_shift()
+                step.weight, step.bias = scale[live], shift[live]
+        else:                          # anything else gets the full tensor back
+            step = Step([name], "full", m, live, const, full_input=True)
+        for _, layer in layers[i:i + len(step.names)]:
+            shape = layer.output_shape(shape)
+        step.out_shape = shape
+        live, const = step.live_out, step.const_out
+        steps.append(step)
+        i += len(step.names)
+    return Plan(steps, tuple(input_shape))
+
+
+def _conv_step(group, mode, live, const):
+    """The step of a conv (``group[0]``) and the layers fused after it (BatchNorm2d, ReLU, pool)."""
+    from ece662.layers.modules import BatchNorm2d, MaxPool2d, ReLU
+    (name, conv), fused = group[0], [m for _, m in group[1:]]
+    relu = any(type(m) is ReLU for m in fused)
+    pool2 = any(type(m) is MaxPool2d for m in fused)
+    w = conv.weight
+    b = conv.bias if conv.bias is not None else np.zeros(conv.out_channels, np.float32)
+    names = []
+    if fused and type(fused[0]) is BatchNorm2d:
+        w, b = _folded_batchnorm(w, b, fused[0])
+        names.append("BatchNorm2d folded")
+    full_input = live is not None and (mode != "auto" or (conv.padding > 0 and np.any(const[~live] != 0)))
+    step = Step([n for n, _ in group], "conv", conv, live, const, full_input)
+    if live is not None and not full_input:
+        # the constant planes: v_c * sum(w[f, c]) at every position, folded into the bias
+        b = b + (w[:, ~live].sum(axis=(2, 3)) @ const[~live]).astype(np.float32)
+        w = w[:, live]
+    # a filter with no weight on a computed channel outputs the constant (folded) bias
+    alive = (np.any(w.reshape(conv.out_channels, -1) != 0, axis=1) if mode == "auto"
+             else np.ones(conv.out_channels, bool))
+    step.weight, step.bias = np.ascontiguousarray(w[alive]), np.ascontiguousarray(b[alive])
+    version, reason = choose_conv_kernel(mode, step.weight, conv.stride, pool2)
+    step.fused = tuple(fused)
+    names += (["ReLU"] if relu else []) + (["2x2 max pool"] if pool2 else [])
+    step.kernel = KernelChoice(version, tuple(names), int(alive.sum()), conv.out_channels, w.shape[1],
+                               conv.in_channels, reason)
+    if not alive.all():
+        c = np.where(alive, 0, b).astype(np.float32)
+        step.live_out, step.const_out = alive, (np.maximum(c, 0) if relu else c)
+    return step
+
+
+def _linear_step(group, mode, live, const):
+    """The step of a linear layer (and a BatchNorm1d after it, folded into its weights)."""
+    (name, m), fused = group[0], [bn for _, bn in group[1:]]
+    w = m.weight
+    b = m.bias if m.bias is not None else np.zeros(m.out_features, np.float32)
+    if fused:
+        w, b = _folded_batchnorm(w, b, fused[0])
+    full_input = live is not None and mode != "auto"
+    step = Step([n for n, _ in group], "linear" if mode != "reference" else "reference", m, live, const,
+                full_input)
+    if live is not None and not full_input:
+        b = b + (w[:, ~live] @ const[~live]).astype(np.float32)
+        w = w[:, live]
+    step.weight, step.bias = np.ascontiguousarray(w), np.ascontiguousarray(b, dtype=np.float32)
+    step.fused = tuple(fused)
+    version = "reference" if mode == "reference" else "linear"
+    step.kernel = KernelChoice(version, ("BatchNorm1d folded",) if fused else (), m.out_features,
+                               m.out_features, w.shape[1], m.in_features,
+                               "constant features folded into the bias" if w.shape[1] < m.in_features
+                               else f"kernels={mode!r}")
+    return step
+
+
+def _reference_batchnorm(m, x):
+    gamma, beta = m.gamma_beta()
+    return ref.batchnorm_forward_reference(x, gamma, beta, m.running_mean, m.running_var, m.eps)
+
+
+REFERENCE_OPS = {
+    "BatchNorm2d": _reference_batchnorm,
+    "BatchNorm1d": _reference_batchnorm,
+    "ReLU": lambda m, x: ref.relu_forward_reference(x),
+    "LeakyReLU": lambda m, x: ref.leaky_relu_forward_reference(x, np.float32(m.negative_slope)),
+    "MaxPool2d": lambda m, x: ref.maxpool2d_forward_reference(x, m.kernel_size, m.stride),
+    "AvgPool2d": lambda m, x: ref.avgpool2d_forward_reference(x, m.kernel_size, m.stride),
+    "AdaptiveAvgPool2d": lambda m, x: ref.global_avgpool_forward_reference(x),
+}
+
+
+def _run_step(s, x):
+    """Run one step on ``x`` (its live channels; inputs were checked by ``Sequential``)."""
+    m = s.module
+    if s.op == "conv":
+        out = run_conv(s.kernel.version, x, s.weight, s.bias, m.stride, m.padding,
+                       relu="ReLU" in s.kernel.fused, pool2="2x2 max pool" in s.kernel.fused)
+        m.last_kernel = s.kernel
+        return out
+    if s.op == "linear" or (s.op == "reference" and s.kernel is not None):
+        m.last_kernel = s.kernel
+        if s.kernel.version == "reference":
+            return ref.linear_forward_reference(x, s.weight, s.bias)
+        return fn.linear_forward_numba(x, s.weight, s.bias)
+    if s.op == "reference" and type(m).__name__ in REFERENCE_OPS:
+        return REFERENCE_OPS[type(m).__name__](m, x)
+    if s.op == "channels" and s.weight is not None:        # a batch norm on the live channels
+        return fn.batchnorm_apply_numba(x, s.weight, s.bias)
+    return m(x)                        # flatten, per-channel layers on live channels, anything else

@@ -1,0 +1,48 @@
+"""The equal-budget comparison of pruning schedules, and its plot."""
+import numpy as np
+import pytest
+
+from ece662.models import default_convnet
+from ece662.recipes import SCHEDULES, compare_schedules, plot_compare_schedules
+
+
+def _data(seed=0):
+    rng = np.random.default_rng(seed)
+    X = rng.integers(0, 256, (48, 32, 32, 3), dtype=np.uint8)
+    Xt = rng.standard_normal((20, 3, 32, 32)).astype(np.float32)
+    return X, rng.integers(0, 10, 48), Xt, rng.integers(0, 10, 20)
+
+
+def test_compare_schedules_gives_every_schedule_the_same_budget_and_sparsity(tmp_path):
+    """One record per (schedule, sparsity), each at its sparsity with the same epochs; the model is untouched."""
+    net = default_convnet(seed=0)
+    before = net.state_dict()
+    X, y, Xt, yt = _data()
+    seen = []
+    recs = compare_schedules(net, X, y, Xt, yt, sparsities=(0.5, 0.75), epochs=2, batch_size=16,
+                             progress=seen.append)
+    assert seen == recs
+    assert [r["schedule"] for r in recs] == ["dense"] + [s for s in SCHEDULES for _ in (0.5, 0.75)]
+    for r in recs[1:]:
+        assert r["epochs"] == 2 and r["measured_sparsity"] == r["sparsity"]
+        assert 0.0 <= r["accuracy"] <= 1.0 and r["dense_accuracy"] == recs[0]["accuracy"]
+    assert before.keys() == net.state_dict().keys()
+    for k, v in net.state_dict().items():
+        np.testing.assert_array_equal(v, before[k])
+    fig = plot_compare_schedules(recs)
+    assert [line.get_label() for line in fig.axes[0].get_lines()] == list(SCHEDULES) + ["unpruned"]
+    plot_compare_schedules(recs, path=tmp_path / "c.png")
+    assert (tmp_path / "c.png").stat().st_size > 1000
+
+
+def test_compare_schedules_filters_and_bad_arguments():
+    """Filter pruning is compared by the fraction of conv filters; unknown schedules are refused."""
+    X, y, Xt, yt = _data(1)
+    recs = compare_schedules(default_convnet(), X, y, Xt, yt, sparsities=(0.5,), epochs=1, batch_size=16,
+                             schedules=("one-shot", "gradual"), structure="filters", scope="layer", distill=True)
+    assert [(r["schedule"], r["measured_sparsity"], r["distill"]) for r in recs[1:]] == \
+        [("one-shot", 0.5, True), ("gradual", 0.5, True)]
+    with pytest.raises(ValueError, match="unknown schedule 'lottery'"):
+        compare_schedules(default_convnet(), X, y, Xt, yt, schedules=("lottery",))
+    with pytest.raises(ValueError, match="fraction"):
+        compare_schedules(default_convnet(), X, y, Xt, yt, sparsities=(1.5,))
