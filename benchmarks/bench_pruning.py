@@ -184,8 +184,9 @@ def main():
                             label=f"{label}: FLAGGED, not a result")
 
         ax.plot(a, [r["ideal"] for r in rows], "k--", label="filters: FLOP ideal")
-        bars(a, [r["skip"] for r in rows], "o-", "filters: skipping kernel")
-        bars(a, [r["shrunk"] for r in rows], "s-", "filters: physically removed")
+        # skip and shrunk are often equal: drawn slightly apart so neither hides the other
+        bars([v - 0.008 for v in a], [r["skip"] for r in rows], "o-", "filters: skipping kernel")
+        bars([v + 0.008 for v in a], [r["shrunk"] for r in rows], "s-", "filters: physically removed")
         bars(a, [r["masked"] for r in rows], "x-", "filters: masks only (dense kernel)")
         bars([s for s, _ in sparse_rows], [r for _, r in sparse_rows], "^-", "conv2 weights: sparse kernel")
         ax.axhline(1, color="grey", lw=0.8)

@@ -134,7 +134,7 @@ def speedup_vs_ideal(records, baseline=None, path=None):
     should stay at 1x).  Flagged points (above the ideal, or masks only off 1x by more than
     its noise) are drawn hollow in red: they are noise, not results.
     """
-    fig, ax = plt.subplots(figsize=(7, 4.6))
+    fig, ax = plt.subplots(figsize=(9.5, 4.6))
     timed = [r for r in records if "speedup" in r and r["method"] != "none"]
     methods = list(dict.fromkeys(r["method"] for r in timed))
     for i, method in enumerate(methods):
@@ -157,7 +157,7 @@ def speedup_vs_ideal(records, baseline=None, path=None):
     ax.grid(alpha=0.3)
     handles, labels = ax.get_legend_handles_labels()
     keep = [(h, l) for h, l in zip(handles, labels) if l and not l.startswith("_")]
-    ax.legend(*zip(*keep), fontsize=7, loc="upper left")
+    ax.legend(*zip(*keep), fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     rounds = timed[0].get("timing_rounds") if timed else None
     return _save(fig, path, f"Median of {rounds or 'the'} interleaved rounds vs the unpruned model; "
                  "bars: interquartile range; dashed: FLOP ideal; hollow red: flagged, not a result.")
