@@ -258,9 +258,15 @@ class _Tensor(_NoState):
         return "<tensor>"
 
 
-def _rebuild_parameter(data, *unused):
-    """``torch._utils._rebuild_parameter``: a Parameter is just its data here."""
-    return data
+class _RebuildParameter(_NoState):
+    """``torch._utils._rebuild_parameter(data, requires_grad, hooks)``: a Parameter is just its data.
+
+    A class, not a function: pickle's BUILD could set a function's attributes for good.
+    """
+    __slots__ = ()
+
+    def __new__(cls, data, *unused):
+        return data
 
 
 def _allowed_global(module, name, source):
@@ -271,7 +277,7 @@ def _allowed_global(module, name, source):
         return _Tensor
     if (module, name) in (("torch._utils", "_rebuild_parameter"),
                           ("torch._utils", "_rebuild_parameter_with_state")):
-        return _rebuild_parameter
+        return _RebuildParameter
     if module == "torch" and (name in _TORCH_DTYPES or name in _UNSUPPORTED_DTYPES):
         return _StorageType(name)
     hint = ""
@@ -443,7 +449,7 @@ def _materialize(reader, tensor, entry):
     byte_strides = tuple(st * data.itemsize if s > 1 else 0 for s, st in zip(size, stride))
     view = np.lib.stride_tricks.as_strided(data[offset:], shape=tuple(size), strides=byte_strides,
                                            writeable=False)
-    return np.array(view)
+    return np.array(view, order="C")      # a C-contiguous copy, whatever the strides were
 
 
 # ============================================================================ public functions

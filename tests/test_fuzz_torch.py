@@ -97,10 +97,13 @@ def _ref_rebuild(storage, offset, size, stride, *unused):
     """The element at (i0, i1, ...) is storage[offset + sum(i_d * stride_d)]: computed with np.indices."""
     if not size:
         return np.array(storage[offset])
+    if 0 in size:
+        return np.zeros(tuple(size), storage.dtype)
     index = np.full(tuple(size), offset, dtype=np.int64)
     for d, grid in enumerate(np.indices(tuple(size), dtype=np.int64)):
-        index += grid * stride[d]
-    return storage[index] if index.size else np.zeros(tuple(size), storage.dtype)
+        if size[d] > 1:                   # i_d is always 0 along a dimension of length 1
+            index += grid * stride[d]
+    return storage[index]
 
 
 class _Lazy:

@@ -81,6 +81,7 @@ def test_valid_strided_views_match_torch_semantics(tmp_path):
         assert got.shape == tuple(size) and got.dtype == np.float32, name
         np.testing.assert_array_equal(got, want, err_msg=name)
         assert got.flags.writeable and got.flags.owndata, f"{name}: a copy, not a view of the file's bytes"
+        assert got.flags.c_contiguous, f"{name}: C order, as the kernels expect"
 
 
 def test_zero_dim_tensor_is_a_tensor(tmp_path):
@@ -299,6 +300,9 @@ def test_non_string_key_is_named(tmp_path, key):
     (PROTO2 + ORDERED_DICT + op_value([1, 2]) + b"b.", r"damaged|not a state_dict"),
     (PROTO2 + op_global("torch", "FloatStorage") + b"}b.", r"BUILD on a storage|damaged"),
     (PROTO2 + b"N" + b"Q.", r"unsupported storage reference"),
+    # BUILD with slot state on an allowed global would setattr() on it for the whole process
+    (PROTO2 + op_global("torch._utils", "_rebuild_parameter") + op_value((None, {"__defaults__": (1,)})) + b"b0" +
+     op_value({}) + b".", r"damaged"),
     (PROTO2 + op_value([1.5]) + b".", r"holds a list, not a state_dict"),
     (PROTO2 + op_value({}) + b".", r"holds an empty dict"),
     (PROTO2 + op_value({"w": 1.5}) + b".", r"entry 'w' is a float, not a tensor"),
