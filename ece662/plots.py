@@ -55,7 +55,7 @@ def accuracy_vs_sparsity(records, baseline=None, path=None):
     dashed (when the records have ``accuracy_finetuned``); pruning in rounds: triangles.
     Filter-pruning points say which fraction of each conv layer's filters went.
     """
-    fig, ax = plt.subplots(figsize=(7, 4.6))
+    fig, ax = plt.subplots(figsize=(10, 4.6))
     methods = list(dict.fromkeys(r["method"] for r in records if r["method"] != "none"))
     for i, method in enumerate(methods):
         rs = sorted((r for r in records if r["method"] == method), key=lambda r: r["sparsity"])
@@ -74,7 +74,7 @@ def accuracy_vs_sparsity(records, baseline=None, path=None):
     ax.set_ylabel("test accuracy")
     ax.set_ylim(0, 1)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="upper right")
+    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))   # outside: it hides no point
     n = baseline.get("test_images") if baseline else None
     return _save(fig, path, "Each point: one pruned copy of the unpruned model, tested"
                  + (f" on {n} images" if n else "") + "; labels: the share of the conv filters removed.")

@@ -28,7 +28,7 @@ Examples
 >>> import numpy as np
 >>> from ece662.models import default_convnet
 >>> X = np.zeros((8, 3, 32, 32), np.float32)
->>> timer = PairedTimer(repeats=3)
+>>> timer = PairedTimer(repeats=3, warn=False)
 >>> result = timer.compare({"dense": default_convnet(), "again": default_convnet()}, X)
 >>> sorted(result)
 ['again', 'dense']

@@ -63,7 +63,7 @@ def run(args):
     seconds = time.perf_counter() - t0
     if r.returncode:
         sys.exit(f"python -m ece662 {' '.join(args)} failed:\n{r.stderr}")
-    warnings = [line for line in r.stderr.replace("\r", "\n").splitlines() if line.startswith("ece662: warning")]
+    warnings = re.findall(r"ece662: warning: [^\r\n]*", r.stderr)   # tqdm's bar may share the line
     return {"command": "python -m ece662 " + " ".join(args), "stdout": r.stdout.rstrip("\n"), "warnings": warnings,
             "seconds": round(seconds, 1), "machine": where}
 
@@ -120,8 +120,7 @@ def render(results):
     masks = [r["masks_only"] for r in timed if r["method"] != "none"]
     lines = [
         f"What `{plain['command']}` printed, measured on a {plain['machine']} on {results['date']} "
-        f"(the command's own output, its progress bar aside; it took {plain['seconds']:.1f} s there: "
-        f"expect anything from half to twice that):",
+        f"(the command's own output, its progress bar aside; it took {plain['seconds']:.1f} s there):",
         "",
         "```",
         plain["stdout"],
@@ -211,8 +210,8 @@ def main():
     else:
         results = collect()
     write_readme(results)
-    print(f"wrote {os.path.relpath(RESULTS, ROOT)}, README.md and {len(FIGURES)} figures in docs/ "
-          f"in {time.perf_counter() - t0:.1f} s")
+    print(("rendered README.md from " if args.render else f"wrote {len(FIGURES)} figures in docs/, ")
+          + f"{os.path.relpath(RESULTS, ROOT)} and README.md in {time.perf_counter() - t0:.1f} s")
 
 
 if __name__ == "__main__":
