@@ -14,7 +14,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["ece662", "ece662.*"]),
-    package_data={"ece662": ["models/*.npz", "models/*.md", "models/*.model"]},
+    package_data={"ece662": ["models/*.npz", "models/*.md", "models/*.model", "models/*.json"]},
     install_requires=[
         "numpy>=1.24",
         "numba>=0.59",       # the jitted kernels (cache=True; NUMBA_DISABLE_JIT=1 still runs them)

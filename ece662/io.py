@@ -37,7 +37,8 @@ def save_model(model, path):
     ----------
     model : ece662.layers.Sequential
     path : str or os.PathLike
-        Used exactly as given (no ``.npz`` is appended).
+        Used exactly as given (no ``.npz`` is appended).  A name ending in ``.onnx`` writes
+        an ONNX graph instead (:func:`ece662.onnx_format.save_onnx`; needs ``onnx``).
 
     Examples
     --------
@@ -52,6 +53,8 @@ def save_model(model, path):
     if not isinstance(model, Sequential):
         raise TypeError(f"save_model: expected an ece662 Sequential model, got {type(model).__name__}")
     path = os.fspath(path)
+    if path.lower().endswith(".onnx"):       # the format every runtime reads (pip install onnx)
+        return save_onnx(model, path)
     arrays = {_FORMAT_KEY: np.array(FORMAT), _SPEC_KEY: np.array(json.dumps(model.spec()))}
     arrays.update(model.state_dict())
     folder = os.path.dirname(os.path.abspath(path))
@@ -310,3 +313,4 @@ def _load_with_masks(model, arrays, source):
 from ece662.torch_format import (model_from_state_dict, read_torch_state_dict,  # noqa: E402
                                   save_torch_state_dict)
 from ece662.keras_format import model_from_keras, read_keras_weights, save_keras  # noqa: E402
+from ece662.onnx_format import read_onnx, save_onnx  # noqa: E402  (imports onnx only when used)

@@ -15,8 +15,9 @@ import os
 import numpy as np
 
 from ece662 import io as _io
+from ece662.models import SHIPPED, load_named
 
-_MODES = ("numpy", "torch", "tensorflow")
+_MODES = ("numpy", "torch", "tensorflow", "onnx")
 
 
 def load_model(path=None, mode="numpy", model=None):
@@ -27,13 +28,17 @@ def load_model(path=None, mode="numpy", model=None):
     path : str or os.PathLike, optional
         The file.  ``None`` loads the pretrained model that ships with ece662
         (``ece662/models/default_convnet.npz``).
-    mode : {'numpy', 'torch', 'tensorflow'}
-        ``'numpy'``: ece662's own ``.npz`` format (``ece662.io.save_model``).
+    mode : {'numpy', 'torch', 'tensorflow', 'onnx'}
+        ``'numpy'``: ece662's own ``.npz`` format (``ece662.io.save_model``), or the name of a
+        shipped model (``'dense'``, ``'pruned-80'``, ``'pruned-90'``, ``'filters-50'``; see
+        ``ece662/models/PRUNED_MODELS.md``).
         ``'torch'``: a PyTorch ``state_dict`` written by ``torch.save`` (zip format),
         read without importing torch and without unpickling arbitrary objects.
         ``'tensorflow'``: a Keras model file (``.keras`` or ``.h5``), read with h5py
         (``pip install h5py``) without Keras; the architecture is built from the file's
         config (see ``ece662.keras_format``) and NHWC layouts are converted.
+        ``'onnx'``: an ONNX graph (e.g. from ``torch.onnx.export``), architecture included
+        (``pip install onnx``; see ``ece662.onnx_format``).
     model : ece662.layers.Sequential, optional
         For ``mode='torch'`` / ``'tensorflow'``: the architecture to load into, when it is not
         the course's default network (torch) or not the file's own config (Keras).  Its keys
@@ -57,11 +62,13 @@ def load_model(path=None, mode="numpy", model=None):
             raise FileNotFoundError(f"load_model: the shipped pretrained model {path} is missing; "
                                     f"reinstall ece662 or pass a path")
         mode = "numpy"
-    if mode == "numpy":
+    if mode == "numpy" and path in SHIPPED and not os.path.exists(path):
+        return load_named(path)            # a shipped model by name, e.g. load_model('pruned-80')
+    if mode == "numpy" or mode == "onnx":
         if model is not None:
             raise ValueError("load_model: model= is only used with mode='torch' or 'tensorflow'; "
-                             "ece662 files carry their own architecture")
-        return _io.load_model(path)
+                             "ece662 and ONNX files carry their own architecture")
+        return _io.read_onnx(path) if mode == "onnx" else _io.load_model(path)
     if mode == "tensorflow":
         return _io.model_from_keras(path, model=model)
     return _io.model_from_state_dict(_io.read_torch_state_dict(path), model=model, source=os.fspath(path))
