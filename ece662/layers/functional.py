@@ -227,7 +227,7 @@ def pack_filters_lanes(w, b):
     k = (c, kh, kw), ``bp (Fb, 16)``, and a last block of up to 8 filters ``wt (K, 8)``, ``bt (8,)``
     for the half-width tile (unused, zero, when F % 16 is 0 or above 8).  Padding filters are zero."""
     F = w.shape[0]
-    K = w[0].size
+    K = int(np.prod(w.shape[1:]))
     rest = F % 16
     Fb = F // 16 + (1 if rest > 8 else 0)            # 16-wide blocks; 1..8 leftovers go to the tail
     F16 = min(F, 16 * Fb)
@@ -266,6 +266,8 @@ def conv2d_relu_maxpool2_tiled(x, w, b, pad=0, alive_f=None):
         raise ValueError(f"{where}: the conv output {H_out}x{W_out} is too small for 2x2 pooling")
     alive_f = _alive(alive_f, F, "alive_f", where)
     out = np.empty((N, F, H_out // 2, W_out // 2), dtype=np.float32)
+    if F == 0:
+        return out
     if not alive_f.all():
         out[:, ~alive_f] = np.maximum(b[~alive_f], 0)[None, :, None, None]
         if not alive_f.any():
