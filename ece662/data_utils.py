@@ -56,6 +56,7 @@ import errno
 import hashlib
 import io
 import json
+import operator
 import os
 import re
 import stat
@@ -433,16 +434,19 @@ def _list_tree_split(root, split):
         if not is_dir:
             raise ValueError(f"{folder}: class folder {cls!r} is missing; a CINIC-10 split has the "
                              f"ten folders {', '.join(CLASSES)}")
+        prefix = f"{SPLIT_FOLDERS[split]}/{cls}/"
         try:
             with os.scandir(cdir) as it:
-                entries = sorted((e for e in it if e.name.lower().endswith(".png")), key=lambda e: e.name)
-            for e in entries:
-                files.append(_stat_png(e, f"{SPLIT_FOLDERS[split]}/{cls}/{e.name}", label))
+                entries = sorted((e for e in it if e.name.lower().endswith(".png")), key=_by_name)
+            files.extend(_stat_png(e, prefix + e.name, label) for e in entries)
         except PermissionError as err:
             raise _permission_denied(err.filename or cdir, "listing or reading") from None
     if not files:
         raise ValueError(f"{folder}: the split holds no PNG images")
     return files
+
+
+_by_name = operator.attrgetter("name")
 
 
 def _stat_png(entry, rel, label):
