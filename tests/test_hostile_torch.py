@@ -485,6 +485,29 @@ def test_torch_batchnorm_state_dict_is_read_and_explained(tmp_path):
 
 
 @requires_torch
+def test_torch_batchnorm_model_round_trips_with_torch_logits(tmp_path):
+    """A student's torch CNN with BatchNorm, Dropout and LeakyReLU, trained a step so its running
+    statistics are not the defaults, loads into the matching ece662 model (by position, since
+    nn.Sequential names its layers 0, 1, ...) and gives torch's eval-mode logits."""
+    from ece662.layers import BatchNorm1d, BatchNorm2d, Dropout, LeakyReLU
+    torch.manual_seed(5)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.BatchNorm2d(8),
+                              torch.nn.LeakyReLU(0.1), torch.nn.MaxPool2d(2), torch.nn.Flatten(),
+                              torch.nn.Dropout(0.3), torch.nn.Linear(8 * 16 * 16, 16),
+                              torch.nn.BatchNorm1d(16), torch.nn.ReLU(), torch.nn.Linear(16, 10))
+    for _ in range(3):
+        net.train()(torch.from_numpy(X))
+    path = tmp_path / "student_bn.pt"
+    torch.save({"epoch": 3, "model_state_dict": net.state_dict()}, path)
+    ours = Sequential(Conv2d(3, 8, 3, padding=1), BatchNorm2d(8), LeakyReLU(0.1), MaxPool2d(2), Flatten(),
+                      Dropout(0.3), Linear(8 * 16 * 16, 16), BatchNorm1d(16), ReLU(), Linear(16, 10))
+    with pytest.warns(UserWarning, match="model_state_dict"):
+        ours = load_model(str(path), mode="torch", model=ours)
+    np.testing.assert_array_equal(ours[1].running_var, net[1].running_var.numpy())
+    assert_close(ours(X), _logits(net, X), "torch BatchNorm CNN", rtol=1e-4, atol=1e-5)
+
+
+@requires_torch
 @pytest.mark.filterwarnings("ignore:`torch.jit.:DeprecationWarning")
 def test_torch_made_oddities_get_their_own_messages(tmp_path):
     """bfloat16, a whole pickled model, TorchScript, the legacy format: each its own message."""
