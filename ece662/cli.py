@@ -58,12 +58,17 @@ def _parser():
     sub = p.add_subparsers(dest="command", required=True)
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--model", default=None, help="model file (default: the shipped pretrained model)")
-    common.add_argument("--mode", default="numpy", choices=["numpy", "torch", "tensorflow"],
-                        help="model file format: ece662 .npz (numpy), a PyTorch state_dict (torch), a Keras .keras/.h5 (tensorflow)")
+    common.add_argument("--mode", default="numpy", choices=["numpy", "torch", "tensorflow", "onnx"],
+                        help="model file format: ece662 .npz (numpy), a PyTorch state_dict (torch), a Keras .keras/.h5 "
+                             "(tensorflow), an ONNX graph (onnx)")
     common.add_argument("--data", default=None,
                         help="CINIC-10 folder or .npz (default: $ECE662_DATA, datasets/, ../shared/datasets)")
     common.add_argument("--num-test", type=_count(1), default=None, help="evaluate on a class-balanced subset")
     sub.add_parser("evaluate", parents=[common], help="print the model's test accuracy")
+    cmp = sub.add_parser("compare", add_help=False,
+                         help="pruning schedules (one-shot, iterative, gradual, rewinding) at an equal epoch "
+                              "budget; its options: python -m ece662 compare --help")
+    cmp.add_argument("options", nargs=argparse.REMAINDER)     # main() hands them to ece662.recipes
     sw = sub.add_parser("sweep", parents=[common], help="unstructured and structured pruning sweeps")
     sw.add_argument("--out", default="runs/sweep", help="output folder for CSV, JSON and plots")
     sw.add_argument("--amounts", type=_amounts, default=[0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8],
@@ -306,6 +311,11 @@ def _figures(model, records, base, staging, timing):
 
 
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["compare"]:                    # ece662.recipes owns the experiment and its options
+        from ece662 import recipes
+        recipes.main(argv[1:], prog="python -m ece662 compare")
+        return 0
     args = _parser().parse_args(argv)
     import warnings
     shown, warnings.showwarning = warnings.showwarning, _warn_in_one_line   # "the machine is busy": one line

@@ -141,15 +141,16 @@ def plot_compare_schedules(records, path=None, title=None):
     return fig
 
 
-def main(argv=None):
-    """``python -m ece662.recipes``: run the comparison, write ``<out>.json`` and ``<out>.png``."""
+def main(argv=None, prog="python -m ece662.recipes"):
+    """``python -m ece662 compare`` (or ``python -m ece662.recipes``): run the comparison, write
+    ``<out>.json`` and ``<out>.png``."""
     import argparse
     import json
     import sys
 
     from ece662.data_utils import get_CINIC10_data
     from ece662.pruning_helper import load_model
-    ap = argparse.ArgumentParser(prog="python -m ece662.recipes",
+    ap = argparse.ArgumentParser(prog=prog,
                                  description="Compare pruning schedules at an equal epoch budget.")
     ap.add_argument("--data", default=None, help="data path (default: the library's lookup)")
     ap.add_argument("--model", default=None, help="the trained model (default: the shipped one)")
@@ -175,7 +176,7 @@ def main(argv=None):
     total = time.perf_counter() - t0
     with open(args.out + ".json", "w") as f:
         argv = argv if argv is not None else sys.argv[1:]
-        json.dump({"command": "python -m ece662.recipes " + " ".join(argv),
+        json.dump({"command": prog + " " + " ".join(argv),
                    "data": raw["source"], "train_images": int(len(raw["y_train"])),
                    "test_images": int(len(test["y_test"])), "seconds": round(total, 1), "records": recs},
                   f, indent=1)

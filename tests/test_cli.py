@@ -158,3 +158,17 @@ def test_evaluate_models_from_other_frameworks(real_data, mode, fixture):
     r = run("evaluate", "--model", path, "--mode", mode, "--data", os.path.join(real_data, "cifar10_real_small.npz"))
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith("Test Acc: 0.")
+
+
+def test_compare_runs_every_schedule_at_one_budget(real_data, tmp_path):
+    """`python -m ece662 compare` trains each schedule once at the same budget and writes its table and plot."""
+    out = tmp_path / "cmp"
+    r = run("compare", "--data", os.path.join(real_data, "cifar10_real_small.npz"), "--train-images", "200",
+            "--epochs", "1", "--sparsities", "0.5", "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    table = json.loads((tmp_path / "cmp.json").read_text())
+    assert table["command"].startswith("python -m ece662 compare")
+    runs = {rec["schedule"]: rec for rec in table["records"] if rec["schedule"] != "dense"}
+    assert set(runs) == {"one-shot", "iterative", "gradual", "rewind"}
+    assert all(rec["epochs"] == 1 and abs(rec["measured_sparsity"] - 0.5) < 0.01 for rec in runs.values())
+    assert (tmp_path / "cmp.png").stat().st_size > 0

@@ -88,7 +88,11 @@ def test_notebook_executes_and_answers_from_its_own_numbers(executed):
 
 
 def test_notebook_prints_no_warnings(executed):
-    """No TqdmWarning (or any other warning) on the notebook's stderr."""
+    """No TqdmWarning (or any other warning) on the notebook's stderr.  The one exception is the
+    timer's "the machine is busy" warning: it tells a student the truth about their machine, and
+    whether it appears depends on what else is running, not on the notebook."""
     err = "".join(o.get("text", "") for c in executed.cells if c.cell_type == "code"
                   for o in c.get("outputs", []) if o.get("name") == "stderr")
-    assert "Warning" not in err and "IProgress" not in err, err
+    warned = re.findall(r"(\w*Warning): ([^\n]*)", err)
+    other = [w for w in warned if not (w[0] == "RuntimeWarning" and w[1].startswith("the machine is busy"))]
+    assert not other and "IProgress" not in err, err
