@@ -90,3 +90,20 @@ def test_readme_python_blocks_run(real_data, monkeypatch, capsys, results):
     for block in blocks:
         exec(compile(block, "README.md", "exec"), namespace)
     assert f"Test Acc: {results['plain']['records'][0]['accuracy']:.4f}" in capsys.readouterr().out
+
+
+def test_schedule_comparison_numbers_are_the_recorded_run():
+    """Every accuracy and the time quoted in the README's schedule section come from
+    docs/compare_schedules.json, and the command shown is the one that made it."""
+    with open(os.path.join(ROOT, "docs", "compare_schedules.json")) as f:
+        run = json.load(f)
+    text = _readme()
+    section = text[text.index("## Pruning that keeps the accuracy"):text.index("Shipped pruned models, made")]
+    recorded = {f"{r['accuracy']:.4f}" for r in run["records"]}
+    quoted = re.findall(r"\b0\.\d{4}\b", section)
+    assert quoted and set(quoted) <= recorded, sorted(set(quoted) - recorded)
+    assert f"{run['seconds']:,.0f} s" in section
+    shown = re.search(r"```bash\n(python -m ece662 compare [^\n]*)\n```", section).group(1)
+    # the run was made with `python -m ece662.recipes` (the same function) and an explicit --data
+    options = re.sub(r"--data \S+ ", "", run["command"].split(" ", 3)[3] + " ").split()
+    assert shown.split()[4:] == options, (shown, run["command"])
