@@ -15,10 +15,11 @@ Other formats live beside this module and are re-exported here:
 """
 import json
 import os
-import tempfile
 import zipfile
 
 import numpy as np
+
+from ece662.files import atomic_write
 
 FORMAT = "ece662-model-v1"
 _FORMAT_KEY = "__ece662_format__"
@@ -57,23 +58,8 @@ def save_model(model, path):
         return save_onnx(model, path)
     arrays = {_FORMAT_KEY: np.array(FORMAT), _SPEC_KEY: np.array(json.dumps(model.spec()))}
     arrays.update(model.state_dict())
-    folder = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(folder):
-        raise FileNotFoundError(f"save_model: the folder {folder} does not exist; create it first")
-    fd, tmp = tempfile.mkstemp(prefix=".ece662-", suffix=".npz.tmp", dir=folder)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)      # mkstemp makes 0600; a model file is an ordinary file
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    with atomic_write(path, "save_model") as f:
+        np.savez(f, **arrays)
 
 
 def load_model(path):

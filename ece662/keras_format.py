@@ -23,6 +23,8 @@ import zipfile
 
 import numpy as np
 
+from ece662.files import atomic_write
+
 _MAX_CONFIG_BYTES = 16 * 2 ** 20       # a Sequential's config.json is a few kB
 
 
@@ -698,12 +700,7 @@ def save_keras(model, path, input_shape=(3, 32, 32)):
     input_shape : (C, H, W)
         One image's shape, which a Keras file records.
     """
-    import tempfile
     h5py = _import_h5py()
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(folder):
-        raise FileNotFoundError(f"save_keras: the folder {folder} does not exist; create it first")
     layers = keras_layers_of(model, input_shape)
     C, H, W = input_shape
     config = {"module": "keras", "class_name": "Sequential",
@@ -725,24 +722,11 @@ def save_keras(model, path, input_shape=(3, 32, 32)):
                 vars_.create_dataset(str(i), data=v)
         f.create_group("vars").attrs["name"] = "sequential"
     metadata = {"keras_version": _KERAS_VERSION, "date_saved": "written by ece662.save_keras"}
-    fd, tmp = tempfile.mkstemp(prefix=".ece662-", suffix=".keras.tmp", dir=folder)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)      # mkstemp makes 0600; a model file is an ordinary file
-    try:
-        with os.fdopen(fd, "wb") as f:
-            with zipfile.ZipFile(f, "w", zipfile.ZIP_STORED) as zf:
-                for name, data in (("metadata.json", json.dumps(metadata).encode()),
-                                   ("config.json", json.dumps(config).encode()),
-                                   ("model.weights.h5", buf.getvalue())):
-                    zf.writestr(zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0)), data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    with atomic_write(path, "save_keras") as f, zipfile.ZipFile(f, "w", zipfile.ZIP_STORED) as zf:
+        for name, data in (("metadata.json", json.dumps(metadata).encode()),
+                           ("config.json", json.dumps(config).encode()),
+                           ("model.weights.h5", buf.getvalue())):
+            zf.writestr(zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0)), data)
 
 
 def _import_h5py():

@@ -53,10 +53,11 @@ anything unexpected is a ``ValueError`` naming the node and its op.
 import math
 import os
 import re
-import tempfile
 from collections import Counter, OrderedDict
 
 import numpy as np
+
+from ece662.files import atomic_write
 
 from ece662.layers import (AdaptiveAvgPool2d, AvgPool2d, BatchNorm1d, BatchNorm2d, Conv2d, Dropout, Flatten,
                            LeakyReLU, Linear, MaxPool2d, ReLU, Sequential)
@@ -800,21 +801,5 @@ def save_onnx(model, path, input_shape=(3, 32, 32)):
     proto.ir_version = _EXPORT_IR_VERSION
     data = proto.SerializeToString()
 
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(folder):
-        raise FileNotFoundError(f"save_onnx: the folder {folder} does not exist; create it first")
-    fd, tmp = tempfile.mkstemp(prefix=".ece662-", suffix=".onnx.tmp", dir=folder)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)      # mkstemp makes 0600; a model file is an ordinary file
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    with atomic_write(path, "save_onnx") as f:
+        f.write(data)

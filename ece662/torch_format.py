@@ -35,17 +35,21 @@ A file is untrusted input, and this reader checks every step:
 ``model_from_state_dict`` then puts the arrays into an ece662 model: by name, or, for an
 ``nn.Sequential`` whose keys are ``0.weight``, ``3.bias``..., by the position of the layers.
 """
+import hashlib as _hashlib
 import io as _io
 import os
 import pickle
 import pickletools
 import reprlib
+import struct as _struct
 import sys
 import warnings
 import zipfile
 from collections import OrderedDict
 
 import numpy as np
+
+from ece662.files import atomic_write
 
 # ============================================================================ limits
 MAX_PICKLE_BYTES = 64 << 20       # data.pkl of a state dict is ~100 bytes per tensor
@@ -777,10 +781,6 @@ def model_from_state_dict(state_dict, model=None, source="state_dict"):
 # ``("storage", torch.FloatStorage, "<i>", "cpu", numel)`` that the loader resolves to ``data/<i>``.
 # The pickle is written opcode by opcode (below), because Python's pickler can only name
 # functions it can import, and torch is not imported here.
-import hashlib as _hashlib
-import struct as _struct
-import tempfile as _tempfile
-
 _STORAGE_NAMES = {np.dtype(np.float32): "FloatStorage", np.dtype(np.float64): "DoubleStorage",
                   np.dtype(np.float16): "HalfStorage", np.dtype(np.int64): "LongStorage",
                   np.dtype(np.int32): "IntStorage", np.dtype(np.int16): "ShortStorage",
@@ -911,32 +911,15 @@ def save_torch_state_dict(state_dict, path, archive_name="archive"):
             raise ValueError(f"save_torch_state_dict: {key!r} has dtype {a.dtype}, which torch has no "
                              f"storage for; use one of {sorted(str(d) for d in _STORAGE_NAMES)}")
         arrays.append((key, a))
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(folder):
-        raise FileNotFoundError(f"save_torch_state_dict: the folder {folder} does not exist; create it first")
     pkl = _state_dict_pickle(arrays)
     storages = [a.astype(a.dtype.newbyteorder("<")).tobytes() for _, a in arrays]
     # torch writes a random id; a digest of the content keeps equal state dicts byte-identical
     digest = _hashlib.sha256(pkl + b"".join(storages)).digest()
     serialization_id = str(int.from_bytes(digest[:16], "big")).zfill(40)[:40].encode()
-    fd, tmp = _tempfile.mkstemp(prefix=".ece662-", suffix=".pt.tmp", dir=folder)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)      # mkstemp makes 0600; a model file is an ordinary file
-    try:
-        with os.fdopen(fd, "wb") as f:
-            with zipfile.ZipFile(f, "w", zipfile.ZIP_STORED) as zf:
-                members = [("data.pkl", pkl), (".format_version", b"1"),
-                           (".storage_alignment", str(_ALIGNMENT).encode()), ("byteorder", b"little")]
-                members += [(f"data/{i}", raw) for i, raw in enumerate(storages)]
-                members += [("version", b"3\n"), (".data/serialization_id", serialization_id)]
-                for name, data in members:
-                    _aligned_member(zf, f, f"{archive_name}/{name}", data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    members = [("data.pkl", pkl), (".format_version", b"1"),
+               (".storage_alignment", str(_ALIGNMENT).encode()), ("byteorder", b"little")]
+    members += [(f"data/{i}", raw) for i, raw in enumerate(storages)]
+    members += [("version", b"3\n"), (".data/serialization_id", serialization_id)]
+    with atomic_write(path, "save_torch_state_dict") as f, zipfile.ZipFile(f, "w", zipfile.ZIP_STORED) as zf:
+        for name, data in members:
+            _aligned_member(zf, f, f"{archive_name}/{name}", data)
