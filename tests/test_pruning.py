@@ -356,3 +356,12 @@ def test_report_counts_on_a_hand_made_case():
     assert rows["fc"]["flops_skip"] == 2 * 10 * 16 * 36
     assert rows["total"]["zeros"] == 8 * 75 + 1 + 16 * 288
     assert rows["total"]["dead_filters"] == 24
+
+
+def test_global_unstructured_without_amount_says_so():
+    """Forgetting amount= is a TypeError that names it, not a KeyError, and nothing is pruned."""
+    net = default_convnet(seed=0)
+    params = [(net.conv1, "weight"), (net.fc, "weight")]
+    with pytest.raises(TypeError, match=r"missing amount=.*amount=0\.3"):
+        prune.global_unstructured(params, pruning_method=prune.L1Unstructured)
+    assert not prune.is_pruned(net)

@@ -317,6 +317,9 @@ def global_unstructured(parameters, pruning_method, importance_scores=None, **kw
     parameters = list(parameters)
     if not parameters:
         raise ValueError("global_unstructured: parameters is empty; pass [(module, 'weight'), ...]")
+    if "amount" not in kwargs:
+        raise TypeError("global_unstructured: missing amount=, how much to prune: a fraction such as "
+                        "amount=0.3 (30% of the weights still kept) or a count such as amount=100")
     importance_scores = importance_scores or {}
     current = [_current(m, n) for m, n in parameters]
     scores = []
