@@ -312,14 +312,14 @@ def _figures(model, records, base, staging, timing):
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] == ["compare"]:                    # ece662.recipes owns the experiment and its options
-        from ece662 import recipes
-        recipes.main(argv[1:], prog="python -m ece662 compare")
-        return 0
-    args = _parser().parse_args(argv)
+    args = None if argv[:1] == ["compare"] else _parser().parse_args(argv)
     import warnings
     shown, warnings.showwarning = warnings.showwarning, _warn_in_one_line   # "the machine is busy": one line
     try:
+        if args is None:                           # compare: ece662.recipes owns the experiment and its options
+            from ece662 import recipes
+            recipes.main(argv[1:], prog="python -m ece662 compare")
+            return 0
         if args.command == "evaluate":
             from ece662.pruning_helper import test_model
             model, data = _load(args)

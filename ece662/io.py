@@ -125,6 +125,13 @@ def _read_npz(path):
         raise ValueError(f"{path} is not a readable ece662 model file: it is not a complete .npz "
                          f"archive ({e}); it may be truncated or be another kind of file") from None
     arrays, total = {}, 0
+    names = zf.namelist()
+    if any(n.endswith("data.pkl") for n in names) or "config.json" in names:
+        kind, mode = ("a PyTorch file (torch.save)", "torch") if "config.json" not in names else \
+                     ("a Keras .keras file", "tensorflow")
+        zf.close()
+        raise ValueError(f"{path} is {kind}, not an ece662 .npz model: load it with "
+                         f"load_model(path, mode='{mode}') (on the command line: --mode {mode})")
     try:
         with zf:
             for info in zf.infolist():

@@ -64,6 +64,9 @@ def load_model(path=None, mode="numpy", model=None):
         mode = "numpy"
     if mode == "numpy" and path in SHIPPED and not os.path.exists(path):
         return load_named(path)            # a shipped model by name, e.g. load_model('pruned-80')
+    if isinstance(path, str) and not os.path.exists(path) and os.sep not in path and "." not in path:
+        raise FileNotFoundError(f"load_model: no file at {path!r}, and no shipped model has that name; "
+                                f"the shipped models are {sorted(SHIPPED)}")
     if mode == "numpy" or mode == "onnx":
         if model is not None:
             raise ValueError("load_model: model= is only used with mode='torch' or 'tensorflow'; "

@@ -141,6 +141,15 @@ def plot_compare_schedules(records, path=None, title=None):
     return fig
 
 
+def _fractions(text):
+    """``"0.5,0.8"`` -> ``[0.5, 0.8]``, or a ValueError that shows what was given."""
+    try:
+        return [float(s) for s in text.split(",")]
+    except ValueError:
+        raise ValueError(f"--sparsities: expected comma-separated fractions such as 0.5,0.8,0.9, "
+                         f"got {text!r}") from None
+
+
 def main(argv=None, prog="python -m ece662.recipes"):
     """``python -m ece662 compare`` (or ``python -m ece662.recipes``): run the comparison, write
     ``<out>.json`` and ``<out>.png``."""
@@ -154,11 +163,16 @@ def main(argv=None, prog="python -m ece662.recipes"):
                                  description="Compare pruning schedules at an equal epoch budget.")
     ap.add_argument("--data", default=None, help="data path (default: the library's lookup)")
     ap.add_argument("--model", default=None, help="the trained model (default: the shipped one)")
-    ap.add_argument("--sparsities", default="0.5,0.8,0.9")
-    ap.add_argument("--epochs", type=int, default=3, help="the equal budget: epochs per run")
+    ap.add_argument("--mode", default="numpy", choices=["numpy", "torch", "tensorflow", "onnx"],
+                    help="the model file's format, as for `python -m ece662 sweep` (default: numpy)")
+    ap.add_argument("--sparsities", default="0.5,0.8,0.9",
+                    help="fractions of the weights (or filters) to prune, comma-separated (default: 0.5,0.8,0.9)")
+    ap.add_argument("--epochs", type=int, default=3, help="the equal budget: epochs per run (default: 3)")
     ap.add_argument("--train-images", type=int, default=None, help="train on a class-balanced subset of N")
-    ap.add_argument("--structure", default="unstructured", choices=["unstructured", "filters"])
-    ap.add_argument("--scope", default="global", choices=["global", "layer"])
+    ap.add_argument("--structure", default="unstructured", choices=["unstructured", "filters"],
+                    help="prune single weights or whole conv filters (default: unstructured)")
+    ap.add_argument("--scope", default="global", choices=["global", "layer"],
+                    help="rank weights across all layers or within each (default: global)")
     ap.add_argument("--distill", action="store_true")
     ap.add_argument("--out", default="compare_schedules", help="output path without extension")
     args = ap.parse_args(argv)
@@ -166,9 +180,9 @@ def main(argv=None, prog="python -m ece662.recipes"):
                            channels_first=False, progress=False)
     test = get_CINIC10_data(args.data, splits=("test",), progress=False)
     t0 = time.perf_counter()
-    recs = compare_schedules(load_model(args.model), raw["X_train"], raw["y_train"],
+    recs = compare_schedules(load_model(args.model, mode=args.mode if args.model else 'numpy'), raw["X_train"], raw["y_train"],
                              test["X_test"], test["y_test"],
-                             sparsities=[float(s) for s in args.sparsities.split(",")], epochs=args.epochs,
+                             sparsities=_fractions(args.sparsities), epochs=args.epochs,
                              structure=args.structure, scope=args.scope, distill=args.distill,
                              progress=lambda r: print(f"{r['schedule']:>9s}  sparsity {r['sparsity']:.2f}  "
                                                       f"accuracy {r['accuracy']:.4f}  {r['seconds']:.0f} s",

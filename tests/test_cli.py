@@ -172,3 +172,14 @@ def test_compare_runs_every_schedule_at_one_budget(real_data, tmp_path):
     assert set(runs) == {"one-shot", "iterative", "gradual", "rewind"}
     assert all(rec["epochs"] == 1 and abs(rec["measured_sparsity"] - 0.5) < 0.01 for rec in runs.values())
     assert (tmp_path / "cmp.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize("args, match", [(["--sparsities", "abc"], "expected comma-separated fractions"),
+                                         (["--sparsities", "1.0"], r"fraction in \[0, 1\)"),
+                                         (["--epochs", "0"], "positive whole number")])
+def test_compare_bad_options_get_one_clear_line(args, match):
+    """`compare` refuses bad options in one line on stderr, no traceback."""
+    import re
+    r = run("compare", *args)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert re.search(match, r.stderr.strip().splitlines()[-1]), r.stderr

@@ -282,3 +282,15 @@ def test_porting_guide_runs_and_matches_the_sweeps(real_data, shipped_accuracy, 
     assert "conv1: 24 of 32 filters pruned" in out          # 0.75 of 32 filters
     assert namespace["sparsity"](namespace["pruned"]) == experiments.sparsity(namespace["pruned"])[0]
     assert all(not n.endswith("_orig") for n in out.splitlines()[-1].split("'")[1::2])
+
+
+def test_a_framework_file_loaded_as_npz_names_the_mode_to_use():
+    """The course's torch.model / tensorflow.model loaded without mode= say which mode reads them;
+    an unknown shipped-model name lists the names that exist."""
+    models = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "ece662", "models")
+    with pytest.raises(ValueError, match=r"PyTorch file .*mode='torch'"):
+        load_model(os.path.join(models, "torch.model"))
+    with pytest.raises(ValueError, match=r"Keras .keras file.*mode='tensorflow'"):
+        load_model(os.path.join(models, "tensorflow.model"))
+    with pytest.raises(FileNotFoundError, match=r"no shipped model has that name.*pruned-80"):
+        load_model("pruned-50")

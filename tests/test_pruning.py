@@ -365,3 +365,11 @@ def test_global_unstructured_without_amount_says_so():
     with pytest.raises(TypeError, match=r"missing amount=.*amount=0\.3"):
         prune.global_unstructured(params, pruning_method=prune.L1Unstructured)
     assert not prune.is_pruned(net)
+
+
+def test_global_unstructured_amount_in_the_importance_scores_place_says_so():
+    """torch's third positional argument is importance_scores: a number there is named as the amount."""
+    net = default_convnet(seed=0)
+    with pytest.raises(TypeError, match=r"third argument is importance_scores.*amount=0\.2"):
+        prune.global_unstructured([(net.fc, "weight")], prune.L1Unstructured, 0.2)
+    assert not prune.is_pruned(net)

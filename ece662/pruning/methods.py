@@ -317,9 +317,13 @@ def global_unstructured(parameters, pruning_method, importance_scores=None, **kw
     parameters = list(parameters)
     if not parameters:
         raise ValueError("global_unstructured: parameters is empty; pass [(module, 'weight'), ...]")
+    if isinstance(importance_scores, (int, float, np.integer, np.floating)):
+        raise TypeError(f"global_unstructured: the third argument is importance_scores (as in torch), "
+                        f"got the number {importance_scores!r}; pass the amount by name: "
+                        f"amount={importance_scores!r}")
     if "amount" not in kwargs:
         raise TypeError("global_unstructured: missing amount=, how much to prune: a fraction such as "
-                        "amount=0.3 (30% of the weights still kept) or a count such as amount=100")
+                        "amount=0.3 (prunes 30% of the weights not pruned yet) or a count such as amount=100")
     importance_scores = importance_scores or {}
     current = [_current(m, n) for m, n in parameters]
     scores = []
