@@ -61,6 +61,9 @@ def _parser():
     common.add_argument("--mode", default="numpy", choices=["numpy", "torch", "tensorflow", "onnx"],
                         help="model file format: ece662 .npz (numpy), a PyTorch state_dict (torch), a Keras .keras/.h5 "
                              "(tensorflow), an ONNX graph (onnx)")
+    common.add_argument("--arch", default=None, metavar="JSON",
+                        help="the network a --mode torch or tensorflow file's weights belong to, as JSON "
+                             "(json.dump(model.spec(), f)); default: the course CNN")
     common.add_argument("--data", default=None,
                         help="CINIC-10 folder or .npz (default: $ECE662_DATA, datasets/, ../shared/datasets)")
     common.add_argument("--num-test", type=_count(1), default=None, help="evaluate on a class-balanced subset")
@@ -96,7 +99,12 @@ def _parser():
 def _load(args):
     from ece662.data_utils import get_CINIC10_data
     from ece662.pruning_helper import load_model
-    model = load_model(args.model, mode=args.mode)
+    from ece662.io import read_architecture
+    if args.arch and args.mode not in ("torch", "tensorflow"):
+        raise ValueError(f"--arch gives the network of a --mode torch or tensorflow file; "
+                         f"--mode {args.mode} files carry their own")
+    arch = read_architecture(args.arch) if args.arch else None
+    model = load_model(args.model, mode=args.mode, model=arch)
     data = get_CINIC10_data(args.data, splits=("test",), num_test=args.num_test)
     return model, data
 

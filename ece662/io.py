@@ -199,6 +199,41 @@ def _parse_spec(value, path):
     return spec
 
 
+def read_architecture(path):
+    """An untrained model built from a JSON architecture file (the format of ``Module.spec()``).
+
+    A PyTorch state_dict holds weights but not the network they belong to; this file says it,
+    e.g. for ``python -m ece662 evaluate --model net.pt --mode torch --arch net.json``.
+    Write one with ``json.dump(model.spec(), f)``.  Checked like an ``.npz`` model's spec
+    (:func:`check_spec`) before any layer is made.
+
+    Examples
+    --------
+    >>> import json, os, tempfile
+    >>> from ece662.models import default_convnet
+    >>> path = os.path.join(tempfile.mkdtemp(), "net.json")
+    >>> with open(path, "w") as f:
+    ...     json.dump(default_convnet().spec(), f)
+    >>> [name for name, _ in read_architecture(path).named_children()][:3]
+    ['conv1', 'relu1', 'pool1']
+    """
+    from ece662.layers import from_spec
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"no architecture file at {path}")
+    with open(path, "rb") as f:
+        text = f.read(_MAX_SPEC_CHARS + 1)
+    if len(text) > _MAX_SPEC_CHARS:
+        raise ValueError(f"{path}: an architecture file is at most {_MAX_SPEC_CHARS:,} bytes; this one is larger")
+    try:
+        spec = json.loads(text)
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
+        raise ValueError(f"{path} is not a JSON architecture ({str(e)[:200]}); write one with "
+                         f"json.dump(model.spec(), f)") from None
+    check_spec(spec, path)
+    return from_spec(spec)
+
+
 def check_spec(spec, source="spec"):
     """Check an architecture spec (``Module.spec()`` output) without building it.
 

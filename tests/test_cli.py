@@ -183,3 +183,17 @@ def test_compare_bad_options_get_one_clear_line(args, match):
     r = run("compare", *args)
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
     assert re.search(match, r.stderr.strip().splitlines()[-1]), r.stderr
+
+
+def test_evaluate_a_torch_file_with_its_architecture_from_json(real_data, tmp_path):
+    """`--arch net.json` says which network a state_dict's weights belong to; a bad file is one line."""
+    from ece662.models import default_convnet
+    arch = tmp_path / "net.json"
+    arch.write_text(json.dumps(default_convnet().spec()))
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "torch_default_convnet.pt")
+    data = os.path.join(real_data, "cifar10_real_small.npz")
+    r = run("evaluate", "--model", path, "--mode", "torch", "--arch", str(arch), "--data", data)
+    assert r.returncode == 0 and r.stdout.startswith("Test Acc: 0."), r.stderr
+    arch.write_text('{"type": "Sequential", "layers": [["x", {"type": "Lambda", "args": {}}]]}')
+    r = run("evaluate", "--model", path, "--mode", "torch", "--arch", str(arch), "--data", data)
+    assert r.returncode == 2 and "Traceback" not in r.stderr and "Lambda" in r.stderr, r.stderr
