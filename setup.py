@@ -32,7 +32,9 @@ setup(
         # 2.13.0 is the CPU build that lies on the course machines' disk (other specs download gigabytes)
         # onnx and onnxruntime: the ONNX tests read/write graphs and check logits against onnxruntime,
         # the strongest CPU engine here; both stay test-only (onnxruntime is never imported by ece662)
-        "oracle": ["torch==2.13.0", "onnx>=1.14", "onnxruntime>=1.16"],
+        # keras (3.x, run on the torch backend; no TensorFlow) checks that real Keras reads the course's
+        # ece662/models/tensorflow.model
+        "oracle": ["torch==2.13.0", "onnx>=1.14", "onnxruntime>=1.16", "keras>=3,<4"],
         # mode='tensorflow' of load_model reads Keras .keras / .h5 files with h5py (no Keras needed)
         "tensorflow": ["h5py>=3"],
         # load_model(path, mode='onnx') and save_model(model, 'x.onnx'): the onnx package parses and
