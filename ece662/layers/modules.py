@@ -489,34 +489,35 @@ class ReLU(Module):
         return fn.relu_backward_numba(dout, self._cache)
 
 
-class MaxPool2d(Module):
-    """Max pooling over ``kernel_size`` windows, ``torch.nn.MaxPool2d``'s arguments
-    (``stride`` defaults to ``kernel_size``; no padding).
+class _Pool2d(Module):
+    """What max and average pooling share: ``kernel_size`` windows with torch's arguments
+    (``stride`` defaults to ``kernel_size``; no padding).  A subclass names its kernels.
 
     Shapes: x ``(N, C, H, W)`` -> out ``(N, C, H', W')``, ``H' = 1 + (H - k) // stride``.
     """
+    _forward_kernel = _backward_kernel = None     # functional.<kind>pool2d_{forward,backward}_numba
 
     def __init__(self, kernel_size, stride=None):
         super().__init__()
-        self.kernel_size = check_positive_int(kernel_size, "kernel_size", "MaxPool2d")
-        self.stride = self.kernel_size if stride is None else check_positive_int(
-            stride, "stride", "MaxPool2d")
+        name = type(self).__name__
+        self.kernel_size = check_positive_int(kernel_size, "kernel_size", name)
+        self.stride = self.kernel_size if stride is None else check_positive_int(stride, "stride", name)
         self._cache = None
 
     def forward(self, x):
-        where = f"MaxPool2d(kernel_size={self.kernel_size})"
+        where = f"{type(self).__name__}(kernel_size={self.kernel_size})"
         x = check_float32(x, "x", where)
         check_nchw(x, where)
         if x.shape[2] < self.kernel_size or x.shape[3] < self.kernel_size:
             raise ValueError(f"{where}: the pooling window is larger than the input {x.shape}")
-        out = fn.maxpool2d_forward_numba(x, self.kernel_size, self.stride)
+        out = self._forward_kernel(x, self.kernel_size, self.stride)
         self._cache = x if self.training else None
         return out
 
     def backward(self, dout):
         if self._cache is None:
-            raise RuntimeError("MaxPool2d: backward needs a forward in training mode first")
-        return fn.maxpool2d_backward_numba(dout, self._cache, self.kernel_size, self.stride)
+            raise RuntimeError(f"{type(self).__name__}: backward needs a forward in training mode first")
+        return self._backward_kernel(dout, self._cache, self.kernel_size, self.stride)
 
     def output_shape(self, input_shape):
         N, C, H, W = input_shape
@@ -527,7 +528,17 @@ class MaxPool2d(Module):
         return f"kernel_size={self.kernel_size}, stride={self.stride}"
 
     def spec(self):
-        return {"type": "MaxPool2d", "args": {"kernel_size": self.kernel_size, "stride": self.stride}}
+        return {"type": type(self).__name__, "args": {"kernel_size": self.kernel_size, "stride": self.stride}}
+
+
+class MaxPool2d(_Pool2d):
+    """Max pooling over ``kernel_size`` windows, ``torch.nn.MaxPool2d``'s arguments
+    (``stride`` defaults to ``kernel_size``; no padding).
+
+    Shapes: x ``(N, C, H, W)`` -> out ``(N, C, H', W')``, ``H' = 1 + (H - k) // stride``.
+    """
+    _forward_kernel = staticmethod(fn.maxpool2d_forward_numba)
+    _backward_kernel = staticmethod(fn.maxpool2d_backward_numba)
 
 
 class Flatten(Module):
@@ -647,45 +658,14 @@ class LeakyReLU(Module):
         return {"type": "LeakyReLU", "args": {"negative_slope": self.negative_slope}}
 
 
-class AvgPool2d(Module):
+class AvgPool2d(_Pool2d):
     """Average pooling over ``kernel_size`` windows, ``torch.nn.AvgPool2d``'s arguments
     (``stride`` defaults to ``kernel_size``; no padding).
 
     Shapes: x ``(N, C, H, W)`` -> out ``(N, C, H', W')``, ``H' = 1 + (H - k) // stride``.
     """
-
-    def __init__(self, kernel_size, stride=None):
-        super().__init__()
-        self.kernel_size = check_positive_int(kernel_size, "kernel_size", "AvgPool2d")
-        self.stride = self.kernel_size if stride is None else check_positive_int(
-            stride, "stride", "AvgPool2d")
-        self._cache = None
-
-    def forward(self, x):
-        where = f"AvgPool2d(kernel_size={self.kernel_size})"
-        x = check_float32(x, "x", where)
-        check_nchw(x, where)
-        if x.shape[2] < self.kernel_size or x.shape[3] < self.kernel_size:
-            raise ValueError(f"{where}: the pooling window is larger than the input {x.shape}")
-        out = fn.avgpool2d_forward_numba(x, self.kernel_size, self.stride)
-        self._cache = x if self.training else None
-        return out
-
-    def backward(self, dout):
-        if self._cache is None:
-            raise RuntimeError("AvgPool2d: backward needs a forward in training mode first")
-        return fn.avgpool2d_backward_numba(dout, self._cache, self.kernel_size, self.stride)
-
-    def output_shape(self, input_shape):
-        N, C, H, W = input_shape
-        return (N, C, conv_output_size(H, self.kernel_size, self.stride),
-                conv_output_size(W, self.kernel_size, self.stride))
-
-    def extra_repr(self):
-        return f"kernel_size={self.kernel_size}, stride={self.stride}"
-
-    def spec(self):
-        return {"type": "AvgPool2d", "args": {"kernel_size": self.kernel_size, "stride": self.stride}}
+    _forward_kernel = staticmethod(fn.avgpool2d_forward_numba)
+    _backward_kernel = staticmethod(fn.avgpool2d_backward_numba)
 
 
 class AdaptiveAvgPool2d(Module):
