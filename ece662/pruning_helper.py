@@ -26,8 +26,9 @@ def load_model(path=None, mode="numpy", model=None):
     Parameters
     ----------
     path : str or os.PathLike, optional
-        The file.  ``None`` loads the pretrained model that ships with ece662
-        (``ece662/models/default_convnet.npz``).
+        The file.  ``None`` loads the pretrained model that ships with ece662, from its file in
+        the format ``mode`` names (``ece662/models/default_convnet.npz``, ``torch.model`` or
+        ``tensorflow.model``; see :func:`shipped_model_path`).
     mode : {'numpy', 'torch', 'tensorflow', 'onnx'}
         ``'numpy'``: ece662's own ``.npz`` format (``ece662.io.save_model``), or the name of a
         shipped model (``'dense'``, ``'pruned-80'``, ``'pruned-90'``, ``'filters-50'``; see
@@ -57,11 +58,10 @@ def load_model(path=None, mode="numpy", model=None):
     """
     _check_mode(mode, "load_model")
     if path is None:
-        path = shipped_model_path()
+        path = shipped_model_path(mode)
         if not os.path.isfile(path):
             raise FileNotFoundError(f"load_model: the shipped pretrained model {path} is missing; "
                                     f"reinstall ece662 or pass a path")
-        mode = "numpy"
     if mode == "numpy" and path in SHIPPED and not os.path.exists(path):
         return load_named(path)            # a shipped model by name, e.g. load_model('pruned-80')
     if isinstance(path, str) and not os.path.exists(path) and os.sep not in path and "." not in path:
@@ -77,9 +77,19 @@ def load_model(path=None, mode="numpy", model=None):
     return _io.model_from_state_dict(_io.read_torch_state_dict(path), model=model, source=os.fspath(path))
 
 
-def shipped_model_path():
-    """Where the pretrained weights that ship with ece662 live."""
-    return os.path.join(os.path.dirname(os.path.abspath(__file__)), "models", "default_convnet.npz")
+def shipped_model_path(mode="numpy"):
+    """Where the pretrained weights that ship with ece662 live, in the format ``mode`` reads.
+
+    The same weights ship as ece662's ``.npz`` (``'numpy'``) and as the course's two files,
+    ``torch.model`` (a PyTorch state_dict) and ``tensorflow.model`` (a Keras file); no ONNX
+    file ships (``ece662.io.save_model(load_model(), 'm.onnx')`` writes one).
+    """
+    names = {"numpy": "default_convnet.npz", "torch": "torch.model", "tensorflow": "tensorflow.model"}
+    if mode not in names:
+        raise ValueError(f"load_model: no pretrained model ships as a {mode!r} file (shipped formats: "
+                         f"{sorted(names)}); pass a path, e.g. write one with "
+                         f"ece662.io.save_model(load_model(), 'model.onnx')")
+    return os.path.join(os.path.dirname(os.path.abspath(__file__)), "models", names[mode])
 
 
 def _to_float_batch(X, sl):

@@ -197,3 +197,20 @@ def test_evaluate_a_torch_file_with_its_architecture_from_json(real_data, tmp_pa
     arch.write_text('{"type": "Sequential", "layers": [["x", {"type": "Lambda", "args": {}}]]}')
     r = run("evaluate", "--model", path, "--mode", "torch", "--arch", str(arch), "--data", data)
     assert r.returncode == 2 and "Traceback" not in r.stderr and "Lambda" in r.stderr, r.stderr
+
+
+def test_evaluate_without_a_model_reads_the_shipped_file_of_the_mode_asked_for(monkeypatch):
+    """`evaluate --mode torch` with no --model reads the shipped torch.model, not silently the .npz."""
+    import numpy as np
+    import ece662.io as io
+    from ece662.pruning_helper import load_model
+    read = []
+    real = io.read_torch_state_dict
+    monkeypatch.setattr(io, "read_torch_state_dict", lambda path, *a, **k: read.append(str(path)) or real(path, *a, **k))
+    from_torch = load_model(mode="torch")
+    assert len(read) == 1 and read[0].endswith(os.path.join("models", "torch.model"))
+    for ours, theirs in zip(load_model().parameters(), from_torch.parameters()):
+        np.testing.assert_array_equal(ours, theirs)
+    r = run("evaluate", "--mode", "onnx")
+    assert r.returncode != 0 and "Traceback" not in r.stderr
+    assert "no pretrained model ships as a 'onnx' file" in r.stderr and "save_model" in r.stderr
