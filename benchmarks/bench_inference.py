@@ -1,12 +1,14 @@
-"""Inference of the course CNN: ece662 (kernel v5 and v4) vs PyTorch channels_last vs ONNX Runtime,
+"""Inference of the course CNN: ece662 (kernel v6 and v5) vs PyTorch channels_last vs ONNX Runtime,
 and filter skipping against its FLOP ideal and against torch running the shrunk network.
 
     python benchmarks/bench_inference.py [--images 10000] [--rounds 5] [--threads 2] [--skip-pruning]
+    python benchmarks/bench_inference.py --profile [--batch 500] [--rounds 7]   (per-layer CPU time)
 
 The machine is shared and noisy, so every number is a ratio measured in one run: each round
 times every contender once on the same images, one after the other (torch last, then a pause,
 because its OpenMP threads keep spinning after a call), and the table reports the median over
-rounds of the per-round ratio with its min-max spread.  torch and onnxruntime are benchmark-only
+rounds of the per-round ratio with its min-max spread.  ``--cpu-time`` times the CPU each
+contender used instead of the wall clock, one thread each, for a machine busy with other work.  torch and onnxruntime are benchmark-only
 dependencies (the course CNN is exported with ``torch.onnx.export``).
 """
 import argparse
@@ -24,12 +26,13 @@ from ece662.pruning_helper import load_model
 
 
 THREADS = [2]
+CLOCK = [time.perf_counter]            # --cpu-time: time.process_time
 
 
 def timed(fn):
-    t0 = time.perf_counter()
+    t0 = CLOCK[0]()
     fn()
-    return time.perf_counter() - t0
+    return CLOCK[0]() - t0
 
 
 def batched(f, x, bs):
@@ -79,7 +82,7 @@ def rounds(contenders, n_rounds, torch_names=()):
     for _ in range(n_rounds):
         for name, fn in contenders.items():
             times[name].append(timed(fn))
-            if name in torch_names:
+            if name in torch_names and CLOCK[0] is time.perf_counter:
                 time.sleep(0.3)              # let torch's spinning threads go to sleep
     return {k: np.array(v) for k, v in times.items()}
 
@@ -99,34 +102,35 @@ def dense(args, x):
         def run():
             plan.FUSED_POOL_KERNEL = kernel
             batched(net, x, bs)()
-            plan.FUSED_POOL_KERNEL = "v5"
+            plan.FUSED_POOL_KERNEL = "v6"
         return run
 
     with tempfile.TemporaryDirectory() as folder:
         ort_run, ort_logits = onnx_runner(tnet, x, 500, folder)
         np.testing.assert_allclose(ort_logits, net(x[:8]), rtol=1e-3, atol=1e-4)
-        contenders = {"ece662 v5 batch 128": ece("v5", 128), "ece662 v5 batch 500": ece("v5", 500),
-                      "ece662 v4 batch 500": ece("v4", 500), "onnxruntime batch 500": ort_run,
+        contenders = {"ece662 v6 batch 128": ece("v6", 128), "ece662 v6 batch 500": ece("v6", 500),
+                      "ece662 v5 batch 500": ece("v5", 500), "onnxruntime batch 500": ort_run,
                       "torch channels_last batch 128": torch_runner(tnet, x, 128),
                       "torch channels_last batch 500": torch_runner(tnet, x, 500)}
         t = rounds(contenders, args.rounds, torch_names={"torch channels_last batch 128",
                                                           "torch channels_last batch 500"})
     torch_best = np.minimum(t["torch channels_last batch 128"], t["torch channels_last batch 500"])
-    ece_best = np.minimum(t["ece662 v5 batch 128"], t["ece662 v5 batch 500"])
+    ece_best = np.minimum(t["ece662 v6 batch 128"], t["ece662 v6 batch 500"])
     print(f"Dense inference, {len(x)} images, {args.rounds} interleaved rounds (median, min-max)")
     print(f"{'configuration':<32} {'images/s':>10} {'vs torch best (same round)':>28}")
     for name, v in t.items():
         print(f"{name:<32} {len(x) / np.median(v):10,.0f} {ratio_text(torch_best, v):>28}")
-    print(f"\nece662 v5 best / torch channels_last best: {ratio_text(torch_best, ece_best)}")
-    print(f"ece662 v5 best / onnxruntime:              {ratio_text(t['onnxruntime batch 500'], ece_best)}")
-    print(f"ece662 v5 / v4 (batch 500):                {ratio_text(t['ece662 v4 batch 500'], t['ece662 v5 batch 500'])}")
+    print(f"\nece662 v6 best / torch channels_last best: {ratio_text(torch_best, ece_best)}")
+    print(f"ece662 v6 best / onnxruntime:              {ratio_text(t['onnxruntime batch 500'], ece_best)}")
+    print(f"ece662 v6 / v5 (batch 500):                {ratio_text(t['ece662 v5 batch 500'], t['ece662 v6 batch 500'])}")
 
 
 def pruning(args, x):
     """Filter pruning of both convs at 25/50/75%: skipping (live-only, kernels='auto') vs the dense
     kernels on the masked weights, against the FLOP ideal, and vs torch running the shrunk net."""
     print(f"\nFilter skipping, {len(x)} images, batch 500, {args.rounds} interleaved rounds")
-    print(f"{'pruned':>7} {'FLOP ideal':>11} {'skip vs dense':>22} {'% of ideal':>11} {'skip vs torch shrunk':>24}")
+    print(f"{'pruned':>7} {'FLOP ideal':>11} {'skip vs dense':>22} {'% of ideal':>11} {'skip vs torch shrunk':>24} "
+          f"{'shrunk vs dense':>22} {'shrunk vs torch shrunk':>24}")
     for amount in (0.25, 0.5, 0.75):
         model = load_model()
         for m in (model.conv1, model.conv2):
@@ -137,11 +141,58 @@ def pruning(args, x):
         total = prune.report(model, verbose=False)[-1]
         ideal = total["flops_dense"] / total["flops_skip"]
         tsmall = torch_net(small.state_dict(), (small.conv1.out_channels, small.conv2.out_channels))
-        t = rounds({"dense": batched(twin, x, 500), "skip": batched(model, x, 500),
+        t = rounds({"dense": batched(twin, x, 500), "skip": batched(model, x, 500), "shrunk": batched(small, x, 500),
                     "torch": torch_runner(tsmall, x, 500)}, args.rounds, torch_names={"torch"})
         speed = np.median(t["dense"] / t["skip"])
         print(f"{amount:>7.0%} {ideal:>10.2f}x {ratio_text(t['dense'], t['skip']):>22} "
-              f"{speed / ideal:>10.0%} {ratio_text(t['torch'], t['skip']):>24}")
+              f"{speed / ideal:>10.0%} {ratio_text(t['torch'], t['skip']):>24} "
+              f"{ratio_text(t['dense'], t['shrunk']):>22} {ratio_text(t['torch'], t['shrunk']):>24}")
+
+
+def profile(args, x):
+    """Where an eval forward's time goes, per step of the plan, for the dense model, the model with
+    25/50/75% of both convs' filters pruned (live-only path) and its shrunk network, and the shipped
+    filters-50.  CPU time of one thread (``time.process_time``, numba at 1 thread), so other processes
+    on the machine do not count; median of ``--rounds`` runs after a warm-up, in ms per batch."""
+    import numba
+    from ece662.models import load_named
+    numba.set_num_threads(1)
+    xb = x[:args.batch]
+    models = {"dense": load_model().eval()}
+    for amount in (0.25, 0.5, 0.75):
+        m = load_model()
+        for layer in (m.conv1, m.conv2):
+            prune.ln_structured(layer, "weight", amount=amount, n=2, dim=0)
+        models[f"skip {amount:.0%}"] = m.eval()
+        models[f"shrunk {amount:.0%}"] = prune.shrink(m).eval()
+    models["filters-50"] = load_named("filters-50").eval()
+
+    def cpu_ms(f):
+        f()
+        ts = []
+        for _ in range(args.rounds):
+            t0 = time.process_time()
+            f()
+            ts.append(time.process_time() - t0)
+        return 1e3 * float(np.median(ts))
+
+    print(f"\nProfile of one eval forward, batch {len(xb)}: CPU ms of 1 thread (median of {args.rounds}); "
+          f"kernel {plan.FUSED_POOL_KERNEL} for conv + ReLU + pool")
+    print(f"{'model':<12} {'total':>7} {'checks':>7} {'plan':>6} {'conv1':>7} {'conv2':>7} {'fc':>6} {'rest':>6}")
+    for name, m in models.items():
+        p = m.plan(xb.shape[1:])
+        row = {"total": cpu_ms(lambda: m(xb)), "checks": cpu_ms(lambda: m.conv1.check_input(xb)),
+               "plan": cpu_ms(lambda: m.plan(xb.shape[1:]))}
+        h, steps = xb, {}
+        for s_ in p.steps:
+            steps[s_.names[0]] = cpu_ms(lambda: plan._run_step(s_, h))
+            h = plan._run_step(s_, h)
+        row.update(conv1=steps["conv1"], conv2=steps["conv2"], fc=steps["fc"])
+        row["rest"] = row["total"] - sum(row[k] for k in ("checks", "plan", "conv1", "conv2", "fc"))
+        print(f"{name:<12} " + " ".join(f"{row[k]:>{w}.2f}" for k, w in
+                                        (("total", 7), ("checks", 7), ("plan", 6), ("conv1", 7), ("conv2", 7),
+                                         ("fc", 6), ("rest", 6))))
+    numba.set_num_threads(args.threads)
 
 
 def main():
@@ -149,15 +200,30 @@ def main():
     ap.add_argument("--images", type=int, default=10000)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--skip-pruning", action="store_true")
+    ap.add_argument("--profile", action="store_true",
+                    help="only the per-layer profile (CPU time of one thread) with kernel v5 and v6")
+    ap.add_argument("--batch", type=int, default=500, help="batch of the profile")
     ap.add_argument("--threads", type=int, default=2, help="threads for every contender (numba, torch, ort)")
+    ap.add_argument("--cpu-time", action="store_true",
+                    help="time the CPU the process used (time.process_time), one thread each: on a machine "
+                         "shared with other work, waiting for a core then does not count")
     args = ap.parse_args()
+    if args.cpu_time:
+        args.threads, CLOCK[0] = 1, time.process_time
     import numba
     import torch
     THREADS[0] = args.threads
     numba.set_num_threads(args.threads)
     torch.set_num_threads(args.threads)
-    print(f"{args.threads} thread(s) each; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
+    print(f"{args.threads} thread(s) each; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores"
+          + ("; CPU time" if args.cpu_time else "; wall-clock time"))
     x = np.random.default_rng(0).standard_normal((args.images, 3, 32, 32)).astype(np.float32)
+    if args.profile:
+        for kernel in ("v5", "v6"):
+            plan.FUSED_POOL_KERNEL = kernel
+            profile(args, x)
+        plan.FUSED_POOL_KERNEL = "v6"
+        return
     dense(args, x)
     if not args.skip_pruning:
         pruning(args, x)

@@ -269,6 +269,8 @@ g = fn.global_avgpool_forward_numba(x)
 np.testing.assert_allclose(fn.global_avgpool_backward_numba(g, x), ref.global_avgpool_backward_reference(g, x), rtol=1e-5)
 np.testing.assert_allclose(fn.conv2d_relu_maxpool2_tiled(x, w, b, 1), fn.conv2d_relu_maxpool2_numba(x, w, b, 1),
                            rtol=1e-4, atol=1e-4)
+np.testing.assert_allclose(fn.conv2d_relu_maxpool2_lanes(x, w, b, 1), fn.conv2d_relu_maxpool2_numba(x, w, b, 1),
+                           rtol=1e-4, atol=1e-4)
 m, v = fn.batchnorm_batch_stats_numba(x)
 gamma = np.ones(3, np.float32)
 np.testing.assert_allclose(fn.batchnorm_forward_numba(x, gamma, gamma, m, v),
@@ -336,25 +338,41 @@ FUSED_POOL_CASES = [c for c in STRIDE1_CASES if conv_output_size(c[2], c[5], 1, 
                     and conv_output_size(c[3], c[6], 1, c[8]) >= 2] + [
     (2, 3, 9, 11, 17, 3, 3, 1, 1),      # 17 filters: a second, mostly padded block of 16 lanes
     (1, 2, 6, 5, 40, 2, 2, 1, 0),       # 40 filters = 2 blocks of 16 + the 8-wide tail tile, odd width
-    (2, 3, 8, 8, 24, 3, 3, 1, 0)]       # 24 filters = 16 + the 8-wide tail
+    (2, 3, 8, 8, 24, 3, 3, 1, 0),       # 24 filters = 16 + the 8-wide tail
+    (2, 2, 7, 11, 8, 3, 3, 1, 0),       # 8 filters only (the tail tile), an odd number of blocks per row
+    (1, 3, 3, 5, 5, 2, 2, 1, 0),        # one block per row: v6's 8-position tile gets a spare block
+    (2, 3, 4, 4, 9, 3, 3, 1, 1),        # 9 filters: the 8-wide tile with one filter, padding
+    (1, 4, 32, 32, 12, 5, 5, 1, 0)]     # conv1's shape with 12 filters
 
 
+@pytest.mark.parametrize("kernel", ["v5", "v6"])
 @pytest.mark.parametrize("dead", ["none", "odd", "all"])
 @pytest.mark.parametrize("case", FUSED_POOL_CASES, ids=str)
-def test_tiled_conv_relu_pool_v5_matches_the_three_references(case, dead, rng):
-    """Kernel v5 (filters as vector lanes) equals reference conv, ReLU, 2x2 max pooling, with dead
-    filters left out of the packing (their planes are relu(bias))."""
+def test_lanes_conv_relu_pool_v5_v6_match_the_three_references(case, dead, kernel, rng):
+    """Kernels v5 and v6 (filters as vector lanes) equal reference conv, ReLU, 2x2 max pooling, with
+    dead filters left out of the packing (their planes are relu(bias))."""
     x, w, b, _, pad = _conv_inputs(rng, case)
     F = w.shape[0]
     alive = {"none": np.ones(F, bool), "odd": np.arange(F) % 2 == 0, "all": np.zeros(F, bool)}[dead]
     expected = ref.maxpool2d_forward_reference(ref.relu_forward_reference(
         ref.conv2d_forward_reference(x, w * alive[:, None, None, None], b, 1, pad)), 2, 2)
-    assert_close(fn.conv2d_relu_maxpool2_tiled(x, w, b, pad, alive_f=alive), expected,
-                 {"case": case, "dead": dead})
+    run = {"v5": fn.conv2d_relu_maxpool2_tiled, "v6": fn.conv2d_relu_maxpool2_lanes}[kernel]
+    assert_close(run(x, w, b, pad, alive_f=alive), expected, {"case": case, "dead": dead, "kernel": kernel})
 
 
-def test_tiled_kernel_v5_is_vectorised(tmp_path):
-    """v5's tiles (16 and 8 filters wide) compile to packed vector FMAs only (no scalar FMA).
+def test_v6_uses_weights_packed_once_and_leaves_inputs_alone(rng):
+    """v6 with the plan's packing equals v6 packing itself; x, w, b are not modified."""
+    x, w, b, _, _ = _conv_inputs(rng, (3, 5, 9, 10, 24, 3, 3, 1, 0))
+    before = [a.copy() for a in (x, w, b)]
+    packed = fn.pack_filters_lanes(w, b)
+    assert_close(fn.conv2d_relu_maxpool2_lanes(x, w, b, packed=packed), fn.conv2d_relu_maxpool2_lanes(x, w, b),
+                 "packed once")
+    for a, a0 in zip((x, w, b), before):
+        np.testing.assert_array_equal(a, a0)
+
+
+def test_lanes_kernels_v5_v6_are_vectorised(tmp_path):
+    """v5's and v6's tiles (16 and 8 filters wide) compile to packed vector FMAs only (no scalar FMA).
     Compiled afresh in a subprocess (numba cannot show the assembly of cached code)."""
     import subprocess
     import sys
@@ -365,15 +383,18 @@ import re
 import numpy as np
 from ece662.layers import functional as fn, kernels
 fn.conv2d_relu_maxpool2_tiled(np.ones((1, 2, 6, 6), np.float32), np.ones((24, 2, 3, 3), np.float32), None)
-k = kernels.conv2d_relu_pool2_tiled
-asm = k.inspect_asm(k.signatures[0])
-print(len(re.findall(r"vfmadd\\w*ps\\s+\\S*%[yz]mm", asm)), len(re.findall(r"vfmadd\\w*ss", asm)))
+fn.conv2d_relu_maxpool2_lanes(np.ones((1, 2, 6, 6), np.float32), np.ones((24, 2, 3, 3), np.float32), None)
+for k in (kernels.conv2d_relu_pool2_tiled, kernels.conv2d_relu_pool2_lanes):
+    asm = k.inspect_asm(k.signatures[0])
+    print(len(re.findall(r"vfmadd\\w*ps\\s+\\S*%[yz]mm", asm)), len(re.findall(r"vfmadd\\w*ss", asm)))
 """
     env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path))
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600)
     assert r.returncode == 0, r.stderr
-    packed, scalar = map(int, r.stdout.split())
-    assert packed >= 8 + 4 and scalar == 0, f"{packed} packed and {scalar} scalar FMAs"
+    # per tap: v5 8 (16 filters x 4 positions) + 4 (8 x 4); v6 8 + 8 (8 filters x 8 positions)
+    for (name, least), line in zip((("v5", 8 + 4), ("v6", 8 + 8)), r.stdout.splitlines()):
+        packed, scalar = map(int, line.split())
+        assert packed >= least and scalar == 0, f"{name}: {packed} packed and {scalar} scalar FMAs"
 
 
 # ----------------------------------------------------------------------------- leaky relu, average pools

@@ -286,6 +286,60 @@ def conv2d_relu_maxpool2_tiled(x, w, b, pad=0, alive_f=None):
     return out
 
 
+def tap_offsets(C, HH, WW, Hp, Wp):
+    """``(K,)`` uint64: where tap k = (c, kh, kw) of output position (0, 0) sits in a flattened
+    padded image (C, Hp, Wp), ``c*Hp*Wp + kh*Wp + kw``; position (i, j) adds ``i*Wp + j``.
+    Unsigned, so numba indexes with them without checking for negative indices."""
+    c, kh, kw = np.meshgrid(np.arange(C), np.arange(HH), np.arange(WW), indexing="ij")
+    return (c * (Hp * Wp) + kh * Wp + kw).reshape(-1).astype(np.uint64)
+
+
+def conv2d_relu_maxpool2_lanes(x, w, b, pad=0, alive_f=None, packed=None):
+    """Conv (stride 1) + ReLU + 2x2 max pooling, kernel v6: v5's tiles reading the image itself.
+
+    Same signature and result as :func:`conv2d_relu_maxpool2_tiled`; no patch matrix is built
+    (the taps are offsets into the flattened padded image), and the last 1-8 filters run in a
+    tile of 8 positions x 8 filters.  ``packed`` may carry :func:`pack_filters_lanes` of the
+    live filters (a plan packs once).
+
+    Examples
+    --------
+    >>> x = np.arange(16, dtype=np.float32).reshape(1, 1, 4, 4)
+    >>> w = np.ones((1, 1, 1, 1), dtype=np.float32)
+    >>> conv2d_relu_maxpool2_lanes(x, w, np.array([-6.0], np.float32))[0, 0]
+    array([[0., 1.],
+           [7., 9.]], dtype=float32)
+    """
+    where = "conv2d_relu_maxpool2_lanes"
+    x, w, b = _check_conv_args(x, w, b, where)
+    N, C, H, W = x.shape
+    F, _, HH, WW = w.shape
+    H_out, W_out = conv_output_size(H, HH, 1, pad), conv_output_size(W, WW, 1, pad)
+    if H_out < 2 or W_out < 2:
+        raise ValueError(f"{where}: the conv output {H_out}x{W_out} is too small for 2x2 pooling")
+    alive_f = _alive(alive_f, F, "alive_f", where)
+    Hq, Wq = H_out // 2, W_out // 2
+    if not alive_f.all():
+        out = np.empty((N, F, Hq, Wq), dtype=np.float32)
+        out[:, ~alive_f] = np.maximum(b[~alive_f], 0)[None, :, None, None]
+        if alive_f.any():
+            out[:, alive_f] = conv2d_relu_maxpool2_lanes(x, w[alive_f], b[alive_f], pad)
+        return out
+    # the 8-wide tile covers two blocks: a single column of blocks gets a second, thrown away
+    extra = 2 if Wq == 1 else 0
+    xp = x if pad == 0 and not extra else np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad + extra)))
+    xp = np.ascontiguousarray(xp)
+    Hp, Wp = xp.shape[2], xp.shape[3]
+    wp, bp, wt, bt = packed if packed is not None else pack_filters_lanes(w, b)
+    out = np.empty((N, F, Hq, Wq + extra // 2), dtype=np.float32)
+    if F and N:
+        T = min(_threads(), N)
+        with _slp_vectorizer():
+            kernels.conv2d_relu_pool2_lanes(xp.reshape(N, C * Hp * Wp), tap_offsets(C, HH, WW, Hp, Wp), Wp,
+                                            wp, bp, wt, bt, F, np.empty((T, 16), np.float32), out)
+    return np.ascontiguousarray(out[..., :Wq]) if extra else out
+
+
 class _slp_vectorizer:
     """Compile what runs inside with LLVM's SLP vectoriser on (numba's default is off): kernel
     v5's tile of scalar sums only becomes vector registers with it.  A kernel already compiled

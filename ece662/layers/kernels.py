@@ -37,6 +37,17 @@ conv forward
        ``fastmath={"contract"}`` (FMAs, no reassociation) keeps the loop vectoriser from
        turning k into a reduction instead.  The live filters alone are packed, so filter
        skipping costs nothing beyond packing.
+    v6 ``conv2d_relu_pool2_lanes`` v5 without the patch matrix, the one the plan uses.  Copying
+       the receptive fields costs one load and one store per tap and position whatever the
+       filters: for conv1 (75 taps) at 8 live filters that is as many moves as multiply-adds.
+       But a patch-matrix row is only a way to find tap k of position (i, j): in the padded
+       image flattened to one vector it sits at ``i*Wp + j + offs[k]`` with
+       ``offs[k] = c*Hp*Wp + kh*Wp + kw``, so the tile broadcasts straight from the image
+       (uint64 offsets: numba adds no negative-index check).  The 1-8 filters left over after
+       the 16-wide blocks get a tile of their own, 8 positions (two neighbouring 2x2 blocks) x
+       8 filters: still eight independent 8-lane sums, which is what keeps both FMA units busy
+       (an FMA's result is ready 4 cycles later, two start per cycle), at one broadcast per FMA
+       (the 16-wide tile needs one per two).
     v1 and v2 take ``alive_f`` (F,) and ``alive_c`` (C,) boolean vectors and skip dead output
     filters and dead input channels outright; v3 and v4 take the lists of live filters
     ``fidx``, dead filters ``didx`` and live channels ``cidx`` instead (their tiles walk over
@@ -886,3 +897,172 @@ def batchnorm_backward(dout3, x3, mean, inv_std, gamma, dx, dgamma, dbeta):
             for i in range(S):
                 xhat = (x3[n, c, i] - mean[c]) * inv_std[c]
                 dx[n, c, i] = k * (M * dout3[n, c, i] - sb - xhat * sg)
+
+
+# ============================================================================ conv forward v6 (no patch matrix)
+@njit(parallel=True, cache=True, fastmath={"contract"})
+def conv2d_relu_pool2_lanes(xflat, offs, Wp, wp, bp, wt, bt, F, tmp, out):
+    """v6. v5's fused conv (stride 1) + bias + ReLU + 2x2/2 max pool without a patch matrix.
+
+    xflat: (N, C*Hp*Wp) the padded images, each flattened; offs: (K,) uint64, the offset of tap
+    k = (c, kh, kw) in a flattened image, c*Hp*Wp + kh*Wp + kw, so output position (i, j) reads
+    ``x[i*Wp + j + offs[k]]``; wp (K, Fb, 16), bp (Fb, 16), wt (K, 8), bt (8,) as in v5; tmp: (T, 16);
+    out: (N, F, H'//2, W'//2).
+    Tiles: 4 positions (one 2x2 block) x 16 filters, as in v5; and the last 1-8 filters in a tile of
+    8 positions (two neighbouring blocks) x 8 filters, so that it too keeps eight accumulators in
+    flight (an FMA takes 4 cycles and two issue per cycle: fewer independent sums leave the units idle).
+    """
+    N = xflat.shape[0]
+    K, Fb, _ = wp.shape
+    _, _, Hq, Wq = out.shape
+    T = tmp.shape[0]
+    zero = np.float32(0.0)
+    one, two, three = np.uint64(1), np.uint64(2), np.uint64(3)   # unsigned, like the offsets
+    chunk = (N + T - 1) // T
+    for t in prange(T):
+        best = tmp[t]
+        for n in range(t * chunk, min(N, (t + 1) * chunk)):
+            x = xflat[n]
+            for bi in range(Hq):
+                for bj in range(Wq):
+                    p0 = 2 * bi * Wp + 2 * bj            # the block's top-left position in x
+                    r0 = x[p0:]                          # the four positions' views: tap k of
+                    r1 = x[p0 + 1:]                      # position q is rq[offs[k]]
+                    r2 = x[p0 + Wp:]
+                    r3 = x[p0 + Wp + 1:]
+                    for fb in range(Fb):
+                        s0_0 = s0_1 = s0_2 = s0_3 = s0_4 = s0_5 = s0_6 = s0_7 = zero
+                        s0_8 = s0_9 = s0_10 = s0_11 = s0_12 = s0_13 = s0_14 = s0_15 = zero
+                        s1_0 = s1_1 = s1_2 = s1_3 = s1_4 = s1_5 = s1_6 = s1_7 = zero
+                        s1_8 = s1_9 = s1_10 = s1_11 = s1_12 = s1_13 = s1_14 = s1_15 = zero
+                        s2_0 = s2_1 = s2_2 = s2_3 = s2_4 = s2_5 = s2_6 = s2_7 = zero
+                        s2_8 = s2_9 = s2_10 = s2_11 = s2_12 = s2_13 = s2_14 = s2_15 = zero
+                        s3_0 = s3_1 = s3_2 = s3_3 = s3_4 = s3_5 = s3_6 = s3_7 = zero
+                        s3_8 = s3_9 = s3_10 = s3_11 = s3_12 = s3_13 = s3_14 = s3_15 = zero
+                        for k in range(K):
+                            w = wp[k, fb]
+                            o = offs[k]
+                            x0 = r0[o]
+                            x1 = r1[o]
+                            x2 = r2[o]
+                            x3 = r3[o]
+                            u = w[0]
+                            s0_0 += x0 * u; s1_0 += x1 * u; s2_0 += x2 * u; s3_0 += x3 * u
+                            u = w[1]
+                            s0_1 += x0 * u; s1_1 += x1 * u; s2_1 += x2 * u; s3_1 += x3 * u
+                            u = w[2]
+                            s0_2 += x0 * u; s1_2 += x1 * u; s2_2 += x2 * u; s3_2 += x3 * u
+                            u = w[3]
+                            s0_3 += x0 * u; s1_3 += x1 * u; s2_3 += x2 * u; s3_3 += x3 * u
+                            u = w[4]
+                            s0_4 += x0 * u; s1_4 += x1 * u; s2_4 += x2 * u; s3_4 += x3 * u
+                            u = w[5]
+                            s0_5 += x0 * u; s1_5 += x1 * u; s2_5 += x2 * u; s3_5 += x3 * u
+                            u = w[6]
+                            s0_6 += x0 * u; s1_6 += x1 * u; s2_6 += x2 * u; s3_6 += x3 * u
+                            u = w[7]
+                            s0_7 += x0 * u; s1_7 += x1 * u; s2_7 += x2 * u; s3_7 += x3 * u
+                            u = w[8]
+                            s0_8 += x0 * u; s1_8 += x1 * u; s2_8 += x2 * u; s3_8 += x3 * u
+                            u = w[9]
+                            s0_9 += x0 * u; s1_9 += x1 * u; s2_9 += x2 * u; s3_9 += x3 * u
+                            u = w[10]
+                            s0_10 += x0 * u; s1_10 += x1 * u; s2_10 += x2 * u; s3_10 += x3 * u
+                            u = w[11]
+                            s0_11 += x0 * u; s1_11 += x1 * u; s2_11 += x2 * u; s3_11 += x3 * u
+                            u = w[12]
+                            s0_12 += x0 * u; s1_12 += x1 * u; s2_12 += x2 * u; s3_12 += x3 * u
+                            u = w[13]
+                            s0_13 += x0 * u; s1_13 += x1 * u; s2_13 += x2 * u; s3_13 += x3 * u
+                            u = w[14]
+                            s0_14 += x0 * u; s1_14 += x1 * u; s2_14 += x2 * u; s3_14 += x3 * u
+                            u = w[15]
+                            s0_15 += x0 * u; s1_15 += x1 * u; s2_15 += x2 * u; s3_15 += x3 * u
+                        bias = bp[fb]
+                        best[0] = max(max(max(s0_0, s1_0), max(s2_0, s3_0)) + bias[0], zero)
+                        best[1] = max(max(max(s0_1, s1_1), max(s2_1, s3_1)) + bias[1], zero)
+                        best[2] = max(max(max(s0_2, s1_2), max(s2_2, s3_2)) + bias[2], zero)
+                        best[3] = max(max(max(s0_3, s1_3), max(s2_3, s3_3)) + bias[3], zero)
+                        best[4] = max(max(max(s0_4, s1_4), max(s2_4, s3_4)) + bias[4], zero)
+                        best[5] = max(max(max(s0_5, s1_5), max(s2_5, s3_5)) + bias[5], zero)
+                        best[6] = max(max(max(s0_6, s1_6), max(s2_6, s3_6)) + bias[6], zero)
+                        best[7] = max(max(max(s0_7, s1_7), max(s2_7, s3_7)) + bias[7], zero)
+                        best[8] = max(max(max(s0_8, s1_8), max(s2_8, s3_8)) + bias[8], zero)
+                        best[9] = max(max(max(s0_9, s1_9), max(s2_9, s3_9)) + bias[9], zero)
+                        best[10] = max(max(max(s0_10, s1_10), max(s2_10, s3_10)) + bias[10], zero)
+                        best[11] = max(max(max(s0_11, s1_11), max(s2_11, s3_11)) + bias[11], zero)
+                        best[12] = max(max(max(s0_12, s1_12), max(s2_12, s3_12)) + bias[12], zero)
+                        best[13] = max(max(max(s0_13, s1_13), max(s2_13, s3_13)) + bias[13], zero)
+                        best[14] = max(max(max(s0_14, s1_14), max(s2_14, s3_14)) + bias[14], zero)
+                        best[15] = max(max(max(s0_15, s1_15), max(s2_15, s3_15)) + bias[15], zero)
+                        for q in range(min(16, F - 16 * fb)):
+                            out[n, 16 * fb + q, bi, bj] = best[q]
+                if F > 16 * Fb:                          # the 8-wide tile: two blocks x 8 filters
+                    for bj0 in range(0, Wq, 2):
+                        bj = min(bj0, Wq - 2)            # odd Wq: the last pair overlaps the one before
+                        p0 = 2 * bi * Wp + 2 * bj
+                        top = x[p0:]                     # the two rows of the two blocks
+                        low = x[p0 + Wp:]
+                        s0_0 = s0_1 = s0_2 = s0_3 = s0_4 = s0_5 = s0_6 = s0_7 = zero
+                        s1_0 = s1_1 = s1_2 = s1_3 = s1_4 = s1_5 = s1_6 = s1_7 = zero
+                        s2_0 = s2_1 = s2_2 = s2_3 = s2_4 = s2_5 = s2_6 = s2_7 = zero
+                        s3_0 = s3_1 = s3_2 = s3_3 = s3_4 = s3_5 = s3_6 = s3_7 = zero
+                        s4_0 = s4_1 = s4_2 = s4_3 = s4_4 = s4_5 = s4_6 = s4_7 = zero
+                        s5_0 = s5_1 = s5_2 = s5_3 = s5_4 = s5_5 = s5_6 = s5_7 = zero
+                        s6_0 = s6_1 = s6_2 = s6_3 = s6_4 = s6_5 = s6_6 = s6_7 = zero
+                        s7_0 = s7_1 = s7_2 = s7_3 = s7_4 = s7_5 = s7_6 = s7_7 = zero
+                        for k in range(K):
+                            w = wt[k]
+                            o = offs[k]
+                            x0 = top[o]
+                            x1 = top[o + one]
+                            x2 = low[o]
+                            x3 = low[o + one]
+                            x4 = top[o + two]
+                            x5 = top[o + three]
+                            x6 = low[o + two]
+                            x7 = low[o + three]
+                            u = w[0]
+                            s0_0 += x0 * u; s1_0 += x1 * u; s2_0 += x2 * u; s3_0 += x3 * u
+                            s4_0 += x4 * u; s5_0 += x5 * u; s6_0 += x6 * u; s7_0 += x7 * u
+                            u = w[1]
+                            s0_1 += x0 * u; s1_1 += x1 * u; s2_1 += x2 * u; s3_1 += x3 * u
+                            s4_1 += x4 * u; s5_1 += x5 * u; s6_1 += x6 * u; s7_1 += x7 * u
+                            u = w[2]
+                            s0_2 += x0 * u; s1_2 += x1 * u; s2_2 += x2 * u; s3_2 += x3 * u
+                            s4_2 += x4 * u; s5_2 += x5 * u; s6_2 += x6 * u; s7_2 += x7 * u
+                            u = w[3]
+                            s0_3 += x0 * u; s1_3 += x1 * u; s2_3 += x2 * u; s3_3 += x3 * u
+                            s4_3 += x4 * u; s5_3 += x5 * u; s6_3 += x6 * u; s7_3 += x7 * u
+                            u = w[4]
+                            s0_4 += x0 * u; s1_4 += x1 * u; s2_4 += x2 * u; s3_4 += x3 * u
+                            s4_4 += x4 * u; s5_4 += x5 * u; s6_4 += x6 * u; s7_4 += x7 * u
+                            u = w[5]
+                            s0_5 += x0 * u; s1_5 += x1 * u; s2_5 += x2 * u; s3_5 += x3 * u
+                            s4_5 += x4 * u; s5_5 += x5 * u; s6_5 += x6 * u; s7_5 += x7 * u
+                            u = w[6]
+                            s0_6 += x0 * u; s1_6 += x1 * u; s2_6 += x2 * u; s3_6 += x3 * u
+                            s4_6 += x4 * u; s5_6 += x5 * u; s6_6 += x6 * u; s7_6 += x7 * u
+                            u = w[7]
+                            s0_7 += x0 * u; s1_7 += x1 * u; s2_7 += x2 * u; s3_7 += x3 * u
+                            s4_7 += x4 * u; s5_7 += x5 * u; s6_7 += x6 * u; s7_7 += x7 * u
+                        best[0] = max(max(max(s0_0, s1_0), max(s2_0, s3_0)) + bt[0], zero)
+                        best[1] = max(max(max(s0_1, s1_1), max(s2_1, s3_1)) + bt[1], zero)
+                        best[2] = max(max(max(s0_2, s1_2), max(s2_2, s3_2)) + bt[2], zero)
+                        best[3] = max(max(max(s0_3, s1_3), max(s2_3, s3_3)) + bt[3], zero)
+                        best[4] = max(max(max(s0_4, s1_4), max(s2_4, s3_4)) + bt[4], zero)
+                        best[5] = max(max(max(s0_5, s1_5), max(s2_5, s3_5)) + bt[5], zero)
+                        best[6] = max(max(max(s0_6, s1_6), max(s2_6, s3_6)) + bt[6], zero)
+                        best[7] = max(max(max(s0_7, s1_7), max(s2_7, s3_7)) + bt[7], zero)
+                        best[8] = max(max(max(s4_0, s5_0), max(s6_0, s7_0)) + bt[0], zero)
+                        best[9] = max(max(max(s4_1, s5_1), max(s6_1, s7_1)) + bt[1], zero)
+                        best[10] = max(max(max(s4_2, s5_2), max(s6_2, s7_2)) + bt[2], zero)
+                        best[11] = max(max(max(s4_3, s5_3), max(s6_3, s7_3)) + bt[3], zero)
+                        best[12] = max(max(max(s4_4, s5_4), max(s6_4, s7_4)) + bt[4], zero)
+                        best[13] = max(max(max(s4_5, s5_5), max(s6_5, s7_5)) + bt[5], zero)
+                        best[14] = max(max(max(s4_6, s5_6), max(s6_6, s7_6)) + bt[6], zero)
+                        best[15] = max(max(max(s4_7, s5_7), max(s6_7, s7_7)) + bt[7], zero)
+                        for q in range(F - 16 * Fb):
+                            out[n, 16 * Fb + q, bi, bj] = best[q]
+                            out[n, 16 * Fb + q, bi, bj + 1] = best[8 + q]
+

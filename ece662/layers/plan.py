@@ -20,7 +20,7 @@ One switch decides what runs: ``model.kernels`` (every layer has it; setting it 
 model sets it on every layer)
 
 * ``'auto'`` (default): live-only inference, fusion, and the fastest measured kernel
-  (kernel v5 for conv + ReLU + 2x2 pool, the sparse-taps conv for weights that are at least
+  (kernel v6 for conv + ReLU + 2x2 pool, the sparse-taps conv for weights that are at least
   ``SPARSE_THRESHOLD`` zeros);
 * ``'dense'``: every filter computed with the dense kernels, dead or not ("masks only");
 * ``'reference'``: every layer through its plain-loop twin of ``ece662.layers.reference``
@@ -33,8 +33,8 @@ Examples
 >>> net = default_convnet(seed=0)
 >>> _ = prune.ln_structured(net.conv1, "weight", amount=16, n=2, dim=0)
 >>> print(net.plan((3, 32, 32)))          # doctest: +NORMALIZE_WHITESPACE
-conv1+relu1+pool1  (32, 14, 14)  16/32 filters live, 3/3 input channels -> v5 skip, fused ReLU + 2x2 max pool (fewer than 85% zeros; ReLU and MaxPool2d(2) follow a stride-1 conv)
-conv2+relu2+pool2  (32, 6, 6)    32/32 filters live, 16/32 input channels -> v5 skip, fused ReLU + 2x2 max pool (fewer than 85% zeros; ReLU and MaxPool2d(2) follow a stride-1 conv)
+conv1+relu1+pool1  (32, 14, 14)  16/32 filters live, 3/3 input channels -> v6 skip, fused ReLU + 2x2 max pool (fewer than 85% zeros; ReLU and MaxPool2d(2) follow a stride-1 conv)
+conv2+relu2+pool2  (32, 6, 6)    32/32 filters live, 16/32 input channels -> v6 skip, fused ReLU + 2x2 max pool (fewer than 85% zeros; ReLU and MaxPool2d(2) follow a stride-1 conv)
 flatten            (1152,)
 fc                 (10,)         1152/1152 input features -> linear (kernels='auto')
 """
@@ -55,10 +55,11 @@ MODES = ("auto", "dense", "reference")
 SPARSE_THRESHOLD = 0.85
 
 
-# The kernel for a stride-1 conv followed by ReLU and MaxPool2d(2): v5 (output channels as
-# vector lanes) measured faster than v4 on both layers of the course CNN (benchmarks/RESULTS.md,
-# "Kernel v5"); "v4" here brings the previous kernel back.
-FUSED_POOL_KERNEL = "v5"
+# The kernel for a stride-1 conv followed by ReLU and MaxPool2d(2): v6 (output channels as
+# vector lanes, taps read from the image itself) measured faster than v5 and v5 than v4 on both
+# layers of the course CNN (benchmarks/RESULTS.md, "Inference and kernel v5"); "v5" or "v4" here
+# brings a previous kernel back.
+FUSED_POOL_KERNEL = "v6"
 
 
 def check_mode(value):
@@ -71,7 +72,7 @@ def check_mode(value):
 class KernelChoice(NamedTuple):
     """Which kernel a Conv2d or Linear layer ran, and why (``layer.last_kernel``).
 
-    ``version`` is ``'v3'``, ``'v4'``, ``'v5'``, ``'sparse'``, ``'reference'`` (conv) or ``'linear'``;
+    ``version`` is ``'v3'``, ``'v4'``, ``'v5'``, ``'v6'``, ``'sparse'``, ``'reference'`` (conv) or ``'linear'``;
     ``fused`` names the layers that ran inside the kernel (e.g. ``('ReLU', 'MaxPool2d(2)')``);
     ``live_filters / filters`` and ``live_inputs / inputs`` say how much of the layer was
     computed (input channels for a conv, input features for a linear layer).
@@ -101,7 +102,7 @@ def choose_conv_kernel(mode, w_live, stride, pool2):
     * ``'reference'`` mode: the plain-loop reference;
     * ``'auto'``, stride 1, and at least ``SPARSE_THRESHOLD`` of the live weights zero:
       the sparse-taps kernel (work proportional to the non-zeros);
-    * a fused 2x2 max pool: ``FUSED_POOL_KERNEL`` (v5, or v4: conv + ReLU + pool in one pass);
+    * a fused 2x2 max pool: ``FUSED_POOL_KERNEL`` (v6; v5 or v4: conv + ReLU + pool in one pass);
     * everything else: v3 (register-tiled patches).
     """
     if mode == "reference":
@@ -115,10 +116,11 @@ def choose_conv_kernel(mode, w_live, stride, pool2):
     return "v3", why
 
 
-def run_conv(version, x, w, b, stride, pad, relu=False, pool2=False, alive_f=None):
+def run_conv(version, x, w, b, stride, pad, relu=False, pool2=False, alive_f=None, packed=None):
     """Run one conv kernel; ``relu`` / ``pool2`` apply a ReLU / 2x2 max pool after it.
 
-    ``alive_f`` (v3 only) marks filters to compute; the others output their bias.
+    ``alive_f`` (v3 only) marks filters to compute; the others output their bias.  ``packed``
+    (v6 only): the weights already packed for it (``functional.pack_filters_lanes``).
     """
     if version == "reference":
         out = ref.conv2d_forward_reference(x, w, b, stride, pad)
@@ -130,6 +132,8 @@ def run_conv(version, x, w, b, stride, pad, relu=False, pool2=False, alive_f=Non
         if relu:
             np.maximum(out, 0, out=out)
         return fn.maxpool2d_forward_numba(out, 2, 2) if pool2 else out
+    if version == "v6":
+        return fn.conv2d_relu_maxpool2_lanes(x, w, b, pad, packed=packed)
     if version == "v5":
         return fn.conv2d_relu_maxpool2_tiled(x, w, b, pad, alive_f=alive_f)
     if version == "v4":
@@ -171,6 +175,7 @@ class Step:
     kernel : KernelChoice       for 'conv' and 'linear' steps
     weight, bias                what the kernel multiplies: live filters x live inputs, with the
                                 constant inputs folded into the bias
+    packed                      ``weight`` and ``bias`` packed for kernel v6, once per plan
     out_shape : tuple           the full output shape for one input (batch axis 1)
     """
 
@@ -178,7 +183,7 @@ class Step:
         self.names, self.op, self.module = tuple(names), op, module
         self.live_in, self.const_in, self.full_input = live_in, const_in, full_input
         self.live_out, self.const_out = None, None
-        self.kernel, self.weight, self.bias, self.fused = None, None, None, ()
+        self.kernel, self.weight, self.bias, self.fused, self.packed = None, None, None, (), None
         self.out_shape = None
 
     def describe(self):
@@ -378,6 +383,8 @@ def _conv_step(group, mode, live, const):
              else np.ones(conv.out_channels, bool))
     step.weight, step.bias = np.ascontiguousarray(w[alive]), np.ascontiguousarray(b[alive])
     version, reason = choose_conv_kernel(mode, step.weight, conv.stride, pool2)
+    if version == "v6":
+        step.packed = fn.pack_filters_lanes(step.weight, step.bias)
     step.fused = tuple(fused)
     names += (["ReLU"] if relu else []) + (["2x2 max pool"] if pool2 else [])
     step.kernel = KernelChoice(version, tuple(names), int(alive.sum()), conv.out_channels, w.shape[1],
@@ -432,7 +439,7 @@ def _run_step(s, x):
     m = s.module
     if s.op == "conv":
         out = run_conv(s.kernel.version, x, s.weight, s.bias, m.stride, m.padding,
-                       relu="ReLU" in s.kernel.fused, pool2="2x2 max pool" in s.kernel.fused)
+                       relu="ReLU" in s.kernel.fused, pool2="2x2 max pool" in s.kernel.fused, packed=s.packed)
         m.last_kernel = s.kernel
         return out
     if s.op == "linear" or (s.op == "reference" and s.kernel is not None):
