@@ -246,3 +246,27 @@ def test_compare_many_refuses_a_comparison_without_a_model_to_time():
         timing.PairedTimer(warn=False).compare_many({"x": {"dense": lambda: None}})
     with pytest.raises(ValueError, match="at least one comparison"):
         timing.PairedTimer(warn=False).compare_many({})
+
+
+def test_a_sweep_times_its_rows_together_at_the_end_with_the_same_columns():
+    """Setup(spread_timing=True): rows come out without speed, time_all() fills every one with the columns
+    a row timed on its own has; the models are kept only until then."""
+    from ece662 import experiments as E
+    from ece662.models import default_convnet
+    model = default_convnet(seed=0).eval()
+    X = np.random.default_rng(0).standard_normal((8, 3, 32, 32)).astype(np.float32)
+    y = np.zeros(8, int)
+    spread = E.Setup(X, y, timing_images=8, timing_repeats=3, spread_timing=True)
+    alone = E.Setup(X, y, timing_images=8, timing_repeats=3)
+    rows = E.unstructured_sweep(model, amounts=(0.5,), setup=spread) + E.structured_sweep(model, amounts=(0.5,),
+                                                                                          setup=spread)
+    assert all("speedup" not in r for r in rows) and len(spread.pending) == 2
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)             # a busy machine may warn; not the point here
+        assert spread.time_all() == rows
+        reference = E.unstructured_sweep(model, amounts=(0.5,), setup=alone)[0]
+    assert spread.pending == [] and spread.time_all() == []
+    for r in rows:
+        assert set(r) == set(reference)
+        assert r["speedup_low"] <= r["speedup"] <= r["speedup_high"] and r["timing_rounds"] == 3
+    assert rows[1]["dead_filters"] > 0 and "skip" in rows[1]["kernels"]
