@@ -9,10 +9,11 @@ modified.  A record is a flat dict (one row of the sweep's CSV):
 ``sparsity_<layer>, params_nonzero, dead_filters`` -- where the zeros are;
 ``flops_dense, flops_skip, flops_nonzero`` -- per image, from ``ece662.pruning.report``;
 ``flop_ideal`` -- dense FLOPs over the FLOPs left (the most any kernel could gain);
-``speedup, speedup_iqr_low, speedup_iqr_high, speedup_flag`` -- the pruned model (the kernels
-ece662 picks) against the unpruned model on the dense kernels, timed interleaved and repeated
-(``ece662.timing``): median ratio, its interquartile range, and why not to trust it ("" if fine);
-``masks_only`` (same four columns) -- the dense kernels on the masked weights, against the same;
+``speedup, speedup_low, speedup_high, speedup_iqr_low, speedup_iqr_high, speedup_flag`` -- the
+pruned model (the kernels ece662 picks) against the unpruned model on the dense kernels, timed
+interleaved and repeated (``ece662.timing``): median ratio, the interval a rerun's median lands
+in 19 times in 20, the single rounds' interquartile range, and why not to trust it ("" if fine);
+``masks_only`` (same six columns) -- the dense kernels on the masked weights, against the same;
 ``images_per_s_dense, images_per_s_pruned`` -- median throughputs of the unpruned and pruned
 model in those rounds (secondary: unpaired, they move with the machine's load); ``kernels``;
 ``accuracy_finetuned`` (and per origin), ``finetune_epochs`` -- after fine-tuning with the masks held, if asked;
@@ -90,6 +91,26 @@ def images_per_second(model, X, batch_size=500, repeats=3):
     return len(X) / float(np.median(runs["m"]))
 
 
+def _comparison(model, reference):
+    """The three models a speed row times: the reference's dense twin, ``model``'s dense twin
+    ("masks only") and ``model`` itself."""
+    return {"dense": dense_twin(reference), "masks_only": dense_twin(model), "pruned": model.eval()}
+
+
+def _speed_columns(r, null, ideal):
+    """A row's speed columns from ``compare``'s ``{name: Ratio}``; ``null``: the model is the reference."""
+    if null:                    # the unpruned model against itself: a null experiment, 1x within its noise
+        r["pruned"].check(same_work=True)
+    else:
+        r["pruned"].check(ideal=ideal)
+    r["masks_only"].check(same_work=True)
+    cols = timing.speedup_columns(r["pruned"], "speedup")
+    cols.update(timing.speedup_columns(r["masks_only"], "masks_only"))
+    cols["images_per_s_dense"] = r["dense"].images_per_s
+    cols["images_per_s_pruned"] = r["pruned"].images_per_s
+    return cols
+
+
 def speedups(model, reference, X, timer=None, ideal=None):
     """How much faster ``model`` runs than the unpruned ``reference`` on the dense kernels.
 
@@ -100,17 +121,7 @@ def speedups(model, reference, X, timer=None, ideal=None):
     ``ideal`` or a masks-only ratio outside its noise band is flagged.
     """
     timer = timer or timing.PairedTimer()
-    r = timer.compare({"dense": dense_twin(reference), "masks_only": dense_twin(model), "pruned": model.eval()}, X)
-    if model is reference:      # the unpruned model against itself: a null experiment, 1x within its noise
-        r["pruned"].check(same_work=True)
-    else:
-        r["pruned"].check(ideal=ideal)
-    r["masks_only"].check(same_work=True)
-    cols = timing.speedup_columns(r["pruned"], "speedup")
-    cols.update(timing.speedup_columns(r["masks_only"], "masks_only"))
-    cols["images_per_s_dense"] = r["dense"].images_per_s
-    cols["images_per_s_pruned"] = r["pruned"].images_per_s
-    return cols
+    return _speed_columns(timer.compare(_comparison(model, reference), X), model is reference, ideal)
 
 
 class Setup:
@@ -124,6 +135,12 @@ class Setup:
         How many test images the speed columns are measured on (0 turns timing off).
     timing_repeats : int
         Interleaved rounds per pruned model (``ece662.timing.PairedTimer``).
+    spread_timing : bool
+        Time later: :meth:`record` leaves the speed columns out and keeps the model, and
+        :meth:`time_all` measures every kept model at once, its rounds spread over the whole
+        measurement (``PairedTimer.compare_many``), so a load change during the run lands in
+        every row's interval instead of biasing the rows measured while it lasted (the sweep
+        does this).  Off: each row is timed as it is made (rounds within a few seconds).
     finetune_data : (X_uint8_NHWC, y), optional
         Training images for fine-tuning (``Trainer`` input).
     finetune_epochs : int
@@ -132,10 +149,12 @@ class Setup:
     """
 
     def __init__(self, X, y, origin=None, batch_size=1000, timing_images=500, finetune_data=None,
-                 finetune_epochs=0, finetune_lr=0.01, seed=0, progress=False, timing_repeats=7):
+                 finetune_epochs=0, finetune_lr=0.01, seed=0, progress=False, timing_repeats=7,
+                 spread_timing=False):
         self.X, self.y, self.origin, self.batch_size = X, np.asarray(y), origin, batch_size
         self.timing_X = np.asarray(X[:timing_images]) if timing_images else None
         self.timer = timing.PairedTimer(repeats=timing_repeats) if timing_images else None
+        self.spread_timing, self.pending = spread_timing, []
         self.finetune_data, self.finetune_epochs = finetune_data, finetune_epochs
         self.finetune_lr, self.seed, self.progress = finetune_lr, seed, progress
 
@@ -164,14 +183,37 @@ class Setup:
         rec["test_images"] = len(self.y)
         if self.timing_X is not None:
             rec["timing_images"], rec["timing_rounds"] = len(self.timing_X), self.timer.repeats
-            rec.update(speedups(model, reference if reference is not None else model, self.timing_X, self.timer,
-                                ideal=rec["flop_ideal"]))
-            rec["kernels"] = "; ".join(f"{n}: {m.last_kernel}" for n, m in prunable(model, (Conv2d,)))
+            reference = reference if reference is not None else model
+            if self.spread_timing:
+                self.pending.append((rec, model, reference))
+            else:
+                rec.update(speedups(model, reference, self.timing_X, self.timer, ideal=rec["flop_ideal"]))
+                rec["kernels"] = _kernels(model)
         if finetune and self.finetune_data is not None and self.finetune_epochs:
             tuned = self.finetune(copy_model(model))
             rec["finetune_epochs"] = self.finetune_epochs
             rec.update(evaluate(tuned, self.X, self.y, self.batch_size, self.origin, prefix="accuracy_finetuned"))
         return rec
+
+
+    def time_all(self, progress=None):
+        """Measure the speed columns of every row :meth:`record` kept (``spread_timing=True``),
+        all together: round ``i`` times every row's three models once, so each row's rounds are
+        spread over the whole measurement.  Fills the kept records in place; returns them.
+        ``progress`` wraps the range of rounds (e.g. ``tqdm``)."""
+        pending, self.pending = self.pending, []
+        if not pending:
+            return []
+        comparisons = {i: _comparison(model, ref) for i, (_, model, ref) in enumerate(pending)}
+        ratios = self.timer.compare_many(comparisons, self.timing_X, progress=progress)
+        for i, (rec, model, ref) in enumerate(pending):
+            rec.update(_speed_columns(ratios[i], model is ref, rec["flop_ideal"]))
+            rec["kernels"] = _kernels(model)
+        return [rec for rec, _, _ in pending]
+
+
+def _kernels(model):
+    return "; ".join(f"{n}: {m.last_kernel}" for n, m in prunable(model, (Conv2d,)))
 
 
 def _setup(setup, X, y, origin, batch_size):

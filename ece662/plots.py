@@ -110,10 +110,15 @@ def per_layer_sparsity(records, path=None):
     return _save(fig, path, "One line per layer; lines that coincide are drawn slightly apart so none hides another.")
 
 
+def _bounds(r, key):
+    """``(low, high)`` of a speed column: its rerun interval (older results: the interquartile range)."""
+    return (r[f"{key}_low"], r[f"{key}_high"]) if f"{key}_low" in r else (r[f"{key}_iqr_low"], r[f"{key}_iqr_high"])
+
+
 def _errorbar(ax, rs, x, key, color, marker, label, filled=True):
-    """Median with its interquartile range; flagged points hollow and outlined in red."""
+    """Median with its rerun interval as the error bar; flagged points hollow and outlined in red."""
     med = np.array([r[key] for r in rs])
-    err = np.array([[r[key] - r[f"{key}_iqr_low"] for r in rs], [r[f"{key}_iqr_high"] - r[key] for r in rs]])
+    err = np.array([[r[key] - _bounds(r, key)[0] for r in rs], [_bounds(r, key)[1] - r[key] for r in rs]])
     ok = np.array([not r.get(f"{key}_flag") for r in rs])
     x = np.asarray(x)
     if ok.any():
@@ -128,7 +133,8 @@ def speedup_vs_ideal(records, baseline=None, path=None):
     """Measured inference speedup over the unpruned model against the FLOP-count ideal.
 
     Each point is the median of interleaved rounds (pruned model, unpruned model, ...; see
-    ``ece662.timing``) with its interquartile range as the error bar; the dashed line is the
+    ``ece662.timing``) with its rerun interval as the error bar (a rerun's median lands inside
+    it about 19 times in 20; older results: the interquartile range); the dashed line is the
     FLOP ideal (dense FLOPs over the FLOPs left when zero weights and dead filters are
     skipped); grey crosses are "masks only" (the dense kernels on the masked weights, which
     should stay at 1x).  Flagged points (above the ideal, or masks only off 1x by more than
@@ -148,8 +154,8 @@ def speedup_vs_ideal(records, baseline=None, path=None):
             _label_filters(ax, rs, [r["speedup"] for r in rs], color, below="global" in method)
     ax.axhline(1, color="grey", lw=0.8)
     ax.set_yscale("log", base=2)
-    top = max([4.0] + [r["speedup_iqr_high"] * 1.3 for r in timed] + [min(r["flop_ideal"], 64) for r in timed])
-    ax.set_ylim(min([0.5] + [r["masks_only_iqr_low"] * 0.8 for r in timed]), top)
+    top = max([4.0] + [_bounds(r, "speedup")[1] * 1.3 for r in timed] + [min(r["flop_ideal"], 64) for r in timed])
+    ax.set_ylim(min([0.5] + [_bounds(r, "masks_only")[0] * 0.8 for r in timed]), top)
     from matplotlib.ticker import FuncFormatter
     ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}x"))
     ax.set_xlabel("fraction of conv + linear weights that are zero")
@@ -159,8 +165,10 @@ def speedup_vs_ideal(records, baseline=None, path=None):
     keep = [(h, l) for h, l in zip(handles, labels) if l and not l.startswith("_")]
     ax.legend(*zip(*keep), fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     rounds = timed[0].get("timing_rounds") if timed else None
+    bars = ("where a rerun's median lands 19 times in 20" if timed and "speedup_low" in timed[0]
+            else "interquartile range")
     return _save(fig, path, f"Median of {rounds or 'the'} interleaved rounds vs the unpruned model; "
-                 "bars: interquartile range; dashed: FLOP ideal; hollow red: flagged, not a result.")
+                 f"bars: {bars}; dashed: FLOP ideal; hollow red: flagged, not a result.")
 
 
 def conv_filters(conv, path=None, title=None):

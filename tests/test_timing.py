@@ -138,4 +138,135 @@ def test_record_columns():
     r = timing.PairedTimer(repeats=3, clock=clock, warn=False).compare(
         fake(clock, log, dense=[2.0], pruned=[1.0]))["pruned"]
     cols = timing.speedup_columns(r, "speedup")
-    assert cols == {"speedup": 2.0, "speedup_iqr_low": 2.0, "speedup_iqr_high": 2.0, "speedup_flag": ""}
+    assert cols == {"speedup": 2.0, "speedup_low": 2.0, "speedup_high": 2.0, "speedup_iqr_low": 2.0,
+                    "speedup_iqr_high": 2.0, "speedup_flag": ""}
+
+
+def test_gc_is_off_while_timing_and_back_after():
+    """A collection in one model's round would be charged to that model alone."""
+    import gc
+    clock, seen = FakeClock(), []
+
+    def run():
+        clock.now += 1.0
+        seen.append(gc.isenabled())
+    timing.PairedTimer(repeats=3, clock=clock, warn=False).compare({"a": run, "b": run})
+    timing.PairedTimer(repeats=2, clock=clock, warn=False).compare_many({0: {"a": run, "b": run}})
+    assert seen[:2] == [True, True] and not any(seen[2:8])        # warm-ups with it, timed rounds without
+    assert gc.isenabled()
+
+
+def test_compare_many_spreads_every_comparison_over_the_whole_measurement():
+    """Round i times every comparison once (order flipped every round), not one comparison's rounds back to back."""
+    clock, log = FakeClock(), []
+    a = fake(clock, log, dA=[1.0], pA=[0.5])
+    b = fake(clock, log, dB=[1.0], pB=[0.25])
+    r = timing.PairedTimer(repeats=3, clock=clock, warn=False).compare_many({"A": a, "B": b})
+    assert log == (["dA", "pA", "dB", "pB"]                       # warm-ups
+                   + ["dA", "pA", "dB", "pB"] + ["pB", "dB", "pA", "dA"] + ["dA", "pA", "dB", "pB"])
+    assert r["A"]["pA"].median == pytest.approx(2.0) and r["B"]["pB"].median == pytest.approx(4.0)
+    assert r["A"]["dA"].median == pytest.approx(1.0)
+
+
+class LoadedModel:
+    """A fake model whose cost depends on the machine's load at the fake time it runs: ``quiet`` seconds
+    before ``switch``, ``busy`` seconds after (a ratio that itself depends on the load)."""
+
+    def __init__(self, clock, quiet, busy, switch):
+        self.clock, self.quiet, self.busy, self.switch = clock, quiet, busy, switch
+
+    def __call__(self):
+        self.clock.now += self.quiet if self.clock.now < self.switch else self.busy
+
+
+def test_a_load_change_lands_in_every_interval_when_rounds_are_spread():
+    """The machine gets busy half-way, and busy, the pruned model gains less (1.5x instead of 2x).
+
+    Timed one after the other, two identical pruned models come out 2.0x and 1.5x, each with a
+    zero-width interval: each 'agrees' only with itself.  Spread over the whole measurement,
+    both see both halves: each interval holds the other's median."""
+    def models(clock):
+        return {key: {"dense": LoadedModel(clock, 2.0, 3.0, 27.0), "pruned": LoadedModel(clock, 1.0, 2.0, 27.0)}
+                for key in ("first", "second")}
+    clock = FakeClock()
+    timer = timing.PairedTimer(repeats=8, clock=clock, warn=False)
+    one_by_one = {k: timer.compare(m)["pruned"] for k, m in models(clock).items()}
+    assert one_by_one["first"].median == pytest.approx(2.0) and one_by_one["second"].median == pytest.approx(1.5)
+    assert not one_by_one["first"].low <= one_by_one["second"].median <= one_by_one["first"].high
+    clock = FakeClock()
+    spread = {k: r["pruned"] for k, r in
+              timing.PairedTimer(repeats=8, clock=clock, warn=False).compare_many(models(clock)).items()}
+    for a, b in (("first", "second"), ("second", "first")):
+        assert spread[a].low <= spread[b].median <= spread[a].high
+        assert spread[a].low <= 1.5 < 2.0 <= spread[a].high          # both load levels inside
+        assert sorted(set(spread[a].ratios)) == [1.5, 2.0]           # each saw the quiet and the busy half
+
+
+def test_a_rerun_median_lands_inside_the_interval_about_19_times_in_20():
+    """What the interval means, checked by simulation: 400 pairs of runs of 35 noisy rounds (log-normal,
+    skewed, with 5% outliers); the second run's median is inside the first run's interval 90-99% of the time."""
+    rng = np.random.default_rng(1)
+    inside = 0
+    for _ in range(400):
+        runs = []
+        for _ in range(2):
+            r = 1.3 * np.exp(rng.normal(0, 0.08, 35))
+            r[rng.random(35) < 0.05] *= 0.5                       # the odd round when only one side was hit
+            runs.append(r)
+        low, high = timing.rerun_interval(runs[0], samples=500)
+        inside += low <= np.median(runs[1]) <= high
+    assert 0.90 <= inside / 400 <= 0.99
+
+
+def test_the_interquartile_range_alone_is_not_an_interval_for_the_median():
+    """The control for the test above: with few rounds, the IQR of single rounds misses a rerun's median
+    far more often than 1 in 20 -- which is why the sweep reports the rerun interval."""
+    rng = np.random.default_rng(2)
+    miss_iqr = miss_interval = 0
+    for _ in range(400):
+        a, b = (np.exp(rng.normal(0, 0.1, 7)) for _ in range(2))
+        q1, q3 = np.percentile(a, [25, 75])
+        low, high = timing.rerun_interval(a, samples=500)
+        miss_iqr += not q1 <= np.median(b) <= q3
+        miss_interval += not low <= np.median(b) <= high
+    assert miss_iqr / 400 > 0.15 and miss_interval / 400 < 0.10
+
+
+def test_the_interval_is_deterministic_and_holds_the_median():
+    r = [1.1, 0.9, 1.3, 1.0, 1.2, 0.8, 1.05]
+    assert timing.rerun_interval(r) == timing.rerun_interval(r)
+    low, high = timing.rerun_interval(r)
+    assert low <= np.median(r) <= high
+    with pytest.raises(ValueError, match="per-round ratios"):
+        timing.rerun_interval([])
+
+
+def test_compare_many_refuses_a_comparison_without_a_model_to_time():
+    with pytest.raises(ValueError, match="comparison 'x' needs a reference"):
+        timing.PairedTimer(warn=False).compare_many({"x": {"dense": lambda: None}})
+    with pytest.raises(ValueError, match="at least one comparison"):
+        timing.PairedTimer(warn=False).compare_many({})
+
+
+def test_a_sweep_times_its_rows_together_at_the_end_with_the_same_columns():
+    """Setup(spread_timing=True): rows come out without speed, time_all() fills every one with the columns
+    a row timed on its own has; the models are kept only until then."""
+    from ece662 import experiments as E
+    from ece662.models import default_convnet
+    model = default_convnet(seed=0).eval()
+    X = np.random.default_rng(0).standard_normal((8, 3, 32, 32)).astype(np.float32)
+    y = np.zeros(8, int)
+    spread = E.Setup(X, y, timing_images=8, timing_repeats=3, spread_timing=True)
+    alone = E.Setup(X, y, timing_images=8, timing_repeats=3)
+    rows = E.unstructured_sweep(model, amounts=(0.5,), setup=spread) + E.structured_sweep(model, amounts=(0.5,),
+                                                                                          setup=spread)
+    assert all("speedup" not in r for r in rows) and len(spread.pending) == 2
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)             # a busy machine may warn; not the point here
+        assert spread.time_all() == rows
+        reference = E.unstructured_sweep(model, amounts=(0.5,), setup=alone)[0]
+    assert spread.pending == [] and spread.time_all() == []
+    for r in rows:
+        assert set(r) == set(reference)
+        assert r["speedup_low"] <= r["speedup"] <= r["speedup_high"] and r["timing_rounds"] == 3
+    assert rows[1]["dead_filters"] > 0 and "skip" in rows[1]["kernels"]
