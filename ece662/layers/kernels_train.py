@@ -154,6 +154,8 @@ def conv2d_relu_pool2_train(xp, wp, bp, HH, WW, F, scratch, accs, out, code):
     for t in prange(T):
         pat = scratch[t]
         acc = accs[t]
+        best = np.empty(16, np.float32)
+        won = np.empty(16, np.int8)
         for n in range(t * chunk, min(N, (t + 1) * chunk)):
             for bi in range(Hq):
                 fill_patches(xp[n], cidx, HH, WW, 1, 2 * bi, 2, 2 * Wq, W_out, pat)
@@ -161,20 +163,24 @@ def conv2d_relu_pool2_train(xp, wp, bp, HH, WW, F, scratch, accs, out, code):
                     p0 = 2 * bj                  # the block's 4 positions, row-major
                     for fb in range(Fb):
                         tile_4x16(pat[p0], pat[p0 + 1], pat[p0 + W_out], pat[p0 + W_out + 1], wp, fb, K, acc)
-                        for l in range(min(16, F - 16 * fb)):
+                        # epilogue, branch-free so it vectorises (the winner is random: branches
+                        # would mispredict): bias, the block's first maximum, ReLU
+                        for l in range(16):
                             bias = bp[fb, l]
                             z0 = acc[0, l] + bias
                             z1 = acc[1, l] + bias
                             z2 = acc[2, l] + bias
                             z3 = acc[3, l] + bias
                             m = max(max(z0, z1), max(z2, z3))
-                            f = 16 * fb + l
-                            if m > zero:         # the first maximum wins, as in max-pool backward
-                                out[n, f, bi, bj] = m
-                                code[n, f, bi, bj] = 0 if z0 == m else (1 if z1 == m else (2 if z2 == m else 3))
-                            else:                # ReLU: the block outputs 0 and passes no gradient
-                                out[n, f, bi, bj] = zero
-                                code[n, f, bi, bj] = NO_WINNER
+                            c = np.int8(3)
+                            c = np.int8(2) if z2 == m else c
+                            c = np.int8(1) if z1 == m else c
+                            c = np.int8(0) if z0 == m else c
+                            best[l] = max(m, zero)
+                            won[l] = c if m > zero else np.int8(NO_WINNER)
+                        for l in range(min(16, F - 16 * fb)):
+                            out[n, 16 * fb + l, bi, bj] = best[l]
+                            code[n, 16 * fb + l, bi, bj] = won[l]
 
 
 @njit(cache=True, fastmath={"contract"})
@@ -369,7 +375,7 @@ def conv2d_forward_lanes_numba(x, w, b, pad=0):
     return out
 
 
-def conv2d_relu_maxpool2_train(x, w, b, pad=0):
+def conv2d_relu_maxpool2_train(x, w, b, pad=0, alive_f=None):
     """Conv (stride 1) + ReLU + 2x2 max pool for training: the pooled output and ``code``.
 
     ``out`` equals ``maxpool2d_forward_reference(relu_forward_reference(conv2d_forward_reference(
@@ -399,11 +405,19 @@ def conv2d_relu_maxpool2_train(x, w, b, pad=0):
     H_out, W_out = conv_output_size(H, HH, 1, pad), conv_output_size(W, WW, 1, pad)
     if H_out < 2 or W_out < 2:
         raise ValueError(f"{where}: the conv output {H_out}x{W_out} is too small for 2x2 pooling")
+    out = np.empty((N, F, H_out // 2, W_out // 2), dtype=np.float32)
+    code = np.empty(out.shape, dtype=np.int8)
+    if alive_f is not None and not np.all(alive_f):
+        alive_f = np.asarray(alive_f, dtype=bool)
+        dead = ~alive_f
+        out[:, dead] = np.maximum(b[dead], 0)[None, :, None, None]
+        code[:, dead] = np.where(b[dead] > 0, 0, NO_WINNER).astype(np.int8)[None, :, None, None]
+        if alive_f.any():
+            out[:, alive_f], code[:, alive_f] = conv2d_relu_maxpool2_train(x, w[alive_f], b[alive_f], pad)
+        return out, code
     K = C * HH * WW
     wp = pack_lanes(w.reshape(F, K).T)
     bp = _pack_bias(b, wp.shape[1])
-    out = np.empty((N, F, H_out // 2, W_out // 2), dtype=np.float32)
-    code = np.empty(out.shape, dtype=np.int8)
     T = max(1, min(_threads(), N))
     with _slp_vectorizer():
         conv2d_relu_pool2_train(np.ascontiguousarray(_pad(x, pad)), wp, bp, HH, WW, F,
