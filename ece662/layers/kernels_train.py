@@ -63,6 +63,7 @@ from ece662.layers.functional import _check_conv_args, _pad, _slp_vectorizer, _t
 from ece662.layers.kernels import fill_patches
 from ece662.layers.shapes import conv_output_size
 
+DW_POSITIONS = 1024  # about how many positions one dw chunk holds (the tile's t loop; measured: longer is faster)
 NO_WINNER = 4       # ``code`` of a pooling block whose maximum is <= 0: no gradient flows back
 
 
@@ -231,13 +232,14 @@ def gradient_rows(dout, code, pooled, n, i0, rows, W_use, dz):
         for fb in range(Fb):
             for l in range(16):
                 dz[p, fb, l] = 0.0
-    if pooled:
-        bi = i0 // 2                                  # rows i0, i0+1 are one row of blocks
+    if pooled:                                        # rows i0 .. i0+rows-1 are rows//2 rows of blocks
         for f in range(F):
-            for bj in range(W_use // 2):
-                c = code[n, f, bi, bj]
-                if c != NO_WINNER:
-                    dz[(c // 2) * W_use + 2 * bj + c % 2, f // 16, f % 16] = dout[n, f, bi, bj]
+            for a in range(rows // 2):
+                bi = i0 // 2 + a
+                for bj in range(W_use // 2):
+                    c = code[n, f, bi, bj]
+                    if c != NO_WINNER:
+                        dz[(2 * a + c // 2) * W_use + 2 * bj + c % 2, f // 16, f % 16] = dout[n, f, bi, bj]
     else:
         for f in range(F):
             for a in range(rows):
@@ -249,13 +251,14 @@ def gradient_rows(dout, code, pooled, n, i0, rows, W_use, dz):
 def conv2d_weight_grad_lanes(xp, dout, code, pooled, HH, WW, H_use, W_use, patTs, dzs, accs, dw_part, db_part):
     """dw and db, filters as lanes.  xp: (N, C, Hp, Wp); dout, code: see :func:`gradient_rows`;
     H_use x W_use: the conv output positions that can carry gradient (all of them, or the
-    2x2 blocks of the pool); patTs: (T, Kp, 2*W_use) with Kp = K rounded up to 4 (rows K.. zero);
-    dzs: (T, 2*W_use, Fb, 16); accs: (T, 4, 16); dw_part: (T, Kp, Fb, 16) and db_part: (T, Fb, 16),
+    2x2 blocks of the pool); patTs: (T, Kp, R*W_use) for R rows per chunk with Kp = K rounded up to 4 (rows K.. zero);
+    dzs: (T, R*W_use, Fb, 16); accs: (T, 4, 16); dw_part: (T, Kp, Fb, 16) and db_part: (T, Fb, 16),
     zeroed, one slice per thread."""
     N, C = xp.shape[0], xp.shape[1]
     T, Kp, _ = patTs.shape
     Fb = dzs.shape[2]
     K = C * HH * WW
+    R = patTs.shape[2] // W_use                       # rows per chunk (even when pooled)
     chunk = (N + T - 1) // T
     for t in prange(T):
         patT = patTs[t]
@@ -267,8 +270,8 @@ def conv2d_weight_grad_lanes(xp, dout, code, pooled, HH, WW, H_use, W_use, patTs
             for p in range(patT.shape[1]):
                 patT[k, p] = 0.0
         for n in range(t * chunk, min(N, (t + 1) * chunk)):
-            for i0 in range(0, H_use, 2):             # two rows of positions at a time
-                rows = min(2, H_use - i0)
+            for i0 in range(0, H_use, R):             # R rows of positions at a time
+                rows = min(R, H_use - i0)
                 P = rows * W_use
                 gradient_rows(dout, code, pooled, n, i0, rows, W_use, dz)
                 for p in range(P):
@@ -433,12 +436,13 @@ def _weight_grad(d, code, pooled, xp, F, HH, WW, H_use, W_use):
     Kp = -(-K // 4) * 4
     Fb = max(1, -(-F // 16))
     T = max(1, min(_threads(), N))
+    R = min(H_use, max(2, DW_POSITIONS // max(W_use, 1) // 2 * 2))     # rows per chunk, even
     dw_part = np.zeros((T, Kp, Fb, 16), dtype=np.float32)
     db_part = np.zeros((T, Fb, 16), dtype=np.float32)
     with _slp_vectorizer():
         conv2d_weight_grad_lanes(xp, d, code, pooled, HH, WW, H_use, W_use,
-                                 np.zeros((T, Kp, 2 * W_use), np.float32),
-                                 np.zeros((T, 2 * W_use, Fb, 16), np.float32),
+                                 np.zeros((T, Kp, max(R, 1) * W_use), np.float32),
+                                 np.zeros((T, max(R, 1) * W_use, Fb, 16), np.float32),
                                  np.empty((T, 4, 16), np.float32), dw_part, db_part)
     dw = dw_part.sum(axis=0).reshape(Kp, Fb * 16)[:K, :F]
     db = db_part.sum(axis=0).reshape(-1)[:F]
