@@ -1,18 +1,21 @@
 """Training throughput of the course CNN (forward + backward + SGD update), ece662 vs PyTorch CPU.
 
     python benchmarks/bench_train.py [--rounds 7] [--steps 10] [--batch 128] [--threads 2]
+    python benchmarks/bench_train.py --threads 1
     python benchmarks/bench_train.py --profile [--steps 20]
 
 Three contenders run in one process on the same random batch, interleaved: each round runs
 ``--steps`` training steps of every contender (the order rotates from round to round, so none
 always follows torch's still-spinning OpenMP threads), and the per-round ratios are reported as
-median (min-max):
+median (min-max), both per wall-clock second and per CPU second of the process (on a loaded
+machine the second is the steadier; torch's OpenMP threads spin while they wait, which counts
+against it there, so compare with ``--threads 1`` then):
 
 * ``ece662``: what ``model(x)`` / ``model.backward`` do in training (conv + ReLU + 2x2 max pool
   fused, ``ece662.layers.kernels_train``);
 * ``layer by layer``: the same model with every layer run on its own (the path before
   ``kernels_train``: v3 conv, separate ReLU and pool passes);
-* ``torch``: the same network in PyTorch (NCHW), 2 threads, SGD with the same settings.
+* ``torch``: the same network in PyTorch (NCHW), ``--threads`` threads, SGD with the same settings.
 
 ``--profile`` times one ece662 training step piece by piece instead (median of ``--steps``
 steps): per layer and direction, dw and dx separately, loss, optimizer, and the trainer's
@@ -86,22 +89,26 @@ def compare(args, x, y):
         for _ in range(3):
             runs[name]()
     rates = {name: [] for name in names}
+    cpu_rates = {name: [] for name in names}
     for r in range(args.rounds):
         order = names[r % len(names):] + names[:r % len(names)]
         for name in order:
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             for _ in range(args.steps):
                 runs[name]()
             rates[name].append(args.steps * args.batch / (time.perf_counter() - t0))
-    print(f"batch {args.batch}, {args.rounds} rounds x {args.steps} steps, {args.threads} threads; "
+            cpu_rates[name].append(args.steps * args.batch / (time.process_time() - c0))
+    print(f"batch {args.batch}, {args.rounds} rounds x {args.steps} steps, {args.threads} thread(s) each; "
           f"load average before / after: {LOAD0} / {load()}")
-    for name in names:
-        v = np.array(rates[name])
-        print(f"{name:15s}: {np.median(v):8.0f} images/s  (rounds {v.min():.0f}-{v.max():.0f})")
-    base = np.array(rates["ece662"])
-    for name in names[1:]:
-        ratio = base / np.array(rates[name])           # same round: paired
-        print(f"ece662 / {name:14s}: {np.median(ratio):.2f}x  (rounds {ratio.min():.2f}-{ratio.max():.2f})")
+    for label, r in (("wall clock", rates), ("per CPU second (all threads)", cpu_rates)):
+        print(f"-- {label}")
+        for name in names:
+            v = np.array(r[name])
+            print(f"{name:15s}: {np.median(v):8.0f} images/s  (rounds {v.min():.0f}-{v.max():.0f})")
+        base = np.array(r["ece662"])
+        for name in names[1:]:
+            ratio = base / np.array(r[name])           # same round: paired
+            print(f"ece662 / {name:14s}: {np.median(ratio):.2f}x  (rounds {ratio.min():.2f}-{ratio.max():.2f})")
 
 
 def profile(args, x, y):
@@ -167,10 +174,12 @@ def main():
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--batch", type=int, default=128)
-    ap.add_argument("--threads", type=int, default=2, help="torch's threads (numba uses all cores)")
+    ap.add_argument("--threads", type=int, default=2, help="threads of numba and of torch")
     ap.add_argument("--profile", action="store_true")
     args = ap.parse_args()
     LOAD0 = load()
+    import numba
+    numba.set_num_threads(args.threads)
     rng = np.random.default_rng(0)
     x = rng.standard_normal((args.batch, 3, 32, 32)).astype(np.float32)
     y = rng.integers(0, 10, args.batch)
