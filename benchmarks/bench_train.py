@@ -13,8 +13,9 @@ against it there, so compare with ``--threads 1`` then):
 
 * ``ece662``: what ``model(x)`` / ``model.backward`` do in training (conv + ReLU + 2x2 max pool
   fused, ``ece662.layers.kernels_train``);
-* ``layer by layer``: the same model with every layer run on its own (the path before
-  ``kernels_train``: v3 conv, separate ReLU and pool passes);
+* ``layer by layer``: the same model with every layer run on its own (v3 conv forward, separate ReLU
+  and pool passes, the unfused channels-last backward; before 2026-11-25 19:25 the backward was v3's
+  too, and this was exactly the previous training path);
 * ``torch``: the same network in PyTorch (NCHW), ``--threads`` threads, SGD with the same settings.
 
 ``--profile`` times one ece662 training step piece by piece instead (median of ``--steps``
@@ -44,7 +45,7 @@ def ece_step(net, opt, x, y):
 
 
 def layer_by_layer_step(net, opt, x, y):
-    """Every layer on its own (no fusion): what training ran before kernels_train."""
+    """Every layer on its own (no fusion): what training ran before kernels_train (but the backward)."""
     layers = list(net)
     h = x
     for m in layers:

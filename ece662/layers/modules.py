@@ -394,6 +394,9 @@ class Conv2d(Module):
             x, code = self._cache
             dx, dw, db = kt.conv2d_relu_maxpool2_train_backward(dout, code, x, self.weight, self.padding,
                                                                 need_dx=need_dx)
+        elif self.stride == 1 and self.kernels != "reference":   # channels-last tiles: measured faster than v3
+            dx, dw, db = kt.conv2d_backward_lanes_numba(dout, self._cache, self.weight, self.padding,
+                                                        need_dx=need_dx)
         else:
             dx, dw, db = fn.conv2d_backward_numba(dout, self._cache, self.weight, self.stride, self.padding,
                                                   need_dx=need_dx)
