@@ -365,7 +365,7 @@ class Conv2d(Module):
             live = F if alive is None else int(alive.sum())
             self.last_kernel = plan.KernelChoice("lanes", ("ReLU", "2x2 max pool"), live, F, C, C,
                                                  "training: ReLU and MaxPool2d(2) follow a stride-1 conv")
-            self._cache = (x, code)
+            self._cache = (x, code) if self.training else None
             return out
         out, self.last_kernel = plan.conv_forward(self, x)
         self._cache = x if self.training else None
