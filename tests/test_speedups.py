@@ -33,7 +33,7 @@ def test_masked_skipping_and_shrunk_models_give_the_same_logits(amount, how):
     assert k.live_inputs == int(model.conv1.alive_filters().sum()) < 32
     model.train()
     training_path = model(X)             # full tensors, dead filters skipped
-    assert model.conv2.last_kernel.version == "v3" and model.conv2.last_kernel.live_inputs == 32
+    assert model.conv2.last_kernel.version == "lanes" and model.conv2.last_kernel.live_inputs == 32
     model.eval()
     small = prune.shrink(model)
     assert small.conv1.out_channels == int(model.conv1.alive_filters().sum())
@@ -93,7 +93,7 @@ def test_kernel_choice_is_reported_and_configurable():
     assert model.conv2.last_kernel[2:6] == (32, 32, 28, 32)
     assert str(model.conv1.last_kernel) == "v6 skip, fused ReLU + 2x2 max pool"
     model.train()(X[:2])
-    assert model.conv1.last_kernel[:6] == ("v3", (), 28, 32, 3, 3)
+    assert model.conv1.last_kernel[:6] == ("lanes", ("ReLU", "2x2 max pool"), 28, 32, 3, 3)
     with pytest.raises(ValueError, match="kernels must be one of"):
         model.kernels = "fast"
 

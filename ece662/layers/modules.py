@@ -18,6 +18,7 @@ from collections import OrderedDict
 import numpy as np
 
 from ece662.layers import functional as fn
+from ece662.layers import kernels_train as kt
 from ece662.layers import plan
 from ece662.layers.checks import (check_finite, check_float32, check_nchw,
                                   check_nonnegative_int, check_positive_int)
@@ -343,18 +344,45 @@ class Conv2d(Module):
                              f"use a smaller kernel, more padding or larger images")
         return x
 
-    def forward(self, x):
+    def forward(self, x, relu_pool=False):
         """Convolve ``x (N, C, H, W)`` -> ``(N, F, H', W')``.
 
         Dead filters (all weights zero) are not computed in ``kernels='auto'`` mode: their
         planes are their bias.  ``last_kernel`` says which kernel ran and why.  In an eval-mode
         ``Sequential`` the model's plan runs this layer instead (``ece662.layers.plan``: live
         input channels only, a following ReLU / max pool fused into the kernel).
+
+        ``relu_pool=True`` (training ``Sequential`` does it when :meth:`fuses_relu_pool`) runs
+        this conv, a ReLU and a 2x2 max pool as one kernel and returns the pooled output; the
+        next :meth:`backward` then takes the pooled output's gradient
+        (``ece662.layers.kernels_train``).
         """
         x = self.check_input(x)
+        if relu_pool:
+            alive = self.alive_filters() if self.kernels == "auto" else None
+            out, code = kt.conv2d_relu_maxpool2_train(x, self.weight, self.bias, self.padding, alive_f=alive)
+            F, C = self.out_channels, self.in_channels
+            live = F if alive is None else int(alive.sum())
+            self.last_kernel = plan.KernelChoice("lanes", ("ReLU", "2x2 max pool"), live, F, C, C,
+                                                 "training: ReLU and MaxPool2d(2) follow a stride-1 conv")
+            self._cache = (x, code) if self.training else None
+            return out
         out, self.last_kernel = plan.conv_forward(self, x)
         self._cache = x if self.training else None
         return out
+
+    def fuses_relu_pool(self, following, x):
+        """True when a training forward can run this conv and the ``following`` two layers, a
+        ReLU and a MaxPool2d(2), as one kernel (stride 1, no hooks on them, not 'reference')."""
+        if len(following) != 2 or not self.training or self.kernels == "reference" or self.stride != 1:
+            return False
+        relu, pool = following
+        if (type(relu) is not ReLU or type(pool) is not MaxPool2d or pool.kernel_size != 2 or pool.stride != 2
+                or relu._forward_pre_hooks or pool._forward_pre_hooks or np.ndim(x) != 4):
+            return False
+        H, W = np.shape(x)[2:]
+        HH, WW = self.kernel_size
+        return min(conv_output_size(H, HH, 1, self.padding), conv_output_size(W, WW, 1, self.padding)) >= 2
 
     def backward(self, dout, need_dx=True):
         """Store ``grads['weight']`` (or ``weight_orig``) and ``grads['bias']``; return dx
@@ -362,9 +390,16 @@ class Conv2d(Module):
         if self._cache is None:
             raise RuntimeError(f"{self._where()}: backward needs a forward in training mode "
                                f"first; call model.train() before the forward pass")
-        x = self._cache
-        dx, dw, db = fn.conv2d_backward_numba(dout, x, self.weight, self.stride, self.padding,
-                                              need_dx=need_dx)
+        if isinstance(self._cache, tuple):            # the forward ran with relu_pool=True
+            x, code = self._cache
+            dx, dw, db = kt.conv2d_relu_maxpool2_train_backward(dout, code, x, self.weight, self.padding,
+                                                                need_dx=need_dx)
+        elif self.stride == 1 and self.kernels != "reference":   # channels-last tiles: measured faster than v3
+            dx, dw, db = kt.conv2d_backward_lanes_numba(dout, self._cache, self.weight, self.padding,
+                                                        need_dx=need_dx)
+        else:
+            dx, dw, db = fn.conv2d_backward_numba(dout, self._cache, self.weight, self.stride, self.padding,
+                                                  need_dx=need_dx)
         self._store_grad("weight", dw)
         if self.bias is not None:
             self._store_grad("bias", db)
@@ -867,8 +902,18 @@ class Sequential(Module):
         switches that off (``'dense'``) or runs the plain-loop references (``'reference'``).
         """
         if self.training:
-            for m in self._modules.values():
-                x = m(x)
+            layers = list(self._modules.values())
+            self._fused_train = set()                # layers run inside the conv before them
+            i = 0
+            while i < len(layers):
+                m = layers[i]
+                if isinstance(m, Conv2d) and m.fuses_relu_pool(layers[i + 1:i + 3], x):
+                    x = m(x, relu_pool=True)         # conv + ReLU + 2x2 max pool, one kernel
+                    self._fused_train = self._fused_train | {i + 1, i + 2}
+                    i += 3
+                else:
+                    x = m(x)
+                    i += 1
             return x
         first = next(iter(self._modules.values()), None)
         if hasattr(first, "check_input"):       # errors name the first layer, before planning
@@ -887,8 +932,11 @@ class Sequential(Module):
         gradient, or ``None`` with ``need_input_grad=False`` (then a first Conv2d skips
         computing it, which training does)."""
         layers = list(self._modules.values())
+        fused = getattr(self, "_fused_train", set())
         for i in range(len(layers) - 1, -1, -1):
             m = layers[i]
+            if i in fused:                       # its backward runs inside the conv's
+                continue
             if i == 0 and not need_input_grad and isinstance(m, Conv2d):
                 return m.backward(dout, need_dx=False)
             dout = m.backward(dout)
