@@ -126,10 +126,8 @@ def run_conv(version, x, w, b, stride, pad, relu=False, pool2=False, alive_f=Non
             out = ref.relu_forward_reference(out)
         return ref.maxpool2d_forward_reference(out, 2, 2) if pool2 else out
     if version == "sparse":
-        out = fn.conv2d_forward_sparse(x, w, b, 1, pad)
-        if relu:
-            np.maximum(out, 0, out=out)
-        return fn.maxpool2d_forward_numba(out, 2, 2) if pool2 else out
+        from ece662.layers.kernels_sparse import conv2d_forward_sparse_lanes
+        return conv2d_forward_sparse_lanes(x, w, b, 1, pad, relu=relu, pool2=pool2)
     if version == "v5":
         return fn.conv2d_relu_maxpool2_tiled(x, w, b, pad, alive_f=alive_f)
     if version == "v4":
