@@ -16,6 +16,8 @@ Input: the "flattened rows" of kernel v2.  A padded image (C, Hp, Wp) is one vec
 floats; output position (i, j) of tap (c, kh, kw) reads x[p + off] with p = i*Wp + j and
 off = c*Hp*Wp + kh*Wp + kw, so consecutive p read consecutive inputs for every tap.  The L =
 (H'-1)*Wp + W' flattened positions include Wp - W' thrown-away columns per row (2 of 14 on conv2).
+Each image is copied, padded, into a per-thread buffer: padding costs no extra pass over the batch,
+and the buffer stays in cache while every filter reads it.
 Weights: per filter, the list of its non-zero taps as (off, weight) pairs, CSR-style (``ptr[f]:
 ptr[f+1]``; ``functional.sparse_taps``, the same lists the older ``conv2d_forward_sparse_taps``
 reads).  A filter with no non-zero tap costs nothing but its bias.
@@ -23,10 +25,11 @@ reads).  A filter with no non-zero tap costs nothing but its bias.
 The tile
 --------
 One filter x 64 consecutive positions: 64 sums in eight 8-lane AVX2 registers.  Per non-zero tap:
-one broadcast of the weight, 8 vector loads of x (each feeds one FMA: LLVM folds them into the FMA's
-memory operand), 8 vector FMAs -- 1.1 loads per FMA, against v5's 0.75, and no horizontal sum.  The
-older sparse-taps kernel did one axpy per tap over the whole plane in memory: every FMA also loaded
-and stored its accumulator (3 memory operations per FMA).  Then the plane's ends: 32-position and
+the offset and the weight (one broadcast), 8 vector loads of x (LLVM folds each into its FMA's
+memory operand), 8 vector FMAs: 10 loads per 8 FMAs, against v5's 6 per 8, and no horizontal sum.
+The older sparse-taps kernel did one axpy per tap over the whole plane in memory (every FMA also
+loaded and stored its accumulator: 3 memory operations per FMA), then ReLU and pool as separate
+passes.  Then the plane's ends: 32-position and
 8-position tiles cover the rest of the L positions (conv2 of the course CNN: L = 166 = 64 + 64 + 32
 + 8 - 2, so 21 vector FMAs per non-zero tap, against 18 for its 144 real positions).
 
@@ -40,15 +43,16 @@ Epilogue
 --------
 Each filter's plane lands in a per-thread buffer (L1-resident), then bias, ReLU and the 2x2/2 max
 pool are applied on the way to ``out`` (``relu`` and ``pool2`` flags): the full-size conv output is
-never written to memory when the pool is fused.  With a fused pool only the rows and columns the
-pool reads are computed.
+never written to memory when the pool is fused.  With a fused pool only the rows the pool reads
+are computed.
 
 Reading past a plane
 --------------------
-The last tile of a filter may cover up to 15 positions beyond L: its loads run into the next image's
-memory (the images are one flat buffer), and the results are never read.  The buffer carries 64
-zero floats of slack after the last image, so no load leaves it (``NUMBA_DISABLE_JIT=1`` runs the same
-slices as plain NumPy).
+The last tile of a filter may cover up to 15 positions beyond L, and the last tap's inputs end
+exactly at the image's end (L + the largest offset = C*Hp*Wp), so those loads would leave the
+image: the per-thread buffer carries ``SLACK`` zero floats after it, and those positions' results
+are never read.  No load leaves the buffer, so ``NUMBA_DISABLE_JIT=1`` runs the same slices as
+plain NumPy.
 
 Compiled like v5: LLVM's SLP vectoriser on (``functional._slp_vectorizer``) turns the 64 named
 scalar sums into 8 registers; ``fastmath={"contract"}`` permits FMAs and no reassociation.
@@ -57,10 +61,9 @@ import numpy as np
 from numba import njit, prange
 
 from ece662.layers import functional as fn
-from ece662.layers.checks import check_float32
 from ece662.layers.shapes import conv_output_size
 
-SLACK = 64        # zero floats after the last image: the widest tile's overrun stays inside the buffer
+SLACK = 64        # zero floats after the padded image: a last tile's overrun stays inside the buffer
 
 
 # ============================================================================ tiles
