@@ -182,14 +182,20 @@ print("ok")
 
 def test_sparse_lanes_tiles_are_vectorised(tmp_path):
     """The 64- and 32-position tiles compile to packed 8-lane FMAs (no scalar FMA): one broadcast
-    weight times 8 and 4 vectors of positions.  Compiled afresh in a subprocess."""
+    weight times 8 and 4 vectors of positions.  Compiled afresh (the tiles alone, as the kernel's
+    wrapper compiles them: SLP vectoriser on) in a subprocess."""
     if os.environ.get("NUMBA_DISABLE_JIT") == "1":
         pytest.skip("no machine code without the JIT")
     code = """
 import re
 import numpy as np
-from ece662.layers import kernels_sparse as ks
-ks.conv2d_forward_sparse_lanes(np.ones((1, 2, 12, 12), np.float32), np.ones((2, 2, 3, 3), np.float32), None)
+from ece662.layers import functional as fn, kernels_sparse as ks
+x, plane = np.ones(200, np.float32), np.empty(128, np.float32)
+offs, wts = np.arange(3, dtype=np.uint32), np.ones(3, np.float32)
+with fn._slp_vectorizer():
+    ks._tile64(x, offs, wts, 0, 3, plane, 0)
+    ks._tile32(x, offs, wts, 0, 3, plane, 0)
+assert np.all(plane[:64] == 3.0)
 for k in (ks._tile64, ks._tile32):
     asm = k.inspect_asm(k.signatures[0])
     print(len(re.findall(r"vfmadd\\w*ps\\s[^\\n]*%ymm", asm)), len(re.findall(r"vfmadd\\w*ss", asm)))
