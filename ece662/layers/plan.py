@@ -20,8 +20,8 @@ One switch decides what runs: ``model.kernels`` (every layer has it; setting it 
 model sets it on every layer)
 
 * ``'auto'`` (default): live-only inference, fusion, and the fastest measured kernel
-  (kernel v6 for conv + ReLU + 2x2 pool, the sparse-taps conv for weights that are at least
-  ``SPARSE_THRESHOLD`` zeros);
+  (kernel v6 for conv + ReLU + 2x2 pool, the sparse conv of ``kernels_sparse`` for weights that
+  are at least ``SPARSE_THRESHOLD`` zeros);
 * ``'dense'``: every filter computed with the dense kernels, dead or not ("masks only");
 * ``'reference'``: every layer through its plain-loop twin of ``ece662.layers.reference``
   (the spec; slow), no fusion.
@@ -33,8 +33,8 @@ Examples
 >>> net = default_convnet(seed=0)
 >>> _ = prune.ln_structured(net.conv1, "weight", amount=16, n=2, dim=0)
 >>> print(net.plan((3, 32, 32)))          # doctest: +NORMALIZE_WHITESPACE
-conv1+relu1+pool1  (32, 14, 14)  16/32 filters live, 3/3 input channels -> v6 skip, fused ReLU + 2x2 max pool (fewer than 85% zeros; ReLU and MaxPool2d(2) follow a stride-1 conv)
-conv2+relu2+pool2  (32, 6, 6)    32/32 filters live, 16/32 input channels -> v6 skip, fused ReLU + 2x2 max pool (fewer than 85% zeros; ReLU and MaxPool2d(2) follow a stride-1 conv)
+conv1+relu1+pool1  (32, 14, 14)  16/32 filters live, 3/3 input channels -> v6 skip, fused ReLU + 2x2 max pool (fewer than 50% zeros; ReLU and MaxPool2d(2) follow a stride-1 conv)
+conv2+relu2+pool2  (32, 6, 6)    32/32 filters live, 16/32 input channels -> v6 skip, fused ReLU + 2x2 max pool (fewer than 50% zeros; ReLU and MaxPool2d(2) follow a stride-1 conv)
 flatten            (1152,)
 fc                 (10,)         1152/1152 input features -> linear (kernels='auto')
 """
@@ -43,16 +43,17 @@ from typing import NamedTuple
 import numpy as np
 
 from ece662.layers import functional as fn
+from ece662.layers import kernels_sparse as sparse
 from ece662.layers import reference as ref
 
 MODES = ("auto", "dense", "reference")
 
-# The sparse-taps conv runs when at least this fraction of a layer's live weights are zero.
-# Measured on the course machine (python benchmarks/bench_pruning.py, table in
-# benchmarks/RESULTS.md): against the dense tiled kernel the sparse one runs at 0.33x (conv1) /
-# 0.17x (conv2) with no zeros, 1.28x / 0.76x at 80% and 1.96x / 1.35x at 90%: break-even
-# near 60-70% (conv1) and 85% (conv2).
-SPARSE_THRESHOLD = 0.85
+# The sparse conv (kernels_sparse: output positions as vector lanes) runs when at least this
+# fraction of a layer's live weights are zero.  Measured on the course machine against the dense
+# kernels it replaces (python benchmarks/bench_sparse.py, benchmarks/RESULTS.md, "Unstructured
+# sparse kernel"): with the fused ReLU + pool, against v5, conv2 breaks even near 30-35% zeros
+# (1.2x-1.4x at 50%, 2.0x at 70%) and conv1 near 10-30%; 0.5 leaves a margin for the spread.
+SPARSE_THRESHOLD = 0.5
 
 
 # The kernel for a stride-1 conv followed by ReLU and MaxPool2d(2): v6 (output channels as
@@ -101,7 +102,7 @@ def choose_conv_kernel(mode, w_live, stride, pool2):
 
     * ``'reference'`` mode: the plain-loop reference;
     * ``'auto'``, stride 1, and at least ``SPARSE_THRESHOLD`` of the live weights zero:
-      the sparse-taps kernel (work proportional to the non-zeros);
+      the sparse kernel of ``kernels_sparse`` (work proportional to the non-zeros);
     * a fused 2x2 max pool: ``FUSED_POOL_KERNEL`` (v6; v5 or v4: conv + ReLU + pool in one pass);
     * everything else: v3 (register-tiled patches).
     """
@@ -128,10 +129,7 @@ def run_conv(version, x, w, b, stride, pad, relu=False, pool2=False, alive_f=Non
             out = ref.relu_forward_reference(out)
         return ref.maxpool2d_forward_reference(out, 2, 2) if pool2 else out
     if version == "sparse":
-        out = fn.conv2d_forward_sparse(x, w, b, 1, pad)
-        if relu:
-            np.maximum(out, 0, out=out)
-        return fn.maxpool2d_forward_numba(out, 2, 2) if pool2 else out
+        return sparse.conv2d_forward_sparse_lanes(x, w, b, 1, pad, relu=relu, pool2=pool2)
     if version == "v6":
         return fn.conv2d_relu_maxpool2_lanes(x, w, b, pad, packed=packed)
     if version == "v5":
