@@ -94,6 +94,26 @@ def _times(values):
     return " / ".join(f"{v:.2f}x" for v in values)
 
 
+def _unstructured_speed(uns):
+    """One sentence on the unstructured rows: which stayed on the dense kernel, which ran the sparse one
+    (read from each row's ``kernels`` column: the plan's choice, not a guess from the threshold)."""
+    dense = [r for r in uns if "sparse" not in r.get("kernels", "")]
+    sparse = [r for r in uns if "sparse" in r.get("kernels", "")]
+    text = ""
+    if dense:
+        text = (f"Unstructured masks up to {dense[-1]['target']:.0%} stay on the dense kernel "
+                f"({min(r['speedup'] for r in dense):.2f}x to {max(r['speedup'] for r in dense):.2f}x)")
+    if sparse:
+        layers = sorted({part.split(":")[0].strip() for r in sparse for part in r["kernels"].split(";")
+                         if "sparse" in part})
+        speeds = " / ".join(f"{r['speedup']:.2f}x" for r in sparse)
+        amounts = "/".join(f"{r['target']:.0%}" for r in sparse)
+        text += ("; from " if text else "Unstructured masks: from ") + (
+            f"{sparse[0]['target']:.0%} {' and '.join(layers)} ran the sparse kernel (at least "
+            f"`plan.SPARSE_THRESHOLD` zeros): {speeds} at {amounts}")
+    return text + "."
+
+
 def render(results):
     """The README's generated section, from a results dict (``docs/readme_results.json``)."""
     plain, ft = results["plain"], results["finetune"]
@@ -163,9 +183,7 @@ def render(results):
             f"  Skipping dead filters pays: {_times([r['speedup'] for r in fil])} at "
             + "/".join(f"{r['target']:.0%}" for r in fil) + f" of the filters ({name} "
             + ", ".join(f"{r[low]:.2f}-{r[high]:.2f}" for r in fil)
-            + f"), against FLOP ideals of {_times(ideal)}. Unstructured masks up to "
-            f"{uns[-1]['target']:.0%} stay on the dense kernel ({min(r['speedup'] for r in uns):.2f}x to "
-            f"{max(r['speedup'] for r in uns):.2f}x).",
+            + f"), against FLOP ideals of {_times(ideal)}. " + _unstructured_speed(uns),
             "  " + (f"{len(flagged)} row(s) were flagged `!` (a ratio above its FLOP ideal or a same-work ratio off 1x "
                     "beyond its noise): noise, not results." if flagged else
                     "No ratio was flagged (above its FLOP ideal, or a same-work ratio off 1x beyond its noise)."),
