@@ -35,7 +35,8 @@ import numpy as np
 
 import ece662.pruning as prune
 from ece662.data_utils import get_CINIC10_data
-from ece662.experiments import copy_model, images_per_second
+from ece662 import timing
+from ece662.experiments import copy_model
 from ece662.io import load_model, save_model
 from ece662.models import SHIPPED, models_dir
 from ece662.optim import SGD
@@ -48,13 +49,13 @@ EPOCHS = {"pruned-80": 24, "pruned-90": 12, "filters-50": 20, "shrunk": 8}   # t
 
 
 def speed_ratio(small, dense, X, rounds=5):
-    """Inference images/s of ``small`` over ``dense``: interleaved rounds, median and range."""
-    ratios = []
-    for _ in range(rounds):       # dense and small alternate so that machine noise hits both
-        d = images_per_second(dense, X)
-        s = images_per_second(small, X)
-        ratios.append(s / d)
-    return float(np.median(ratios)), float(min(ratios)), float(max(ratios))
+    """How much faster ``small`` runs than ``dense`` on ``X``: median, min and max of the per-round
+    ratios time(dense) / time(small), the two timed back to back in each round, the order flipped every
+    round (``ece662.timing.interleaved_times``), so machine noise and drift hit both alike."""
+    t = timing.interleaved_times({"dense": timing.batched(dense, X, 500), "small": timing.batched(small, X, 500)},
+                                 rounds)
+    ratios = t["dense"] / t["small"]
+    return float(np.median(ratios)), float(ratios.min()), float(ratios.max())
 
 
 def main():
