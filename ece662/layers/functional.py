@@ -68,6 +68,17 @@ def _check_conv_args(x, w, b, where):
 
 
 # ============================================================================ conv
+def _pooled_conv_size(x, w, pad, where):
+    """``(H', W')`` of the stride-1 conv that a fused 2x2 max pool follows; an output smaller than 2x2
+    cannot be pooled and is refused here, once for every fused kernel."""
+    H_out = conv_output_size(x.shape[2], w.shape[2], 1, pad)
+    W_out = conv_output_size(x.shape[3], w.shape[3], 1, pad)
+    if H_out < 2 or W_out < 2:
+        raise ValueError(f"{where}: the conv output {H_out}x{W_out} is too small for 2x2 pooling; it needs "
+                         f"at least 2x2: give a larger image, more padding or a smaller kernel")
+    return H_out, W_out
+
+
 def conv2d_forward_numba(x, w, b, stride=1, pad=0, alive_f=None, alive_c=None, version=3, relu=False):
     """Convolution forward; fast twin of ``reference.conv2d_forward_reference``.
 
@@ -209,9 +220,7 @@ def conv2d_relu_maxpool2_numba(x, w, b, pad=0, alive_f=None, alive_c=None):
     x, w, b = _check_conv_args(x, w, b, where)
     N, C, H, W = x.shape
     F, _, HH, WW = w.shape
-    H_out, W_out = conv_output_size(H, HH, 1, pad), conv_output_size(W, WW, 1, pad)
-    if H_out < 2 or W_out < 2:
-        raise ValueError(f"{where}: the conv output {H_out}x{W_out} is too small for 2x2 pooling")
+    H_out, W_out = _pooled_conv_size(x, w, pad, where)
     alive_f = _alive(alive_f, F, "alive_f", where)
     alive_c = _alive(alive_c, C, "alive_c", where)
     xp = _pad(x, pad)
@@ -261,9 +270,7 @@ def conv2d_relu_maxpool2_tiled(x, w, b, pad=0, alive_f=None):
     x, w, b = _check_conv_args(x, w, b, where)
     N, C, H, W = x.shape
     F, _, HH, WW = w.shape
-    H_out, W_out = conv_output_size(H, HH, 1, pad), conv_output_size(W, WW, 1, pad)
-    if H_out < 2 or W_out < 2:
-        raise ValueError(f"{where}: the conv output {H_out}x{W_out} is too small for 2x2 pooling")
+    H_out, W_out = _pooled_conv_size(x, w, pad, where)
     alive_f = _alive(alive_f, F, "alive_f", where)
     out = np.empty((N, F, H_out // 2, W_out // 2), dtype=np.float32)
     if F == 0:
@@ -314,9 +321,7 @@ def conv2d_relu_maxpool2_lanes(x, w, b, pad=0, alive_f=None, packed=None):
     x, w, b = _check_conv_args(x, w, b, where)
     N, C, H, W = x.shape
     F, _, HH, WW = w.shape
-    H_out, W_out = conv_output_size(H, HH, 1, pad), conv_output_size(W, WW, 1, pad)
-    if H_out < 2 or W_out < 2:
-        raise ValueError(f"{where}: the conv output {H_out}x{W_out} is too small for 2x2 pooling")
+    H_out, W_out = _pooled_conv_size(x, w, pad, where)
     alive_f = _alive(alive_f, F, "alive_f", where)
     Hq, Wq = H_out // 2, W_out // 2
     if not alive_f.all():

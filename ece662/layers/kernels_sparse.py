@@ -272,9 +272,10 @@ def conv2d_forward_sparse_lanes(x, w, b, stride=1, pad=0, relu=False, pool2=Fals
         raise ValueError(f"{where}: only stride 1 is supported, got stride={stride}; use conv2d_forward_numba")
     N, C, H, W = x.shape
     F, _, HH, WW = w.shape
-    H_out, W_out = conv_output_size(H, HH, 1, pad), conv_output_size(W, WW, 1, pad)
-    if pool2 and (H_out < 2 or W_out < 2):
-        raise ValueError(f"{where}: the conv output {H_out}x{W_out} is too small for 2x2 pooling")
+    if pool2:
+        H_out, W_out = fn._pooled_conv_size(x, w, pad, where)
+    else:
+        H_out, W_out = conv_output_size(H, HH, 1, pad), conv_output_size(W, WW, 1, pad)
     Hp, Wp = H + 2 * pad, W + 2 * pad
     S = C * Hp * Wp
     if S + SLACK >= 2 ** 32:

@@ -54,12 +54,11 @@ vectoriser on: the wrappers below compile them inside ``functional._slp_vectoriz
 ``fastmath={"contract"}`` (FMAs, no reassociation, so LLVM does not turn t into a reduction).
 ``tests/test_kernels_train.py`` checks the assembly and every kernel against the references.
 """
-import numba
 import numpy as np
 from numba import njit, prange
 
 from ece662.layers.checks import check_float32
-from ece662.layers.functional import _check_conv_args, _pad, _slp_vectorizer, _threads
+from ece662.layers.functional import _check_conv_args, _pad, _pooled_conv_size, _slp_vectorizer, _threads
 from ece662.layers.kernels import fill_patches
 from ece662.layers.shapes import conv_output_size
 
@@ -405,9 +404,7 @@ def conv2d_relu_maxpool2_train(x, w, b, pad=0, alive_f=None):
     x, w, b = _check_conv_args(x, w, b, where)
     N, C, H, W = x.shape
     F, _, HH, WW = w.shape
-    H_out, W_out = conv_output_size(H, HH, 1, pad), conv_output_size(W, WW, 1, pad)
-    if H_out < 2 or W_out < 2:
-        raise ValueError(f"{where}: the conv output {H_out}x{W_out} is too small for 2x2 pooling")
+    H_out, W_out = _pooled_conv_size(x, w, pad, where)
     out = np.empty((N, F, H_out // 2, W_out // 2), dtype=np.float32)
     code = np.empty(out.shape, dtype=np.int8)
     if alive_f is not None and not np.all(alive_f):
