@@ -13,7 +13,9 @@ ideal or a "masks only" ratio off 1x beyond its noise.
    to the FLOP ideal (dense FLOPs / FLOPs left, from ece662.pruning.report).  With torch:
    torch on the zeroed weights and torch on the shrunk network (channels_last, 2 threads),
    timed after all ece662 timings (best of several: torch's threads disturb whatever runs beside them).
-2. Unstructured L1 pruning of conv1 and conv2 at 0-90%: each layer alone, dense v3 vs the sparse-taps kernel.
+2. Unstructured L1 pruning of conv1 and conv2 at 0-90%: each layer alone, conv + ReLU + 2x2 pool, the two
+   kernels the plan chooses between: dense v6 and the sparse kernel (``ece662/layers/kernels_sparse.py``).
+   ``benchmarks/bench_sparse.py`` measures the same choice in more detail (whole models, more amounts).
 """
 import argparse
 import os
@@ -23,7 +25,7 @@ import numpy as np
 
 import ece662.pruning as prune
 from ece662.experiments import dense_twin
-from ece662.layers import functional as fn
+from ece662.layers import plan
 from ece662.pruning_helper import load_model
 from ece662.timing import PairedTimer
 
@@ -155,12 +157,13 @@ def main():
     for layer_name in ("conv1", "conv2"):
         layer, h = getattr(net, layer_name), inputs[layer_name]
         w, b = layer.weight, layer.bias
-        print(f"\n{layer_name + ' zeros':>12} {'sparse vs dense':>22}")
+        print(f"\n{layer_name + ' zeros':>12} {'sparse vs dense v6':>22}")
         for s in (0.0, 0.3, 0.5, 0.8, 0.9):
             mask = prune.masks.l1_unstructured(w * (1 + 0.01 * rng.random(w.shape)), s)
             ws = w * mask
-            r = layer_timer.compare({"dense": lambda: fn.conv2d_forward_numba(h, w, b),
-                               "sparse": lambda: fn.conv2d_forward_sparse(h, ws, b)})["sparse"]
+            r = layer_timer.compare({   # conv + ReLU + 2x2 pool, as the model runs this layer
+                "dense": lambda: plan.run_conv("v6", h, ws, b, 1, layer.padding, relu=True, pool2=True),
+                "sparse": lambda: plan.run_conv("sparse", h, ws, b, 1, layer.padding, relu=True, pool2=True)})["sparse"]
             print(f"{s:>12.0%} {_cell(r):>22}")
             if layer_name == "conv2":
                 sparse_rows.append((s, r))

@@ -62,6 +62,9 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default=None, help="data path (default: the library's lookup)")
     ap.add_argument("--dense", default=shipped_model_path(), help="the dense model to prune")
+    ap.add_argument("--teacher", default=None,
+                    help="the model whose softened outputs the pruned models also learn from (default: the "
+                         "dense model being pruned; e.g. a wider network from train_shipped_model.py --filters)")
     ap.add_argument("--which", default="all", choices=["all", "pruned-80", "pruned-90", "filters-50"])
     ap.add_argument("--epochs", type=int, default=None,
                     help="epochs of every gradual run (overrides the three options below; for quick checks)")
@@ -104,7 +107,13 @@ def main():
     test = get_CINIC10_data(args.data, splits=(split,))
     test = {"X_test": test[f"X_{split}"], "y_test": test[f"y_{split}"]}
     dense = load_model(args.dense)
-    teacher = copy_model(dense).eval()
+    teacher = copy_model(dense).eval() if args.teacher is None else load_model(args.teacher).eval()
+    teacher_name = "the dense model"
+    if args.teacher is not None:
+        teacher_acc = test_model(teacher, [test["X_test"], test["y_test"]], verbose=False)
+        teacher_name = (f"{os.path.basename(args.teacher)} ({teacher.conv1.out_channels}/"
+                        f"{teacher.conv2.out_channels} filters, {split} accuracy {teacher_acc:.4f})")
+        print(f"teacher {args.teacher}: {split} accuracy {teacher_acc:.4f}")
     dense_acc = test_model(dense, [test["X_test"], test["y_test"]], verbose=False)
     print(f"dense model {args.dense}: {split} accuracy {dense_acc:.4f}")
     distill = dict(temperature=args.temperature, distill_weight=args.distill_weight)
@@ -116,7 +125,8 @@ def main():
         return SGD(args.max_lr, momentum=0.9, nesterov=True, weight_decay=args.weight_decay)
     how = (f"cubic over the first {args.prune_until:.0%}, "
            + f"SGD weight decay {args.weight_decay:g}, label smoothing {args.label_smoothing:g}, "
-           + (f"distilled (T={args.temperature:g}, w={args.distill_weight:g})" if args.distill_weight
+           + (f"distilled from {teacher_name} (T={args.temperature:g}, w={args.distill_weight:g})"
+              if args.distill_weight
               else "no distillation") + f", one-cycle peak {args.max_lr:g}")
 
     def finish(name, model, seconds, history, made_from, recipe, structure, extra=None):

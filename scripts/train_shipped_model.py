@@ -41,6 +41,9 @@ def main():
     ap.add_argument("--label-smoothing", type=float, default=0.1)
     ap.add_argument("--cutout", type=int, default=0, help="side of the cutout square (0: none)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--filters", type=int, nargs=2, default=(32, 32), metavar=("CONV1", "CONV2"),
+                    help="the conv layers' filter counts (default: the course's 32 32; e.g. 64 64 for a "
+                         "wider teacher for train_pruned_models.py --teacher)")
     ap.add_argument("--train-images", type=int, default=None,
                     help="use only the first N train+val images (a quick determinism check)")
     ap.add_argument("--holdout", action="store_true",
@@ -59,7 +62,7 @@ def main():
         y = np.concatenate([raw["y_train"], raw["y_val"]])
     if args.train_images is not None:
         X, y = X[:args.train_images], y[:args.train_images]
-    model = default_convnet(seed=args.seed)
+    model = default_convnet(seed=args.seed, filters=args.filters)
     t0 = time.time()
     optimizer = SGD(args.max_lr, momentum=0.9, nesterov=True, weight_decay=args.weight_decay)
     trainer = Trainer(model, X, y, epochs=args.epochs, batch_size=128, max_lr=args.max_lr, seed=args.seed,
@@ -69,6 +72,7 @@ def main():
     record = {"data": raw["source"], "train_images": int(len(y)), "epochs": args.epochs,
               "seed": args.seed, "max_lr": args.max_lr, "weight_decay": args.weight_decay,
               "label_smoothing": args.label_smoothing, "cutout": args.cutout,
+              "filters": list(args.filters),
               "train_seconds": round(train_time, 1)}
     if args.holdout:
         val = get_CINIC10_data(args.data, splits=("val",))

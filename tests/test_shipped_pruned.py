@@ -58,3 +58,21 @@ def test_unknown_name_lists_the_shipped_models():
     with pytest.raises(ValueError, match="unknown shipped model"):
         load_named(None)
     assert np.isfinite(load_named("dense").conv1.weight).all()
+
+
+def test_default_convnet_can_be_made_wider_for_a_teacher(tmp_path):
+    """``default_convnet(filters=...)``: the course CNN with other conv widths (the wider teacher of
+    train_pruned_models.py --teacher); it saves and loads like the course's one."""
+    from ece662.io import load_model, save_model
+    from ece662.models import default_convnet
+    net = default_convnet(seed=1, filters=(64, 48))
+    assert net.conv1.weight.shape == (64, 3, 5, 5)
+    assert net.conv2.weight.shape == (48, 64, 3, 3)
+    assert net.fc.weight.shape == (10, 48 * 6 * 6)
+    x = np.random.default_rng(0).standard_normal((2, 3, 32, 32)).astype(np.float32)
+    save_model(net, str(tmp_path / "wide.npz"))
+    again = load_model(str(tmp_path / "wide.npz"))
+    np.testing.assert_array_equal(again.eval()(x), net.eval()(x))
+    assert default_convnet(seed=1).conv1.weight.shape == (32, 3, 5, 5)     # the course's widths by default
+    with pytest.raises(ValueError, match="filters must be two counts >= 1"):
+        default_convnet(filters=(0, 32))

@@ -25,8 +25,12 @@ from collections import OrderedDict
 from ece662.layers import Conv2d, Flatten, Linear, MaxPool2d, ReLU, Sequential
 
 
-def default_convnet(seed=0, num_classes=10):
+def default_convnet(seed=0, num_classes=10, filters=(32, 32)):
     """The course notebook's CNN, freshly initialised with ``seed``.
+
+    ``filters``: the two conv layers' filter counts.  The course's network has 32 and 32;
+    a wider one (e.g. ``(64, 64)``) is a stronger teacher for distillation
+    (``scripts/train_shipped_model.py --filters 64 64``).
 
     Examples
     --------
@@ -36,16 +40,19 @@ def default_convnet(seed=0, num_classes=10):
     (2, 10)
     """
     import numpy as np
+    f1, f2 = (int(f) for f in filters)
+    if f1 < 1 or f2 < 1:
+        raise ValueError(f"default_convnet: filters must be two counts >= 1, got {filters!r}")
     rng = np.random.default_rng(seed)
     return Sequential(OrderedDict([
-        ("conv1", Conv2d(3, 32, 5, rng=rng)),
+        ("conv1", Conv2d(3, f1, 5, rng=rng)),
         ("relu1", ReLU()),
         ("pool1", MaxPool2d(2)),
-        ("conv2", Conv2d(32, 32, 3, rng=rng)),
+        ("conv2", Conv2d(f1, f2, 3, rng=rng)),
         ("relu2", ReLU()),
         ("pool2", MaxPool2d(2)),
         ("flatten", Flatten()),
-        ("fc", Linear(32 * 6 * 6, num_classes, rng=rng)),
+        ("fc", Linear(f2 * 6 * 6, num_classes, rng=rng)),
     ]))
 
 
