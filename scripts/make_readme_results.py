@@ -178,7 +178,7 @@ def render(results):
                    f"nothing ({min(masks):.2f}x to {max(masks):.2f}x).")
             low, high, name = "speedup_iqr_low", "speedup_iqr_high", "IQR"
         lines += [
-            f"- Speed is a paired experiment (`ece662/timing.py`): each pruned model ran back to back with the unpruned",
+            "- Speed is a paired experiment (`ece662/timing.py`): each pruned model ran back to back with the unpruned",
             how,
             f"  Skipping dead filters pays: {_times([r['speedup'] for r in fil])} at "
             + "/".join(f"{r['target']:.0%}" for r in fil) + f" of the filters ({name} "
@@ -197,7 +197,7 @@ def render(results):
     lines += [
         "",
         f"With fine-tuning (`{ft['command']}`, {ft['seconds']:.1f} s on a {ft['machine']}) every pruned model",
-        f"is also fine-tuned for one epoch with its masks held, and \"prune a little, fine-tune, repeat\" (3 rounds)",
+        "is also fine-tuned for one epoch with its masks held, and \"prune a little, fine-tune, repeat\" (3 rounds)",
         "is compared with pruning once:",
         "",
         "![accuracy with and without fine-tuning](docs/accuracy_vs_sparsity_finetuned.png)",

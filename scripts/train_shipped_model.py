@@ -20,6 +20,7 @@ import json
 import os
 import time
 
+import numba
 import numpy as np
 
 from ece662.data_utils import get_CINIC10_data
@@ -70,7 +71,8 @@ def main():
     history = trainer.fit()
     train_time = time.time() - t0
     record = {"data": raw["source"], "train_images": int(len(y)), "epochs": args.epochs,
-              "seed": args.seed, "max_lr": args.max_lr, "weight_decay": args.weight_decay,
+              "seed": args.seed, "threads": numba.get_num_threads(),  # see train_pruned_models.py
+              "max_lr": args.max_lr, "weight_decay": args.weight_decay,
               "label_smoothing": args.label_smoothing, "cutout": args.cutout,
               "filters": list(args.filters),
               "train_seconds": round(train_time, 1)}
