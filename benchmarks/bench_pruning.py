@@ -161,9 +161,9 @@ def main():
         for s in (0.0, 0.3, 0.5, 0.8, 0.9):
             mask = prune.masks.l1_unstructured(w * (1 + 0.01 * rng.random(w.shape)), s)
             ws = w * mask
-            r = layer_timer.compare({   # conv + ReLU + 2x2 pool, as the model runs this layer
-                "dense": lambda: plan.run_conv("v6", h, ws, b, 1, layer.padding, relu=True, pool2=True),
-                "sparse": lambda: plan.run_conv("sparse", h, ws, b, 1, layer.padding, relu=True, pool2=True)})["sparse"]
+            def conv(kernel):   # conv + ReLU + 2x2 pool with the masked weights, as the model runs this layer
+                return lambda: plan.run_conv(kernel, h, ws, b, 1, layer.padding, relu=True, pool2=True)
+            r = layer_timer.compare({"dense": conv("v6"), "sparse": conv("sparse")})["sparse"]
             print(f"{s:>12.0%} {_cell(r):>22}")
             if layer_name == "conv2":
                 sparse_rows.append((s, r))

@@ -40,9 +40,10 @@ def default_convnet(seed=0, num_classes=10, filters=(32, 32)):
     (2, 10)
     """
     import numpy as np
+    if len(filters) != 2 or min(int(f) for f in filters) < 1:
+        raise ValueError(f"default_convnet: filters must be two counts >= 1 (conv1's and conv2's, e.g. "
+                         f"(32, 32)), got {filters!r}")
     f1, f2 = (int(f) for f in filters)
-    if f1 < 1 or f2 < 1:
-        raise ValueError(f"default_convnet: filters must be two counts >= 1, got {filters!r}")
     rng = np.random.default_rng(seed)
     return Sequential(OrderedDict([
         ("conv1", Conv2d(3, f1, 5, rng=rng)),
