@@ -10,7 +10,14 @@ try:  # the optional outside reference
 except ImportError:  # pragma: no cover - depends on the machine
     torch = None
 
-requires_torch = pytest.mark.skipif(torch is None, reason="torch is not installed (optional oracle)")
+
+
+def requires_torch(test):
+    """A test against the optional torch oracle: skipped without torch, and marked ``oracle`` so that CI's
+    second step (``pytest -m oracle``, after ``pip install -e ".[test,oracle]"``) runs exactly these."""
+    skip = pytest.mark.skipif(torch is None, reason="torch is not installed (optional oracle: "
+                                                     'pip install -e ".[test,oracle]")')
+    return pytest.mark.oracle(skip(test))
 
 FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures")
 

@@ -4,6 +4,7 @@
 pooling when fused) whatever the fraction of zeros, shape and padding, and the inference plan's
 sparse path must give the dense path's logits on the shipped model.
 """
+import json
 import os
 import subprocess
 import sys
@@ -12,6 +13,7 @@ import numpy as np
 import pytest
 
 import ece662.pruning as prune
+from asm_count import fma_lanes
 from conftest import assert_close
 from ece662.experiments import dense_twin
 from ece662.layers import plan
@@ -181,13 +183,13 @@ print("ok")
 
 
 def test_sparse_lanes_tiles_are_vectorised(tmp_path):
-    """The 64- and 32-position tiles compile to packed 8-lane FMAs (no scalar FMA): one broadcast
-    weight times 8 and 4 vectors of positions.  Compiled afresh (the tiles alone, as the kernel's
+    """The 64- and 32-position tiles compile to packed FMAs only: one broadcast weight times 64 (32)
+    positions, as eight (four) 8-lane FMAs on AVX2 or four (two) 16-lane FMAs on AVX-512.  Compiled afresh (the tiles alone, as the kernel's
     wrapper compiles them: SLP vectoriser on) in a subprocess."""
     if os.environ.get("NUMBA_DISABLE_JIT") == "1":
         pytest.skip("no machine code without the JIT")
     code = """
-import re
+import json
 import numpy as np
 from ece662.layers import functional as fn, kernels_sparse as ks
 x, plane = np.ones(200, np.float32), np.empty(128, np.float32)
@@ -198,10 +200,11 @@ with fn._slp_vectorizer():
 assert np.all(plane[:64] == 3.0)
 for k in (ks._tile64, ks._tile32):
     asm = k.inspect_asm(k.signatures[0])
-    print(len(re.findall(r"vfmadd\\w*ps\\s[^\\n]*%ymm", asm)), len(re.findall(r"vfmadd\\w*ss", asm)))
+    print(json.dumps(asm))
 """
     env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path))
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600)
     assert r.returncode == 0, r.stderr
-    (p64, s64), (p32, s32) = (map(int, line.split()) for line in r.stdout.split("\n")[:2])
-    assert p64 >= 8 and p32 >= 4 and s64 == 0 and s32 == 0, r.stdout
+    (p64, s64), (p32, s32) = (fma_lanes(json.loads(line)) for line in r.stdout.splitlines()[:2])
+    assert p64 >= 64 and p32 >= 32 and s64 == 0 and s32 == 0, \
+        f"64-position tile: {p64} packed lanes, {s64} scalar FMAs; 32-position: {p32} lanes, {s32} scalar"

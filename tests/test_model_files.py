@@ -223,6 +223,7 @@ def test_keras_writer_round_trips_and_refuses_what_keras_cannot_say(tmp_path):
         save_keras(Sequential(Conv2d(3, 4, 3, padding=2)), tmp_path / "bad.keras")
 
 
+@pytest.mark.oracle
 def test_course_keras_file_is_read_by_real_keras(tmp_path, monkeypatch):
     """Real Keras 3 (torch backend) loads ece662/models/tensorflow.model and predicts the shipped logits
     (an optional oracle like torch: skipped where Keras is not installed)."""

@@ -5,6 +5,7 @@ import os
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.oracle   # needs the optional onnx (and onnxruntime) packages
 onnx = pytest.importorskip("onnx")
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 

@@ -109,3 +109,16 @@ def test_schedule_comparison_numbers_are_the_recorded_run():
     options = re.sub(r"^python -m ece662(\.recipes| compare) ", "", run["command"])
     options = re.sub(r"--data \S+ ?", "", options).split()
     assert shown.split()[4:] == options, (shown, run["command"])
+
+
+def test_ci_runs_the_readmes_own_commands_first():
+    """CI's first step is the README's first command block, line for line, before it installs any oracle:
+    what a newcomer types is what CI proves (issue 19: CI once installed extras the README did not name)."""
+    block = re.search(r"```bash\n(.*?)```", _readme(), re.S).group(1)
+    commands = [line.split("#")[0].strip() for line in block.splitlines() if line.split("#")[0].strip()]
+    assert any("pytest" in c for c in commands) and any("pip install" in c for c in commands), commands
+    with open(os.path.join(ROOT, ".ci", "run"), encoding="utf-8") as f:
+        ci = [line.strip() for line in f if line.strip() and not line.lstrip().startswith("#")]
+    first_extra = next(i for i, line in enumerate(ci) if "oracle" in line)
+    step1 = [line for line in ci[:first_extra] if line in commands]
+    assert step1 == commands, f".ci/run's first step runs {step1}, the README says {commands}"

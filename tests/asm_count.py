@@ -1,0 +1,24 @@
+"""Read LLVM's assembly for vectorisation, whatever the CPU: the tests that prove a tile is packed count
+multiply-add *lanes*, so a 4 x 16 tile passes as eight 8-lane ``ymm`` FMAs on AVX2 and as four 16-lane ``zmm``
+FMAs (often with an embedded broadcast, ``(%rax){1to16}``) on AVX-512 alike."""
+import re
+
+LANES = {"x": 4, "y": 8, "z": 16}   # float32 lanes of an xmm / ymm / zmm register
+# AT&T syntax: the destination is the last operand, optionally followed by a write mask such as {%k1}{z}
+_PACKED = re.compile(r"^\s*vf(?:n?m(?:add|sub)|maddsub|msubadd)\w*ps\s[^\n]*%([xyz])mm\d+(?:\s*\{[^}\n]*\})*\s*$",
+                     re.M)
+_SCALAR = re.compile(r"^\s*vfn?m(?:add|sub)\w*ss\s", re.M)
+
+
+def fma_lanes(asm):
+    """(multiply-add lanes in packed FMAs, number of scalar FMAs) in one function's assembly."""
+    return sum(LANES[w] for w in _PACKED.findall(asm)), len(_SCALAR.findall(asm))
+
+
+def test_fma_lanes_reads_avx2_and_avx512():
+    asm = "\n".join(["\tvfmadd231ps\t%ymm1, %ymm2, %ymm3",
+                     "\tvfmadd231ps\t(%rax,%rdx,4){1to16}, %zmm4, %zmm1",
+                     "\tvfmadd213ps\t%zmm1, %zmm4, %zmm3 {%k1}",
+                     "\tvfmadd231ss\t%xmm0, %xmm1, %xmm2",
+                     "\tvmovaps\t%zmm0, %zmm1"])
+    assert fma_lanes(asm) == (8 + 16 + 16, 1)
