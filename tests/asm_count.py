@@ -14,11 +14,3 @@ def fma_lanes(asm):
     """(multiply-add lanes in packed FMAs, number of scalar FMAs) in one function's assembly."""
     return sum(LANES[w] for w in _PACKED.findall(asm)), len(_SCALAR.findall(asm))
 
-
-def test_fma_lanes_reads_avx2_and_avx512():
-    asm = "\n".join(["\tvfmadd231ps\t%ymm1, %ymm2, %ymm3",
-                     "\tvfmadd231ps\t(%rax,%rdx,4){1to16}, %zmm4, %zmm1",
-                     "\tvfmadd213ps\t%zmm1, %zmm4, %zmm3 {%k1}",
-                     "\tvfmadd231ss\t%xmm0, %xmm1, %xmm2",
-                     "\tvmovaps\t%zmm0, %zmm1"])
-    assert fma_lanes(asm) == (8 + 16 + 16, 1)

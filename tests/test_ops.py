@@ -401,6 +401,16 @@ for k in (kernels.conv2d_relu_pool2_tiled, kernels.conv2d_relu_pool2_lanes):
             f"{name}: {packed} lanes in packed FMAs and {scalar} scalar FMAs for {lanes} multiply-adds per tap"
 
 
+def test_fma_lanes_reads_avx2_and_avx512():
+    """The assembly reader the vectorisation tests rely on counts lanes of ymm and zmm FMAs alike."""
+    asm = "\n".join(["\tvfmadd231ps\t%ymm1, %ymm2, %ymm3",
+                     "\tvfmadd231ps\t(%rax,%rdx,4){1to16}, %zmm4, %zmm1",
+                     "\tvfmadd213ps\t%zmm1, %zmm4, %zmm3 {%k1}",
+                     "\tvfmadd231ss\t%xmm0, %xmm1, %xmm2",
+                     "\tvmovaps\t%zmm0, %zmm1"])
+    assert fma_lanes(asm) == (8 + 16 + 16, 1)
+
+
 # ----------------------------------------------------------------------------- leaky relu, average pools
 @pytest.mark.parametrize("shape", [(7,), (2, 3, 5, 5)])
 @pytest.mark.parametrize("slope", [0.01, 0.2])
