@@ -237,9 +237,9 @@ def test_course_load_cell_runs_unchanged_from_the_repository_root(mode, real_dat
     assert shipped_accuracy > 0.7                   # a trained model, not chance
 
 
-# ---------------------------------------------------------------- the README's porting guide
+# ---------------------------------------------------------------- the porting guide (docs/course-port.md)
 def _guide_blocks():
-    text = open(os.path.join(REPO, "README.md"), encoding="utf-8").read()
+    text = open(os.path.join(REPO, "docs", "course-port.md"), encoding="utf-8").read()
     start = text.index("## Porting the course notebook")
     end = text.find("\n## ", start + 1)
     section = text[start:end if end != -1 else len(text)]
@@ -269,7 +269,7 @@ def test_porting_guide_runs_and_matches_the_sweeps(real_data, shipped_accuracy, 
     monkeypatch.chdir(REPO)
     namespace = {}
     for block in _guide_blocks()[1]:
-        exec(compile(block, "README.md porting guide", "exec"), namespace)
+        exec(compile(block, "docs/course-port.md", "exec"), namespace)
     out = capsys.readouterr().out
     assert out.startswith(f"Test Acc: {shipped_accuracy:.4f}\n23210 parameters\n")
     model, (X, y) = namespace["model"], namespace["test_data"]

@@ -1,9 +1,10 @@
-"""The README is checked, not trusted: its examples run, and its sweep section is generated from a real run.
+"""The README and its pages are checked, not trusted: their examples run, their links resolve, and the sweep
+page's section is generated from a real run.
 
 ``scripts/make_readme_results.py`` runs the sweeps the README shows, stores what they printed and their
-records in ``docs/readme_results.json`` and writes the README's sweep section from that file.  These tests
-re-render the section from the same file and compare it with the README character for character, so every
-number in its prose and its sample output is the one the run produced.
+records in ``docs/readme_results.json`` and writes the generated section of ``docs/sweep.md`` from that file.
+These tests re-render the section from the same file and compare it with the page character for character,
+so every number in its prose and its sample output is the one the run produced.
 """
 import importlib.util
 import json
@@ -16,9 +17,18 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(ROOT, "docs", "readme_results.json")
 
 
-def _readme():
-    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
+# the front door and the pages it links to; the Python blocks of those marked True run (in this order)
+PAGES = {"README.md": True, "docs/sweep.md": True, "docs/course-port.md": True, "docs/own-models.md": False,
+         "docs/schedules.md": False, "docs/speed.md": False, "ARCHITECTURE.md": False}
+
+
+def _page(name):
+    with open(os.path.join(ROOT, name), encoding="utf-8") as f:
         return f.read()
+
+
+def _readme():
+    return _page("README.md")
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +47,7 @@ def results():
 
 
 def _section(script):
-    text = _readme()
+    text = _page("docs/sweep.md")
     assert text.count(script.BEGIN) == 1 and text.count(script.END) == 1, "the generated section's markers"
     return text.split(script.BEGIN, 1)[1].split(script.END, 1)[0].strip("\n")
 
@@ -46,7 +56,7 @@ def test_sweep_section_is_exactly_what_the_results_file_renders(script, results)
     """Every number in the section (prose and sample output) comes from docs/readme_results.json."""
     section = _section(script)
     expected = script.render(results)
-    assert section == expected, ("README.md's sweep section differs from docs/readme_results.json: run "
+    assert section == expected, ("docs/sweep.md's generated section differs from docs/readme_results.json: run "
                                  "`python scripts/make_readme_results.py --render` (or without --render to re-measure)")
 
 
@@ -70,36 +80,56 @@ def test_results_file_is_one_real_run(results):
 
 
 def test_every_quoted_accuracy_in_the_readme_matches_the_run(results):
-    """`Test Acc: 0.xxxx` anywhere in the README is the unpruned accuracy of the recorded run."""
+    """`Test Acc: 0.xxxx` anywhere in the README or its pages is the unpruned accuracy of the recorded run."""
     acc = f"{results['plain']['records'][0]['accuracy']:.4f}"
-    quoted = re.findall(r"Test Acc: (0\.\d{4})", _readme())
+    quoted = [q for name in PAGES for q in re.findall(r"Test Acc: (0\.\d{4})", _page(name))]
     assert quoted and set(quoted) == {acc}
 
 
-def test_readme_figures_exist():
-    for name in re.findall(r"\]\((docs/[^)]+\.png)\)", _readme()):
-        assert os.path.getsize(os.path.join(ROOT, name)) > 10_000, name
+def test_readme_is_a_short_front_door():
+    """The README is read first: under 150 lines, and it links every page (the rest lives in docs/)."""
+    text = _readme()
+    assert len(text.splitlines()) < 150
+    for name in PAGES:
+        assert name == "README.md" or f"]({name})" in text, f"the README does not link {name}"
+
+
+@pytest.mark.parametrize("name", sorted(PAGES))
+def test_links_and_figures_resolve(name):
+    """Every relative link of a page names a file that exists (figures: a real image, not a stub)."""
+    here = os.path.dirname(os.path.join(ROOT, name))
+    links = re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", _page(name))
+    for link in links:
+        if "://" in link:
+            continue
+        path = os.path.normpath(os.path.join(here, link))
+        assert os.path.exists(path), f"{name} links {link}, which does not exist"
+        if link.endswith(".png"):
+            assert os.path.getsize(path) > 10_000, link
 
 
 def test_readme_python_blocks_run(real_data, monkeypatch, capsys, results):
-    """Every ```python block of README.md executes without error, in order, in one namespace."""
+    """Every ```python block of the README and of its runnable pages executes without error, in order,
+    in one namespace, from the repository root (as a student runs them)."""
     monkeypatch.setenv("ECE662_DATA", real_data)
-    text = _readme()
-    blocks = re.findall(r"```python\n(.*?)```", text, flags=re.S)
-    assert blocks, "the README has no Python examples"
-    namespace = {}
-    for block in blocks:
-        exec(compile(block, "README.md", "exec"), namespace)
+    monkeypatch.chdir(ROOT)
+    namespace, ran = {}, 0
+    for name, runnable in PAGES.items():
+        if runnable:
+            for block in re.findall(r"```python\n(.*?)```", _page(name), flags=re.S):
+                exec(compile(block, name, "exec"), namespace)
+                ran += 1
+    assert ran >= 3, "the README and its pages have too few Python examples"
     assert f"Test Acc: {results['plain']['records'][0]['accuracy']:.4f}" in capsys.readouterr().out
 
 
 def test_schedule_comparison_numbers_are_the_recorded_run():
-    """Every accuracy and the time quoted in the README's schedule section come from
+    """Every accuracy and the time quoted in docs/schedules.md's comparison come from
     docs/compare_schedules.json, and the command shown is the one that made it."""
     with open(os.path.join(ROOT, "docs", "compare_schedules.json")) as f:
         run = json.load(f)
-    text = _readme()
-    section = text[text.index("## Pruning that keeps the accuracy"):text.index("Shipped pruned models, made")]
+    text = _page("docs/schedules.md")
+    section = text[:text.index("Shipped pruned models, made")]
     recorded = {f"{r['accuracy']:.4f}" for r in run["records"]}
     quoted = re.findall(r"\b0\.\d{4}\b", section)
     assert quoted and set(quoted) <= recorded, sorted(set(quoted) - recorded)
