@@ -29,7 +29,7 @@ import time
 import numpy as np
 
 from ece662.models import default_convnet
-from ece662.optim import SGD, softmax_cross_entropy
+from ece662.training.optim import SGD, softmax_cross_entropy
 
 
 def make_ece(seed=0):
@@ -115,7 +115,7 @@ def compare(args, x, y):
 def profile(args, x, y):
     """Median wall time of each piece of one training step."""
     from ece662.layers import kernels_train as kt
-    from ece662.train import augment_batch
+    from ece662.training.trainer import augment_batch
     from ece662.data_utils import normalize_images
     net, opt = make_ece()
     rng = np.random.default_rng(1)

@@ -160,7 +160,7 @@ class Setup:
 
     def finetune(self, model, epochs=None):
         """Fine-tune ``model`` in place with its masks held; returns it."""
-        from ece662.train import Trainer
+        from ece662.training.trainer import Trainer
         X, y = self.finetune_data
         Trainer(model, X, y, epochs=epochs or self.finetune_epochs, batch_size=128,
                 max_lr=self.finetune_lr, seed=self.seed, progress=self.progress).fit()

@@ -2,7 +2,7 @@
 
 :func:`compare_schedules` starts every run from a copy of the same trained model, gives
 every schedule the *same number of training epochs* on the same images with the same seed,
-and measures test accuracy at each sparsity.  The schedules (``ece662.pruning.schedules``):
+and measures test accuracy at each sparsity.  The schedules (``ece662.training.schedules``):
 
 ``one-shot``   prune once after training, fine-tune at a small constant rate;
 ``iterative``  ``rounds`` x (prune a geometric step, fine-tune), the epochs shared out;
@@ -18,7 +18,7 @@ import time
 import numpy as np
 
 from ece662.experiments import copy_model, evaluate
-from ece662.pruning import schedules as S
+from ece662.training import schedules as S
 
 SCHEDULES = ("one-shot", "iterative", "gradual", "rewind")
 
@@ -54,7 +54,7 @@ def compare_schedules(model, X_train, y_train, X_test, y_test, sparsities=(0.5, 
     epochs : int
         The budget: training epochs per run, the same for every schedule.
     schedules : subset of ``SCHEDULES``
-    structure, scope : see :func:`ece662.pruning.schedules.prune_to`
+    structure, scope : see :func:`ece662.training.schedules.prune_to`
     rounds : int
         Prune/fine-tune rounds of ``iterative`` (at most ``epochs``).
     distill : bool

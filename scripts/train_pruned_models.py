@@ -2,7 +2,7 @@
 
     python scripts/train_pruned_models.py [--data ../shared/datasets/cifar10_real.npz] [--which all]
 
-Recipe (``ece662.pruning.schedules``), from the shipped dense model, on the same 25,000
+Recipe (``ece662.training.schedules``), from the shipped dense model, on the same 25,000
 train + val images it was trained on, seed 0, test split evaluated once at the end:
 
 * ``pruned-80``: 24 epochs of gradual global magnitude pruning of every conv and linear
@@ -44,10 +44,10 @@ from ece662 import timing
 from ece662.experiments import copy_model
 from ece662.io import load_model, save_model
 from ece662.models import SHIPPED, models_dir
-from ece662.optim import SGD
-from ece662.pruning.schedules import gradual, sparsity_of
+from ece662.training.optim import SGD
+from ece662.training.schedules import gradual, sparsity_of
 from ece662.pruning_helper import shipped_model_path, test_model
-from ece662.train import Trainer
+from ece662.training.trainer import Trainer
 
 DISTILL = dict(temperature=4.0, distill_weight=0.7)
 EPOCHS = {"pruned-80": 24, "pruned-90": 12, "filters-50": 20, "shrunk": 40}   # the shipped files' budgets

@@ -26,9 +26,9 @@ import numpy as np
 from ece662.data_utils import get_CINIC10_data
 from ece662.io import save_model
 from ece662.models import default_convnet
-from ece662.optim import SGD
+from ece662.training.optim import SGD
 from ece662.pruning_helper import test_model
-from ece662.train import Trainer
+from ece662.training.trainer import Trainer
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 

@@ -6,10 +6,10 @@ import pytest
 
 import ece662.pruning as prune
 from ece662.models import default_convnet
-from ece662.optim import distillation_loss, softmax_cross_entropy
-from ece662.pruning.schedules import (GradualPruning, cubic_sparsity, gradual, iterative, one_shot,
+from ece662.training.optim import distillation_loss, softmax_cross_entropy
+from ece662.training.schedules import (GradualPruning, cubic_sparsity, gradual, iterative, one_shot,
                                       prunable_layers, prune_to, rewind, sparsity_of)
-from ece662.train import Trainer
+from ece662.training.trainer import Trainer
 
 
 def _tiny_data(n=64, seed=0):

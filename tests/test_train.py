@@ -9,9 +9,9 @@ import ece662.pruning as prune
 from ece662.data_utils import get_CINIC10_data
 from ece662.layers import Conv2d, Linear
 from ece662.models import default_convnet
-from ece662.optim import SGD, Adam, softmax_cross_entropy
+from ece662.training.optim import SGD, Adam, softmax_cross_entropy
 from ece662.pruning_helper import load_model, shipped_model_path, test_model
-from ece662.train import Trainer, TrainingDiverged
+from ece662.training.trainer import Trainer, TrainingDiverged
 
 
 def _tiny_data(n=64, seed=0):
@@ -176,7 +176,7 @@ def test_nonfinite_weights_warn_when_asked_and_stop():
 
 def test_cutout_paints_a_mean_square_and_costs_no_randomness_when_off():
     """cutout=k paints one k x k mean-colour square per image; cutout=0 draws exactly what crop+flip draw."""
-    from ece662.train import augment_batch
+    from ece662.training.trainer import augment_batch
     X, _ = _tiny_data(6)
     a = augment_batch(X, np.random.default_rng(3))
     b = augment_batch(X, np.random.default_rng(3), cutout=0)

@@ -4,7 +4,7 @@ A ``Module`` owns named parameters (float32 arrays), named buffers (e.g. a
 pruning mask), a gradient per parameter after ``backward``, and a train/eval
 flag.  Forward runs the fast kernels of ``ece662.layers.functional``;
 backward stores gradients in ``module.grads[name]`` and returns the gradient
-of its input -- it never updates a weight (that is ``ece662.optim``'s job).
+of its input -- it never updates a weight (that is ``ece662.training.optim``'s job).
 
 Pruning meets the layers at two points, exactly as in ``torch.nn.utils.prune``:
 

@@ -10,7 +10,9 @@
 * ``methods`` -- the torch-like API on layers (weight_orig, weight_mask, hooks)
 * ``shrink``  -- physically remove dead filters (a smaller dense model, same logits)
 * ``report``  -- per-layer parameters, zeros, dead filters, FLOPs dense vs filter-skipping
-* ``schedules`` -- when and how much to prune while the network recovers (gradual, rewinding, distillation)
+
+When and how much to prune while the network trains (gradual, rewinding, distillation) needs a trainer, so it
+lives a floor above, in :mod:`ece662.training.schedules`.
 """
 from ece662.pruning.masks import amount_to_count
 from ece662.pruning.methods import (BasePruningMethod, CustomFromMask, Identity, L1Unstructured,
@@ -21,7 +23,6 @@ from ece662.pruning.methods import (BasePruningMethod, CustomFromMask, Identity,
                                     random_unstructured, remove)
 from ece662.pruning.report import report
 from ece662.pruning.shrink import shrink
-from ece662.pruning import schedules  # noqa: E402  (prune.schedules.gradual(...), prune.schedules.prune_to(...))
 
 __all__ = ["BasePruningMethod", "CustomFromMask", "Identity", "L1Unstructured", "LnStructured",
            "RandomStructured", "RandomUnstructured", "PruningContainer", "amount_to_count",

@@ -7,14 +7,14 @@ rate, validation accuracy per epoch, the best weights kept, early stopping, and 
 ``history`` of plain lists to plot.  A pruned model stays pruned: the layers mask
 the gradients of ``weight_orig`` and the optimisers mask their updates.
 
-Two hooks make the pruning schedules of :mod:`ece662.pruning.schedules` one call:
+Two hooks make the pruning schedules of :mod:`ece662.training.schedules` one call:
 
 * ``pruning=`` an object with ``update(model, step)``, called *between* steps (before
-  step ``step``'s forward) -- e.g. :class:`~ece662.pruning.schedules.GradualPruning`,
+  step ``step``'s forward) -- e.g. :class:`~ece662.training.schedules.GradualPruning`,
   which shrinks the masks on Zhu & Gupta's cubic schedule; between its updates the
   masks are held exactly, as for any pruned model;
 * ``teacher=`` a trained model whose softened outputs the student also learns from
-  (Hinton et al., 2015), see :func:`ece662.optim.distillation_loss`.  The teacher only
+  (Hinton et al., 2015), see :func:`ece662.training.optim.distillation_loss`.  The teacher only
   runs forward, in eval mode: it is never updated.
 """
 import warnings
@@ -22,9 +22,9 @@ import warnings
 import numpy as np
 
 from ece662.data_utils import NormalizedImages, normalize_images
-from ece662.optim import (SGD, check_learning_rate, distillation_loss, one_cycle_lr,
-                          softmax_cross_entropy)
-from ece662.pruning_helper import predict_logits
+from ece662.training.evaluate import predict_logits
+from ece662.training.optim import (SGD, check_learning_rate, distillation_loss, one_cycle_lr,
+                                   softmax_cross_entropy)
 
 
 class TrainingDiverged(RuntimeError):
@@ -116,7 +116,7 @@ class Trainer:
     cutout : int
         Side of the cutout square (0: none); see :func:`augment_batch`.
     label_smoothing : float in [0, 1)
-        See :func:`ece662.optim.softmax_cross_entropy`.
+        See :func:`ece662.training.optim.softmax_cross_entropy`.
     seed : int
     patience : int, optional
         Stop when validation accuracy has not improved for this many epochs.
@@ -129,7 +129,7 @@ class Trainer:
         Add Hinton et al.'s distillation term from this model's logits (it is not trained).
     temperature, distill_weight : float
         The softening temperature ``T`` and the weight of the distillation term
-        (see :func:`ece662.optim.distillation_loss`).
+        (see :func:`ece662.training.optim.distillation_loss`).
     on_nonfinite : {'raise', 'warn'}
         When a step makes a weight NaN or infinite, the model goes back to the weights
         from before that step, and then ``'raise'`` raises :class:`TrainingDiverged`

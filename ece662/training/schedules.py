@@ -2,7 +2,7 @@
 
 Pruning once and fine-tuning briefly loses accuracy that a schedule keeps.  Each recipe
 here is one call on a trained model and its uint8 training images; each runs through
-:class:`ece662.train.Trainer`, whose optimisers keep pruned weights at exactly 0.
+:class:`ece662.training.trainer.Trainer`, whose optimisers keep pruned weights at exactly 0.
 
 * :func:`prune_to` -- the one pruning step everything uses: shrink the masks until a
   given fraction of the weights (or of the conv filters) is pruned, by magnitude.
@@ -18,7 +18,7 @@ here is one call on a trained model and its uint8 training images; each runs thr
 
 Every recipe takes ``teacher=``: the unpruned model, whose softened outputs the pruned
 student also learns (Hinton, Vinyals & Dean, 2015, "Distilling the knowledge in a neural
-network"; see :func:`ece662.optim.distillation_loss`).
+network"; see :func:`ece662.training.optim.distillation_loss`).
 
 ``structure='unstructured'`` prunes single weights of every conv and linear layer (their
 biases are never pruned); ``structure='filters'`` prunes whole output filters of the conv
@@ -30,6 +30,7 @@ import numpy as np
 
 from ece662.layers import Conv2d, Linear
 from ece662.pruning import methods as P
+from ece662.training.trainer import Trainer
 
 STRUCTURES = ("unstructured", "filters")
 SCOPES = ("global", "layer")
@@ -221,9 +222,8 @@ class GradualPruning:
         return step > self.end_step
 
 
-# ============================================================================ recipes
+# ============================================================================ one call per schedule
 def _trainer(model, X, y, epochs, **kwargs):
-    from ece662.train import Trainer       # train imports pruning_helper; import it when used
     kwargs.setdefault("progress", False)
     return Trainer(model, X, y, epochs=epochs, **kwargs)
 
@@ -252,7 +252,7 @@ def one_shot(model, X, y, sparsity, epochs, lr=0.002, scope="global", structure=
     teacher : Sequential, optional
         Distil from it (normally a copy of ``model`` made before pruning).
     **trainer_kwargs
-        Passed to :class:`ece662.train.Trainer` (``X_val``, ``y_val``, ``seed``, ``batch_size``, ...).
+        Passed to :class:`ece662.training.trainer.Trainer` (``X_val``, ``y_val``, ``seed``, ``batch_size``, ...).
 
     Returns
     -------
