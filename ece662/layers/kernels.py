@@ -62,7 +62,8 @@ conv backward
     v1 ``conv2d_backward_direct`` any stride, direct loops.
     v2 ``conv2d_backward_rows``   stride 1, flattened rows as above: dw is a dot product
        of two contiguous vectors per tap, dx an axpy per tap.
-    v3 (stride 1, the one layers use) splits the work in two:
+    v3 (stride 1) splits the work in two (``Conv2d.backward`` runs the lanes kernels of
+       ``kernels_train`` instead, on one register tile; v1-v3 stay as the steps that led there):
        dx is a *forward* convolution of dout, zero-padded by HH-1 / WW-1, with the filters
        flipped and transposed (``conv2d_forward_patches`` again), and
        ``conv2d_weight_grad_patches`` computes dw[f, k] = sum_p dout[n, f, p] * patT[k, p]

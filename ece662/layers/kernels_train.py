@@ -1,7 +1,7 @@
 """Training kernels, channels-last in registers: conv forward (+ bias + ReLU + 2x2 max pool),
 the weight gradient dw and the input gradient dx, all on one register tile.
 
-The inference kernels (``ece662.layers.kernels``, v1-v5) come first: read v3 (a register
+The inference kernels (``ece662.layers.kernels``, v1-v6) come first: read v3 (a register
 tile, vectorised along the taps k, ending in horizontal sums) and v5 (output channels as the
 vector lanes) before this file.  Here is v5's idea applied to all three products of training.
 
