@@ -67,6 +67,9 @@ def _parser():
     common.add_argument("--data", default=None,
                         help="CINIC-10 folder or .npz (default: $ECE662_DATA, datasets/, ../shared/datasets)")
     common.add_argument("--num-test", type=_count(1), default=None, help="evaluate on a class-balanced subset")
+    common.add_argument("--normalize", default="cinic", choices=["cinic", "unit", "none"],
+                        help="the input scaling the model was trained with: CINIC-10 mean/std (cinic, "
+                             "ece662's models), pixels/255 in [0, 1] (unit), raw 0-255 floats (none)")
     sub.add_parser("evaluate", parents=[common], help="print the model's test accuracy")
     cmp = sub.add_parser("compare", add_help=False,
                          help="pruning schedules (one-shot, iterative, gradual, rewinding) at an equal epoch "
@@ -106,8 +109,21 @@ def _load(args):
                          f"--mode {args.mode} files carry their own")
     arch = read_architecture(args.arch) if args.arch else None
     model = load_model(args.model, mode=args.mode, model=arch)
-    data = get_CINIC10_data(args.data, splits=("test",), num_test=args.num_test)
+    data = get_CINIC10_data(args.data, splits=("test",), num_test=args.num_test, normalize=args.normalize)
     return model, data
+
+
+def _warn_if_near_chance(model, accuracy, X):
+    """The loaded model's accuracy near chance: say so, with the command-line fixes (a model
+    loaded pruned may be near chance because of its pruning, so it is not warned about)."""
+    import warnings
+    from ece662.pruning_helper import NearChanceWarning, _is_pruned, near_chance_message
+    if _is_pruned(model):
+        return
+    num_classes = model.output_shape((1,) + tuple(X.shape[1:]))[1]
+    message = near_chance_message(accuracy, num_classes, len(X), where="cli", who="unpruned model")
+    if message:
+        warnings.warn(message, NearChanceWarning)
 
 
 _SHORT = {"accuracy_finetuned": "acc_finetuned", "accuracy_imagenet": "acc_imagenet",
@@ -238,6 +254,10 @@ def _sweep(args):
     from ece662.data_utils import get_CINIC10_data
     if args.iterative and not args.finetune:
         raise SystemExit("ece662: --iterative needs --finetune EPOCHS (the epochs between pruning steps)")
+    if args.finetune and args.normalize != "cinic":
+        raise SystemExit(f"ece662: --finetune trains on CINIC-10 mean/std scaled images, so it cannot "
+                         f"fine-tune a model trained with --normalize {args.normalize}; drop --finetune "
+                         f"(and --iterative), or use a model trained on CINIC-10's scaling")
     _check_out(args.out)
     t0 = time.perf_counter()
     model, data = _load(args)
@@ -259,6 +279,7 @@ def _sweep(args):
               f"rerun's median lands 19 times in 20)")
     base = E.baseline(model, setup=setup)
     print(f"unpruned test accuracy: {base['accuracy']:.4f}")
+    _warn_if_near_chance(model, base["accuracy"], X)
     records = [base]
     jobs = [("unstructured", a) for a in args.amounts]
     scopes = ["layer", "global"] if args.scope == "both" else [args.scope]
@@ -336,9 +357,12 @@ def main(argv=None):
             recipes.main(argv[1:], prog="python -m ece662 compare")
             return 0
         if args.command == "evaluate":
-            from ece662.pruning_helper import test_model
+            from ece662.pruning_helper import NearChanceWarning, test_model
             model, data = _load(args)
-            test_model(model, [data["X_test"], data["y_test"]])
+            with warnings.catch_warnings():      # said below, with the command line's fixes
+                warnings.simplefilter("ignore", NearChanceWarning)
+                accuracy = test_model(model, [data["X_test"], data["y_test"]])
+            _warn_if_near_chance(model, accuracy, data["X_test"])
             return 0
         return _sweep(args)
     except (FileNotFoundError, ValueError, TypeError, ImportError) as e:

@@ -82,8 +82,35 @@ _REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 # ============================================================================ normalisation
-def normalize_images(images, channels_first=True):
-    """uint8 images ``(N, H, W, 3)`` -> float32 ``(N, 3, H, W)`` with CINIC-10 mean/std.
+# the input scalings a model may have been trained with; a pixel p in 0 .. 255 becomes
+SCALINGS = {"cinic": "(p / 255 - MEAN) / STD per channel, CINIC-10's mean and std (ece662's models)",
+            "unit": "p / 255, in [0, 1] (e.g. torchvision's ToTensor() without Normalize)",
+            "none": "p itself as a float, in [0, 255]"}
+
+
+def check_scaling(normalize, caller="get_CINIC10_data"):
+    """The name of a scaling in :data:`SCALINGS`; ``True`` is ``'cinic'`` (the course's default).
+
+    Raises
+    ------
+    ValueError
+        Anything else, with the names to choose from.
+    """
+    if isinstance(normalize, (bool, np.bool_)) and normalize:
+        return "cinic"
+    if isinstance(normalize, str) and normalize in SCALINGS:
+        return normalize
+    raise ValueError(f"{caller}: expected normalize to be one of {sorted(SCALINGS)} (or True for 'cinic'), "
+                     f"got {normalize!r}; it names the input scaling the model was trained with: "
+                     + "; ".join(f"{k}: {v}" for k, v in SCALINGS.items()))
+
+
+def normalize_images(images, channels_first=True, normalize="cinic"):
+    """uint8 images ``(N, H, W, 3)`` -> float32 ``(N, 3, H, W)``, scaled as the model was trained.
+
+    ``normalize`` names the scaling (:data:`SCALINGS`): ``'cinic'`` CINIC-10 mean/std (the
+    default, what ece662's models expect), ``'unit'`` pixels / 255 in [0, 1], ``'none'`` raw
+    0 .. 255 floats.  A model trained on one scaling scores near chance on another.
 
     Examples
     --------
@@ -92,8 +119,15 @@ def normalize_images(images, channels_first=True):
     (1, 3, 2, 2)
     >>> float(normalize_images(x)[0, 0, 0, 0])  # (1 - 0.4789) / 0.2421
     2.152...
+    >>> [float(normalize_images(x, normalize=s)[0, 0, 0, 0]) for s in ("unit", "none")]
+    [1.0, 255.0]
     """
-    x = (np.asarray(images, dtype=np.float32) / np.float32(255.0) - MEAN) / STD
+    x = np.asarray(images, dtype=np.float32)
+    scaling = check_scaling(normalize, "normalize_images")
+    if scaling == "cinic":
+        x = (x / np.float32(255.0) - MEAN) / STD
+    elif scaling == "unit":
+        x = x / np.float32(255.0)
     return np.ascontiguousarray(x.transpose(0, 3, 1, 2)) if channels_first else x
 
 
@@ -101,7 +135,8 @@ class NormalizedImages:
     """uint8 NHWC images that look like a normalised float32 array.
 
     ``len``, ``shape``, ``dtype``, indexing (int, slice, index array) and ``np.asarray``
-    work; only the part you index is converted.
+    work; only the part you index is converted, with :func:`normalize_images` and the
+    scaling ``normalize`` names (default ``'cinic'``).
 
     Examples
     --------
@@ -112,10 +147,11 @@ class NormalizedImages:
     (2, 3, 32, 32)
     """
 
-    def __init__(self, raw, channels_first=True, dtype=np.float32):
+    def __init__(self, raw, channels_first=True, dtype=np.float32, normalize="cinic"):
         self.raw = raw
         self.channels_first = channels_first
         self.dtype = np.dtype(dtype)
+        self.normalize = check_scaling(normalize, "NormalizedImages")
 
     @property
     def shape(self):
@@ -132,14 +168,15 @@ class NormalizedImages:
     def __getitem__(self, idx):
         if isinstance(idx, (int, np.integer)):          # one image: (C, H, W)
             return self[[idx]][0]
-        return normalize_images(self.raw[idx], self.channels_first).astype(self.dtype, copy=False)
+        return normalize_images(self.raw[idx], self.channels_first, self.normalize).astype(self.dtype, copy=False)
 
     def __array__(self, dtype=None, copy=None):
         out = self[:]
         return out if dtype is None else out.astype(dtype)
 
     def __repr__(self):
-        return f"NormalizedImages(shape={self.shape}, dtype={self.dtype}, over uint8 {self.raw.shape})"
+        scaling = "" if self.normalize == "cinic" else f", normalize={self.normalize!r}"
+        return f"NormalizedImages(shape={self.shape}, dtype={self.dtype}{scaling}, over uint8 {self.raw.shape})"
 
 
 # ============================================================================ finding data
@@ -832,12 +869,14 @@ def get_CINIC10_data(path=None, splits=("train", "val", "test"), num_training=No
     splits : sequence of {'train', 'val', 'test'}
     num_training, num_validation, num_test : int, optional
         Take a seeded, class-balanced subset of that many images.
-    normalize : bool
-        CINIC-10 mean/std normalisation to float32 (else raw uint8 images).
+    normalize : {True, 'cinic', 'unit', 'none', False}
+        The scaling the model was trained with, to float32: ``True`` or ``'cinic'`` CINIC-10
+        mean/std (ece662's models), ``'unit'`` pixels / 255 in [0, 1], ``'none'`` raw 0 .. 255
+        floats (see :data:`SCALINGS`).  ``False``: the raw uint8 images, unconverted.
     channels_first : bool
         NCHW (ready for ece662 models) rather than NHWC.
     lazy : bool
-        With ``normalize``: ``X_*`` are :class:`NormalizedImages` that convert per slice.
+        Unless ``normalize=False``: ``X_*`` are :class:`NormalizedImages` that convert per slice.
         ``False`` gives plain float arrays (the whole split in memory).
     seed : int
         For the subsets.
@@ -866,6 +905,8 @@ def get_CINIC10_data(path=None, splits=("train", "val", "test"), num_training=No
     ((10, 3, 32, 32), [0, 1, 2, 3, 4, 5, 6, 7, 8, 9])
     """
     splits = tuple(splits)
+    raw = isinstance(normalize, (bool, np.bool_)) and not normalize     # normalize=False: uint8 as stored
+    scaling = None if raw else check_scaling(normalize)
     for s in splits:
         if s not in SPLIT_FOLDERS:
             raise ValueError(f"unknown split {s!r}; expected some of {tuple(SPLIT_FOLDERS)}")
@@ -884,9 +925,9 @@ def get_CINIC10_data(path=None, splits=("train", "val", "test"), num_training=No
         idx = _balanced_subset(y, sizes[split], rng)
         if idx is not None:
             X, y, origin = X[idx], y[idx], origin[idx]
-        if normalize:
-            X = NormalizedImages(X, channels_first, dtype) if lazy else \
-                normalize_images(X, channels_first).astype(dtype, copy=False)
+        if scaling is not None:
+            X = NormalizedImages(X, channels_first, dtype, scaling) if lazy else \
+                normalize_images(X, channels_first, scaling).astype(dtype, copy=False)
         elif channels_first:
             X = X.transpose(0, 3, 1, 2)
         data[f"X_{split}"], data[f"y_{split}"], data[f"origin_{split}"] = X, y, origin

@@ -697,9 +697,17 @@ def save_keras(model, path, input_shape=(3, 32, 32)):
     model : ece662.layers.Sequential
         Of the layers :func:`keras_layers_of` lists.
     path : str or os.PathLike
+        Must end in ``.keras``: Keras picks the format by the extension, and reads ``.h5`` as
+        its legacy HDF5 layout, which this file is not.
     input_shape : (C, H, W)
         One image's shape, which a Keras file records.
+
+    Raises
+    ------
+    ValueError
+        ``path`` does not end in ``.keras``; nothing is written.
     """
+    _check_keras_extension(path)
     h5py = _import_h5py()
     layers = keras_layers_of(model, input_shape)
     C, H, W = input_shape
@@ -727,6 +735,20 @@ def save_keras(model, path, input_shape=(3, 32, 32)):
                            ("config.json", json.dumps(config).encode()),
                            ("model.weights.h5", buf.getvalue())):
             zf.writestr(zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0)), data)
+
+
+def _check_keras_extension(path):
+    """Refuse a name real Keras would not read as a ``.keras`` zip (it goes by the extension)."""
+    path = os.fspath(path)
+    if not path.endswith(".keras"):             # Keras compares the name case-sensitively
+        ext = os.path.splitext(path)[1]
+        why = ("Keras reads .h5 as its legacy HDF5 layout and would fail on this file"
+               if ext.lower() in (".h5", ".hdf5") else
+               "keras.saving.load_model reads a .keras zip only under a name ending in .keras "
+               "(lower case)")
+        raise ValueError(f"save_keras: expected a path ending in .keras, got {path!r}; save_keras writes "
+                         f"the Keras 3 .keras format and {why}. Use "
+                         f"{os.path.splitext(path)[0] + '.keras'!r}")
 
 
 def _import_h5py():

@@ -11,6 +11,7 @@ Course code uses them exactly as the assignment notebook does::
     test_model(model, test_data, mode=mode)     # prints "Test Acc: 0.7620"
 """
 import os
+import warnings
 
 import numpy as np
 
@@ -167,6 +168,53 @@ def _check_labels(y, n_images):
     return y
 
 
+class NearChanceWarning(UserWarning):
+    """A loaded model scores close to guessing: its input scaling, its architecture or its
+    weights are probably not what it was trained with."""
+
+
+# what a student can change, in Python and at the command line
+_SCALING_FIX = {"python": "load the data with get_CINIC10_data(normalize='unit') for pixels/255, "
+                          "normalize='none' for raw 0-255",
+                "cli": "try --normalize unit (pixels/255) or --normalize none (raw 0-255)"}
+
+
+def near_chance_message(accuracy, num_classes, n_images, where="python", who="test_model"):
+    """A warning text when ``accuracy`` is below twice chance (``2 / num_classes``), else None.
+
+    Why twice chance and not a binomial margin around ``1 / num_classes``: a model fed input
+    scaled unlike its training data is badly off rather than exactly at chance (a CNN trained
+    on pixels/255 scored 0.41 in torch and 0.1989 on CINIC-10-normalised images), and on 10,000
+    test images three binomial standard deviations around 0.1 reach only 0.109.  Any trained
+    CINIC-10 model worth pruning scores far above 0.2 (the shipped one 0.76), so below it the
+    cause is almost surely the model or its input, not the network's skill.
+
+    Parameters
+    ----------
+    where : {'python', 'cli'}
+        Which fix to suggest for the input scaling: a keyword or a command-line option.
+
+    Examples
+    --------
+    >>> near_chance_message(0.76, 10, 10000) is None
+    True
+    >>> near_chance_message(0.1989, 10, 10000)
+    'test_model: accuracy 0.1989 on 10000 images is near chance (1/10 = 0.100; ...'
+    """
+    if num_classes < 2 or accuracy >= 2 / num_classes:
+        return None
+    return (f"{who}: accuracy {accuracy:.4f} on {n_images} images is near chance (1/{num_classes} = "
+            f"{1 / num_classes:.3f}; warned below twice that). Likely causes: the model was trained on "
+            f"other input scaling than CINIC-10's mean/std, which ece662's data use by default "
+            f"({_SCALING_FIX[where]}); the architecture or the order of the weights does not match the "
+            f"file's (e.g. a Flatten over NHWC rather than NCHW features); or the model is untrained")
+
+
+def _is_pruned(model):
+    """Whether any parameter carries a pruning mask (``weight_orig`` + ``weight_mask``)."""
+    return any(key.endswith("_mask") for key in model.state_dict())
+
+
 def test_model(model, test_data, mode="numpy", batch_size=1000, verbose=True):
     """Accuracy of ``model`` on ``test_data = [X, y]``; prints ``Test Acc: 0.xxxx``.
 
@@ -191,6 +239,12 @@ def test_model(model, test_data, mode="numpy", batch_size=1000, verbose=True):
     float
         The fraction of correctly classified images.
 
+    Warns
+    -----
+    NearChanceWarning
+        An unpruned model scores below twice chance (0.2 for 10 classes): its input scaling,
+        architecture or weights are probably wrong (see :func:`near_chance_message`).
+
     Raises
     ------
     ValueError
@@ -212,6 +266,10 @@ def test_model(model, test_data, mode="numpy", batch_size=1000, verbose=True):
     acc = float(np.mean(logits.argmax(axis=1) == y))
     if verbose:
         print(f"Test Acc: {acc:.4f}")
+    # a pruned model may be near chance because of its pruning; an unpruned one should not be
+    message = None if _is_pruned(model) else near_chance_message(acc, logits.shape[1], len(y))
+    if message:
+        warnings.warn(message, NearChanceWarning, stacklevel=2)
     return acc
 
 

@@ -36,7 +36,9 @@ def write_course_files(folder=MODELS, npz=os.path.join(MODELS, "default_convnet.
                          f"state_dicts: ship a dense model, or fold the masks in with prune.remove first")
     torch_path, keras_path = (os.path.join(folder, n) for n in NAMES)
     save_torch_state_dict(state, torch_path, archive_name="torch")
-    save_keras(model, keras_path)
+    # save_keras insists on the .keras name real Keras reads; the course calls the file tensorflow.model
+    save_keras(model, keras_path + ".keras")
+    os.replace(keras_path + ".keras", keras_path)
     return torch_path, keras_path
 
 

@@ -215,3 +215,62 @@ def test_evaluate_without_a_model_reads_the_shipped_file_of_the_mode_asked_for(m
     r = run("evaluate", "--mode", "onnx")
     assert r.returncode != 0 and "Traceback" not in r.stderr
     assert "no pretrained model ships as a 'onnx' file" in r.stderr and "save_model" in r.stderr
+
+
+def _tiny_data(tmp_path):
+    """20 test images, two per class, half of them black and half white: pixel values 0 and 255."""
+    import numpy as np
+    path = tmp_path / "tiny.npz"
+    pixels = np.zeros((20, 32, 32, 3), np.uint8)
+    pixels[1::2] = 255
+    np.savez(path, X_test=pixels, y_test=np.arange(20) % 10)
+    return str(path)
+
+
+@pytest.mark.parametrize("scaling, low, high", [("unit", 0.0, 1.0), ("none", 0.0, 255.0),
+                                                 ("cinic", -1.98, 2.21)])
+def test_normalize_scales_the_images_the_model_sees(tmp_path, monkeypatch, scaling, low, high):
+    """`evaluate --normalize unit|none|cinic` hands the model pixels/255, raw 0-255 floats or CINIC-10
+    mean/std images: the range of the X_test that reaches test_model says which."""
+    import numpy as np
+    from ece662 import cli, pruning_helper
+    seen = {}
+
+    def record(model, test_data, **kwargs):
+        X = np.asarray(test_data[0])
+        seen.update(dtype=X.dtype, low=float(X.min()), high=float(X.max()))
+        return 0.5
+    monkeypatch.setattr(pruning_helper, "test_model", record)
+    assert cli.main(["evaluate", "--data", _tiny_data(tmp_path), "--normalize", scaling]) == 0
+    assert seen["dtype"] == np.float32
+    assert seen["low"] == pytest.approx(low, abs=0.01) and seen["high"] == pytest.approx(high, abs=0.01)
+
+
+def test_a_model_at_chance_gets_a_warning_that_names_the_fixes(tmp_path):
+    """`evaluate` and `sweep` of a model that always predicts class 0 (accuracy 0.1 on balanced labels:
+    chance) print one `ece662: warning:` naming --normalize, the architecture and an untrained model; a
+    bad --normalize is refused in one line, and --finetune (which trains on CINIC-10 scaling) refuses
+    another scaling."""
+    import numpy as np
+    from ece662.io import save_model
+    from ece662.layers import Conv2d, Flatten, Linear, ReLU, Sequential
+    net = Sequential(Conv2d(3, 2, 3, seed=1), ReLU(), Flatten(), Linear(2 * 30 * 30, 10, seed=2))
+    state = net.state_dict()
+    state["3.bias"] = np.array([1e6] + [0] * 9, np.float32)     # class 0 whatever the image
+    net.load_state_dict(state)
+    save_model(net, tmp_path / "class0.npz")
+    data = _tiny_data(tmp_path)
+    r = run("evaluate", "--model", str(tmp_path / "class0.npz"), "--data", data, "--normalize", "unit")
+    assert r.returncode == 0 and r.stdout == "Test Acc: 0.1000\n", r.stderr
+    warning = [line for line in r.stderr.splitlines() if "near chance" in line]
+    assert len(warning) == 1 and warning[0].startswith("ece662: warning: unpruned model: accuracy 0.1000 on 20")
+    assert "--normalize unit" in warning[0] and "architecture" in warning[0] and "untrained" in warning[0]
+    r = run("sweep", "--model", str(tmp_path / "class0.npz"), "--data", data, "--out", str(tmp_path / "out"),
+            "--amounts", "0.5", "--filter-amounts", "0.5", "--no-timing")
+    assert r.returncode == 0, r.stderr
+    assert "unpruned test accuracy: 0.1000" in r.stdout
+    assert "ece662: warning: unpruned model: accuracy 0.1000 on 20 images is near chance" in r.stderr
+    r = run("evaluate", "--data", data, "--normalize", "imagenet")
+    assert r.returncode == 2 and "invalid choice: 'imagenet'" in r.stderr and "Traceback" not in r.stderr
+    r = run("sweep", "--data", data, "--normalize", "unit", "--finetune", "1", "--out", str(tmp_path / "ft"))
+    assert r.returncode != 0 and "--finetune trains on CINIC-10 mean/std" in r.stderr, r.stderr

@@ -2,6 +2,7 @@
 import importlib.util
 import os
 import re
+import warnings
 import zipfile
 
 import numpy as np
@@ -27,6 +28,30 @@ def test_test_model_takes_the_course_modes(mode, capsys):
     acc = test_model(net, [X, y], mode=mode)
     assert acc == float(np.mean(net.eval()(X).argmax(1) == y))
     assert capsys.readouterr().out == f"Test Acc: {acc:.4f}\n"
+
+
+def _zero_model():
+    """A model whose weights are all zero: equal logits for every image, so it always predicts class 0."""
+    from ece662.layers import Conv2d, Flatten, Linear, ReLU, Sequential
+    net = Sequential(Conv2d(3, 2, 3), ReLU(), Flatten(), Linear(2 * 30 * 30, 10))
+    net.load_state_dict({k: np.zeros_like(v) for k, v in net.state_dict().items()})
+    return net.eval()
+
+
+def test_test_model_warns_when_an_unpruned_model_is_near_chance():
+    """An unpruned model at chance (all-zero weights: 0.1 on balanced labels) gets a warning naming the
+    likely causes and the normalize= fix; a pruned one (its pruning may be the cause) does not."""
+    from ece662 import pruning as prune
+    from ece662.pruning_helper import NearChanceWarning
+    X, y = _images(40), np.arange(40) % 10
+    with pytest.warns(NearChanceWarning, match=r"accuracy 0\.1000 on 40 images is near chance.*"
+                                               r"normalize='unit'.*architecture.*untrained"):
+        assert test_model(_zero_model(), [X, y], verbose=False) == 0.1
+    pruned = _zero_model()
+    prune.l1_unstructured(pruned[0], "weight", amount=0.5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", NearChanceWarning)
+        assert test_model(pruned, [X, y], verbose=False) == 0.1
 
 
 def test_test_model_refuses_an_unknown_mode():

@@ -146,3 +146,25 @@ def test_no_data_lists_where_it_looked(tmp_path, monkeypatch):
     """A path without data gives an error listing the places searched and how to get data."""
     with pytest.raises(FileNotFoundError, match="get_datasets.sh"):
         get_CINIC10_data(str(tmp_path / "nothing-here"))
+
+
+def test_normalize_names_the_input_scaling_a_model_was_trained_with(tmp_path):
+    """normalize='cinic' (= True, the default) is CINIC-10 mean/std, 'unit' pixels/255 in [0, 1], 'none'
+    raw 0-255 floats, lazily or not; False stays uint8; anything else is refused with the choices."""
+    path = str(tmp_path / "tiny.npz")
+    pixels = np.zeros((10, 32, 32, 3), np.uint8)
+    pixels[::2] = 255                                     # every other image white: the range is 0 .. 255
+    np.savez(path, X_test=pixels, y_test=np.arange(10))
+    load = lambda **kw: get_CINIC10_data(path, splits=("test",), **kw)["X_test"]
+    for lazy in (True, False):
+        unit, none = np.asarray(load(normalize="unit", lazy=lazy)), np.asarray(load(normalize="none", lazy=lazy))
+        assert unit.dtype == none.dtype == np.float32 and unit.shape == none.shape == (10, 3, 32, 32)
+        assert (unit.min(), unit.max()) == (0.0, 1.0) and (none.min(), none.max()) == (0.0, 255.0)
+        np.testing.assert_array_equal(np.asarray(load(normalize="cinic", lazy=lazy)), np.asarray(load(lazy=lazy)))
+        np.testing.assert_allclose(np.asarray(load(lazy=lazy))[0, :, 0, 0], (1 - MEAN) / STD, rtol=1e-6)
+    assert load(normalize=False).dtype == np.uint8
+    assert load(normalize="unit")[1].shape == (3, 32, 32)     # one image, scaled the same way
+    assert "normalize='unit'" in repr(load(normalize="unit"))
+    for bad in ("Unit", "imagenet", None, 1):
+        with pytest.raises(ValueError, match=r"expected normalize to be one of \['cinic', 'none', 'unit'\]"):
+            load(normalize=bad)

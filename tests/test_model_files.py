@@ -256,3 +256,34 @@ def test_keras_writer_round_trips_the_newer_layers(tmp_path):
     x = np.random.default_rng(0).standard_normal((3, 3, 32, 32)).astype(np.float32)
     np.testing.assert_array_equal(back(x), net(x))
     assert back[1].eps == 1e-3 and back[1].momentum == 0.01
+
+
+@pytest.mark.parametrize("name", ["x.h5", "x.H5", "x.hdf5", "x.model", "x", "x.KERAS"])
+def test_save_keras_refuses_names_keras_would_not_read_as_keras(tmp_path, name):
+    """save_keras writes a .keras zip; under any other name (Keras reads .h5 as legacy HDF5) it is
+    refused with a message naming the .keras path to use, and no file is created."""
+    from ece662.keras_format import save_keras
+    net = Sequential(Conv2d(3, 4, 3, seed=1), Flatten(), Linear(4 * 30 * 30, 10, seed=2))
+    with pytest.raises(ValueError, match=r"expected a path ending in \.keras.*Use '.*x\.keras'"):
+        save_keras(net, tmp_path / name)
+    assert os.listdir(tmp_path) == []
+    save_keras(net, tmp_path / "x.keras")
+    assert os.listdir(tmp_path) == ["x.keras"]
+
+
+@pytest.mark.oracle
+def test_real_keras_reads_what_save_keras_writes_and_only_under_keras(tmp_path, monkeypatch):
+    """Why save_keras refuses other names: real Keras 3 loads its file as x.keras, and fails on the
+    same bytes named x.h5 (it reads .h5 as the legacy HDF5 layout)."""
+    monkeypatch.setenv("KERAS_BACKEND", os.environ.get("KERAS_BACKEND", "torch"))
+    keras = pytest.importorskip("keras")
+    from ece662.keras_format import save_keras
+    net = Sequential(Conv2d(3, 4, 3, seed=1), ReLU(), Flatten(), Linear(4 * 30 * 30, 10, seed=2)).eval()
+    save_keras(net, tmp_path / "x.keras")
+    x = np.random.default_rng(0).standard_normal((2, 3, 32, 32)).astype(np.float32)
+    out = np.asarray(keras.saving.load_model(str(tmp_path / "x.keras")).predict(x.transpose(0, 2, 3, 1),
+                                                                                verbose=0))
+    assert_close(out, net(x), "real Keras", rtol=1e-4, atol=1e-5)
+    (tmp_path / "x.h5").write_bytes((tmp_path / "x.keras").read_bytes())
+    with pytest.raises(Exception):
+        keras.saving.load_model(str(tmp_path / "x.h5"))
