@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Download the official CINIC-10 archive (~700 MB), check it, unpack it into datasets/cinic-10/,
 # and build ece662's uint8 cache.  Resumable: run it again after an interruption.
-# Windows (or no curl): python -m ece662.download
+# Windows (or no curl): python -m ece662.data.download
 set -euo pipefail
 HERE="$(cd "$(dirname "$0")" && pwd)"
 URL="${CINIC10_URL:-https://datashare.ed.ac.uk/bitstream/handle/10283/3192/CINIC-10.tar.gz}"
@@ -23,4 +23,4 @@ if [ ! -d "$TARGET" ] && [ ! -f "$ARCHIVE" ]; then
 fi
 # check and unpack (the Python twin's checks: safe members, all 30 class folders), then build the
 # cache; a refused archive is one line on stderr and exit status 1
-exec python -m ece662.download --dest "$DEST"
+exec python -m ece662.data.download --dest "$DEST"

@@ -15,7 +15,7 @@ import warnings
 import numpy as np
 import pytest
 
-from ece662 import data_utils
+from ece662.data import tree as data_tree
 from ece662.data_utils import CLASSES, SPLIT_FOLDERS, get_CINIC10_data
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -229,10 +229,8 @@ def test_a_skipping_cache_is_never_used_by_a_strict_load(tmp_path, cache):
 CHILD = r"""
 import hashlib, importlib.util, os, sys, time, traceback
 import numpy as np
-# data_utils alone (stdlib, numpy, PIL, filelock): the package would also import numba, slowly
-spec = importlib.util.spec_from_file_location("data_utils", sys.argv[1])
-data_utils = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(data_utils)
+sys.path.insert(0, sys.argv[1])
+from ece662 import data_utils
 tree, work, me, trials = sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5])
 for t in range(trials):
     open(os.path.join(work, f"ready-{t}-{me}"), "w").close()
@@ -261,7 +259,7 @@ def test_three_processes_building_one_cache_all_succeed_with_identical_data(real
         truth.update(X.tobytes())
         truth.update(y.astype(np.int64).tobytes())
     trials = 10
-    procs = [subprocess.Popen([sys.executable, "-c", CHILD, data_utils.__file__, tree, str(tmp_path), str(i),
+    procs = [subprocess.Popen([sys.executable, "-c", CHILD, REPO, tree, str(tmp_path), str(i),
                                str(trials)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for i in range(3)]
     outs = [p.communicate(timeout=600) for p in procs]
@@ -424,7 +422,7 @@ def test_a_full_disk_while_writing_falls_back_with_a_warning(tmp_path, cache, mo
 
     def no_space(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device", cache)
-    monkeypatch.setattr(data_utils, "_write_entry", no_space)
+    monkeypatch.setattr(data_tree, "_write_entry", no_space)
     with pytest.warns(UserWarning, match="No space left"):
         data = _load(root, splits=("val",))
     _assert_true_pixels(data, root, splits=("val",))

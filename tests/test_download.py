@@ -9,7 +9,7 @@ import threading
 import numpy as np
 import pytest
 
-from ece662 import download
+from ece662.data import download
 from ece662.data_utils import CLASSES
 
 

@@ -21,7 +21,7 @@ import warnings
 
 import numpy as np
 
-from ece662.data_utils import NormalizedImages, normalize_images
+from ece662.data.images import NormalizedImages, normalize_images
 from ece662.training.evaluate import predict_logits
 from ece662.training.optim import (SGD, check_learning_rate, distillation_loss, one_cycle_lr,
                                    softmax_cross_entropy)

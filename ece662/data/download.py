@@ -1,6 +1,6 @@
 """Download the official CINIC-10 archive, check it, unpack it, and build the uint8 cache.
 
-    python -m ece662.download [--dest datasets] [--url URL]
+    python -m ece662.data.download [--dest datasets] [--url URL]
     bash datasets/get_datasets.sh            # the same, downloading with curl
 
 The archive (about 700 MB) is fetched into ``<dest>/CINIC-10.tar.gz`` with HTTP range
@@ -8,7 +8,7 @@ requests, so an interrupted download resumes where it stopped.  It is then check
 readable gzip tar whose members all lie under train/, valid/ or test/ with the ten class
 folders: no links, devices, absolute paths or ``..``, nothing landing on or inside another
 member; see :func:`check_archive`) and unpacked into ``<dest>/cinic-10/``; finally
-``get_CINIC10_data`` decodes the PNGs once into its cache.  Offline, it stops with a
+the PNGs are decoded once into the cache (``ece662.data.tree``).  Offline, it stops with a
 message saying so and what to do instead.  Every refusal is one line on stderr and exit
 status 1, never a traceback.
 """
@@ -20,6 +20,9 @@ import tarfile
 import urllib.error
 import urllib.request
 import zlib
+
+from ece662.data.images import CLASSES
+from ece662.data.tree import read_tree
 
 URL = "https://datashare.ed.ac.uk/bitstream/handle/10283/3192/CINIC-10.tar.gz"
 SPLITS = ("train", "valid", "test")
@@ -95,7 +98,6 @@ def _unsafe(m, name, parts):
 
 def _check_members(members, path):
     """Raise DownloadError unless every member is safe, in the CINIC-10 layout, and unique."""
-    from ece662.data_utils import CLASSES
     seen = set()            # (split, class) folders present
     kinds = {}              # case-folded path -> 'file' or 'dir' (so nothing lands on top of anything)
     total = 0
@@ -193,10 +195,10 @@ def unpack(path, dest, progress=False):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(prog="python -m ece662.download", description=__doc__,
+    ap = argparse.ArgumentParser(prog="python -m ece662.data.download", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--dest", default=os.path.join(os.path.dirname(os.path.dirname(
-        os.path.abspath(__file__))), "datasets"), help="folder for the archive and cinic-10/")
+    ap.add_argument("--dest", default=os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
+        os.path.abspath(__file__)))), "datasets"), help="folder for the archive and cinic-10/")
     ap.add_argument("--url", default=URL)
     ap.add_argument("--no-cache", action="store_true", help="do not decode the PNGs into the cache")
     args = ap.parse_args(argv)
@@ -209,9 +211,8 @@ def main(argv=None):
                 fetch(args.url, archive)
             unpack(archive, target, progress=True)
         if not args.no_cache:
-            from ece662.data_utils import get_CINIC10_data
-            data = get_CINIC10_data(target, normalize=False)
-            print("cached: " + ", ".join(f"{s} {len(data['y_' + s])}" for s in ("train", "val", "test")))
+            data = read_tree(target)
+            print("cached: " + ", ".join(f"{s} {len(data[s][1])}" for s in ("train", "val", "test")))
     except (DownloadError, OSError, ValueError) as e:
         # one line, no traceback: the message says what is wrong and what to do
         print(f"get_datasets: {e}", file=sys.stderr)
