@@ -107,8 +107,12 @@ def _load(args):
     if args.arch and args.mode not in ("torch", "tensorflow"):
         raise ValueError(f"--arch gives the network of a --mode torch or tensorflow file; "
                          f"--mode {args.mode} files carry their own")
+    from ece662.torch_format import command_line_advice
     arch = read_architecture(args.arch) if args.arch else None
-    model = load_model(args.model, mode=args.mode, model=arch)
+    try:
+        model = load_model(args.model, mode=args.mode, model=arch)
+    except ValueError as e:          # its advice in the terms of the command line: --arch, not model=
+        raise ValueError(command_line_advice(str(e))) from None
     data = get_CINIC10_data(args.data, splits=("test",), num_test=args.num_test, normalize=args.normalize)
     return model, data
 

@@ -19,6 +19,35 @@ from ece662 import io as _io
 from ece662.models import SHIPPED, load_named
 
 _MODES = ("numpy", "torch", "tensorflow", "onnx")
+# the folder that holds the ece662 package: the repository root, or site-packages when installed
+_PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _resolve_package_path(path, caller="load_model"):
+    """A relative ``ece662/...`` path (the course's ``ece662/models/torch.model``) that is not in the
+    working directory: the installed package's own file, so that the course cell also runs from
+    ``notebooks/``.  Any other path is returned as given.
+
+    Raises
+    ------
+    FileNotFoundError
+        An ``ece662/...`` path that is neither in the working directory nor in the package.
+    """
+    if not isinstance(path, (str, os.PathLike)):
+        return path
+    text = os.fspath(path)
+    if isinstance(text, bytes) or os.path.isabs(text) or os.path.exists(text):
+        return path
+    parts = os.path.normpath(text).replace("\\", "/").split("/")
+    if parts[0] != "ece662" or ".." in parts:          # only files inside the package itself
+        return path
+    inside = os.path.join(_PACKAGE_PARENT, *parts)
+    if os.path.isfile(inside):
+        return inside
+    raise FileNotFoundError(f"{caller}: no file at {text!r}, neither in the working directory {os.getcwd()} "
+                            f"nor in the installed ece662 ({inside}); paths such as "
+                            f"ece662/models/torch.model are relative to the repository root: run from "
+                            f"there (cd to the folder that holds ece662/), or pass an absolute path")
 
 
 def load_model(path=None, mode="numpy", model=None):
@@ -27,7 +56,9 @@ def load_model(path=None, mode="numpy", model=None):
     Parameters
     ----------
     path : str or os.PathLike, optional
-        The file.  ``None`` loads the pretrained model that ships with ece662, from its file in
+        The file.  A relative ``ece662/...`` path (the course's ``ece662/models/torch.model``)
+        that is not in the working directory is looked up in the installed package, so the
+        course's cell runs from ``notebooks/`` too.  ``None`` loads the pretrained model that ships with ece662, from its file in
         the format ``mode`` names (``ece662/models/default_convnet.npz``, ``torch.model`` or
         ``tensorflow.model``; see :func:`shipped_model_path`).
     mode : {'numpy', 'torch', 'tensorflow', 'onnx'}
@@ -63,6 +94,7 @@ def load_model(path=None, mode="numpy", model=None):
         if not os.path.isfile(path):
             raise FileNotFoundError(f"load_model: the shipped pretrained model {path} is missing; "
                                     f"reinstall ece662 or pass a path")
+    path = _resolve_package_path(path)
     if mode == "numpy" and path in SHIPPED and not os.path.exists(path):
         return load_named(path)            # a shipped model by name, e.g. load_model('pruned-80')
     if isinstance(path, str) and not os.path.exists(path) and os.sep not in path and "." not in path:

@@ -652,12 +652,40 @@ def _layers_text(groups):
                      for p, g in groups.items())
 
 
-def _architecture_hint():
+def _architecture_hint(where="python"):
+    """What to do about a state_dict that is not the course network: in Python, or at the command line
+    (``where='cli'``, where model= means nothing and ``--arch net.json`` says the same)."""
+    if where == "cli":
+        return ("A state_dict holds weights, not the architecture, so ece662 cannot build the network "
+                "from it. Name the network with --arch net.json, a file written in Python with "
+                "json.dump(model.spec(), f) for an ece662 Sequential with the same layers (matched by key, "
+                "or by the position of the layers for nn.Sequential keys such as '0.weight'); or use a "
+                "file that carries the architecture: an ece662 .npz written by ece662.save_model "
+                "(--mode numpy), or an ONNX export (torch.onnx.export; --mode onnx).")
     return ("A state_dict holds weights, not the architecture, so ece662 cannot build the network "
             "from it. Pass model=Sequential(...) with the same layers (matched by key, or by the "
             "position of the layers for nn.Sequential keys such as '0.weight'), or use a file that "
             "carries the architecture: an ece662 .npz written by ece662.save_model (load_model(path)), "
             "or an ONNX export (torch.onnx.export; load_model(path, mode='onnx')).")
+
+
+def _course_network_hint(where="python"):
+    """For a file whose layers have the course network's shapes under other names."""
+    if where == "cli":
+        return (" Its layers have the shapes of the course network, in order: if it is that network (e.g. "
+                "as an nn.Sequential), write its architecture with python -c \"import json; from "
+                "ece662.models import default_convnet; json.dump(default_convnet().spec(), "
+                "open('net.json', 'w'))\" and pass --arch net.json.")
+    return (" Its layers have the shapes of the course network, in order: if it is that "
+            "network (e.g. as an nn.Sequential), pass model=default_convnet().")
+
+
+def command_line_advice(message):
+    """``message`` (a load error) with its Python advice (``model=...``) replaced by the command line's
+    (``--arch net.json``); used by ``python -m ece662``."""
+    for hint in (_architecture_hint, _course_network_hint):
+        message = message.replace(hint(), hint("cli"))
+    return message
 
 
 def _check_masks(state_dict, source):
@@ -744,8 +772,7 @@ def model_from_state_dict(state_dict, model=None, source="state_dict"):
             fits = ""
             try:
                 _match_by_position(file_groups, model_groups, source)
-                fits = (" Its layers have the shapes of the course network, in order: if it is that "
-                        "network (e.g. as an nn.Sequential), pass model=default_convnet().")
+                fits = _course_network_hint()
             except ValueError:
                 pass
             raise ValueError(

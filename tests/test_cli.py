@@ -274,3 +274,38 @@ def test_a_model_at_chance_gets_a_warning_that_names_the_fixes(tmp_path):
     assert r.returncode == 2 and "invalid choice: 'imagenet'" in r.stderr and "Traceback" not in r.stderr
     r = run("sweep", "--data", data, "--normalize", "unit", "--finetune", "1", "--out", str(tmp_path / "ft"))
     assert r.returncode != 0 and "--finetune trains on CINIC-10 mean/std" in r.stderr, r.stderr
+
+
+def test_a_state_dict_without_arch_gets_command_line_advice(tmp_path):
+    """A state_dict that is not the course network, given without --arch: the command line says --arch
+    net.json and how to write it (json.dump(model.spec(), f)), not Python's model=...; Python callers
+    keep model=.  A file with the course network's shapes under nn.Sequential names gets the one-line
+    command that writes that net.json, and following it works."""
+    import numpy as np
+    from ece662.io import save_torch_state_dict
+    from ece662.layers import Conv2d, Flatten, Linear, ReLU, Sequential
+    from ece662.models import default_convnet
+    from ece662.pruning_helper import load_model
+    other = tmp_path / "other.pt"
+    save_torch_state_dict(Sequential(Conv2d(3, 4, 3, seed=1), ReLU(), Flatten(),
+                                     Linear(4 * 30 * 30, 10, seed=2)).state_dict(), str(other))
+    data = _tiny_data(tmp_path)
+    r = run("evaluate", "--model", str(other), "--mode", "torch", "--data", data)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "--arch net.json" in r.stderr and "json.dump(model.spec(), f)" in r.stderr, r.stderr
+    assert "model=" not in r.stderr
+    with pytest.raises(ValueError, match=r"Pass model=Sequential\(\.\.\.\)"):
+        load_model(str(other), mode="torch")
+    # the course network as an nn.Sequential would name it: 0.weight, 3.weight, 7.weight ...
+    course = default_convnet(seed=0)
+    positions = {name: str(i) for i, (name, _) in enumerate(course.named_children())}
+    renamed = {positions[k.split(".")[0]] + "." + k.split(".")[1]: v for k, v in course.state_dict().items()}
+    as_sequential = tmp_path / "seq.pt"
+    save_torch_state_dict(renamed, str(as_sequential))
+    r = run("evaluate", "--model", str(as_sequential), "--mode", "torch", "--data", data)
+    assert r.returncode == 2 and "shapes of the course network" in r.stderr and "model=" not in r.stderr
+    command = r.stderr.split('python -c "')[1].split('"')[0]
+    subprocess.run([sys.executable, "-c", command], cwd=tmp_path, check=True)
+    r = run("evaluate", "--model", str(as_sequential), "--mode", "torch", "--arch", str(tmp_path / "net.json"),
+            "--data", data)
+    assert r.returncode == 0 and r.stdout.startswith("Test Acc: "), r.stderr

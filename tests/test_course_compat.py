@@ -319,3 +319,27 @@ def test_a_framework_file_loaded_as_npz_names_the_mode_to_use():
         load_model(os.path.join(models, "tensorflow.model"))
     with pytest.raises(FileNotFoundError, match=r"no shipped model has that name.*pruned-80"):
         load_model("pruned-50")
+
+
+@pytest.mark.parametrize("mode", ["torch", "tensorflow"])
+def test_course_paths_resolve_from_notebooks_folder(mode, tmp_path, monkeypatch):
+    """The course cell's relative path ece662/models/<mode>.model, run from notebooks/ (or anywhere
+    without that file), reads the package's own file; a file at that path in the working directory
+    comes first; a missing ece662/... file says to run from the repository root."""
+    notebooks = tmp_path / "notebooks"
+    notebooks.mkdir()
+    monkeypatch.chdir(notebooks)
+    path = os.path.join("ece662", "models", f"{mode}.model")
+    model = load_model(path, mode=mode)
+    for ours, shipped in zip(model.parameters(), load_model(mode=mode).parameters()):
+        np.testing.assert_array_equal(ours, shipped)
+    with pytest.raises(FileNotFoundError, match=r"no file at '.*nothere.model', neither in the working "
+                                                r"directory .*notebooks nor in the installed ece662.*"
+                                                r"run from there"):
+        load_model(os.path.join("ece662", "models", "nothere.model"), mode=mode)
+    if mode == "torch":              # a student's own ece662/models/torch.model beside them is read first
+        os.makedirs(os.path.join("ece662", "models"))
+        own = default_convnet(seed=5)
+        save_torch_state_dict(own.state_dict(), path)
+        np.testing.assert_array_equal(load_model(path, mode="torch").state_dict()["fc.weight"],
+                                      own.state_dict()["fc.weight"])
