@@ -4,8 +4,8 @@
 
 Every ece662 speedup is a paired, repeated measurement (``ece662.timing.PairedTimer``): the
 dense model and the pruned variants run back to back, interleaved, ``--repeats`` rounds; the
-table gives the median ratio and its interquartile range, and flags a ratio above the FLOP
-ideal or a "masks only" ratio off 1x beyond its noise.
+table gives the median ratio and its interquartile range, and flags (``ece662.timing.flag_reason``)
+a ratio whose whole interval is above the FLOP ideal or a "masks only" interval that misses 1x.
 
 1. Filter pruning (L2, dim 0) of both conv layers of the shipped model at 25/50/75%:
    whole-network time with the dense kernels on the masked weights ("masks alone"), with

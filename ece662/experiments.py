@@ -12,7 +12,8 @@ modified.  A record is a flat dict (one row of the sweep's CSV):
 ``speedup, speedup_low, speedup_high, speedup_iqr_low, speedup_iqr_high, speedup_flag`` -- the
 pruned model (the kernels ece662 picks) against the unpruned model on the dense kernels, timed
 interleaved and repeated (``ece662.timing``): median ratio, the interval a rerun's median lands
-in 19 times in 20, the single rounds' interquartile range, and why not to trust it ("" if fine);
+in 19 times in 20, the single rounds' interquartile range, and why not to trust it ("" if fine;
+the rule is ``ece662.timing.flag_reason``);
 ``masks_only`` (same six columns) -- the dense kernels on the masked weights, against the same;
 ``images_per_s_dense, images_per_s_pruned`` -- median throughputs of the unpruned and pruned
 model in those rounds (secondary: unpaired, they move with the machine's load); ``kernels``;
@@ -117,8 +118,9 @@ def speedups(model, reference, X, timer=None, ideal=None):
     Times three models interleaved (``ece662.timing.PairedTimer``): the reference's dense
     twin, ``model``'s dense twin ("masks only": the same work on masked weights) and
     ``model`` itself (the kernels ece662 picks).  Returns the record columns ``speedup*``,
-    ``masks_only*``, ``images_per_s_dense`` and ``images_per_s_pruned``; a speedup above
-    ``ideal`` or a masks-only ratio outside its noise band is flagged.
+    ``masks_only*``, ``images_per_s_dense`` and ``images_per_s_pruned``; a speedup whose whole
+    interval lies above ``ideal``, or a masks-only interval that misses 1x, is flagged
+    (``ece662.timing.flag_reason``).
     """
     timer = timer or timing.PairedTimer()
     return _speed_columns(timer.compare(_comparison(model, reference), X), model is reference, ideal)

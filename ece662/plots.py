@@ -137,8 +137,8 @@ def speedup_vs_ideal(records, baseline=None, path=None):
     it about 19 times in 20; older results: the interquartile range); the dashed line is the
     FLOP ideal (dense FLOPs over the FLOPs left when zero weights and dead filters are
     skipped); grey crosses are "masks only" (the dense kernels on the masked weights, which
-    should stay at 1x).  Flagged points (above the ideal, or masks only off 1x by more than
-    its noise) are drawn hollow in red: they are noise, not results.
+    should stay at 1x).  Flagged points (``ece662.timing.flag_reason``: the whole interval above the
+    ideal, or a masks-only interval that misses 1x) are drawn hollow in red: they are noise, not results.
     """
     fig, ax = plt.subplots(figsize=(9.5, 4.6))
     timed = [r for r in records if "speedup" in r and r["method"] != "none"]

@@ -33,11 +33,14 @@ runs").
 
 Two checks keep the numbers honest:
 
-- a speedup whose median is above its FLOP ideal (dense FLOPs / FLOPs left) is impossible
-  for the kernels here, and one for "masks only" (the dense kernels on masked weights: the
-  same work, so 1x) whose interval misses 1x (give or take ``MASKS_ONLY_TOLERANCE``) is noise,
-  not an effect -- both come back as a ``flag`` string, and the plots draw flagged points
-  hollow, never as fact;
+- a speedup above its FLOP ideal (dense FLOPs / FLOPs left) is impossible for the kernels
+  here, and one for "masks only" (the dense kernels on masked weights: the same work, so 1x)
+  off 1x is noise, not an effect.  A ratio is flagged only when its *interval* says so: the
+  whole interval above the ideal (``low > ideal``), or a same-work interval that misses 1x
+  (give or take ``MASKS_ONLY_TOLERANCE``).  A median just above the ideal whose interval still
+  holds the ideal is what a rerun could give; flagging it would contradict the interval printed
+  beside it.  :func:`flag_reason` is that rule, once; :meth:`Ratio.check` and everything that
+  reads a record's ``*_flag`` column use it, and the plots draw flagged points hollow, never as fact;
 - when repeated timings of the *same* dense model disagree by more than ~20%, the machine is
   busy and the absolute speed columns are unreliable: :class:`PairedTimer` warns once.
 
@@ -97,6 +100,49 @@ def rerun_interval(ratios, level=INTERVAL_LEVEL, samples=BOOTSTRAP_SAMPLES, seed
     return med + float(lo), med + float(hi)
 
 
+def flag_reason(median, low, high, ideal=None, same_work=False):
+    """Why a speed ratio must not be read as fact, or ``""``: the one flagging rule.
+
+    A ratio is flagged only when its rerun interval ``low``-``high`` excludes what is possible:
+
+    * ``ideal`` given (the FLOP ideal of a pruned model): the whole interval lies above it,
+      ``low > ideal``.  A median above the ideal with ``low <= ideal`` is not flagged: a rerun
+      could land at or below the ideal.
+    * ``same_work`` (masks only, or a model against its own dense twin: 1x by construction): the
+      interval, widened by ``MASKS_ONLY_TOLERANCE`` (the masked model also recomputes
+      ``weight = weight_orig * mask`` on every call), misses 1.
+
+    Parameters
+    ----------
+    median, low, high : float
+        The ratio's median and its interval (:func:`rerun_interval`).
+    ideal : float, optional
+    same_work : bool
+
+    Returns
+    -------
+    str
+        The reasons, joined by "; " (``""``: nothing is wrong).
+
+    Examples
+    --------
+    >>> flag_reason(1.49, 1.41, 1.58, ideal=1.488)       # median above, interval holds the ideal
+    ''
+    >>> flag_reason(1.70, 1.60, 1.80, ideal=1.49)
+    'above the FLOP ideal: the whole interval 1.60-1.80 is above 1.49x (median 1.70x)'
+    >>> flag_reason(1.08, 0.97, 1.20, same_work=True)
+    ''
+    """
+    flags = []
+    if ideal is not None and low > ideal:
+        flags.append(f"above the FLOP ideal: the whole interval {low:.2f}-{high:.2f} is above {ideal:.2f}x "
+                     f"(median {median:.2f}x)")
+    if same_work and not (low * (1 - MASKS_ONLY_TOLERANCE) <= 1.0 <= high * (1 + MASKS_ONLY_TOLERANCE)):
+        flags.append(f"the same work should run at 1x; measured {median:.2f}x "
+                     f"(rerun interval {low:.2f}-{high:.2f}): noise")
+    return "; ".join(flags)
+
+
 class Ratio:
     """The speedup of one model over the reference, from paired rounds.
 
@@ -113,7 +159,8 @@ class Ratio:
     ratios, times : ndarray
         Its ratio and its seconds, round by round.
     flag : str
-        Why this ratio must not be read as fact ("" when nothing is wrong); see :meth:`check`.
+        Why this ratio must not be read as fact ("" when nothing is wrong); see :meth:`check`
+        and :func:`flag_reason`.
     """
 
     def __init__(self, ratios, times, n_images):
@@ -126,19 +173,8 @@ class Ratio:
         self.flag = ""
 
     def check(self, ideal=None, same_work=False):
-        """Set (and return) ``flag``: a median above the FLOP ``ideal``, or, with ``same_work``
-        (masks only: the same kernels on the same amount of work), an interval that misses 1x.
-
-        The noise band of a same-work ratio is its interval widened by ``MASKS_ONLY_TOLERANCE``
-        (the masked model also recomputes ``weight = weight_orig * mask`` on every call).
-        """
-        flags = []
-        if ideal is not None and self.median > ideal:
-            flags.append(f"above the FLOP ideal ({self.median:.2f}x > {ideal:.2f}x)")
-        if same_work and not (self.low * (1 - MASKS_ONLY_TOLERANCE) <= 1.0 <= self.high * (1 + MASKS_ONLY_TOLERANCE)):
-            flags.append(f"the same work should run at 1x; measured {self.median:.2f}x "
-                         f"(rerun interval {self.low:.2f}-{self.high:.2f}): noise")
-        self.flag = "; ".join(flags)
+        """Set (and return) ``flag``: :func:`flag_reason` of this ratio's median and interval."""
+        self.flag = flag_reason(self.median, self.low, self.high, ideal=ideal, same_work=same_work)
         return self.flag
 
     def __repr__(self):

@@ -6,9 +6,11 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 import ece662.pruning as prune
-from conftest import requires_torch, torch
+from conftest import assert_close, requires_torch, torch
 from ece662.io import load_model, save_model
-from ece662.layers import Conv2d, Linear
+from ece662.experiments import dense_twin
+from ece662.layers import (BatchNorm2d, Conv2d, Flatten, Linear, MaxPool2d, ReLU,
+                           Sequential)
 from ece662.models import default_convnet
 from ece662.pruning import masks as M
 
@@ -324,6 +326,79 @@ def test_prune_bias_zeroes_dead_filter_outputs():
     assert (b(x)[:, dead] == 0).all() and (b.bias_mask == ~dead).all()
     with pytest.raises(ValueError, match="dim=0"):
         prune.ln_structured(Conv2d(3, 6, 3), "weight", amount=1, n=2, dim=1, prune_bias=True)
+
+
+def _conv_bn_net(seed=0, bias=True):
+    """conv-BN-ReLU-pool, conv-BN-ReLU, conv-ReLU, fc on (3, 16, 16): every conv after a BN has padding 1.
+    The batch norms have running statistics and shifts that make a dead filter's output a
+    non-zero constant (beta - gamma * mean / sqrt(var + eps), through the ReLU)."""
+    rng = np.random.default_rng(seed)
+    net = Sequential(Conv2d(3, 8, 3, padding=1, bias=bias, seed=seed), BatchNorm2d(8), ReLU(), MaxPool2d(2),
+                     Conv2d(8, 6, 3, padding=1, bias=bias, seed=seed + 1), BatchNorm2d(6), ReLU(),
+                     Conv2d(6, 4, 3, padding=1, seed=seed + 2), ReLU(), Flatten(),
+                     Linear(4 * 8 * 8, 5, seed=seed + 3))
+    for bn in (net[1], net[5]):
+        C = bn.num_features
+        bn.weight[:] = rng.uniform(0.5, 1.5, C)
+        bn.bias[:] = rng.uniform(0.2, 1.0, C)
+        bn.running_mean[:] = rng.normal(0, 0.2, C)
+        bn.running_var[:] = rng.uniform(0.5, 2.0, C)
+    return net.eval()
+
+
+def _n_parameters(model):
+    """Weights, biases and batch norm scales/shifts: what a network stores to compute (masks aside)."""
+    return sum(p.size for name, p in model.named_parameters())
+
+
+@pytest.mark.parametrize("prune_bias", [False, True])
+def test_shrink_is_exact_with_batchnorm_before_padded_convs(prune_bias):
+    """Conv -> BatchNorm -> ReLU -> padded conv: a dead filter outputs BN's non-zero shift, even with
+    prune_bias; shrink() still gives the masked model's logits, with fewer parameters, and leaves
+    the model unchanged."""
+    model = _conv_bn_net()
+    dense_parameters = _n_parameters(model)
+    prune.ln_structured(model[0], "weight", amount=4, n=2, dim=0, prune_bias=prune_bias)
+    prune.ln_structured(model[4], "weight", amount=3, n=2, dim=0, prune_bias=prune_bias)
+    x = np.random.default_rng(1).standard_normal((6, 3, 16, 16)).astype(np.float32)
+    masked = dense_twin(model)(x)
+    plan = model.plan((3, 16, 16))
+    dead_const = [s.const_in[~s.live_in] for s in plan if s.op == "conv" and s.live_in is not None]
+    assert len(dead_const) == 2 and all(np.any(c != 0) for c in dead_const), "the case needs non-zero constants"
+    before = {k: v.copy() for k, v in model.state_dict().items()}
+    small = prune.shrink(model, input_shape=(3, 16, 16))
+    for k, v in model.state_dict().items():
+        np.testing.assert_array_equal(v, before[k], err_msg=f"shrink changed {k}")
+    assert not model.training
+    cfg = {"prune_bias": prune_bias}
+    assert_close(small(x), masked, cfg, rtol=1e-4, atol=1e-5, what="shrunk vs masked")
+    small.kernels = "reference"
+    assert_close(small(x), masked, cfg, rtol=1e-4, atol=1e-5, what="shrunk (reference kernels) vs masked")
+    # one carrier channel stands for every dead one before a padded conv; no batch norm is left
+    convs = [m for m in small.modules() if isinstance(m, Conv2d)]
+    assert [(c.in_channels, c.out_channels) for c in convs] == [(3, 5), (5, 4), (4, 4)]
+    assert not any(isinstance(m, BatchNorm2d) for m in small.modules())
+    assert _n_parameters(small) < dense_parameters
+    assert _n_parameters(small) < _n_parameters(model)
+
+
+def test_shrink_keeps_the_batchnorm_shift_of_a_conv_without_bias():
+    """A conv without bias followed by BatchNorm: the folded conv needs the shift as its bias."""
+    model = _conv_bn_net(bias=False)
+    x = np.random.default_rng(2).standard_normal((3, 3, 16, 16)).astype(np.float32)
+    small = prune.shrink(model, input_shape=(3, 16, 16))
+    assert small[0].bias is not None
+    assert_close(small(x), dense_twin(model)(x), {"bias": False}, rtol=1e-4, atol=1e-5, what="shrunk vs dense")
+
+
+def test_shrink_in_training_mode_says_to_call_eval():
+    """A training-mode BatchNorm after a pruned conv cannot carry constants: the error says model.eval()."""
+    model = _conv_bn_net()
+    prune.ln_structured(model[0], "weight", amount=4, n=2, dim=0)
+    model.train()
+    with pytest.raises(ValueError, match=r"training mode.*model\.eval\(\)"):
+        prune.shrink(model, input_shape=(3, 16, 16))
+    assert model.training
 
 
 def test_pruning_history_records_every_method():

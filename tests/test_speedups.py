@@ -4,7 +4,7 @@ import pytest
 
 import ece662.pruning as prune
 from conftest import assert_close
-from ece662.experiments import dense_twin
+from ece662.experiments import copy_model, dense_twin
 from ece662.layers import Conv2d, Flatten, Linear, ReLU, Sequential
 from ece662.layers.plan import SPARSE_THRESHOLD, KernelChoice
 from ece662.models import default_convnet
@@ -49,7 +49,8 @@ def test_masked_skipping_and_shrunk_models_give_the_same_logits(amount, how):
 
 
 def test_shrink_leaves_the_original_alone_and_refuses_inexact_folds():
-    """shrink() returns a new model; with padding after a live-bias dead filter it refuses."""
+    """shrink() returns a new model; before a padded conv one dead channel carries the constants
+    (exact, with or without the dead biases pruned); a conv that must see its full input is refused."""
     model = default_convnet(seed=0)
     prune.ln_structured(model.conv1, "weight", amount=8, n=2, dim=0)
     before = {k: v.copy() for k, v in model.state_dict().items()}
@@ -60,11 +61,18 @@ def test_shrink_leaves_the_original_alone_and_refuses_inexact_folds():
                         Linear(2 * 6 * 6, 3, seed=2))
     padded[0].bias[:] = 1.0
     prune.ln_structured(padded[0], "weight", amount=2, n=2, dim=0)
-    with pytest.raises(ValueError, match="padding 1.*prune_bias=True"):
-        prune.shrink(padded, input_shape=(3, 8, 8))
-    prune.custom_from_mask(padded[0], "bias", padded[0].alive_filters())
     x = np.random.default_rng(1).standard_normal((2, 3, 8, 8)).astype(np.float32)
-    assert_close(prune.shrink(padded, input_shape=(3, 8, 8))(x), dense_twin(padded)(x), "padded, bias pruned")
+    small = prune.shrink(padded, input_shape=(3, 8, 8))
+    assert small[0].out_channels == 3                    # 2 live filters + 1 carrier for the 2 dead ones
+    assert_close(small(x), dense_twin(padded)(x), "padded, live bias", what="shrunk vs masked")
+    hooked = copy_model(padded)
+    hooked[2].register_forward_pre_hook(lambda m, inputs: None)
+    with pytest.raises(ValueError, match="forward hook of its own.*remove that hook"):
+        prune.shrink(hooked, input_shape=(3, 8, 8))
+    prune.custom_from_mask(padded[0], "bias", padded[0].alive_filters())
+    small = prune.shrink(padded, input_shape=(3, 8, 8))
+    assert small[0].out_channels == 2                    # dead outputs are 0: nothing to carry
+    assert_close(small(x), dense_twin(padded)(x), "padded, bias pruned")
 
 
 def test_kernel_choice_is_reported_and_configurable():

@@ -86,6 +86,61 @@ def test_masks_only_is_flagged_outside_its_noise_band_and_not_inside():
     assert r.check(same_work=True) == ""
 
 
+def _ratio_around(center, spread, rounds=35, seed=0):
+    """A Ratio built from ``rounds`` per-round ratios spread evenly (shuffled) around ``center``."""
+    ratios = np.random.default_rng(seed).permutation(center + spread * np.linspace(-1, 1, rounds))
+    return timing.Ratio(ratios, 1 / ratios, 1)
+
+
+def test_a_median_above_the_ideal_whose_interval_holds_it_is_not_flagged():
+    """The sweep's '1.49x > 1.49x' case: the interval (1.41-1.58) contains the ideal, so no flag."""
+    r = _ratio_around(1.50, 0.15)
+    ideal = r.median - 0.01
+    assert r.low <= ideal < r.median <= r.high, r            # the case as the issue saw it
+    assert r.check(ideal=ideal) == "" and r.flag == ""
+    assert timing.flag_reason(1.49, 1.41, 1.58, ideal=1.488) == ""
+
+
+def test_a_speedup_whose_whole_interval_is_above_the_ideal_is_flagged():
+    r = _ratio_around(1.50, 0.15)
+    ideal = r.low - 0.01
+    assert ideal < r.low
+    assert "above the FLOP ideal" in r.check(ideal=ideal)
+    assert r.check(ideal=r.low) == ""                     # the ideal on the interval's edge: still possible
+    assert "above the FLOP ideal" in timing.flag_reason(1.70, 1.60, 1.80, ideal=1.49)
+
+
+def test_a_same_work_ratio_off_1x_whose_interval_holds_1_is_not_flagged():
+    """'masks only' at a median of 1.10x with an interval reaching below 1: noise, not a flag."""
+    r = _ratio_around(1.10, 0.40)
+    assert r.median > 1 + timing.MASKS_ONLY_TOLERANCE and r.low <= 1.0 <= r.high, r
+    assert r.check(same_work=True) == ""
+    assert timing.flag_reason(1.56, 0.99, 1.87, same_work=True) == ""
+
+
+def test_a_same_work_ratio_whose_interval_excludes_1_is_flagged():
+    r = _ratio_around(1.50, 0.15)
+    assert r.low * (1 - timing.MASKS_ONLY_TOLERANCE) > 1.0, r
+    assert "should run at 1x" in r.check(same_work=True)
+    below = _ratio_around(0.70, 0.10)
+    assert "should run at 1x" in below.check(same_work=True)
+
+
+def test_sweep_records_and_table_flag_only_what_the_interval_excludes():
+    """A sweep row built from Ratios: its *_flag columns and the table's "!" follow the same rule."""
+    from ece662.cli import _table
+    from ece662.experiments import _speed_columns
+    rows = []
+    for target, pruned in ((0.25, _ratio_around(1.50, 0.15)), (0.5, _ratio_around(3.0, 0.1))):
+        ratios = {"dense": _ratio_around(1.0, 0.0), "masks_only": _ratio_around(1.02, 0.3), "pruned": pruned}
+        rows.append({"method": "l2_structured_filters", "target": target,
+                     **_speed_columns(ratios, False, ideal=pruned.median - 0.01 if target == 0.25 else 2.0)})
+    assert rows[0]["speedup_flag"] == "" and rows[0]["masks_only_flag"] == ""
+    assert "above the FLOP ideal" in rows[1]["speedup_flag"]
+    text = _table(rows, ["method", "speedup", "flag"])
+    assert "! l2_structured_filters 0.25" not in text and "! l2_structured_filters 0.5: above" in text
+
+
 def test_warns_once_when_repeated_dense_timings_disagree():
     """Dense rounds 1 s and 2 s: one warning for the whole timer, however many comparisons follow."""
     clock, log = FakeClock(), []
