@@ -121,8 +121,9 @@ def _warn_if_near_chance(model, accuracy, X):
     """The loaded model's accuracy near chance: say so, with the command-line fixes (a model
     loaded pruned may be near chance because of its pruning, so it is not warned about)."""
     import warnings
-    from ece662.pruning_helper import NearChanceWarning, _is_pruned, near_chance_message
-    if _is_pruned(model):
+    from ece662.pruning import is_pruned
+    from ece662.pruning_helper import NearChanceWarning, near_chance_message
+    if is_pruned(model):
         return
     num_classes = model.output_shape((1,) + tuple(X.shape[1:]))[1]
     message = near_chance_message(accuracy, num_classes, len(X), where="cli", who="unpruned model")

@@ -15,171 +15,13 @@ import warnings
 
 import numpy as np
 
-from ece662 import io as _io
-from ece662.models import SHIPPED, load_named
+from ece662.io import MODES, check_mode, load_model
+from ece662.models import shipped_model_path
+from ece662.pruning import is_pruned
+from ece662.training.evaluate import predict_logits
 
-_MODES = ("numpy", "torch", "tensorflow", "onnx")
-# the folder that holds the ece662 package: the repository root, or site-packages when installed
-_PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _resolve_package_path(path, caller="load_model"):
-    """A relative ``ece662/...`` path (the course's ``ece662/models/torch.model``) that is not in the
-    working directory: the installed package's own file, so that the course cell also runs from
-    ``notebooks/``.  Any other path is returned as given.
-
-    Raises
-    ------
-    FileNotFoundError
-        An ``ece662/...`` path that is neither in the working directory nor in the package.
-    """
-    if not isinstance(path, (str, os.PathLike)):
-        return path
-    text = os.fspath(path)
-    if isinstance(text, bytes) or os.path.isabs(text) or os.path.exists(text):
-        return path
-    parts = os.path.normpath(text).replace("\\", "/").split("/")
-    if parts[0] != "ece662" or ".." in parts:          # only files inside the package itself
-        return path
-    inside = os.path.join(_PACKAGE_PARENT, *parts)
-    if os.path.isfile(inside):
-        return inside
-    raise FileNotFoundError(f"{caller}: no file at {text!r}, neither in the working directory {os.getcwd()} "
-                            f"nor in the installed ece662 ({inside}); paths such as "
-                            f"ece662/models/torch.model are relative to the repository root: run from "
-                            f"there (cd to the folder that holds ece662/), or pass an absolute path")
-
-
-def load_model(path=None, mode="numpy", model=None):
-    """Load a model file.
-
-    Parameters
-    ----------
-    path : str or os.PathLike, optional
-        The file.  A relative ``ece662/...`` path (the course's ``ece662/models/torch.model``)
-        that is not in the working directory is looked up in the installed package, so the
-        course's cell runs from ``notebooks/`` too.  ``None`` loads the pretrained model that ships with ece662, from its file in
-        the format ``mode`` names (``ece662/models/default_convnet.npz``, ``torch.model`` or
-        ``tensorflow.model``; see :func:`shipped_model_path`).
-    mode : {'numpy', 'torch', 'tensorflow', 'onnx'}
-        ``'numpy'``: ece662's own ``.npz`` format (``ece662.io.save_model``), or the name of a
-        shipped model (``'dense'``, ``'pruned-80'``, ``'pruned-90'``, ``'filters-50'``; see
-        ``ece662/models/PRUNED_MODELS.md``).
-        ``'torch'``: a PyTorch ``state_dict`` written by ``torch.save`` (zip format),
-        read without importing torch and without unpickling arbitrary objects.
-        ``'tensorflow'``: a Keras model file (``.keras`` or ``.h5``), read with h5py
-        (``pip install h5py``) without Keras; the architecture is built from the file's
-        config (see ``ece662.keras_format``) and NHWC layouts are converted.
-        ``'onnx'``: an ONNX graph (e.g. from ``torch.onnx.export``), architecture included
-        (``pip install onnx``; see ``ece662.onnx_format``).
-    model : ece662.layers.Sequential, optional
-        For ``mode='torch'`` / ``'tensorflow'``: the architecture to load into, when it is not
-        the course's default network (torch) or not the file's own config (Keras).  Its keys
-        and shapes must match the file's.
-
-    Returns
-    -------
-    ece662.layers.Sequential, in eval mode
-
-    Raises
-    ------
-    ValueError
-        Unknown mode, a file that is not a model, or arrays that do not fit.
-    FileNotFoundError
-        No file at ``path``.
-    """
-    _check_mode(mode, "load_model")
-    if path is None:
-        path = shipped_model_path(mode)
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"load_model: the shipped pretrained model {path} is missing; "
-                                    f"reinstall ece662 or pass a path")
-    path = _resolve_package_path(path)
-    if mode == "numpy" and path in SHIPPED and not os.path.exists(path):
-        return load_named(path)            # a shipped model by name, e.g. load_model('pruned-80')
-    if isinstance(path, str) and not os.path.exists(path) and os.sep not in path and "." not in path:
-        raise FileNotFoundError(f"load_model: no file at {path!r}, and no shipped model has that name; "
-                                f"the shipped models are {sorted(SHIPPED)}")
-    if mode == "numpy" or mode == "onnx":
-        if model is not None:
-            raise ValueError("load_model: model= is only used with mode='torch' or 'tensorflow'; "
-                             "ece662 and ONNX files carry their own architecture")
-        return _io.read_onnx(path) if mode == "onnx" else _io.load_model(path)
-    if mode == "tensorflow":
-        return _io.model_from_keras(path, model=model)
-    return _io.model_from_state_dict(_io.read_torch_state_dict(path), model=model, source=os.fspath(path))
-
-
-def shipped_model_path(mode="numpy"):
-    """Where the pretrained weights that ship with ece662 live, in the format ``mode`` reads.
-
-    The same weights ship as ece662's ``.npz`` (``'numpy'``) and as the course's two files,
-    ``torch.model`` (a PyTorch state_dict) and ``tensorflow.model`` (a Keras file); no ONNX
-    file ships (``ece662.io.save_model(load_model(), 'm.onnx')`` writes one).
-    """
-    names = {"numpy": "default_convnet.npz", "torch": "torch.model", "tensorflow": "tensorflow.model"}
-    if mode not in names:
-        raise ValueError(f"load_model: no pretrained model ships as a {mode!r} file (shipped formats: "
-                         f"{sorted(names)}); pass a path, e.g. write one with "
-                         f"ece662.io.save_model(load_model(), 'model.onnx')")
-    return os.path.join(os.path.dirname(os.path.abspath(__file__)), "models", names[mode])
-
-
-def _to_float_batch(X, sl):
-    batch = np.asarray(X[sl])
-    if batch.dtype != np.float32:
-        if batch.dtype == np.uint8:
-            raise TypeError(f"test_model: expected normalised float32 images of shape (N, 3, 32, 32), "
-                            f"got uint8 images of shape {batch.shape}; load them with "
-                            f"get_CINIC10_data() (normalize=True, channels_first=True)")
-        batch = batch.astype(np.float32)
-    return batch
-
-
-def predict_logits(model, X, batch_size=1000):
-    """Logits for every image of ``X``, computed in eval mode, ``batch_size`` at a time.
-
-    Parameters
-    ----------
-    X : ndarray or array-like, (N, C, H, W) float32
-        Anything with ``len`` and slicing (e.g. ``data['X_test']``).  ``N = 0`` gives an
-        empty ``(0, num_classes)`` result.
-
-    Returns
-    -------
-    ndarray, (N, num_classes) float32
-    """
-    if not isinstance(batch_size, (int, np.integer)) or isinstance(batch_size, bool) or batch_size < 1:
-        raise ValueError(f"predict_logits: expected batch_size to be a positive int, got {batch_size!r}")
-    _check_model(model, "predict_logits")
-    if len(X) == 0:
-        # no images: the answer is an empty (0, num_classes), whose width the layers' shapes give
-        empty = _to_float_batch(X, slice(0, 0))
-        return np.zeros((0,) + tuple(model.output_shape(empty.shape)[1:]), dtype=np.float32)
-    was_training = model.training
-    model.eval()
-    try:
-        chunks = [model(_to_float_batch(X, slice(s, s + batch_size)))
-                  for s in range(0, len(X), batch_size)]
-    finally:
-        model.train(was_training)
-    return np.concatenate(chunks)
-
-
-def _check_model(model, caller):
-    from ece662.layers import Module
-    if not isinstance(model, Module):
-        raise TypeError(f"{caller}: expected an ece662 model (ece662.layers.Sequential), got "
-                        f"{type(model).__module__}.{type(model).__name__}; read a torch or Keras file "
-                        f"into one with load_model(path, mode='torch') or mode='tensorflow'")
-
-
-def _check_mode(mode, caller):
-    if isinstance(mode, (int, np.integer)) and not isinstance(mode, bool):
-        hint = f"; pass a batch size by name: batch_size={mode!r}" if caller == "test_model" else ""
-        raise TypeError(f"{caller}: expected mode to be one of {_MODES}, got the number {mode!r}{hint}")
-    if mode not in _MODES:
-        raise ValueError(f"{caller}: unknown mode {mode!r}; expected one of {_MODES}")
+__all__ = ["NearChanceWarning", "load_model", "near_chance_message", "predict_logits", "shipped_model_path",
+           "test_model"]
 
 
 def _check_labels(y, n_images):
@@ -242,11 +84,6 @@ def near_chance_message(accuracy, num_classes, n_images, where="python", who="te
             f"file's (e.g. a Flatten over NHWC rather than NCHW features); or the model is untrained")
 
 
-def _is_pruned(model):
-    """Whether any parameter carries a pruning mask (``weight_orig`` + ``weight_mask``)."""
-    return any(key.endswith("_mask") for key in model.state_dict())
-
-
 def test_model(model, test_data, mode="numpy", batch_size=1000, verbose=True):
     """Accuracy of ``model`` on ``test_data = [X, y]``; prints ``Test Acc: 0.xxxx``.
 
@@ -283,7 +120,7 @@ def test_model(model, test_data, mode="numpy", batch_size=1000, verbose=True):
         An unknown mode, no images, or labels that cannot be compared with predictions
         (not integers, negative, NaN, out of the model's class range, or a length that is not X's).
     """
-    _check_mode(mode, "test_model")
+    check_mode(mode, "test_model")
     if not isinstance(test_data, (list, tuple)) or len(test_data) != 2:
         raise ValueError("test_model: expected test_data = [X, y] (a list or tuple of two), got "
                          f"{type(test_data).__name__}")
@@ -291,7 +128,7 @@ def test_model(model, test_data, mode="numpy", batch_size=1000, verbose=True):
     y = _check_labels(y, len(X))
     if len(y) == 0:
         raise ValueError("test_model: test_data holds no images, so there is no accuracy to compute")
-    logits = predict_logits(model, X, batch_size)
+    logits = predict_logits(model, X, batch_size, caller="test_model")
     if y.max() >= logits.shape[1]:
         raise ValueError(f"test_model: label {int(y.max())} (at index {int(np.argmax(y))}) is out of "
                          f"range: the model has {logits.shape[1]} classes (0 .. {logits.shape[1] - 1})")
@@ -299,7 +136,7 @@ def test_model(model, test_data, mode="numpy", batch_size=1000, verbose=True):
     if verbose:
         print(f"Test Acc: {acc:.4f}")
     # a pruned model may be near chance because of its pruning; an unpruned one should not be
-    message = None if _is_pruned(model) else near_chance_message(acc, logits.shape[1], len(y))
+    message = None if is_pruned(model) else near_chance_message(acc, logits.shape[1], len(y))
     if message:
         warnings.warn(message, NearChanceWarning, stacklevel=2)
     return acc

@@ -22,6 +22,9 @@ Shipped weights, by name (:func:`load_named`; how each was made: ``MODEL_CARD.md
 import os
 from collections import OrderedDict
 
+import numpy as np
+
+from ece662.formats.npz_format import load_npz_model
 from ece662.layers import Conv2d, Flatten, Linear, MaxPool2d, ReLU, Sequential
 
 
@@ -39,7 +42,6 @@ def default_convnet(seed=0, num_classes=10, filters=(32, 32)):
     >>> net(np.zeros((2, 3, 32, 32), dtype=np.float32)).shape
     (2, 10)
     """
-    import numpy as np
     if len(filters) != 2 or min(int(f) for f in filters) < 1:
         raise ValueError(f"default_convnet: filters must be two counts >= 1 (conv1's and conv2's, e.g. "
                          f"(32, 32)), got {filters!r}")
@@ -94,5 +96,33 @@ def load_named(name):
     >>> [n for n, _ in net.named_modules()][1:3]
     ['conv1', 'relu1']
     """
-    from ece662.io import load_model      # io builds models from layers; import it only when loading
-    return load_model(named_model_path(name))
+    return load_npz_model(named_model_path(name))
+
+
+# the same pretrained weights, in each format the course's load_model(path=None, mode=...) reads
+SHIPPED_FORMATS = {"numpy": "default_convnet.npz", "torch": "torch.model", "tensorflow": "tensorflow.model"}
+
+
+def shipped_model_path(mode="numpy"):
+    """Where the pretrained weights that ship with ece662 live, in the format ``mode`` reads.
+
+    The same weights ship as ece662's ``.npz`` (``'numpy'``) and as the course's two files,
+    ``torch.model`` (a PyTorch state_dict) and ``tensorflow.model`` (a Keras file); no ONNX
+    file ships (``ece662.io.save_model(load_model(), 'm.onnx')`` writes one).
+
+    Raises
+    ------
+    ValueError
+        A mode with no shipped file.
+    FileNotFoundError
+        The file is missing from this installation.
+    """
+    if mode not in SHIPPED_FORMATS:
+        raise ValueError(f"load_model: no pretrained model ships as a {mode!r} file (shipped formats: "
+                         f"{sorted(SHIPPED_FORMATS)}); pass a path, e.g. write one with "
+                         f"ece662.io.save_model(load_model(), 'model.onnx')")
+    path = os.path.join(models_dir(), SHIPPED_FORMATS[mode])
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"load_model: the shipped pretrained model {path} is missing; "
+                                f"reinstall ece662 or pass a path")
+    return path

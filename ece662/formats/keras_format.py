@@ -23,7 +23,10 @@ import zipfile
 
 import numpy as np
 
-from ece662.files import atomic_write
+import ece662.layers as L
+from ece662.formats import common
+from ece662.formats.common import atomic_write
+from ece662.layers import Conv2d, Dropout, Flatten, Linear, MaxPool2d, ReLU
 
 _MAX_CONFIG_BYTES = 16 * 2 ** 20       # a Sequential's config.json is a few kB
 
@@ -93,7 +96,6 @@ def _keras_file(path):
     shapes are known, their data are not loaded yet.
     """
     h5py = _import_h5py()
-    from ece662.io import MAX_PARAMETERS
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no file at {path}")
@@ -114,9 +116,9 @@ def _keras_file(path):
                 if infos["config.json"].file_size > _MAX_CONFIG_BYTES:
                     raise _error(path, f"config.json declares {infos['config.json'].file_size:,} "
                                        f"bytes, more than a model config needs ({_MAX_CONFIG_BYTES:,})")
-                if infos["model.weights.h5"].file_size > 4 * MAX_PARAMETERS + 2 ** 24:
+                if infos["model.weights.h5"].file_size > 4 * common.MAX_PARAMETERS + 2 ** 24:
                     raise _error(path, f"model.weights.h5 declares {infos['model.weights.h5'].file_size:,} "
-                                       f"bytes, more than {MAX_PARAMETERS:,} float32 weights")
+                                       f"bytes, more than {common.MAX_PARAMETERS:,} float32 weights")
                 config_layers, build = _parse_config(z.read("config.json"), path, "config.json")
                 h5 = h5py.File(_io.BytesIO(z.read("model.weights.h5")), "r")
             with h5:
@@ -198,15 +200,14 @@ def read_keras_weights(path):
     Raises
     ------
     ValueError
-        Not a Keras file, a damaged config, more than ``ece662.io.MAX_PARAMETERS`` weights,
+        Not a Keras file, a damaged config, more than ``ece662.formats.common.MAX_PARAMETERS`` weights,
         non-float or non-finite weights.
     """
-    from ece662.io import MAX_PARAMETERS
     path = os.fspath(path)
     with _keras_file(path) as (config_layers, _build, weights):
         order = ([l["config"].get("name") for l in config_layers] if config_layers is not None
                  else list(weights))
-        _check_budget(weights, path, MAX_PARAMETERS)
+        _check_budget(weights, path, common.MAX_PARAMETERS)
         out = [(n, [_read_checked(ds, ds.shape, path, n, f"weight {i}") for i, ds in enumerate(weights[n])])
                for n in order if n in weights]
     if not out:
@@ -218,7 +219,7 @@ def _check_budget(weights, path, budget):
     total = sum(math.prod(ds.shape) for dss in weights.values() for ds in dss)
     if total > budget:
         raise _error(path, f"the weights declare {total:,} values, more than the {budget:,} "
-                           f"ece662 reads (ece662.io.MAX_PARAMETERS)")
+                           f"ece662 reads (ece662.formats.common.MAX_PARAMETERS)")
 
 
 # ---------------------------------------------------------------- Keras config -> ece662 layers
@@ -238,7 +239,6 @@ def _pair(value, what, name, path):
 
 def _activation_layers(activation, name, path, last):
     """The ece662 layers that follow a Keras layer's ``activation=``."""
-    from ece662.layers import ReLU
     if activation in (None, "linear"):
         return []
     if activation == "relu":
@@ -254,7 +254,6 @@ def _activation_layers(activation, name, path, last):
 
 
 def _leaky_relu(slope, name, path):
-    import ece662.layers as L
     if not (isinstance(slope, (int, float)) and not isinstance(slope, bool) and 0 <= slope < 1e3
             and math.isfinite(slope)):
         raise _error(path, f"Keras layer {name!r}: negative_slope must be a number, got {slope!r}")
@@ -285,7 +284,6 @@ def model_from_keras_config(config_layers, path="the Keras config", build=None,
         A layer type or setting ece662 has no equivalent for, naming the layer.
     """
     from collections import OrderedDict
-    import ece662.layers as L
     layers, bn_flags = OrderedDict(), {}
     if input_shape is None:
         input_shape = _config_input_shape(config_layers, build, path)
@@ -432,7 +430,6 @@ def _optional_layer(L, cls_name, name, keras_cls, path):
 def _weight_targets(model, input_shape):
     """``[(module name, module, flat_from)]`` for every layer with weights, in order; ``flat_from``
     is the (C, H, W) that a Flatten made into the features of the Linear that follows it."""
-    from ece662.layers import Flatten, Linear
     targets, shape, flat_from = [], (1,) + tuple(input_shape), None
     for name, m in model.named_children():
         if isinstance(m, Flatten):
@@ -452,7 +449,6 @@ def _weight_targets(model, input_shape):
 
 def _convert(path, kname, datasets, name, m, flat, bn_flags):
     """Check a Keras layer's datasets against ece662 module ``m``, read them, return its state dict."""
-    from ece662.layers import Conv2d, Linear
     if isinstance(m, Conv2d):
         HH, WW = m.kernel_size
         expected = [(HH, WW, m.in_channels, m.out_channels)]
@@ -493,7 +489,7 @@ def _convert(path, kname, datasets, name, m, flat, bn_flags):
     return sd
 
 
-def model_from_keras(path, model=None, input_shape=None):
+def model_from_keras(path, model=None, input_shape=None, default=None):
     """Load a Keras model file into an ece662 ``Sequential``.
 
     Parameters
@@ -502,26 +498,29 @@ def model_from_keras(path, model=None, input_shape=None):
         A ``.keras`` (Keras 3) or ``.h5`` (legacy) file.
     model : ece662.layers.Sequential, optional
         The architecture to load into.  By default it is built from the file's config
-        (see :func:`model_from_keras_config`); a legacy ``.h5`` with no config is read into the
-        course's ``default_convnet``.
+        (see :func:`model_from_keras_config`); a legacy ``.h5`` with no config is read into
+        ``default()`` (``ece662.io`` passes the course's ``default_convnet``).
     input_shape : (C, H, W), optional
         One image's shape, when the file does not record it (default ``(3, 32, 32)``).
+    default : callable, optional
+        Builds the network to assume for a legacy ``.h5`` without a config, when ``model`` is None.
 
     Raises
     ------
     ValueError
         Anything in the file that does not fit, naming the layer: see the module docstring.
     """
-    from ece662.io import MAX_PARAMETERS
-    from ece662.models import default_convnet
     path = os.fspath(path)
     with _keras_file(path) as (config_layers, build, weights):
-        _check_budget(weights, path, MAX_PARAMETERS)
+        _check_budget(weights, path, common.MAX_PARAMETERS)
         bn_flags = {}
         if model is None and config_layers is not None:
             model, input_shape, bn_flags = model_from_keras_config(config_layers, path, build, input_shape)
         elif model is None:
-            model = default_convnet()
+            if default is None:
+                raise ValueError(f"{path} holds Keras weights without a model config: pass model= (the "
+                                 f"ece662 Sequential they belong to)")
+            model = default()
         input_shape = tuple(input_shape or (3, 32, 32))
         order = ([l["config"].get("name") for l in config_layers] if config_layers is not None
                  else list(weights))
@@ -605,8 +604,6 @@ def keras_layers_of(model, input_shape=(3, 32, 32)):
         A layer Keras cannot express this way (e.g. a conv whose padding is neither 0 nor
         Keras' stride-1 ``'same'``), named.
     """
-    import ece662.layers as L
-    from ece662.layers import Conv2d, Dropout, Flatten, Linear, MaxPool2d, ReLU
     optional = {n: getattr(L, n, None) for n in ("AvgPool2d", "AdaptiveAvgPool2d", "LeakyReLU")}
     C, H, W = input_shape
     out = [({"module": "keras.layers", "class_name": "InputLayer",

@@ -49,7 +49,7 @@ from collections import OrderedDict
 
 import numpy as np
 
-from ece662.files import atomic_write
+from ece662.formats.common import atomic_write, load_with_masks
 
 # ============================================================================ limits
 MAX_PICKLE_BYTES = 64 << 20       # data.pkl of a state dict is ~100 bytes per tensor
@@ -708,11 +708,8 @@ def _match_by_position(file_groups, model_groups, source):
             bn = "running_mean" in fg and "running_mean" not in mg
             hint = ""
             if bn:
-                from ece662 import layers
                 hint = (f" The file's layer {f!r} is a BatchNorm (running_mean, running_var): the model "
-                        f"needs a BatchNorm layer at that position" +
-                        ("" if hasattr(layers, "BatchNorm2d") else
-                         ", and this version of ece662 has no BatchNorm layer to hold it") + ".")
+                        f"needs a BatchNorm layer (BatchNorm2d or BatchNorm1d) at that position.")
             raise ValueError(
                 f"{source}: the file's layers do not fit the model, by name or by position: its layer "
                 f"{i + 1} with weights holds {_layers_text({f: file_groups[f]})}, the model's holds "
@@ -725,8 +722,8 @@ def _match_by_position(file_groups, model_groups, source):
     return dict(zip(fp, mp))
 
 
-def model_from_state_dict(state_dict, model=None, source="state_dict"):
-    """Put a state dict's arrays into ``model`` (default: the course's ``default_convnet``).
+def model_from_state_dict(state_dict, model=None, source="state_dict", default=None):
+    """Put a state dict's arrays into ``model`` (or, when it is None, into ``default()``).
 
     Keys are matched by name; when the names differ (an ``nn.Sequential``'s ``0.weight``,
     ``3.bias``...) and ``model`` is given, by position: the i-th layer with weights of the
@@ -741,13 +738,15 @@ def model_from_state_dict(state_dict, model=None, source="state_dict"):
     model : ece662.layers.Sequential, optional
     source : str
         Names the file in error messages.
+    default : callable, optional
+        Builds the network to assume when ``model`` is None (``ece662.io`` passes the course's
+        ``default_convnet``; a reader does not choose a network itself).  Errors then say that the
+        file does not hold that default network.
 
     Returns
     -------
     ece662.layers.Sequential, in eval mode
     """
-    from ece662.io import _load_with_masks
-    from ece662.models import default_convnet
     arrays = OrderedDict(state_dict)
     for key in arrays:
         if not isinstance(key, str):
@@ -758,9 +757,11 @@ def model_from_state_dict(state_dict, model=None, source="state_dict"):
     except ValueError as e:
         raise ValueError(f"{source}: {e}") from None
     _check_masks(arrays, source)
-    default = model is None
-    if default:
-        model = default_convnet()
+    assumed = model is None
+    if assumed:
+        if default is None:
+            raise ValueError(f"{source}: {_architecture_hint()}")
+        model = default()
     model_groups = _layers(model.state_dict())
     if not any("num_batches_tracked" in g for g in model_groups.values()):  # a counter, no place for it
         arrays = OrderedDict((k, v) for k, v in arrays.items() if not k.endswith("num_batches_tracked"))
@@ -768,7 +769,7 @@ def model_from_state_dict(state_dict, model=None, source="state_dict"):
     same = list(file_groups) == list(model_groups) and all(
         dict(file_groups[p]) == dict(model_groups[p]) for p in file_groups)   # order within a layer may differ
     if not same:
-        if default:
+        if assumed:
             fits = ""
             try:
                 _match_by_position(file_groups, model_groups, source)
@@ -786,7 +787,7 @@ def model_from_state_dict(state_dict, model=None, source="state_dict"):
             new = (rename[prefix] + "." if rename[prefix] else "") + name
             renamed[new] = value
         arrays = renamed
-    _load_with_masks(model, arrays, source=source)
+    load_with_masks(model, arrays, source=source)
     return model.eval()
 
 
