@@ -52,7 +52,8 @@ def compare(a_rows, b_rows):
 
 
 def table(checks):
-    lines = ["| row | column | run A median (interval) | run B median (interval) | A in B's | B in A's | FLOP ideal | interval above ideal |",
+    lines = ["| row | column | run A median (interval) | run B median (interval) | A in B's | B in A's | FLOP ideal "
+             "| interval above ideal |",
              "|---|---|---|---|---|---|---|---|"]
     for c in checks:
         ideal = f"{c['ideal']:.2f}x" if c["ideal"] is not None else "1x (same work)"

@@ -7,10 +7,9 @@ from hypothesis.extra.numpy import arrays
 
 import ece662.pruning as prune
 from conftest import assert_close, requires_torch, torch
-from ece662.io import load_model, save_model
 from ece662.experiments import dense_twin
-from ece662.layers import (BatchNorm2d, Conv2d, Flatten, Linear, MaxPool2d, ReLU,
-                           Sequential)
+from ece662.io import load_model, save_model
+from ece662.layers import BatchNorm2d, Conv2d, Flatten, Linear, MaxPool2d, ReLU, Sequential
 from ece662.models import default_convnet
 from ece662.pruning import masks as M
 
@@ -380,6 +379,29 @@ def test_shrink_is_exact_with_batchnorm_before_padded_convs(prune_bias):
     assert not any(isinstance(m, BatchNorm2d) for m in small.modules())
     assert _n_parameters(small) < dense_parameters
     assert _n_parameters(small) < _n_parameters(model)
+
+
+@requires_torch
+def test_shrink_with_batchnorm_matches_torch_on_the_masked_network():
+    """The shrunk conv-BN network gives the logits torch.nn.functional computes from the masked weights."""
+    F = torch.nn.functional
+    model = _conv_bn_net()
+    prune.ln_structured(model[0], "weight", amount=4, n=2, dim=0, prune_bias=True)
+    prune.ln_structured(model[4], "weight", amount=3, n=2, dim=0)
+    x = np.random.default_rng(3).standard_normal((4, 3, 16, 16)).astype(np.float32)
+
+    def conv(m, h):
+        return F.conv2d(h, torch.from_numpy(m.weight), torch.from_numpy(m.bias), padding=m.padding)
+
+    def bn(m, h):
+        return F.batch_norm(h, *(torch.from_numpy(a) for a in (m.running_mean, m.running_var, m.weight, m.bias)),
+                            training=False, eps=m.eps)
+    with torch.no_grad():
+        h = F.max_pool2d(F.relu(bn(model[1], conv(model[0], torch.from_numpy(x)))), 2)
+        h = F.relu(conv(model[7], F.relu(bn(model[5], conv(model[4], h)))))
+        logits = F.linear(h.flatten(1), torch.from_numpy(model[10].weight), torch.from_numpy(model[10].bias))
+    assert_close(prune.shrink(model, input_shape=(3, 16, 16))(x), logits.numpy(), "torch", rtol=1e-4, atol=1e-5,
+                 what="shrunk vs torch on the masked weights")
 
 
 def test_shrink_keeps_the_batchnorm_shift_of_a_conv_without_bias():
