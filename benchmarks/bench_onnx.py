@@ -5,7 +5,7 @@
 
 The shipped model, and the same model with 50% of the filters of each conv pruned
 (``ece662.pruning.ln_structured``, L2, dim 0) then physically removed (``ece662.pruning.shrink``),
-are exported with ``ece662.onnx_format.save_onnx`` and run in onnxruntime (CPU, ``--threads``
+are exported with ``ece662.formats.onnx_format.save_onnx`` and run in onnxruntime (CPU, ``--threads``
 intra-op threads, spinning off so that it does not steal the cores from whatever runs next).
 In the same run, ece662 runs the dense model, the pruned model (its live-only path) and the
 shrunk model.  Before timing, onnxruntime's logits are checked against ece662's.
@@ -23,7 +23,7 @@ import time
 import numpy as np
 
 import ece662.pruning as prune
-from ece662.onnx_format import save_onnx
+from ece662.formats.onnx_format import save_onnx
 from ece662.pruning_helper import load_model
 
 

@@ -107,7 +107,7 @@ def _load(args):
     if args.arch and args.mode not in ("torch", "tensorflow"):
         raise ValueError(f"--arch gives the network of a --mode torch or tensorflow file; "
                          f"--mode {args.mode} files carry their own")
-    from ece662.torch_format import command_line_advice
+    from ece662.formats.torch_format import command_line_advice
     arch = read_architecture(args.arch) if args.arch else None
     try:
         model = load_model(args.model, mode=args.mode, model=arch)

@@ -24,9 +24,9 @@ import numpy as np
 
 from ece662 import pruning as prune
 from ece662 import timing
-from ece662.io import _load_with_masks
+from ece662.formats.common import load_with_masks
 from ece662.layers import Conv2d, Linear, from_spec
-from ece662.pruning_helper import predict_logits
+from ece662.training.evaluate import predict_logits
 
 UNSTRUCTURED_AMOUNTS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
 STRUCTURED_AMOUNTS = (0.25, 0.5, 0.75)
@@ -35,7 +35,7 @@ STRUCTURED_AMOUNTS = (0.25, 0.5, 0.75)
 def copy_model(model):
     """An independent copy of ``model`` (architecture, weights and masks)."""
     clone = from_spec(model.spec())
-    _load_with_masks(clone, model.state_dict(), source="copy_model")
+    load_with_masks(clone, model.state_dict(), source="copy_model")
     for (_, a), (_, b) in zip(model.named_modules(), clone.named_modules()):
         b.kernels = a.kernels                  # parents first, so a layer keeps its own setting
     return clone.train(model.training)

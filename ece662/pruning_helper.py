@@ -10,12 +10,11 @@ Course code uses them exactly as the assignment notebook does::
     model = load_model(path, mode=mode)         # a PyTorch state_dict (or Keras file), read without either
     test_model(model, test_data, mode=mode)     # prints "Test Acc: 0.7620"
 """
-import os
 import warnings
 
 import numpy as np
 
-from ece662.io import MODES, check_mode, load_model
+from ece662.io import check_mode, load_model
 from ece662.models import shipped_model_path
 from ece662.pruning import is_pruned
 from ece662.training.evaluate import predict_logits
@@ -72,8 +71,8 @@ def near_chance_message(accuracy, num_classes, n_images, where="python", who="te
     --------
     >>> near_chance_message(0.76, 10, 10000) is None
     True
-    >>> near_chance_message(0.1989, 10, 10000)
-    'test_model: accuracy 0.1989 on 10000 images is near chance (1/10 = 0.100; ...'
+    >>> print(near_chance_message(0.1989, 10, 10000))
+    test_model: accuracy 0.1989 on 10000 images is near chance (1/10 = 0.100; ...
     """
     if num_classes < 2 or accuracy >= 2 / num_classes:
         return None

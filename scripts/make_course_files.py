@@ -19,8 +19,8 @@ import sys
 import tempfile
 
 from ece662.io import load_model
-from ece662.keras_format import save_keras
-from ece662.torch_format import save_torch_state_dict
+from ece662.formats.keras_format import save_keras
+from ece662.formats.torch_format import save_torch_state_dict
 
 MODELS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "ece662", "models")
 NAMES = ("torch.model", "tensorflow.model")

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 
 from conftest import FIXTURES, requires_torch, torch
-from ece662 import torch_format
+from ece662.formats import torch_format
 from ece662.models import default_convnet
 from ece662.data_utils import get_CINIC10_data
 from ece662.pruning_helper import load_model, predict_logits, test_model
-from ece662.torch_format import read_torch_state_dict, save_torch_state_dict
+from ece662.formats.torch_format import read_torch_state_dict, save_torch_state_dict
 
 
 def _images(n, seed=0):
@@ -97,7 +97,7 @@ def test_empty_batch_gives_an_empty_result():
 
 # ---------------------------------------------------------------- the torch-format writer
 def _various_state_dict():
-    from ece662.torch_format import read_torch_state_dict
+    from ece662.formats.torch_format import read_torch_state_dict
     sd = dict(read_torch_state_dict(os.path.join(FIXTURES, "torch_default_convnet.pt")))
     sd.update({"bn.num_batches_tracked": np.array(7, dtype=np.int64),     # 0-dim, as BatchNorm's
                "empty": np.zeros((0, 3), np.float32),

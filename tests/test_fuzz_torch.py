@@ -36,7 +36,7 @@ from hypothesis import strategies as st
 from conftest import FIXTURES
 from ece662.layers import Sequential
 from ece662.pruning_helper import load_model
-from ece662.torch_format import read_torch_state_dict
+from ece662.formats.torch_format import read_torch_state_dict
 from torch_files import ORDERED_DICT, PROTO2, binbytes8, op_global, op_value, tensor_ops, tensor_pickle, write_pt
 
 pytestmark = pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="needs Linux's /proc")

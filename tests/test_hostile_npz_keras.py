@@ -12,6 +12,7 @@ import pytest
 
 from conftest import FIXTURES
 from ece662 import io as mio
+from ece662.formats import common as formats_common
 from ece662.models import default_convnet
 from ece662.pruning_helper import load_model
 
@@ -69,7 +70,7 @@ def test_npz_header_declaring_more_than_the_member_holds_is_refused_without_allo
 def test_npz_with_too_many_values_is_refused_before_reading(tmp_path, monkeypatch):
     """Arrays that together exceed the budget are refused from their headers, before their data
     (the budget is lowered here so that the test file stays small)."""
-    monkeypatch.setattr(mio, "MAX_PARAMETERS", 30_000)
+    monkeypatch.setattr(formats_common, "MAX_PARAMETERS", 30_000)
     members = _good_members()          # 23,210 weights
     for i in range(3):                 # honest headers; their declared sizes are summed as they come
         members[f"extra{i}"] = _npy(np.zeros(13_000, np.uint8))
@@ -247,7 +248,7 @@ def test_keras_dataset_shape_is_checked_against_the_architecture_before_reading(
 
 def test_keras_weights_over_the_budget_are_refused(tmp_path, monkeypatch):
     """More declared weights than MAX_PARAMETERS: refused from the metadata alone."""
-    monkeypatch.setattr(mio, "MAX_PARAMETERS", 10_000)
+    monkeypatch.setattr(formats_common, "MAX_PARAMETERS", 10_000)
     with pytest.raises(ValueError, match="declare 23,210 values, more than the 10,000"):
         load_model(KERAS, mode="tensorflow")
 

@@ -21,7 +21,8 @@ from conftest import FIXTURES, assert_close, requires_torch, torch
 from ece662.layers import Conv2d, Flatten, Linear, MaxPool2d, ReLU, Sequential
 from ece662.models import default_convnet
 from ece662.pruning_helper import load_model
-from ece662.torch_format import model_from_state_dict, read_torch_state_dict
+from ece662.formats.torch_format import read_torch_state_dict
+from ece662.io import model_from_state_dict
 from torch_files import (ORDERED_DICT, PROTO2, binbytes8, dict_pickle, op_global, op_value, simple_pt,
                          tensor_ops, tensor_pickle, write_pt)
 
@@ -140,7 +141,7 @@ def _bomb_files(folder):
 
 CHILD = textwrap.dedent("""
     import json, resource, sys
-    from ece662.torch_format import read_torch_state_dict
+    from ece662.formats.torch_format import read_torch_state_dict
     vm = int(next(l for l in open("/proc/self/status") if l.startswith("VmSize")).split()[1]) * 1024
     resource.setrlimit(resource.RLIMIT_AS, (vm + (1 << 30), resource.RLIM_INFINITY))   # 1 GiB more
     out = {}

@@ -212,7 +212,7 @@ def test_keras_batchnorm_file(ext):
 def test_keras_writer_round_trips_and_refuses_what_keras_cannot_say(tmp_path):
     """save_keras then load_model(mode='tensorflow') gives identical logits (padding 'same' at
     stride 1, Dropout, a Dense after a Flatten); an asymmetric padding is refused by name."""
-    from ece662.keras_format import save_keras
+    from ece662.formats.keras_format import save_keras
     net = Sequential(Conv2d(3, 6, 3, padding=1, seed=1), ReLU(), MaxPool2d(2), Dropout(0.2),
                      Conv2d(6, 4, 3, stride=2, seed=2), Flatten(), Linear(4 * 7 * 7, 5, seed=3)).eval()
     path = tmp_path / "net.keras"
@@ -240,7 +240,7 @@ def test_course_keras_file_is_read_by_real_keras(tmp_path, monkeypatch):
 def test_keras_writer_round_trips_the_newer_layers(tmp_path):
     """BatchNorm2d (with running statistics), LeakyReLU, AvgPool2d and AdaptiveAvgPool2d(1) go to
     Keras and back with identical logits."""
-    from ece662.keras_format import save_keras
+    from ece662.formats.keras_format import save_keras
     import ece662.layers as L
     bn = L.BatchNorm2d(6, eps=1e-3, momentum=0.01)
     rng = np.random.default_rng(2)
@@ -262,7 +262,7 @@ def test_keras_writer_round_trips_the_newer_layers(tmp_path):
 def test_save_keras_refuses_names_keras_would_not_read_as_keras(tmp_path, name):
     """save_keras writes a .keras zip; under any other name (Keras reads .h5 as legacy HDF5) it is
     refused with a message naming the .keras path to use, and no file is created."""
-    from ece662.keras_format import save_keras
+    from ece662.formats.keras_format import save_keras
     net = Sequential(Conv2d(3, 4, 3, seed=1), Flatten(), Linear(4 * 30 * 30, 10, seed=2))
     with pytest.raises(ValueError, match=r"expected a path ending in \.keras.*Use '.*x\.keras'"):
         save_keras(net, tmp_path / name)
@@ -277,7 +277,7 @@ def test_real_keras_reads_what_save_keras_writes_and_only_under_keras(tmp_path, 
     same bytes named x.h5 (it reads .h5 as the legacy HDF5 layout)."""
     monkeypatch.setenv("KERAS_BACKEND", os.environ.get("KERAS_BACKEND", "torch"))
     keras = pytest.importorskip("keras")
-    from ece662.keras_format import save_keras
+    from ece662.formats.keras_format import save_keras
     net = Sequential(Conv2d(3, 4, 3, seed=1), ReLU(), Flatten(), Linear(4 * 30 * 30, 10, seed=2)).eval()
     save_keras(net, tmp_path / "x.keras")
     x = np.random.default_rng(0).standard_normal((2, 3, 32, 32)).astype(np.float32)

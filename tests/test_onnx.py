@@ -15,7 +15,7 @@ import ece662.pruning as prune  # noqa: E402
 from conftest import FIXTURES, assert_close  # noqa: E402
 from ece662.layers import Conv2d, Dropout, Flatten, Linear, MaxPool2d, ReLU, Sequential  # noqa: E402
 from ece662.models import default_convnet  # noqa: E402
-from ece662.onnx_format import read_onnx, save_onnx  # noqa: E402
+from ece662.formats.onnx_format import read_onnx, save_onnx  # noqa: E402
 from ece662.pruning_helper import load_model  # noqa: E402
 
 ONNX_FIXTURES = os.path.join(FIXTURES, "onnx")

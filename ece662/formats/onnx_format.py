@@ -57,7 +57,7 @@ from collections import Counter, OrderedDict
 
 import numpy as np
 
-from ece662.files import atomic_write
+from ece662.formats.common import atomic_write
 
 from ece662.layers import (AdaptiveAvgPool2d, AvgPool2d, BatchNorm1d, BatchNorm2d, Conv2d, Dropout, Flatten,
                            LeakyReLU, Linear, MaxPool2d, ReLU, Sequential)

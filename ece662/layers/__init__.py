@@ -9,10 +9,10 @@
 * ``shapes``     -- the one output-size formula
 """
 from ece662.layers.modules import (AdaptiveAvgPool2d, AvgPool2d, BatchNorm1d, BatchNorm2d, Conv2d, Dropout,
-                                   Dropout2d, Flatten, LeakyReLU, Linear, MaxPool2d, Module, ReLU, Sequential,
-                                   from_spec)
+                                   Dropout2d, Flatten, LAYER_TYPES, LeakyReLU, Linear, MaxPool2d, Module, ReLU,
+                                   Sequential, from_spec)
 from ece662.layers.shapes import conv_output_size
 
 __all__ = ["AdaptiveAvgPool2d", "AvgPool2d", "BatchNorm1d", "BatchNorm2d", "Conv2d", "Dropout", "Dropout2d",
-           "Flatten", "LeakyReLU", "Linear", "MaxPool2d", "Module", "ReLU", "Sequential", "from_spec",
+           "Flatten", "LAYER_TYPES", "LeakyReLU", "Linear", "MaxPool2d", "Module", "ReLU", "Sequential", "from_spec",
            "conv_output_size"]
