@@ -2,6 +2,7 @@
 
     python -m ece662 sweep                 # the pruning study on the shipped model and the real data
     python -m ece662 evaluate --model m.pt --mode torch
+    python -m ece662 compare --epochs 2      # pruning schedules at an equal training budget
 """
 import argparse
 import csv
@@ -28,6 +29,14 @@ def _amounts(text):
         raise argparse.ArgumentTypeError(f"amount 1.0 prunes every weight (or every filter) and leaves a model that "
                                          f"predicts one class; use fractions below 1, such as 0.9 or 0.99 (got {text!r})")
     return values
+
+
+def _fractions(text):
+    """``"0.5,0.8"`` -> ``[0.5, 0.8]``; whether each is a usable sparsity is the experiment's to say."""
+    try:
+        return [float(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated fractions such as 0.5,0.8,0.9, got {text!r}")
 
 
 def _count(minimum):
@@ -71,10 +80,23 @@ def _parser():
                         help="the input scaling the model was trained with: CINIC-10 mean/std (cinic, "
                              "ece662's models), pixels/255 in [0, 1] (unit), raw 0-255 floats (none)")
     sub.add_parser("evaluate", parents=[common], help="print the model's test accuracy")
-    cmp = sub.add_parser("compare", add_help=False,
-                         help="pruning schedules (one-shot, iterative, gradual, rewinding) at an equal epoch "
-                              "budget; its options: python -m ece662 compare --help")
-    cmp.add_argument("options", nargs=argparse.REMAINDER)     # main() hands them to ece662.recipes
+    cmp = sub.add_parser("compare", help="pruning schedules (one-shot, iterative, gradual, rewinding) at an "
+                                         "equal epoch budget", description="Compare pruning schedules at an "
+                                                                           "equal epoch budget.")
+    cmp.add_argument("--data", default=None, help="data path (default: the library's lookup)")
+    cmp.add_argument("--model", default=None, help="the trained model (default: the shipped one)")
+    cmp.add_argument("--mode", default="numpy", choices=["numpy", "torch", "tensorflow", "onnx"],
+                     help="the model file's format, as for `python -m ece662 sweep` (default: numpy)")
+    cmp.add_argument("--sparsities", type=_fractions, default=[0.5, 0.8, 0.9],
+                     help="fractions of the weights (or filters) to prune, comma-separated (default: 0.5,0.8,0.9)")
+    cmp.add_argument("--epochs", type=int, default=3, help="the equal budget: epochs per run (default: 3)")
+    cmp.add_argument("--train-images", type=_count(1), default=None, help="train on a class-balanced subset of N")
+    cmp.add_argument("--structure", default="unstructured", choices=["unstructured", "filters"],
+                     help="prune single weights or whole conv filters (default: unstructured)")
+    cmp.add_argument("--scope", default="global", choices=["global", "layer"],
+                     help="rank weights across all layers or within each (default: global)")
+    cmp.add_argument("--distill", action="store_true", help="every schedule also learns from the unpruned model")
+    cmp.add_argument("--out", default="compare_schedules", help="output path without extension")
     sw = sub.add_parser("sweep", parents=[common], help="unstructured and structured pruning sweeps")
     sw.add_argument("--out", default="runs/sweep", help="output folder for CSV, JSON and plots")
     sw.add_argument("--amounts", type=_amounts, default=[0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8],
@@ -351,16 +373,45 @@ def _figures(model, records, base, staging, timing):
                            f"{layer.weight_mask.mean():.0%}")
 
 
+def _compare(args, argv):
+    """``python -m ece662 compare``: every schedule at the same epoch budget (``experiments.compare_schedules``);
+    writes ``<out>.json`` (with the command that made it) and ``<out>.png``."""
+    import matplotlib
+    matplotlib.use("Agg")
+    from ece662 import experiments as E
+    from ece662 import plots
+    from ece662.data_utils import get_CINIC10_data
+    from ece662.pruning_helper import load_model
+    raw = get_CINIC10_data(args.data, splits=("train",), num_training=args.train_images, normalize=False,
+                           channels_first=False, progress=False)
+    test = get_CINIC10_data(args.data, splits=("test",), progress=False)
+    model = load_model(args.model, mode=args.mode if args.model else "numpy")
+    t0 = time.perf_counter()
+    recs = E.compare_schedules(model, raw["X_train"], raw["y_train"], test["X_test"], test["y_test"],
+                               sparsities=args.sparsities, epochs=args.epochs, structure=args.structure,
+                               scope=args.scope, distill=args.distill,
+                               progress=lambda r: print(f"{r['schedule']:>9s}  sparsity {r['sparsity']:.2f}  "
+                                                        f"accuracy {r['accuracy']:.4f}  {r['seconds']:.0f} s",
+                                                        flush=True))
+    total = time.perf_counter() - t0
+    with open(args.out + ".json", "w") as f:
+        json.dump({"command": "python -m ece662 " + " ".join(argv),
+                   "data": raw["source"], "train_images": int(len(raw["y_train"])),
+                   "test_images": int(len(test["y_test"])), "seconds": round(total, 1), "records": recs},
+                  f, indent=1)
+    plots.compare_schedules(recs, path=args.out + ".png")
+    print(f"wrote {args.out}.json and {args.out}.png ({total:.0f} s)")
+    return 0
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
-    args = None if argv[:1] == ["compare"] else _parser().parse_args(argv)
+    args = _parser().parse_args(argv)
     import warnings
     shown, warnings.showwarning = warnings.showwarning, _warn_in_one_line   # "the machine is busy": one line
     try:
-        if args is None:                           # compare: ece662.recipes owns the experiment and its options
-            from ece662 import recipes
-            recipes.main(argv[1:], prog="python -m ece662 compare")
-            return 0
+        if args.command == "compare":
+            return _compare(args, argv)
         if args.command == "evaluate":
             from ece662.pruning_helper import NearChanceWarning, test_model
             model, data = _load(args)

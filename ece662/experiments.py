@@ -20,13 +20,17 @@ model in those rounds (secondary: unpaired, they move with the machine's load); 
 ``accuracy_finetuned`` (and per origin), ``finetune_epochs`` -- after fine-tuning with the masks held, if asked;
 ``test_images, timing_images, timing_rounds`` -- how much each number rests on.
 """
+import time
+
 import numpy as np
 
 from ece662 import pruning as prune
 from ece662 import timing
 from ece662.formats.common import load_with_masks
 from ece662.layers import Conv2d, Linear, from_spec
+from ece662.training import schedules as S
 from ece662.training.evaluate import predict_logits
+from ece662.training.trainer import Trainer
 
 UNSTRUCTURED_AMOUNTS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
 STRUCTURED_AMOUNTS = (0.25, 0.5, 0.75)
@@ -94,8 +98,8 @@ def images_per_second(model, X, batch_size=500, repeats=3):
 
 def _comparison(model, reference):
     """The three models a speed row times: the reference's dense twin, ``model``'s dense twin
-    ("masks only") and ``model`` itself."""
-    return {"dense": dense_twin(reference), "masks_only": dense_twin(model), "pruned": model.eval()}
+    ("masks only") and an eval-mode copy of ``model`` itself (the caller's model keeps its mode)."""
+    return {"dense": dense_twin(reference), "masks_only": dense_twin(model), "pruned": copy_model(model).eval()}
 
 
 def _speed_columns(r, null, ideal):
@@ -162,7 +166,6 @@ class Setup:
 
     def finetune(self, model, epochs=None):
         """Fine-tune ``model`` in place with its masks held; returns it."""
-        from ece662.training.trainer import Trainer
         X, y = self.finetune_data
         Trainer(model, X, y, epochs=epochs or self.finetune_epochs, batch_size=128,
                 max_lr=self.finetune_lr, seed=self.seed, progress=self.progress).fit()
@@ -293,4 +296,106 @@ def iterative_sweep(model, setup, amounts=UNSTRUCTURED_AMOUNTS, steps=3, epochs_
             setup.finetune(m, epochs=epochs_per_step)
         records.append(setup.record(f"global_l1_iterative_{steps}x{epochs_per_step}ep", a, m, finetune=False,
                                     reference=model))
+    return records
+
+
+# ============================================================================ schedules at an equal budget
+# The course's question as an experiment: prune after training, or while training?  compare_schedules starts
+# every run from a copy of the same trained model, gives every schedule the *same number of training epochs* on
+# the same images with the same seed, and measures test accuracy at each sparsity (ece662.training.schedules):
+#   one-shot   prune once after training, fine-tune at a small constant rate;
+#   iterative  rounds x (prune a geometric step, fine-tune), the epochs shared out;
+#   gradual    prune during training, on Zhu & Gupta's cubic schedule, one-cycle rate;
+#   rewind     prune once, retrain with the original (one-cycle) rate, Renda et al.
+# A record is a flat dict: schedule, structure, scope, sparsity (asked), measured_sparsity, epochs, accuracy,
+# dense_accuracy, seconds (training time of that run), distill.  plots.compare_schedules draws them; the
+# command line is `python -m ece662 compare`.
+SCHEDULES = ("one-shot", "iterative", "gradual", "rewind")
+
+
+def _run(name, model, X, y, sparsity, epochs, structure, scope, teacher, seed, rounds, finetune_lr, max_lr,
+         batch_size):
+    common = dict(scope=scope, structure=structure, teacher=teacher, seed=seed, batch_size=batch_size)
+    if name == "one-shot":
+        return S.one_shot(model, X, y, sparsity, epochs, lr=finetune_lr, **common)
+    if name == "iterative":
+        return S.iterative(model, X, y, sparsity, epochs, rounds=min(rounds, epochs), lr=finetune_lr, **common)
+    if name == "gradual":
+        return S.gradual(model, X, y, sparsity, epochs, max_lr=max_lr, **common)
+    return S.rewind(model, X, y, sparsity, epochs, max_lr=max_lr, **common)
+
+
+def compare_schedules(model, X_train, y_train, X_test, y_test, sparsities=(0.5, 0.8, 0.9), epochs=3,
+                      schedules=SCHEDULES, structure="unstructured", scope="global", rounds=3, distill=False,
+                      finetune_lr=0.002, max_lr=0.02, batch_size=128, seed=0, progress=None):
+    """Accuracy against sparsity for each pruning schedule, at one equal epoch budget.
+
+    Parameters
+    ----------
+    model : Sequential
+        The trained, unpruned model (not modified: each run prunes a copy).
+    X_train : uint8 (N, 32, 32, 3), y_train : (N,)
+        The images every schedule trains on (``get_CINIC10_data(normalize=False,
+        channels_first=False)``).
+    X_test : (M, 3, 32, 32) float32 normalised (or lazy), y_test : (M,)
+        Where accuracy is measured (``get_CINIC10_data()['X_test']``).
+    sparsities : sequence of float in [0, 1)
+        Fractions of the weights (or, for ``structure='filters'``, of the conv filters) pruned.
+    epochs : int
+        The budget: training epochs per run, the same for every schedule.
+    schedules : subset of ``SCHEDULES``
+    structure, scope : see :func:`ece662.training.schedules.prune_to`
+    rounds : int
+        Prune/fine-tune rounds of ``iterative`` (at most ``epochs``).
+    distill : bool
+        Every schedule also learns from the unpruned model (Hinton et al., 2015).
+    finetune_lr : float
+        The constant rate of ``one-shot`` and ``iterative`` fine-tuning.
+    max_lr : float
+        The one-cycle peak of ``gradual`` and ``rewind``.
+    progress : callable, optional
+        Called with each record as it is made (e.g. ``print``).
+
+    Returns
+    -------
+    list of dict
+        One record per (schedule, sparsity), plus one ``schedule='dense'`` record.
+
+    Examples
+    --------
+    >>> from ece662.models import default_convnet
+    >>> rng = np.random.default_rng(0)
+    >>> X = rng.integers(0, 256, (32, 32, 32, 3), dtype=np.uint8); y = rng.integers(0, 10, 32)
+    >>> Xt = rng.standard_normal((16, 3, 32, 32)).astype(np.float32); yt = rng.integers(0, 10, 16)
+    >>> recs = compare_schedules(default_convnet(), X, y, Xt, yt, sparsities=(0.5,), epochs=1, batch_size=16)
+    >>> [(r["schedule"], r["measured_sparsity"]) for r in recs]
+    [('dense', 0.0), ('one-shot', 0.5), ('iterative', 0.5), ('gradual', 0.5), ('rewind', 0.5)]
+    """
+    for name in schedules:
+        if name not in SCHEDULES:
+            raise ValueError(f"compare_schedules: unknown schedule {name!r}; choose from {SCHEDULES}")
+    epochs = S.check_epochs(epochs)
+    for s in sparsities:
+        S.check_sparsity(s)
+    dense_acc = evaluate(model, X_test, y_test)["accuracy"]
+    base = dict(structure=structure, scope=scope, epochs=epochs, distill=bool(distill),
+                dense_accuracy=dense_acc)
+    records = [dict(base, schedule="dense", sparsity=0.0, measured_sparsity=0.0, accuracy=dense_acc,
+                    seconds=0.0)]
+    if progress:
+        progress(records[0])
+    teacher = copy_model(model).eval() if distill else None
+    for name in schedules:
+        for s in sparsities:    # each point: a fresh copy of the trained model, the same seed and budget
+            m = copy_model(model)
+            t0 = time.perf_counter()
+            _run(name, m, X_train, y_train, s, epochs, structure, scope, teacher, seed, rounds, finetune_lr,
+                 max_lr, batch_size)
+            seconds = time.perf_counter() - t0
+            rec = dict(base, schedule=name, sparsity=float(s),
+                       measured_sparsity=round(S.sparsity_of(m, structure), 6),
+                       accuracy=evaluate(m, X_test, y_test)["accuracy"], seconds=round(seconds, 1))
+            records.append(rec)
+            if progress:
+                progress(rec)
     return records

@@ -238,3 +238,33 @@ def mask_image(module, path=None, title=None):
     ax.set_ylabel("filter" if mask.ndim == 4 else "output unit")
     ax.set_title(title or f"{getattr(module, 'name', '')}: kept (white) {img.mean():.0%} of weights", fontsize=9)
     return _save(fig, path, "One row per output unit; black: pruned weights.")
+
+
+def compare_schedules(records, path=None, title=None):
+    """One plot: test accuracy against sparsity, a line per schedule, the dense model dotted.
+
+    Returns the figure; given ``path``, saves it as a PNG and closes it.
+    """
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    names = [n for n in dict.fromkeys(r["schedule"] for r in records) if n != "dense"]
+    for i, name in enumerate(names):
+        rs = sorted((r for r in records if r["schedule"] == name), key=lambda r: r["sparsity"])
+        ax.plot([r["sparsity"] for r in rs], [r["accuracy"] for r in rs], "o-", color=f"C{i}", label=name)
+    dense = [r for r in records if r["schedule"] == "dense"]
+    if dense:
+        ax.axhline(dense[0]["accuracy"], color="grey", ls=":", label="unpruned")
+    what = "conv filters" if records and records[0].get("structure") == "filters" else "conv + linear weights"
+    ax.set_xlabel(f"fraction of {what} pruned")
+    ax.set_ylabel("test accuracy")
+    if records:
+        e = records[0]["epochs"]
+        ax.set_title(title or f"equal budget: {e} epoch{'s' if e != 1 else ''} per run"
+                     + (", distilled" if records[0].get("distill") else ""), fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    if path:
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+    return fig

@@ -185,9 +185,9 @@ def render(results):
             + "/".join(f"{r['target']:.0%}" for r in fil) + f" of the filters ({name} "
             + ", ".join(f"{r[low]:.2f}-{r[high]:.2f}" for r in fil)
             + f"), against FLOP ideals of {_times(ideal)}. " + _unstructured_speed(uns),
-            "  " + (f"{len(flagged)} row(s) were flagged `!` (a ratio above its FLOP ideal or a same-work ratio off 1x "
-                    "beyond its noise): noise, not results." if flagged else
-                    "No ratio was flagged (above its FLOP ideal, or a same-work ratio off 1x beyond its noise)."),
+            "  " + (f"{len(flagged)} row(s) were flagged `!` (a whole interval above its FLOP ideal, or a same-work "
+                    "interval that misses 1x): noise, not results." if flagged else
+                    "No ratio was flagged (a whole interval above its FLOP ideal, or a same-work interval that misses 1x)."),
             "  The benchmark with the physically shrunk network and the sparse kernel is "
             "`python benchmarks/bench_pruning.py` (results in `benchmarks/RESULTS.md`).",
         ]

@@ -28,7 +28,6 @@ FLOORS = {
     "data_utils": 5,
     "experiments": 6,     # the assignment's study: records, figures, the schedule comparison
     "plots": 7,
-    "recipes": 7,
     "cli": 8,             # the command line
     "__main__": 9,
     "__init__": 9,        # the package's face re-exports from below

@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 
 from ece662.models import default_convnet
-from ece662.recipes import SCHEDULES, compare_schedules, plot_compare_schedules
+from ece662.experiments import SCHEDULES, compare_schedules
+from ece662.plots import compare_schedules as plot_compare_schedules
 
 
 def _data(seed=0):

@@ -42,7 +42,7 @@ def _check_choice(value, choices, name):
     return value
 
 
-def _check_sparsity(sparsity, name="sparsity"):
+def check_sparsity(sparsity, name="sparsity"):
     if isinstance(sparsity, bool) or not isinstance(sparsity, (int, float, np.floating)) \
             or not 0.0 <= sparsity < 1.0:
         raise ValueError(f"{name} must be a fraction in [0, 1), got {sparsity!r}; "
@@ -105,7 +105,7 @@ def prune_to(model, sparsity, scope="global", structure="unstructured"):
     scope : {'global', 'layer'}
     structure : {'unstructured', 'filters'}
     """
-    sparsity = _check_sparsity(sparsity)
+    sparsity = check_sparsity(sparsity)
     _check_choice(scope, SCOPES, "scope")
     layers = [m for _, m in prunable_layers(model, structure)]
     if structure == "unstructured":
@@ -188,8 +188,8 @@ class GradualPruning:
 
     def __init__(self, final_sparsity, start_step, end_step, frequency=100, initial_sparsity=0.0,
                  scope="global", structure="unstructured"):
-        self.final_sparsity = _check_sparsity(final_sparsity, "final_sparsity")
-        self.initial_sparsity = _check_sparsity(initial_sparsity, "initial_sparsity")
+        self.final_sparsity = check_sparsity(final_sparsity, "final_sparsity")
+        self.initial_sparsity = check_sparsity(initial_sparsity, "initial_sparsity")
         for name, v in (("start_step", start_step), ("end_step", end_step), ("frequency", frequency)):
             if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 0:
                 raise ValueError(f"GradualPruning: {name} must be a whole number >= 0, got {v!r}")
@@ -228,7 +228,7 @@ def _trainer(model, X, y, epochs, **kwargs):
     return Trainer(model, X, y, epochs=epochs, **kwargs)
 
 
-def _check_epochs(epochs, name="epochs"):
+def check_epochs(epochs, name="epochs"):
     if isinstance(epochs, bool) or not isinstance(epochs, (int, np.integer)) or epochs < 1:
         raise ValueError(f"{name} must be a positive whole number, got {epochs!r}")
     return int(epochs)
@@ -259,7 +259,7 @@ def one_shot(model, X, y, sparsity, epochs, lr=0.002, scope="global", structure=
     dict
         The Trainer's history.
     """
-    epochs = _check_epochs(epochs)
+    epochs = check_epochs(epochs)
     prune_to(model, sparsity, scope, structure)
     return _trainer(model, X, y, epochs, max_lr=lr, schedule="constant", teacher=teacher,
                     **trainer_kwargs).fit()
@@ -278,11 +278,11 @@ def iterative(model, X, y, sparsity, epochs, rounds=3, lr=0.002, scope="global",
     dict
         The histories of the rounds joined, with a ``'sparsity'`` list (one per epoch).
     """
-    epochs = _check_epochs(epochs)
-    rounds = _check_epochs(rounds, "rounds")
+    epochs = check_epochs(epochs)
+    rounds = check_epochs(rounds, "rounds")
     if rounds > epochs:
         raise ValueError(f"iterative: {rounds} rounds need at least {rounds} epochs, got {epochs}")
-    sparsity = _check_sparsity(sparsity)
+    sparsity = check_sparsity(sparsity)
     joined = {}
     seed = trainer_kwargs.pop("seed", 0)
     for r in range(1, rounds + 1):    # each round: prune a bit more, then fine-tune
@@ -313,12 +313,12 @@ def gradual(model, X, y, sparsity, epochs, max_lr=0.02, prune_until=0.6, updates
     dict
         The Trainer's history, plus ``'updates'``: the (step, sparsity) of every mask update.
     """
-    epochs = _check_epochs(epochs)
+    epochs = check_epochs(epochs)
     if not 0.0 < prune_until <= 1.0:
         raise ValueError(f"gradual: prune_until must be a fraction of the run in (0, 1], got {prune_until!r}")
     steps = -(-len(y) // batch_size) * epochs
     end = max(1, min(steps - 1, int(round(prune_until * steps))))
-    schedule = GradualPruning(sparsity, 0, end, frequency=max(1, -(-end // _check_epochs(updates, "updates"))),
+    schedule = GradualPruning(sparsity, 0, end, frequency=max(1, -(-end // check_epochs(updates, "updates"))),
                               initial_sparsity=initial_sparsity, scope=scope, structure=structure)
     h = _trainer(model, X, y, epochs, max_lr=max_lr, schedule="onecycle", pruning=schedule, teacher=teacher,
                  batch_size=batch_size, **trainer_kwargs).fit()
@@ -342,7 +342,7 @@ def rewind(model, X, y, sparsity, epochs, max_lr=0.05, scope="global", structure
     dict
         The Trainer's history.
     """
-    epochs = _check_epochs(epochs)
+    epochs = check_epochs(epochs)
     prune_to(model, sparsity, scope, structure)
     return _trainer(model, X, y, epochs, max_lr=max_lr, schedule="onecycle", teacher=teacher,
                     **trainer_kwargs).fit()
