@@ -66,7 +66,7 @@ def atomic_write(path, caller):
         raise
 
 
-def check_finite(arrays, source):
+def check_finite_weights(arrays, source):
     """Refuse float arrays holding NaN or infinity, naming the layer (a model with them only
     ever predicts one class, which would look like a 10% accuracy instead of an error)."""
     for key, a in arrays.items():
@@ -97,3 +97,13 @@ def load_with_masks(model, arrays, source):
         model.load_state_dict(arrays)
     except (KeyError, ValueError) as e:
         raise ValueError(f"{source}: the stored arrays do not fit the stored architecture: {e}") from None
+
+
+def effective(module, name):
+    """The array a forward pass uses for ``module``'s parameter or buffer ``name``, as float32: for a pruned
+    parameter ``name_orig * name_mask``; None if the module has no such entry.  Writers export this."""
+    orig = module._parameters.get(name + "_orig")
+    if orig is not None and name + "_mask" in module._buffers:
+        return (orig * module._buffers[name + "_mask"]).astype(np.float32)
+    value = module._parameters.get(name, module._buffers.get(name))
+    return None if value is None else np.asarray(value, dtype=np.float32)

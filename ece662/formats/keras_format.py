@@ -25,7 +25,7 @@ import numpy as np
 
 import ece662.layers as L
 from ece662.formats import common
-from ece662.formats.common import atomic_write
+from ece662.formats.common import atomic_write, effective
 from ece662.layers import Conv2d, Dropout, Flatten, Linear, MaxPool2d, ReLU
 
 _MAX_CONFIG_BYTES = 16 * 2 ** 20       # a Sequential's config.json is a few kB
@@ -580,13 +580,6 @@ def _snake_case(class_name):
     return re.sub(r"([a-z])([A-Z])", r"\1_\2", s).lower()
 
 
-def _effective(module, pname):
-    """A parameter as the forward pass uses it (a pruned one with its mask applied)."""
-    if pname + "_orig" in module._parameters:
-        return module._parameters[pname + "_orig"] * module._buffers[pname + "_mask"]
-    return module._parameters.get(pname)
-
-
 def keras_layers_of(model, input_shape=(3, 32, 32)):
     """The Keras layers (configs and NHWC variables) that compute what ``model`` computes.
 
@@ -621,7 +614,7 @@ def keras_layers_of(model, input_shape=(3, 32, 32)):
             else:
                 raise ValueError(f"save_keras: layer {name!r} ({m!r}) has padding {m.padding}, which "
                                  f"Keras' Conv2D cannot express ('valid' is 0, 'same' is (k-1)/2 at stride 1)")
-            w, b = _effective(m, "weight"), _effective(m, "bias")
+            w, b = effective(m, "weight"), effective(m, "bias")
             cfg = _keras_layer("Conv2D", name, filters=m.out_channels, kernel_size=[HH, WW],
                                strides=[m.stride, m.stride], padding=padding,
                                data_format="channels_last", dilation_rate=[1, 1], groups=1,
@@ -630,7 +623,7 @@ def keras_layers_of(model, input_shape=(3, 32, 32)):
                                bias_initializer=_keras_initializer("Zeros"))
             variables = [w.transpose(2, 3, 1, 0)] + ([b] if b is not None else [])
         elif isinstance(m, Linear):
-            w, b = _effective(m, "weight"), _effective(m, "bias")
+            w, b = effective(m, "weight"), effective(m, "bias")
             kernel = w.T
             if flat_from is not None:      # rows in ece662's (c, h, w) order -> Keras' (h, w, c)
                 c, h, ww = flat_from

@@ -14,7 +14,7 @@ import zipfile
 import numpy as np
 
 from ece662.formats import common
-from ece662.formats.common import atomic_write, check_finite, load_with_masks
+from ece662.formats.common import atomic_write, check_finite_weights, load_with_masks
 from ece662.formats.spec import MAX_SPEC_CHARS, check_spec
 from ece662.layers import Sequential, from_spec
 
@@ -82,7 +82,7 @@ def load_npz_model(path):
         raise ValueError(f"{path}: unknown ece662 format {str(fmt)[:40]!r} (this ece662 reads {FORMAT!r}); "
                          f"it may have been written by a newer ece662")
     spec = _parse_spec(arrays.pop(_SPEC_KEY), path)
-    check_finite(arrays, path)
+    check_finite_weights(arrays, path)
     model = from_spec(spec)
     load_with_masks(model, arrays, source=path)
     return model.eval()

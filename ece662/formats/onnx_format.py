@@ -57,7 +57,7 @@ from collections import Counter, OrderedDict
 
 import numpy as np
 
-from ece662.formats.common import atomic_write
+from ece662.formats.common import atomic_write, effective
 
 from ece662.layers import (AdaptiveAvgPool2d, AvgPool2d, BatchNorm1d, BatchNorm2d, Conv2d, Dropout, Flatten,
                            LeakyReLU, Linear, MaxPool2d, ReLU, Sequential)
@@ -647,15 +647,6 @@ _READERS = {
 
 
 # ============================================================================ writing
-def _effective(module, name):
-    """The tensor a forward uses: ``name_orig * name_mask`` for a pruned parameter."""
-    orig = module._parameters.get(name + "_orig")
-    if orig is not None and name + "_mask" in module._buffers:
-        return (orig * module._buffers[name + "_mask"]).astype(np.float32)
-    value = module._parameters.get(name, module._buffers.get(name))
-    return None if value is None else np.asarray(value, dtype=np.float32)
-
-
 def _graph_nodes(model, input_name, helper, numpy_helper):
     """One ONNX node (and its initializers) per ece662 layer, wired as a chain."""
     nodes, inits = [], []
@@ -670,27 +661,27 @@ def _graph_nodes(model, input_name, helper, numpy_helper):
             return f"{name}.{key}"
 
         if kind == "Conv2d":
-            ins = [x, tensor("weight", _effective(m, "weight"))]
-            b = _effective(m, "bias")
+            ins = [x, tensor("weight", effective(m, "weight"))]
+            b = effective(m, "bias")
             if b is not None:
                 ins.append(tensor("bias", b))
             p = m.padding
             nodes.append(helper.make_node("Conv", ins, [out], name=name, kernel_shape=list(m.kernel_size),
                                           strides=[m.stride] * 2, pads=[p] * 4))
         elif kind == "Linear":
-            ins = [x, tensor("weight", _effective(m, "weight"))]
-            b = _effective(m, "bias")
+            ins = [x, tensor("weight", effective(m, "weight"))]
+            b = effective(m, "bias")
             if b is not None:
                 ins.append(tensor("bias", b))
             nodes.append(helper.make_node("Gemm", ins, [out], name=name, transB=1))   # x @ W.T + b
         elif kind in ("BatchNorm2d", "BatchNorm1d"):
             C = m.num_features           # affine=False: ONNX still wants a scale (ones) and a shift (zeros)
-            gamma = _effective(m, "weight")
-            beta = _effective(m, "bias")
+            gamma = effective(m, "weight")
+            beta = effective(m, "bias")
             ins = [x, tensor("weight", np.ones(C, np.float32) if gamma is None else gamma),
                    tensor("bias", np.zeros(C, np.float32) if beta is None else beta),
-                   tensor("running_mean", _effective(m, "running_mean")),
-                   tensor("running_var", _effective(m, "running_var"))]
+                   tensor("running_mean", effective(m, "running_mean")),
+                   tensor("running_var", effective(m, "running_var"))]
             nodes.append(helper.make_node("BatchNormalization", ins, [out], name=name, epsilon=float(m.eps)))
         elif kind == "ReLU":
             nodes.append(helper.make_node("Relu", [x], [out], name=name))

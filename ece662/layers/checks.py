@@ -67,9 +67,9 @@ def check_nchw(x, where, channels=None):
 
 
 def check_positive_int(v, name, where):
-    """Require an int >= 1 (bools are refused)."""
+    """Require an int >= 1 (bools are refused); the one such check of the package."""
     if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)) or v < 1:
-        raise ValueError(f"{where}: expected {name} to be a positive int, got {v!r}")
+        raise ValueError(f"{where}: {name} must be a positive whole number, got {v!r}")
     return int(v)
 
 

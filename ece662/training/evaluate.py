@@ -6,6 +6,7 @@ Below the trainer (which checks validation accuracy each epoch) and below the co
 import numpy as np
 
 from ece662.layers import Module
+from ece662.layers.checks import check_positive_int
 
 
 def check_model(model, caller):
@@ -48,8 +49,7 @@ def predict_logits(model, X, batch_size=1000, caller="predict_logits"):
     >>> predict_logits(default_convnet(seed=0), np.zeros((3, 3, 32, 32), np.float32), batch_size=2).shape
     (3, 10)
     """
-    if not isinstance(batch_size, (int, np.integer)) or isinstance(batch_size, bool) or batch_size < 1:
-        raise ValueError(f"{caller}: expected batch_size to be a positive int, got {batch_size!r}")
+    check_positive_int(batch_size, "batch_size", caller)
     check_model(model, caller)
     if len(X) == 0:
         # no images: the answer is an empty (0, num_classes), whose width the layers' shapes give

@@ -29,6 +29,7 @@ same sparsity.
 import numpy as np
 
 from ece662.layers import Conv2d, Linear
+from ece662.layers.checks import check_positive_int
 from ece662.pruning import methods as P
 from ece662.training.trainer import Trainer
 
@@ -229,9 +230,7 @@ def _trainer(model, X, y, epochs, **kwargs):
 
 
 def check_epochs(epochs, name="epochs"):
-    if isinstance(epochs, bool) or not isinstance(epochs, (int, np.integer)) or epochs < 1:
-        raise ValueError(f"{name} must be a positive whole number, got {epochs!r}")
-    return int(epochs)
+    return check_positive_int(epochs, name, "schedule")
 
 
 def one_shot(model, X, y, sparsity, epochs, lr=0.002, scope="global", structure="unstructured",

@@ -22,6 +22,7 @@ import warnings
 import numpy as np
 
 from ece662.data.images import NormalizedImages, normalize_images
+from ece662.layers.checks import check_positive_int
 from ece662.training.evaluate import predict_logits
 from ece662.training.optim import (SGD, check_learning_rate, distillation_loss, one_cycle_lr,
                                    softmax_cross_entropy)
@@ -82,12 +83,6 @@ def _check_data(X, y, where):
     if len(y) and (y.min() < 0 or y.max() > 9):
         raise ValueError(f"{where}: labels must lie in 0..9, got {y.min()}..{y.max()}")
     return X, y.astype(np.int64)
-
-
-def _check_positive_int(value, name):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"Trainer: {name} must be a positive whole number, got {value!r}")
-    return int(value)
 
 
 def _first_nonfinite(model):
@@ -166,8 +161,8 @@ class Trainer:
         max_lr = check_learning_rate(max_lr, "Trainer (max_lr)")
         self.optimizer = optimizer or SGD(max_lr, momentum=0.9, nesterov=True, weight_decay=5e-4)
         self.model = model
-        self.epochs = _check_positive_int(epochs, "epochs")
-        self.batch_size = _check_positive_int(batch_size, "batch_size")
+        self.epochs = check_positive_int(epochs, "epochs", "Trainer")
+        self.batch_size = check_positive_int(batch_size, "batch_size", "Trainer")
         if isinstance(cutout, bool) or not isinstance(cutout, (int, np.integer)) or cutout < 0:
             raise ValueError(f"Trainer: cutout must be a whole number of pixels >= 0 (0: none), got {cutout!r}")
         self.cutout = int(cutout)
