@@ -72,7 +72,7 @@ def near_chance_message(accuracy, num_classes, n_images, where="python", who="te
     >>> near_chance_message(0.76, 10, 10000) is None
     True
     >>> print(near_chance_message(0.1989, 10, 10000))
-    test_model: accuracy 0.1989 on 10000 images is near chance (1/10 = 0.100; ...
+    test_model: accuracy 0.1989 on 10000 images is near chance (1/10 = 0.100; warned below twice that). ...
     """
     if num_classes < 2 or accuracy >= 2 / num_classes:
         return None

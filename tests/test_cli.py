@@ -305,7 +305,9 @@ def test_a_state_dict_without_arch_gets_command_line_advice(tmp_path):
     r = run("evaluate", "--model", str(as_sequential), "--mode", "torch", "--data", data)
     assert r.returncode == 2 and "shapes of the course network" in r.stderr and "model=" not in r.stderr
     command = r.stderr.split('python -c "')[1].split('"')[0]
-    subprocess.run([sys.executable, "-c", command], cwd=tmp_path, check=True)
+    import ece662                    # the command runs in tmp_path, with the ece662 under test
+    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(ece662.__file__))))
+    subprocess.run([sys.executable, "-c", command], cwd=tmp_path, env=env, check=True)
     r = run("evaluate", "--model", str(as_sequential), "--mode", "torch", "--arch", str(tmp_path / "net.json"),
             "--data", data)
     assert r.returncode == 0 and r.stdout.startswith("Test Acc: "), r.stderr

@@ -20,6 +20,7 @@ def _images(n, seed=0):
     return np.random.default_rng(seed).standard_normal((n, 3, 32, 32)).astype(np.float32)
 
 
+@pytest.mark.filterwarnings("ignore::ece662.pruning_helper.NearChanceWarning")  # an untrained model, on purpose
 @pytest.mark.parametrize("mode", ["torch", "tensorflow", "numpy"])
 def test_test_model_takes_the_course_modes(mode, capsys):
     """test_model(model, test_data, mode=...) runs for every mode the course uses, same number."""

@@ -131,6 +131,7 @@ def test_truncated_and_foreign_files_get_clear_errors(tmp_path, mode):
         load_model(str(good), mode="caffe")
 
 
+@pytest.mark.filterwarnings("ignore::ece662.pruning_helper.NearChanceWarning")  # an untrained model, on purpose
 def test_test_model_prints_and_returns_a_deterministic_accuracy(capsys):
     """test_model prints 'Test Acc: x.xxxx' and gives the same number every time."""
     rng = np.random.default_rng(0)

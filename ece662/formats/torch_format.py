@@ -709,7 +709,7 @@ def _match_by_position(file_groups, model_groups, source):
             hint = ""
             if bn:
                 hint = (f" The file's layer {f!r} is a BatchNorm (running_mean, running_var): the model "
-                        f"needs a BatchNorm layer (BatchNorm2d or BatchNorm1d) at that position.")
+                        f"needs a BatchNorm layer at that position (BatchNorm2d or BatchNorm1d).")
             raise ValueError(
                 f"{source}: the file's layers do not fit the model, by name or by position: its layer "
                 f"{i + 1} with weights holds {_layers_text({f: file_groups[f]})}, the model's holds "
