@@ -141,6 +141,61 @@ def test_dropout_is_identity_in_eval_and_seeded_in_train():
     assert set(np.unique(a)) == {0.0, 2.0}
 
 
+# ----------------------------------------------------------------------------- empty batches
+def _course_net(variant):
+    """The course CNN as a new user meets it: the shipped weights, fresh ones, pruned two ways, shrunk."""
+    import ece662.pruning as prune
+    from ece662.pruning_helper import load_model
+    if variant == "default_convnet":
+        return default_convnet(seed=0)
+    net = load_model()
+    if variant == "global_unstructured_0.8":      # sparse enough for the sparse kernel (conv2)
+        params = [(m, "weight") for m in (net.conv1, net.conv2, net.fc)]
+        prune.global_unstructured(params, pruning_method=prune.L1Unstructured, amount=0.8)
+    elif variant in ("ln_structured_0.5", "shrunk"):  # half the filters dead: skipped, or removed
+        for conv in (net.conv1, net.conv2):
+            prune.ln_structured(conv, "weight", amount=0.5, n=2, dim=0)
+        if variant == "shrunk":
+            net = prune.shrink(net)
+    return net
+
+
+@pytest.mark.parametrize("training", [False, True], ids=["eval", "train"])
+@pytest.mark.parametrize("kernels", ["auto", "dense", "reference"])
+@pytest.mark.parametrize("variant", ["load_model", "default_convnet", "global_unstructured_0.8",
+                                     "ln_structured_0.5", "shrunk"])
+def test_empty_batch_gives_empty_logits(variant, kernels, training):
+    """An empty batch (N = 0) gives logits of shape (0, 10) on every kernel path, and in training a
+    backward of an empty gradient gives an empty dx and all-zero parameter gradients."""
+    net = _course_net(variant).train(training)
+    net.kernels = kernels
+    x = np.zeros((0, 3, 32, 32), np.float32)
+    out = net(x)
+    assert out.shape == (0, 10) and out.dtype == np.float32
+    if kernels == "auto" and not training:         # the paths named in the variant really ran
+        if variant == "global_unstructured_0.8":
+            assert net.conv2.last_kernel.version == "sparse"
+        if variant == "ln_structured_0.5":
+            assert net.conv1.last_kernel.live_filters == 16 < net.conv1.last_kernel.filters
+    if not training:
+        return
+    net.zero_grad()
+    dx = net.backward(np.zeros((0, 10), np.float32))
+    assert dx.shape == x.shape
+    grads = dict(net.named_grads())
+    assert sorted(grads) == sorted(name for name, _ in net.named_parameters())
+    for name, p in net.named_parameters():
+        assert grads[name].shape == p.shape and not grads[name].any(), name
+    assert net.backward(np.zeros((0, 10), np.float32), need_input_grad=False) is None
+
+
+def test_flatten_keeps_the_feature_count_of_an_empty_batch():
+    """Flatten of (0, C, H, W) is (0, C*H*W), and its backward gives the input's shape back."""
+    f = Flatten()
+    assert f(np.zeros((0, 32, 6, 6), np.float32)).shape == (0, 1152)
+    assert f.backward(np.zeros((0, 1152), np.float32)).shape == (0, 32, 6, 6)
+
+
 # ----------------------------------------------------------------------------- bad input
 @pytest.mark.parametrize("x, exc, match", [
     (np.zeros((2, 32, 32, 3), np.float32), ValueError, "NHWC.*transpose"),

@@ -586,7 +586,9 @@ class Flatten(Module):
 
     def forward(self, x):
         self._shape = x.shape
-        return x.reshape(x.shape[0], -1)
+        # the feature count comes from the shape, not from -1: numpy cannot infer -1 from an
+        # empty batch (N = 0), which must still give (0, C*H*W)
+        return x.reshape(x.shape[0], int(np.prod(x.shape[1:])))
 
     def backward(self, dout):
         return dout.reshape(self._shape)
