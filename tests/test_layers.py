@@ -215,6 +215,39 @@ def test_bad_input_gets_a_clear_error(x, exc, match):
     assert "conv1" in str(info.value)
 
 
+@pytest.mark.parametrize("training", [False, True], ids=["eval", "train"])
+@pytest.mark.parametrize("kernels", ["auto", "reference"])
+def test_wrong_image_size_names_the_size_the_network_expects(kernels, training):
+    """A 16x16 image given to the 32x32 course CNN is refused before anything runs, with the size the
+    network expects (not deep inside fc); a wrong channel count is named at the first layer."""
+    net = default_convnet().train(training)
+    net.kernels = kernels
+    with pytest.raises(ValueError, match=r"expects 32x32 images with 3 channels.*got 16x16 images") as info:
+        net(np.zeros((2, 3, 16, 16), np.float32))
+    assert "fc (Linear) expects 1152 input features but gets 128" in str(info.value)
+    with pytest.raises(ValueError, match=r"expects 32x32 images.*got 8x8 images.*conv2 \(Conv2d\)"):
+        net(np.zeros((2, 3, 8, 8), np.float32))     # too small for conv2's kernel: named there
+    with pytest.raises(ValueError, match=r"^conv1 \(Conv2d 3->32\): expected x with 3 channels.*"
+                                         r"\(1 channels\).*x.repeat\(3, axis=1\)"):
+        net(np.zeros((2, 1, 32, 32), np.float32))
+
+
+def test_plan_of_a_wrong_input_shape_names_the_expected_size():
+    """model.plan() (and so report and shrink) refuses an input shape the layers cannot take, saying why."""
+    with pytest.raises(ValueError, match=r"expects 32x32 images with 3 channels"):
+        default_convnet().plan((3, 16, 16))
+    from ece662.layers.plan import expected_image_size
+    assert expected_image_size(default_convnet(), 3) == 32
+
+
+def test_layers_that_do_not_fit_each_other_are_named():
+    """When no input fits (conv2 reads 4 channels, conv1 makes 8), the error names conv2 and what it gets."""
+    net = Sequential(OrderedDict([("conv1", Conv2d(3, 8, 3)), ("conv2", Conv2d(4, 8, 3))])).eval()
+    with pytest.raises(ValueError, match=r"does not fit this network: conv2 \(Conv2d\) expects \(N, 4, H, W\) "
+                                         r"but gets \(8, 6, 6\).*in_channels"):
+        net(np.zeros((1, 3, 8, 8), np.float32))
+
+
 def test_linear_without_flatten_says_so():
     """Feeding feature maps to a Linear layer suggests adding Flatten."""
     with pytest.raises(ValueError, match="Flatten"):

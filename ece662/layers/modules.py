@@ -903,6 +903,7 @@ class Sequential(Module):
         runs its following ReLU (and 2x2 max pool) inside its kernel.  ``model.kernels``
         switches that off (``'dense'``) or runs the plain-loop references (``'reference'``).
         """
+        x = self._check_input(x)
         if self.training:
             layers = list(self._modules.values())
             self._fused_train = set()                # layers run inside the conv before them
@@ -917,11 +918,19 @@ class Sequential(Module):
                     x = m(x)
                     i += 1
             return x
+        return self.plan(x.shape[1:])(x)
+
+    def _check_input(self, x):
+        """``x`` checked before any layer runs, in training and eval mode: first by the first
+        layer (dtype, layout, channels: its errors name it), then every layer's shape
+        (``plan.check_input_shape``: a 16x16 image for a 32x32 network says so)."""
         first = next(iter(self._modules.values()), None)
-        if hasattr(first, "check_input"):       # errors name the first layer, before planning
+        if hasattr(first, "check_input"):
             x = first.check_input(x)
         x = check_float32(x, "x", "Sequential")
-        return self.plan(x.shape[1:])(x)
+        if x.ndim >= 2:
+            plan.check_input_shape(self, x.shape[1:])
+        return x
 
     def plan(self, input_shape=(3, 32, 32)):
         """The eval-mode plan for inputs of ``input_shape`` (no batch axis): per layer, live and
