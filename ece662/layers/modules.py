@@ -460,6 +460,13 @@ class Linear(Module):
     def _where(self):
         return f"{self.name} (Linear {self.in_features}->{self.out_features})"
 
+    def alive_outputs(self):
+        """``(out_features,)`` bool: False for dead output units, those whose effective weights
+        (a row of ``weight``) are all zero; such a unit outputs its bias for every input.  The
+        twin of ``Conv2d.alive_filters``.  In a classifier's last layer a dead unit is a class
+        whose logit never changes (``ece662.pruning`` warns before that happens)."""
+        return np.any(self.weight != 0, axis=1)
+
     def check_input(self, x):
         """``x`` as a float32 C-contiguous ``(N, in_features)`` batch, or an error."""
         where = self._where()
@@ -855,6 +862,12 @@ class Sequential(Module):
     ----------
     *layers : Module, or one ``OrderedDict`` / list of ``(name, Module)`` pairs
 
+    Each Conv2d and Linear layer learns here whether its outputs are the network's outputs:
+    ``layer._output_layer`` is True when no Conv2d or Linear follows it (in this Sequential and,
+    for a nested one, in every enclosing one), False otherwise; a layer never put in a Sequential
+    has no such attribute.  ``ece662.pruning`` reads it to warn before a classifier's output rows,
+    its classes, are pruned.
+
     Examples
     --------
     >>> net = Sequential(OrderedDict([("fc", Linear(4, 2, seed=0)), ("relu", ReLU())]))
@@ -882,6 +895,15 @@ class Sequential(Module):
             self._modules[name] = m
             if hasattr(m, "name"):
                 m.name = name
+        # which layers make the network's outputs: no Conv2d or Linear after them.  An inner
+        # Sequential is built first, so a layer it marked False stays False; one it marked True
+        # becomes False here if weighted layers follow the inner Sequential.
+        children = list(self._modules.values())
+        for i, child in enumerate(children):
+            followed = any(isinstance(d, (Conv2d, Linear)) for later in children[i + 1:] for d in later.modules())
+            for d in child.modules():
+                if isinstance(d, (Conv2d, Linear)) and (followed or not hasattr(d, "_output_layer")):
+                    object.__setattr__(d, "_output_layer", not followed)
 
     def __getitem__(self, i):
         if isinstance(i, str):

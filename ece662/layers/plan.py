@@ -192,14 +192,34 @@ class Step:
                     f"-> {k} ({k.reason})")
         if self.op == "linear":
             k = self.kernel
-            return f"{k.live_inputs}/{k.inputs} input features -> {k} ({k.reason})"
+            return f"{k.live_inputs}/{k.inputs} input features{self.dead_outputs_note()} -> {k} ({k.reason})"
         if self.op == "flatten" and self.live_out is not None:
             return f"{int(self.live_out.sum())}/{self.live_out.size} features live"
         if self.live_out is not None:
             return f"{int(self.live_out.sum())}/{self.live_out.size} channels live"
         if self.op == "full" and self.full_input:
             return "constant planes put back; runs on the full tensor"
-        return "reference" if self.op == "reference" else ""
+        if self.op == "reference":    # a linear layer's dead outputs are noted in every mode
+            return "reference" + (self.dead_outputs_note() if self.kernel is not None else "")
+        return ""
+
+
+    def dead_outputs_note(self):
+        """For a linear step: ``", 3/10 outputs dead (3, 5, 9: always their bias)"``, or ``""``
+        when every output unit has a non-zero weight.  Dead units are still computed (it costs
+        little); the note is there because in a classifier's last layer they are classes the
+        network can no longer recognise."""
+        alive = _alive_rows(self.module.weight)
+        dead = np.flatnonzero(~alive)
+        if dead.size == 0:
+            return ""
+        shown = ", ".join(map(str, dead[:8])) + (", ..." if dead.size > 8 else "")
+        return f", {dead.size}/{alive.size} outputs dead ({shown}: always their bias)"
+
+
+def _alive_rows(w):
+    """``(w.shape[0],)`` bool: which output rows (filters, units) of ``w`` have a non-zero weight."""
+    return np.any(w.reshape(w.shape[0], -1) != 0, axis=1)
 
 
 class Plan:

@@ -13,8 +13,8 @@
 * ``schedules`` -- when and how much to prune while the network recovers (gradual, rewinding, distillation)
 """
 from ece662.pruning.masks import amount_to_count
-from ece662.pruning.methods import (BasePruningMethod, CustomFromMask, Identity, L1Unstructured,
-                                    LnStructured, RandomStructured, RandomUnstructured,
+from ece662.pruning.methods import (BasePruningMethod, CustomFromMask, DeadClassWarning, Identity,
+                                    L1Unstructured, LnStructured, RandomStructured, RandomUnstructured,
                                     PruningContainer, custom_from_mask, global_structured,
                                     global_unstructured, identity, is_pruned, l1_unstructured,
                                     ln_structured, pruning_history, random_structured,
@@ -23,7 +23,8 @@ from ece662.pruning.report import report
 from ece662.pruning.shrink import shrink
 from ece662.pruning import schedules  # noqa: E402  (prune.schedules.gradual(...), prune.schedules.prune_to(...))
 
-__all__ = ["BasePruningMethod", "CustomFromMask", "Identity", "L1Unstructured", "LnStructured",
+__all__ = ["BasePruningMethod", "CustomFromMask", "DeadClassWarning", "Identity", "L1Unstructured",
+           "LnStructured",
            "RandomStructured", "RandomUnstructured", "PruningContainer", "amount_to_count",
            "global_structured", "pruning_history", "report", "shrink", "custom_from_mask",
            "global_unstructured", "identity", "is_pruned", "l1_unstructured", "ln_structured",
