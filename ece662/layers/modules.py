@@ -900,7 +900,8 @@ class Sequential(Module):
         # becomes False here if weighted layers follow the inner Sequential.
         children = list(self._modules.values())
         for i, child in enumerate(children):
-            followed = any(isinstance(d, (Conv2d, Linear)) for later in children[i + 1:] for d in later.modules())
+            followed = any(isinstance(d, (Conv2d, Linear))
+                           for later in children[i + 1:] for d in later.modules())
             for d in child.modules():
                 if isinstance(d, (Conv2d, Linear)) and (followed or not hasattr(d, "_output_layer")):
                     object.__setattr__(d, "_output_layer", not followed)

@@ -203,13 +203,12 @@ class Step:
             return "reference" + (self.dead_outputs_note() if self.kernel is not None else "")
         return ""
 
-
     def dead_outputs_note(self):
         """For a linear step: ``", 3/10 outputs dead (3, 5, 9: always their bias)"``, or ``""``
         when every output unit has a non-zero weight.  Dead units are still computed (it costs
         little); the note is there because in a classifier's last layer they are classes the
         network can no longer recognise."""
-        alive = _alive_rows(self.module.weight)
+        alive = alive_rows(self.module.weight)
         dead = np.flatnonzero(~alive)
         if dead.size == 0:
             return ""
@@ -217,8 +216,9 @@ class Step:
         return f", {dead.size}/{alive.size} outputs dead ({shown}: always their bias)"
 
 
-def _alive_rows(w):
-    """``(w.shape[0],)`` bool: which output rows (filters, units) of ``w`` have a non-zero weight."""
+def alive_rows(w):
+    """``(w.shape[0],)`` bool: which output rows (filters, units) of ``w`` have a non-zero weight:
+    the dead-filter rule, for a conv's filters and a linear layer's output units alike."""
     return np.any(w.reshape(w.shape[0], -1) != 0, axis=1)
 
 
@@ -408,10 +408,10 @@ def check_input_shape(model, input_shape):
             fixes = ([f"give {C_want}-channel images"] if C != C_want else []) + \
                     ([f"resize or crop the images to {S}x{S}, or build the network for {H}x{W} inputs"]
                      if (H, W) != (S, S) else [])
+            channels = f" with {C} channels" if C != C_want else ""
             raise ValueError(f"this network expects {S}x{S} images with {C_want} channels, x of shape "
-                             f"(N, {C_want}, {S}, {S}), but got {H}x{W} images"
-                             f"{f' with {C} channels' if C != C_want else ''} (x of shape (N, {C}, {H}, {W})): "
-                             f"{where}; {'; '.join(fixes) or 'check the layers'}")
+                             f"(N, {C_want}, {S}, {S}), but got {H}x{W} images{channels} (x of shape "
+                             f"(N, {C}, {H}, {W})): {where}; {'; '.join(fixes) or 'check the layers'}")
     raise ValueError(f"x of shape (N, {', '.join(map(str, got))}) does not fit this network: {where}; "
                      f"give inputs of the shape the network was built for, or check that each layer's "
                      f"in_channels / in_features match what the layer before it gives")

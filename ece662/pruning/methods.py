@@ -22,6 +22,7 @@ import warnings
 
 import numpy as np
 
+from ece662.layers.plan import alive_rows
 from ece662.pruning import masks as M
 
 
@@ -105,11 +106,6 @@ class DeadClassWarning(UserWarning):
     ``warnings.filterwarnings("ignore", category=prune.DeadClassWarning)``."""
 
 
-def _alive_rows(t):
-    """``(t.shape[0],)`` bool: which output rows (units, filters) of ``t`` have a non-zero entry."""
-    return np.any(t.reshape(t.shape[0], -1) != 0, axis=1)
-
-
 def _stacklevel_outside_pruning():
     """The ``stacklevel`` of the first caller outside ``ece662.pruning``, so that a warning
     points at the user's line however deep inside the package it is raised."""
@@ -143,12 +139,13 @@ def _warn_if_classes_die(module, name, before, after, rows_asked):
     output_layer = getattr(module, "_output_layer", None)
     if output_layer is False or (output_layer is None and not (isinstance(module, Linear) and rows_asked)):
         return
-    died = np.flatnonzero(_alive_rows(before) & ~_alive_rows(after))
+    died = np.flatnonzero(alive_rows(before) & ~alive_rows(after))
     if died.size == 0:
         return
     where = module._where() if hasattr(module, "_where") else type(module).__name__
-    role = "the network's output layer" if output_layer else "a Linear layer on its own (a classifier's last layer?)"
-    before_dead = int((~_alive_rows(before)).sum())
+    role = ("the network's output layer" if output_layer else
+            "a Linear layer on its own (a classifier's last layer?)")
+    before_dead = int((~alive_rows(before)).sum())
     shown = ", ".join(map(str, died[:10])) + (", ..." if died.size > 10 else "")
     warnings.warn(
         f"{where} is {role}: this pruning kills {died.size} of its {before.shape[0]} outputs (classes "
