@@ -141,6 +141,61 @@ def test_dropout_is_identity_in_eval_and_seeded_in_train():
     assert set(np.unique(a)) == {0.0, 2.0}
 
 
+# ----------------------------------------------------------------------------- empty batches
+def _course_net(variant):
+    """The course CNN as a new user meets it: the shipped weights, fresh ones, pruned two ways, shrunk."""
+    import ece662.pruning as prune
+    from ece662.pruning_helper import load_model
+    if variant == "default_convnet":
+        return default_convnet(seed=0)
+    net = load_model()
+    if variant == "global_unstructured_0.8":      # sparse enough for the sparse kernel (conv2)
+        params = [(m, "weight") for m in (net.conv1, net.conv2, net.fc)]
+        prune.global_unstructured(params, pruning_method=prune.L1Unstructured, amount=0.8)
+    elif variant in ("ln_structured_0.5", "shrunk"):  # half the filters dead: skipped, or removed
+        for conv in (net.conv1, net.conv2):
+            prune.ln_structured(conv, "weight", amount=0.5, n=2, dim=0)
+        if variant == "shrunk":
+            net = prune.shrink(net)
+    return net
+
+
+@pytest.mark.parametrize("training", [False, True], ids=["eval", "train"])
+@pytest.mark.parametrize("kernels", ["auto", "dense", "reference"])
+@pytest.mark.parametrize("variant", ["load_model", "default_convnet", "global_unstructured_0.8",
+                                     "ln_structured_0.5", "shrunk"])
+def test_empty_batch_gives_empty_logits(variant, kernels, training):
+    """An empty batch (N = 0) gives logits of shape (0, 10) on every kernel path, and in training a
+    backward of an empty gradient gives an empty dx and all-zero parameter gradients."""
+    net = _course_net(variant).train(training)
+    net.kernels = kernels
+    x = np.zeros((0, 3, 32, 32), np.float32)
+    out = net(x)
+    assert out.shape == (0, 10) and out.dtype == np.float32
+    if kernels == "auto" and not training:         # the paths named in the variant really ran
+        if variant == "global_unstructured_0.8":
+            assert net.conv2.last_kernel.version == "sparse"
+        if variant == "ln_structured_0.5":
+            assert net.conv1.last_kernel.live_filters == 16 < net.conv1.last_kernel.filters
+    if not training:
+        return
+    net.zero_grad()
+    dx = net.backward(np.zeros((0, 10), np.float32))
+    assert dx.shape == x.shape
+    grads = dict(net.named_grads())
+    assert sorted(grads) == sorted(name for name, _ in net.named_parameters())
+    for name, p in net.named_parameters():
+        assert grads[name].shape == p.shape and not grads[name].any(), name
+    assert net.backward(np.zeros((0, 10), np.float32), need_input_grad=False) is None
+
+
+def test_flatten_keeps_the_feature_count_of_an_empty_batch():
+    """Flatten of (0, C, H, W) is (0, C*H*W), and its backward gives the input's shape back."""
+    f = Flatten()
+    assert f(np.zeros((0, 32, 6, 6), np.float32)).shape == (0, 1152)
+    assert f.backward(np.zeros((0, 1152), np.float32)).shape == (0, 32, 6, 6)
+
+
 # ----------------------------------------------------------------------------- bad input
 @pytest.mark.parametrize("x, exc, match", [
     (np.zeros((2, 32, 32, 3), np.float32), ValueError, "NHWC.*transpose"),
@@ -158,6 +213,39 @@ def test_bad_input_gets_a_clear_error(x, exc, match):
     with pytest.raises(exc, match=match) as info:
         net(x)
     assert "conv1" in str(info.value)
+
+
+@pytest.mark.parametrize("training", [False, True], ids=["eval", "train"])
+@pytest.mark.parametrize("kernels", ["auto", "reference"])
+def test_wrong_image_size_names_the_size_the_network_expects(kernels, training):
+    """A 16x16 image given to the 32x32 course CNN is refused before anything runs, with the size the
+    network expects (not deep inside fc); a wrong channel count is named at the first layer."""
+    net = default_convnet().train(training)
+    net.kernels = kernels
+    with pytest.raises(ValueError, match=r"expects 32x32 images with 3 channels.*got 16x16 images") as info:
+        net(np.zeros((2, 3, 16, 16), np.float32))
+    assert "fc (Linear) expects 1152 input features but gets 128" in str(info.value)
+    with pytest.raises(ValueError, match=r"expects 32x32 images.*got 8x8 images.*conv2 \(Conv2d\)"):
+        net(np.zeros((2, 3, 8, 8), np.float32))     # too small for conv2's kernel: named there
+    with pytest.raises(ValueError, match=r"^conv1 \(Conv2d 3->32\): expected x with 3 channels.*"
+                                         r"\(1 channels\).*x.repeat\(3, axis=1\)"):
+        net(np.zeros((2, 1, 32, 32), np.float32))
+
+
+def test_plan_of_a_wrong_input_shape_names_the_expected_size():
+    """model.plan() (and so report and shrink) refuses an input shape the layers cannot take, saying why."""
+    with pytest.raises(ValueError, match=r"expects 32x32 images with 3 channels"):
+        default_convnet().plan((3, 16, 16))
+    from ece662.layers.plan import expected_image_size
+    assert expected_image_size(default_convnet(), 3) == 32
+
+
+def test_layers_that_do_not_fit_each_other_are_named():
+    """When no input fits (conv2 reads 4 channels, conv1 makes 8), the error names conv2 and what it gets."""
+    net = Sequential(OrderedDict([("conv1", Conv2d(3, 8, 3)), ("conv2", Conv2d(4, 8, 3))])).eval()
+    with pytest.raises(ValueError, match=r"does not fit this network: conv2 \(Conv2d\) expects \(N, 4, H, W\) "
+                                         r"but gets \(8, 6, 6\).*in_channels"):
+        net(np.zeros((1, 3, 8, 8), np.float32))
 
 
 def test_linear_without_flatten_says_so():

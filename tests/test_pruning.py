@@ -1,4 +1,6 @@
 """Pruning: mask invariants (Hypothesis), torch.nn.utils.prune semantics, and torch itself."""
+import warnings
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -201,6 +203,7 @@ def test_structured_repeat_only_considers_live_channels():
     assert int(conv.alive_filters().sum()) == 2
 
 
+@pytest.mark.filterwarnings("ignore::ece662.pruning.DeadClassWarning")   # a lone Linear loses rows on purpose
 def test_random_pruning_is_seeded():
     """The same seed prunes the same entries."""
     a, b = Linear(6, 6, seed=0), Linear(6, 6, seed=0)
@@ -470,3 +473,90 @@ def test_global_unstructured_amount_in_the_importance_scores_place_says_so():
     with pytest.raises(TypeError, match=r"third argument is importance_scores.*amount=0\.2"):
         prune.global_unstructured([(net.fc, "weight")], prune.L1Unstructured, 0.2)
     assert not prune.is_pruned(net)
+
+
+
+# ----------------------------------------------------------------------------- dead classes
+PRUNE_ROWS = {   # ways to kill 3 of the 10 output rows of a Linear (the classes, in a classifier)
+    "ln_structured": lambda fc: prune.ln_structured(fc, "weight", amount=3, n=2, dim=0),
+    "ln_structured_dim-2": lambda fc: prune.ln_structured(fc, "weight", amount=3, n=2, dim=-2),
+    "random_structured": lambda fc: prune.random_structured(fc, "weight", amount=3, dim=0, seed=0),
+    "global_structured": lambda fc: prune.global_structured([(fc, "weight")], amount=3, n=2, dim=0),
+    "custom_from_mask": lambda fc: prune.custom_from_mask(fc, "weight", np.broadcast_to(
+        np.arange(10)[:, None] >= 3, fc.weight.shape)),          # rows 0, 1, 2 masked whole
+}
+
+
+@pytest.mark.parametrize("how", sorted(PRUNE_ROWS))
+def test_pruning_a_classifiers_output_rows_warns_and_masks_as_before(how):
+    """Killing output rows of the network's last Linear warns that those classes die, names them and says
+    how to avoid it, pointing at the caller's line; the mask is the one the call makes anyway."""
+    net = default_convnet(seed=0)
+    with pytest.warns(prune.DeadClassWarning, match=r"fc \(Linear 1152->10\) is the network's output layer: "
+                                                    r"this pruning kills 3 of its 10 outputs.*logit is its bias"
+                                                    r".*prune the hidden layers.*dim=1") as record:
+        PRUNE_ROWS[how](net.fc)
+    assert record[0].filename == __file__
+    assert int((~net.fc.alive_outputs()).sum()) == 3
+    lone = Linear(1152, 10)                  # the same weights outside any network: the same mask
+    lone.weight = default_convnet(seed=0).fc.weight
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", prune.DeadClassWarning)
+        PRUNE_ROWS[how](lone)
+    np.testing.assert_array_equal(net.fc.weight_mask, lone.weight_mask)
+
+
+def test_pruning_that_kills_no_class_does_not_warn():
+    """Hidden layers' filters or units, the classifier's inputs (dim=1), and unstructured pruning that
+    leaves every class a weight: no warning."""
+    net = default_convnet(seed=0)
+    mlp = Sequential(Linear(8, 6, seed=0), ReLU(), Linear(6, 3, seed=1))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", prune.DeadClassWarning)
+        prune.ln_structured(net.conv2, "weight", amount=0.5, n=2, dim=0)
+        prune.ln_structured(net.fc, "weight", amount=0.5, n=2, dim=1)
+        prune.global_unstructured([(net.conv1, "weight"), (net.fc, "weight")],
+                                  pruning_method=prune.L1Unstructured, amount=0.5)
+        prune.ln_structured(mlp[0], "weight", amount=3, n=2, dim=0)      # a hidden Linear's units
+        prune.l1_unstructured(Linear(4, 3, seed=0), "weight", amount=0.5)
+    assert net.fc.alive_outputs().all() and (~mlp[0].alive_outputs()).sum() == 3
+
+
+def test_the_output_layer_is_known_through_nested_sequentials():
+    """The last Linear of a nested Sequential is the output layer only when nothing weighted follows it;
+    a Linear on its own warns only for structured pruning along dim 0 (the documented rule)."""
+    inner = Sequential(Linear(4, 4, seed=0), ReLU(), Linear(4, 3, seed=1))
+    Sequential(Flatten(), inner)
+    followed = Sequential(Linear(4, 4, seed=2), Linear(4, 4, seed=3))
+    Sequential(followed, Linear(4, 2, seed=4))
+    assert (inner[0]._output_layer, inner[2]._output_layer) == (False, True)
+    assert (followed[0]._output_layer, followed[1]._output_layer) == (False, False)
+    with pytest.warns(prune.DeadClassWarning, match="output layer"):
+        prune.ln_structured(inner[2], "weight", amount=1, n=2, dim=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", prune.DeadClassWarning)
+        prune.ln_structured(followed[1], "weight", amount=1, n=2, dim=0)
+        lone = Linear(4, 4, seed=5)
+        prune.custom_from_mask(lone, "weight", np.repeat(np.arange(4)[:, None] > 0, 4, axis=1))  # row 0 dies
+    with pytest.warns(prune.DeadClassWarning, match="a Linear layer on its own"):
+        prune.ln_structured(Linear(4, 4, seed=6), "weight", amount=1, n=2, dim=0)
+
+
+def test_plan_and_report_show_a_linears_dead_outputs():
+    """print(model.plan()) and prune.report count the dead output units of a Linear, as they count dead
+    filters of a Conv2d; in every kernels mode."""
+    import io
+    net = default_convnet(seed=0)
+    with pytest.warns(prune.DeadClassWarning):
+        prune.ln_structured(net.fc, "weight", amount=3, n=2, dim=0)
+    dead = np.flatnonzero(~net.fc.alive_outputs())
+    note = f"3/10 outputs dead ({', '.join(map(str, dead))}: always their bias)"
+    for kernels in ("auto", "dense", "reference"):
+        net.kernels = kernels
+        fc_line = str(net.eval().plan()).splitlines()[-1]
+        assert fc_line.startswith("fc") and note in fc_line, fc_line
+    table = io.StringIO()
+    rows = {r["name"]: r for r in prune.report(net, file=table)}
+    assert rows["fc"]["dead_outputs"] == 3 and rows["fc"]["dead_filters"] == 0
+    assert rows["total"]["dead_outputs"] == 3
+    assert table.getvalue().splitlines()[3].split()[5] == "3"      # the fc row's "dead" column

@@ -62,8 +62,10 @@ def check_nchw(x, where, channels=None):
             raise ValueError(
                 f"{where}: expected x of shape (N, {channels}, H, W), got {x.shape}, which looks "
                 f"like NHWC images; use x.transpose(0, 3, 1, 2) to make them NCHW")
+        hint = (f"; for grayscale images repeat the channel: x.repeat({channels}, axis=1)"
+                if x.shape[1] == 1 else "")
         raise ValueError(f"{where}: expected x with {channels} channels, shape "
-                         f"(N, {channels}, H, W), got {x.shape}")
+                         f"(N, {channels}, H, W), got {x.shape} ({x.shape[1]} channels){hint}")
 
 
 def check_positive_int(v, name, where):

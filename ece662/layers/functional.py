@@ -129,7 +129,7 @@ def conv2d_forward_numba(x, w, b, stride=1, pad=0, alive_f=None, alive_c=None, v
     if version == 3:
         fidx, didx, cidx, wk = _pack_for_patches(w, alive_f, alive_c)
         Kp = wk.shape[1]
-        scratch = np.empty((min(_threads(), N), H_out * W_out, Kp), dtype=np.float32)
+        scratch = np.empty((max(1, min(_threads(), N)), H_out * W_out, Kp), dtype=np.float32)
         kernels.conv2d_forward_patches(xp, wk, b, fidx, didx, cidx, HH, WW, stride, relu, scratch, out)
         return out
     elif version == 2 and stride == 1:
@@ -192,7 +192,7 @@ def conv2d_forward_sparse(x, w, b, stride=1, pad=0, taps=None):
     ptr, tap_off, tap_w = taps if taps is not None else sparse_taps(w, Hp, Wp)
     L = (H_out - 1) * Wp + W_out
     out = np.empty((N, F, H_out, W_out), dtype=np.float32)
-    scratch = np.empty((min(_threads(), N), L), dtype=np.float32)
+    scratch = np.empty((max(1, min(_threads(), N)), L), dtype=np.float32)
     kernels.conv2d_forward_sparse_taps(np.ascontiguousarray(xp).reshape(N, C * Hp * Wp), Wp, ptr,
                                        tap_off, tap_w, b, scratch, out)
     return out
@@ -226,7 +226,7 @@ def conv2d_relu_maxpool2_numba(x, w, b, pad=0, alive_f=None, alive_c=None):
     xp = _pad(x, pad)
     fidx, didx, cidx, wk = _pack_for_patches(w, alive_f, alive_c)
     out = np.empty((N, F, H_out // 2, W_out // 2), dtype=np.float32)
-    scratch = np.empty((min(_threads(), N), 2 * W_out, wk.shape[1]), dtype=np.float32)
+    scratch = np.empty((max(1, min(_threads(), N)), 2 * W_out, wk.shape[1]), dtype=np.float32)
     kernels.conv2d_relu_pool2_patches(np.ascontiguousarray(xp), wk, b, fidx, didx, cidx, HH, WW, scratch, out)
     return out
 
@@ -285,7 +285,7 @@ def conv2d_relu_maxpool2_tiled(x, w, b, pad=0, alive_f=None):
         return out
     wp, bp, wt, bt = pack_filters_lanes(w, b)
     xp = np.ascontiguousarray(_pad(x, pad))
-    T = min(_threads(), N)
+    T = max(1, min(_threads(), N))
     scratch = np.empty((T, 2 * W_out, C * HH * WW), dtype=np.float32)
     tmp = np.empty((T, 16), dtype=np.float32)
     with _slp_vectorizer():
@@ -400,7 +400,7 @@ def conv2d_backward_numba(dout, x, w, stride=1, pad=0, need_dx=True, version=3):
     db = dout.sum(axis=(0, 2, 3), dtype=np.float64).astype(np.float32)
     xp = _pad(x, pad)
     Hp, Wp = xp.shape[2], xp.shape[3]
-    T = min(_threads(), N)
+    T = max(1, min(_threads(), N))       # one partial dw even for an empty batch (N = 0): dw = 0
     if stride == 1 and version == 3:
         K, P = C * HH * WW, H_out * W_out
         dw_part = np.zeros((T, F, K), dtype=np.float32)

@@ -460,6 +460,13 @@ class Linear(Module):
     def _where(self):
         return f"{self.name} (Linear {self.in_features}->{self.out_features})"
 
+    def alive_outputs(self):
+        """``(out_features,)`` bool: False for dead output units, those whose effective weights
+        (a row of ``weight``) are all zero; such a unit outputs its bias for every input.  The
+        twin of ``Conv2d.alive_filters``.  In a classifier's last layer a dead unit is a class
+        whose logit never changes (``ece662.pruning`` warns before that happens)."""
+        return np.any(self.weight != 0, axis=1)
+
     def check_input(self, x):
         """``x`` as a float32 C-contiguous ``(N, in_features)`` batch, or an error."""
         where = self._where()
@@ -586,7 +593,9 @@ class Flatten(Module):
 
     def forward(self, x):
         self._shape = x.shape
-        return x.reshape(x.shape[0], -1)
+        # the feature count comes from the shape, not from -1: numpy cannot infer -1 from an
+        # empty batch (N = 0), which must still give (0, C*H*W)
+        return x.reshape(x.shape[0], int(np.prod(x.shape[1:])))
 
     def backward(self, dout):
         return dout.reshape(self._shape)
@@ -853,6 +862,12 @@ class Sequential(Module):
     ----------
     *layers : Module, or one ``OrderedDict`` / list of ``(name, Module)`` pairs
 
+    Each Conv2d and Linear layer learns here whether its outputs are the network's outputs:
+    ``layer._output_layer`` is True when no Conv2d or Linear follows it (in this Sequential and,
+    for a nested one, in every enclosing one), False otherwise; a layer never put in a Sequential
+    has no such attribute.  ``ece662.pruning`` reads it to warn before a classifier's output rows,
+    its classes, are pruned.
+
     Examples
     --------
     >>> net = Sequential(OrderedDict([("fc", Linear(4, 2, seed=0)), ("relu", ReLU())]))
@@ -880,6 +895,16 @@ class Sequential(Module):
             self._modules[name] = m
             if hasattr(m, "name"):
                 m.name = name
+        # which layers make the network's outputs: no Conv2d or Linear after them.  An inner
+        # Sequential is built first, so a layer it marked False stays False; one it marked True
+        # becomes False here if weighted layers follow the inner Sequential.
+        children = list(self._modules.values())
+        for i, child in enumerate(children):
+            followed = any(isinstance(d, (Conv2d, Linear))
+                           for later in children[i + 1:] for d in later.modules())
+            for d in child.modules():
+                if isinstance(d, (Conv2d, Linear)) and (followed or not hasattr(d, "_output_layer")):
+                    object.__setattr__(d, "_output_layer", not followed)
 
     def __getitem__(self, i):
         if isinstance(i, str):
@@ -901,6 +926,7 @@ class Sequential(Module):
         runs its following ReLU (and 2x2 max pool) inside its kernel.  ``model.kernels``
         switches that off (``'dense'``) or runs the plain-loop references (``'reference'``).
         """
+        x = self._check_input(x)
         if self.training:
             layers = list(self._modules.values())
             self._fused_train = set()                # layers run inside the conv before them
@@ -915,11 +941,19 @@ class Sequential(Module):
                     x = m(x)
                     i += 1
             return x
+        return self.plan(x.shape[1:])(x)
+
+    def _check_input(self, x):
+        """``x`` checked before any layer runs, in training and eval mode: first by the first
+        layer (dtype, layout, channels: its errors name it), then every layer's shape
+        (``plan.check_input_shape``: a 16x16 image for a 32x32 network says so)."""
         first = next(iter(self._modules.values()), None)
-        if hasattr(first, "check_input"):       # errors name the first layer, before planning
+        if hasattr(first, "check_input"):
             x = first.check_input(x)
         x = check_float32(x, "x", "Sequential")
-        return self.plan(x.shape[1:])(x)
+        if x.ndim >= 2:
+            plan.check_input_shape(self, x.shape[1:])
+        return x
 
     def plan(self, input_shape=(3, 32, 32)):
         """The eval-mode plan for inputs of ``input_shape`` (no batch axis): per layer, live and

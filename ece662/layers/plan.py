@@ -192,14 +192,34 @@ class Step:
                     f"-> {k} ({k.reason})")
         if self.op == "linear":
             k = self.kernel
-            return f"{k.live_inputs}/{k.inputs} input features -> {k} ({k.reason})"
+            return f"{k.live_inputs}/{k.inputs} input features{self.dead_outputs_note()} -> {k} ({k.reason})"
         if self.op == "flatten" and self.live_out is not None:
             return f"{int(self.live_out.sum())}/{self.live_out.size} features live"
         if self.live_out is not None:
             return f"{int(self.live_out.sum())}/{self.live_out.size} channels live"
         if self.op == "full" and self.full_input:
             return "constant planes put back; runs on the full tensor"
-        return "reference" if self.op == "reference" else ""
+        if self.op == "reference":    # a linear layer's dead outputs are noted in every mode
+            return "reference" + (self.dead_outputs_note() if self.kernel is not None else "")
+        return ""
+
+    def dead_outputs_note(self):
+        """For a linear step: ``", 3/10 outputs dead (3, 5, 9: always their bias)"``, or ``""``
+        when every output unit has a non-zero weight.  Dead units are still computed (it costs
+        little); the note is there because in a classifier's last layer they are classes the
+        network can no longer recognise."""
+        alive = alive_rows(self.module.weight)
+        dead = np.flatnonzero(~alive)
+        if dead.size == 0:
+            return ""
+        shown = ", ".join(map(str, dead[:8])) + (", ..." if dead.size > 8 else "")
+        return f", {dead.size}/{alive.size} outputs dead ({shown}: always their bias)"
+
+
+def alive_rows(w):
+    """``(w.shape[0],)`` bool: which output rows (filters, units) of ``w`` have a non-zero weight:
+    the dead-filter rule, for a conv's filters and a linear layer's output units alike."""
+    return np.any(w.reshape(w.shape[0], -1) != 0, axis=1)
 
 
 class Plan:
@@ -294,6 +314,109 @@ def _constant_through(m, const):
     return None
 
 
+# ============================================================================ shapes, before anything runs
+def _shape_problem(m, shape):
+    """What is wrong with giving layer ``m`` an input of ``shape`` (batch axis included), or None.
+    Only layers whose input size matters are checked: Conv2d, Linear, pooling, batch norm."""
+    from ece662.layers.modules import _BatchNorm, _Pool2d, Conv2d, Linear
+    if isinstance(m, Conv2d):
+        if len(shape) != 4 or shape[1] != m.in_channels:
+            return f"expects (N, {m.in_channels}, H, W) but gets {shape[1:]}"
+        (HH, WW), p = m.kernel_size, m.padding
+        if shape[2] + 2 * p < HH or shape[3] + 2 * p < WW:
+            return (f"gets {shape[2]}x{shape[3]} feature maps, smaller than its {HH}x{WW} kernel "
+                    f"(padding {p})")
+    elif isinstance(m, Linear):
+        if len(shape) != 2:
+            return f"expects (N, {m.in_features}) but gets {shape[1:]} (feature maps: add a Flatten layer)"
+        if shape[1] != m.in_features:
+            return f"expects {m.in_features} input features but gets {shape[1]}"
+    elif isinstance(m, _Pool2d):
+        if len(shape) != 4 or min(shape[2:]) < m.kernel_size:
+            return f"gets {shape[1:]}, smaller than its {m.kernel_size}x{m.kernel_size} window"
+    elif isinstance(m, _BatchNorm):
+        if len(shape) not in m._ndims or shape[1] != m.num_features:
+            return f"expects {m.num_features} channels but gets {shape[1:]}"
+    return None
+
+
+def first_misfit(model, input_shape):
+    """The first layer of ``model`` that one input of ``input_shape`` (no batch axis) does not fit.
+
+    Returns
+    -------
+    (name, module, shape, problem) or None
+        The layer, the shape it would get (batch axis 1) and what is wrong; ``None`` when the
+        input fits every layer.
+    """
+    shape = (1,) + tuple(input_shape)
+    for name, m in model.named_children():
+        problem = _shape_problem(m, shape)
+        if problem is not None:
+            return name, m, shape, problem
+        shape = m.output_shape(shape)
+    return None
+
+
+def expected_image_size(model, channels, largest=1024):
+    """The smallest ``S`` for which ``(channels, S, S)`` images fit every layer of ``model``, or
+    None (no square image up to ``largest`` fits).  Pooling floors, so larger sizes may fit too
+    (33x33 reaches the course CNN's fc as 32x32 does); the smallest is the one it was built for.
+
+    Examples
+    --------
+    >>> from ece662.models import default_convnet
+    >>> expected_image_size(default_convnet(), 3)
+    32
+    """
+    for S in range(1, largest + 1):
+        if first_misfit(model, (channels, S, S)) is None:
+            return S
+    return None
+
+
+def check_input_shape(model, input_shape):
+    """Raise a ValueError that names the input ``model`` expects, if ``input_shape`` (one input,
+    no batch axis) does not reach every layer with a shape it takes.
+
+    The shapes are known before anything runs (each layer's ``output_shape``), so a 16x16 image
+    given to the 32x32 course CNN is refused here, with the size the network expects, rather
+    than deep inside its Linear layer.  ``Sequential.forward`` calls it in training and eval
+    mode, after the first layer's own checks (dtype, layout, channels); :func:`build_plan` too.
+
+    Examples
+    --------
+    >>> from ece662.models import default_convnet
+    >>> check_input_shape(default_convnet(), (3, 16, 16))
+    Traceback (most recent call last):
+    ...
+    ValueError: this network expects 32x32 images with 3 channels, x of shape (N, 3, 32, 32), but got 16x16 images (x of shape (N, 3, 16, 16)): fc (Linear) expects 1152 input features but gets 128; resize or crop the images to 32x32, or build the network for 16x16 inputs
+    """
+    from ece662.layers.modules import Conv2d
+    misfit = first_misfit(model, input_shape)
+    if misfit is None:
+        return
+    name, m, _, problem = misfit
+    where = f"{name} ({type(m).__name__}) {problem}"
+    got = tuple(int(d) for d in input_shape)
+    first = next(iter(model.children()), None)
+    if len(got) == 3:
+        C, H, W = got
+        C_want = first.in_channels if isinstance(first, Conv2d) else C
+        S = expected_image_size(model, C_want)
+        if S is not None:
+            fixes = ([f"give {C_want}-channel images"] if C != C_want else []) + \
+                    ([f"resize or crop the images to {S}x{S}, or build the network for {H}x{W} inputs"]
+                     if (H, W) != (S, S) else [])
+            channels = f" with {C} channels" if C != C_want else ""
+            raise ValueError(f"this network expects {S}x{S} images with {C_want} channels, x of shape "
+                             f"(N, {C_want}, {S}, {S}), but got {H}x{W} images{channels} (x of shape "
+                             f"(N, {C}, {H}, {W})): {where}; {'; '.join(fixes) or 'check the layers'}")
+    raise ValueError(f"x of shape (N, {', '.join(map(str, got))}) does not fit this network: {where}; "
+                     f"give inputs of the shape the network was built for, or check that each layer's "
+                     f"in_channels / in_features match what the layer before it gives")
+
+
 def build_plan(model, input_shape, kernels=None):
     """Walk the layers of ``model`` (eval mode) once and decide how each runs.
 
@@ -310,6 +433,7 @@ def build_plan(model, input_shape, kernels=None):
     Plan
     """
     from ece662.layers.modules import BatchNorm1d, BatchNorm2d, Conv2d, Flatten, Linear
+    check_input_shape(model, input_shape)       # every layer's shape is known before anything runs
     layers = list(model.named_children())
     for _, m in layers:                # pruned layers recompute weight = weight_orig * weight_mask
         for hook in list(m._forward_pre_hooks.values()):
@@ -325,9 +449,6 @@ def build_plan(model, input_shape, kernels=None):
         if isinstance(m, (Conv2d, Linear)) and not _only_pruning_hooks(m):
             step = Step([name], "full", m, live, const, full_input=True)    # a user's hook sees x
         elif isinstance(m, Conv2d):
-            if shape[1] != m.in_channels:
-                raise ValueError(f"{name} (Conv2d {m.in_channels}->{m.out_channels}) expects {m.in_channels} "
-                                 f"input channels, but its input has {shape[1]} (shape {shape[1:]})")
             n_fused = _fusion(layers, i, m, mode)
             step = _conv_step(layers[i:i + 1 + n_fused], mode, live, const)
         elif isinstance(m, Linear):

@@ -15,8 +15,8 @@ When and how much to prune while the network trains (gradual, rewinding, distill
 lives a floor above, in :mod:`ece662.training.schedules`.
 """
 from ece662.pruning.masks import amount_to_count
-from ece662.pruning.methods import (BasePruningMethod, CustomFromMask, Identity, L1Unstructured,
-                                    LnStructured, RandomStructured, RandomUnstructured,
+from ece662.pruning.methods import (BasePruningMethod, CustomFromMask, DeadClassWarning, Identity,
+                                    L1Unstructured, LnStructured, RandomStructured, RandomUnstructured,
                                     PruningContainer, custom_from_mask, global_structured,
                                     global_unstructured, identity, is_pruned, l1_unstructured,
                                     ln_structured, pruning_history, random_structured,
@@ -24,7 +24,8 @@ from ece662.pruning.methods import (BasePruningMethod, CustomFromMask, Identity,
 from ece662.pruning.report import report
 from ece662.pruning.shrink import shrink
 
-__all__ = ["BasePruningMethod", "CustomFromMask", "Identity", "L1Unstructured", "LnStructured",
+__all__ = ["BasePruningMethod", "CustomFromMask", "DeadClassWarning", "Identity", "L1Unstructured",
+           "LnStructured",
            "RandomStructured", "RandomUnstructured", "PruningContainer", "amount_to_count",
            "global_structured", "pruning_history", "report", "shrink", "custom_from_mask",
            "global_unstructured", "identity", "is_pruned", "l1_unstructured", "ln_structured",

@@ -12,9 +12,17 @@ Pruning parameter ``weight`` of a module:
 ``remove(module, 'weight')`` folds the mask in for good.  A call that fails
 (a bad amount, a bad dim) raises before anything is changed, so the module is
 exactly as it was.
+
+One thing torch does not do: a call that kills output rows of a classifier's last
+layer -- whole classes -- warns (:class:`DeadClassWarning`); the mask is the same.
 """
+import os
+import sys
+import warnings
+
 import numpy as np
 
+from ece662.layers.plan import alive_rows
 from ece662.pruning import masks as M
 
 
@@ -65,6 +73,11 @@ class PruningContainer:
         object.__setattr__(module, self._tensor_name, orig * mask)
 
 
+def _is_dim0(dim, ndim):
+    """True when ``dim`` names axis 0 (output rows) of an ``ndim``-D tensor (-2 of a Linear weight too)."""
+    return isinstance(dim, (int, np.integer)) and ndim > 0 and dim % ndim == 0
+
+
 def _hooks(module):
     if "_prune_hooks" not in module.__dict__:
         object.__setattr__(module, "_prune_hooks", {})
@@ -87,8 +100,77 @@ def _current(module, name):
     return p, None
 
 
-def _set_mask(module, name, mask, method=None):
-    """Install ``mask`` (already computed and checked): the only place that mutates."""
+class DeadClassWarning(UserWarning):
+    """Pruning killed output rows of the network's output layer: those classes' logits are now
+    their bias for every input.  Silence it, when that is what you want, with
+    ``warnings.filterwarnings("ignore", category=prune.DeadClassWarning)``."""
+
+
+def _stacklevel_outside_pruning():
+    """The ``stacklevel`` of the first caller outside ``ece662.pruning``, so that a warning
+    points at the user's line however deep inside the package it is raised."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    frame, level = sys._getframe(1), 1
+    while frame is not None and os.path.dirname(os.path.abspath(frame.f_code.co_filename)) == here:
+        frame, level = frame.f_back, level + 1
+    return level
+
+
+def _warn_if_classes_die(module, name, before, after, rows_asked):
+    """Warn (:class:`DeadClassWarning`) when pruning ``module.<name>`` left output rows of the
+    network's output layer dead that were alive ``before``.
+
+    The rule, for a ``Linear`` layer's (or a ``Conv2d``'s) ``weight``:
+
+    * in a ``Sequential`` (which records ``module._output_layer``): warn when the layer is the
+      network's output layer -- no Conv2d or Linear after it -- whatever the method (structured
+      along dim 0, unstructured, a mask) that emptied the rows; a hidden layer's dead units are
+      ordinary structured pruning, so never warn for them;
+    * a ``Linear`` on its own (never put in a ``Sequential``: nothing tells whether its outputs are
+      classes): warn only when the call asked for whole output rows (structured pruning along
+      dim 0, ``rows_asked``), the call this warning is about; rows that unstructured pruning
+      happens to empty stay silent.  A lone ``Conv2d`` never warns.
+
+    ``before`` and ``after`` are the effective tensors (``orig * mask``).
+    """
+    from ece662.layers import Conv2d, Linear
+    if name != "weight" or not isinstance(module, (Conv2d, Linear)):
+        return
+    output_layer = getattr(module, "_output_layer", None)
+    if output_layer is False or (output_layer is None and not (isinstance(module, Linear) and rows_asked)):
+        return
+    died = np.flatnonzero(alive_rows(before) & ~alive_rows(after))
+    if died.size == 0:
+        return
+    where = module._where() if hasattr(module, "_where") else type(module).__name__
+    role = ("the network's output layer" if output_layer else
+            "a Linear layer on its own (a classifier's last layer?)")
+    before_dead = int((~alive_rows(before)).sum())
+    shown = ", ".join(map(str, died[:10])) + (", ..." if died.size > 10 else "")
+    warnings.warn(
+        f"{where} is {role}: this pruning kills {died.size} of its {before.shape[0]} outputs (classes "
+        f"{shown}{f'; {before_dead} were dead already' if before_dead else ''}). A dead output's weights are "
+        f"all zero, so its logit is its bias for every input: the network can no longer recognise those "
+        f"classes (each is predicted only when every other logit is below that constant). To avoid it, "
+        f"prune the hidden layers (conv filters, hidden Linear units) and not the classifier's rows, or "
+        f"prune the classifier's inputs with dim=1; if it is what you want: "
+        f"warnings.filterwarnings('ignore', category=prune.DeadClassWarning)",
+        DeadClassWarning, stacklevel=_stacklevel_outside_pruning())
+
+
+def _set_mask(module, name, mask, method=None, rows_asked=False):
+    """Install ``mask`` (already computed and checked): the only place that mutates.
+
+    ``rows_asked``: the caller asked for whole output rows (structured along dim 0); it only
+    decides whether a lone Linear warns (:func:`_warn_if_classes_die`).
+    """
+    before = _current(module, name)[0]
+    _install_mask(module, name, mask, method)
+    _warn_if_classes_die(module, name, before, module._parameters[name + "_orig"] * mask, rows_asked)
+    return module
+
+
+def _install_mask(module, name, mask, method):
     if not _is_param_pruned(module, name):
         orig = module._parameters.pop(name)
         module._parameters[name + "_orig"] = orig
@@ -144,7 +226,8 @@ class BasePruningMethod:
         mask = np.asarray(method.compute_mask(scores, default_mask=default)).astype(bool)
         if mask.shape != t.shape:
             raise ValueError(f"{cls.__name__}.compute_mask returned shape {mask.shape}, expected {t.shape}")
-        return _set_mask(module, name, mask & default, method)
+        rows = method.PRUNING_TYPE == "structured" and _is_dim0(getattr(method, "dim", None), t.ndim)
+        return _set_mask(module, name, mask & default, method, rows_asked=rows)
 
 
 class Identity(BasePruningMethod):
@@ -249,6 +332,11 @@ def ln_structured(module, name, amount, n, dim, importance_scores=None, prune_bi
     bias is left alone, as in torch, so a dead filter still outputs ``bias`` (and
     ``relu(bias)`` after a ReLU).  ``prune_bias=True`` (``dim=0`` only) also prunes the
     bias entries of the filters that died, so their output is exactly 0.
+
+    ``dim=0`` of a Linear weight ``(out_features, in_features)`` removes output units.  In the
+    network's last layer those are classes, whose logits would be their bias for every input:
+    that call warns (:class:`DeadClassWarning`; the rule is :func:`_warn_if_classes_die`'s), and
+    prunes all the same, as torch does.  ``dim=1`` prunes the classifier's inputs instead.
 
     Examples
     --------
@@ -391,7 +479,7 @@ def global_structured(parameters, amount, n=2, dim=0, normalize=False, allow_emp
     new = M.global_ln_structured([t for t, _ in current], amount, n, dim, [p for _, p in current],
                                  normalize=normalize, keep_one_per_tensor=not allow_empty_layers)
     for (m, name), mask in zip(parameters, new):
-        _set_mask(m, name, mask, CustomFromMask(mask))
+        _set_mask(m, name, mask, CustomFromMask(mask), rows_asked=_is_dim0(dim, mask.ndim))
         if prune_bias:
             _prune_dead_bias(m, name)
 

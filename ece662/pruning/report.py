@@ -1,6 +1,8 @@
 """``report(model)``: what pruning did to each layer, as records and a table.
 
-For every Conv2d and Linear layer: parameters, zeros, sparsity, dead filters, and three
+For every Conv2d and Linear layer: parameters, zeros, sparsity, dead filters (Conv2d) or dead
+output units (Linear: a row of weights all zero, an output that is its bias for every input; in
+the last layer, a class the network can no longer recognise), and three
 FLOP counts per image: *dense* (what a kernel that multiplies by zeros does), *skip*
 (what ece662's filter-skipping path still does: only live filters, and only input
 channels / features that are not constant because a dead filter upstream made them so --
@@ -31,9 +33,11 @@ def report(model, input_shape=(3, 32, 32), file=None, verbose=True):
     Returns
     -------
     list of dict
-        ``name, type, params, zeros, sparsity, dead_filters, flops_dense, flops_skip,
-        flops_nonzero`` per
-        Conv2d / Linear layer, then a ``total`` record.
+        ``name, type, params, zeros, sparsity, dead_filters, dead_outputs, flops_dense, flops_skip,
+        flops_nonzero`` per Conv2d / Linear layer, then a ``total`` record.  ``dead_filters``
+        counts a Conv2d's dead filters (0 for Linear); ``dead_outputs`` counts dead output
+        channels of either kind: a Conv2d's dead filters, a Linear's dead output units.  The
+        table's ``dead`` column shows ``dead_outputs``.
 
     Examples
     --------
@@ -44,6 +48,13 @@ def report(model, input_shape=(3, 32, 32), file=None, verbose=True):
     >>> rows = report(net, verbose=False)
     >>> rows[0]["dead_filters"], rows[0]["flops_skip"] / rows[0]["flops_dense"]
     (16, 0.5)
+    >>> import warnings
+    >>> with warnings.catch_warnings():          # 3 classes die: prune warns (DeadClassWarning)
+    ...     warnings.simplefilter("ignore", prune.DeadClassWarning)
+    ...     _ = prune.ln_structured(net.fc, "weight", amount=3, n=2, dim=0)
+    >>> rows = report(net, verbose=False)
+    >>> rows[2]["name"], rows[2]["dead_outputs"], rows[-1]["dead_outputs"]
+    ('fc', 3, 19)
     """
     # what the plan computes of each Conv2d / Linear: live filters x live inputs
     computed = {step.names[0]: step.kernel for step in build_plan(model, input_shape, kernels="auto")
@@ -59,13 +70,15 @@ def report(model, input_shape=(3, 32, 32), file=None, verbose=True):
             k = computed.get(name)
             skip = dense if k is None else dense * k.live_filters * k.live_inputs // (k.filters * k.inputs)
             dead = int((~m.alive_filters()).sum()) if isinstance(m, Conv2d) else 0
+            dead_outputs = dead if isinstance(m, Conv2d) else int((~m.alive_outputs()).sum())
             nonzero = dense * np.count_nonzero(w) // w.size
             rows.append({"name": name, "type": type(m).__name__, "params": params, "zeros": zeros,
-                         "sparsity": zeros / w.size, "dead_filters": dead,
+                         "sparsity": zeros / w.size, "dead_filters": dead, "dead_outputs": dead_outputs,
                          "flops_dense": int(dense), "flops_skip": int(skip), "flops_nonzero": int(nonzero)})
         shape = m.output_shape(shape)
     total = {"name": "total", "type": "", "params": sum(r["params"] for r in rows),
              "zeros": sum(r["zeros"] for r in rows), "dead_filters": sum(r["dead_filters"] for r in rows),
+             "dead_outputs": sum(r["dead_outputs"] for r in rows),
              "flops_dense": sum(r["flops_dense"] for r in rows), "flops_skip": sum(r["flops_skip"] for r in rows),
              "flops_nonzero": sum(r["flops_nonzero"] for r in rows)}
     weights = sum(int(m.weight.size) for _, m in model.named_children() if isinstance(m, (Conv2d, Linear)))
@@ -77,5 +90,5 @@ def report(model, input_shape=(3, 32, 32), file=None, verbose=True):
               f"{'FLOPs dense':>12} {'FLOPs skip':>12}", file=out)
         for r in rows:
             print(f"{r['name']:<8} {r['type']:<7} {r['params']:>8,} {r['zeros']:>8,} {r['sparsity']:>9.3f} "
-                  f"{r['dead_filters']:>5} {r['flops_dense']:>12,} {r['flops_skip']:>12,}", file=out)
+                  f"{r['dead_outputs']:>5} {r['flops_dense']:>12,} {r['flops_skip']:>12,}", file=out)
     return rows
