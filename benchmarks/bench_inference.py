@@ -18,6 +18,7 @@ import time
 
 import numpy as np
 
+import ece662.layers.kernel_choice as kernel_choice
 import ece662.layers.plan as plan
 import ece662.pruning as prune
 from ece662.experiments import dense_twin
@@ -100,9 +101,9 @@ def dense(args, x):
 
     def ece(kernel, bs):
         def run():
-            plan.FUSED_POOL_KERNEL = kernel
+            kernel_choice.FUSED_POOL_KERNEL = kernel
             batched(net, x, bs)()
-            plan.FUSED_POOL_KERNEL = "v6"
+            kernel_choice.FUSED_POOL_KERNEL = "v6"
         return run
 
     with tempfile.TemporaryDirectory() as folder:
@@ -177,7 +178,7 @@ def profile(args, x):
         return 1e3 * float(np.median(ts))
 
     print(f"\nProfile of one eval forward, batch {len(xb)}: CPU ms of 1 thread (median of {args.rounds}); "
-          f"kernel {plan.FUSED_POOL_KERNEL} for conv + ReLU + pool")
+          f"kernel {kernel_choice.FUSED_POOL_KERNEL} for conv + ReLU + pool")
     print(f"{'model':<12} {'total':>7} {'checks':>7} {'plan':>6} {'conv1':>7} {'conv2':>7} {'fc':>6} {'rest':>6}")
     for name, m in models.items():
         p = m.plan(xb.shape[1:])
@@ -185,8 +186,8 @@ def profile(args, x):
                "plan": cpu_ms(lambda: m.plan(xb.shape[1:]))}
         h, steps = xb, {}
         for s_ in p.steps:
-            steps[s_.names[0]] = cpu_ms(lambda: plan._run_step(s_, h))
-            h = plan._run_step(s_, h)
+            steps[s_.names[0]] = cpu_ms(lambda: plan.run_step(s_, h))
+            h = plan.run_step(s_, h)
         row.update(conv1=steps["conv1"], conv2=steps["conv2"], fc=steps["fc"])
         row["rest"] = row["total"] - sum(row[k] for k in ("checks", "plan", "conv1", "conv2", "fc"))
         print(f"{name:<12} " + " ".join(f"{row[k]:>{w}.2f}" for k, w in
@@ -220,9 +221,9 @@ def main():
     x = np.random.default_rng(0).standard_normal((args.images, 3, 32, 32)).astype(np.float32)
     if args.profile:
         for kernel in ("v5", "v6"):
-            plan.FUSED_POOL_KERNEL = kernel
+            kernel_choice.FUSED_POOL_KERNEL = kernel
             profile(args, x)
-        plan.FUSED_POOL_KERNEL = "v6"
+        kernel_choice.FUSED_POOL_KERNEL = "v6"
         return
     dense(args, x)
     if not args.skip_pruning:

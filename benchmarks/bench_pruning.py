@@ -25,7 +25,7 @@ import numpy as np
 
 import ece662.pruning as prune
 from ece662.experiments import dense_twin
-from ece662.layers import plan
+from ece662.layers import kernel_choice
 from ece662.pruning_helper import load_model
 from ece662.timing import PairedTimer
 
@@ -162,7 +162,7 @@ def main():
             mask = prune.masks.l1_unstructured(w * (1 + 0.01 * rng.random(w.shape)), s)
             ws = w * mask
             def conv(kernel):   # conv + ReLU + 2x2 pool with the masked weights, as the model runs this layer
-                return lambda: plan.run_conv(kernel, h, ws, b, 1, layer.padding, relu=True, pool2=True)
+                return lambda: kernel_choice.run_conv(kernel, h, ws, b, 1, layer.padding, relu=True, pool2=True)
             r = layer_timer.compare({"dense": conv("v6"), "sparse": conv("sparse")})["sparse"]
             print(f"{s:>12.0%} {_cell(r):>22}")
             if layer_name == "conv2":

@@ -21,7 +21,7 @@ zeros, printed).  Five kernels run on the same weights and inputs, interleaved (
 Each cell is the median of the per-round ratios ``time(dense) / time(sparse)`` (> 1: the sparse
 kernel is faster) with their min-max in brackets, paired round by round.  The break-even lines
 interpolate, per layer, the zero fraction where the median crosses 1x.  Then the whole model
-(``kernels='auto'``, which picks the sparse kernel from ``plan.SPARSE_THRESHOLD`` zeros on) against
+(``kernels='auto'``, which picks the sparse kernel from ``kernel_choice.SPARSE_THRESHOLD`` zeros on) against
 the same weights on the dense kernels (``kernels='dense'``), at ``--model-amounts`` (none: skipped).
 """
 import argparse
@@ -33,7 +33,7 @@ import ece662.pruning as prune
 from ece662.experiments import dense_twin
 from ece662.layers import functional as fn
 from ece662.layers import kernels_sparse as ks
-from ece662.layers import plan
+from ece662.layers import kernel_choice
 from ece662.pruning_helper import load_model
 from ece662.timing import PairedTimer
 
@@ -143,7 +143,7 @@ def main():
 
     if not args.model_amounts:
         return
-    print(f"\nwhole model, kernels='auto' (sparse from {plan.SPARSE_THRESHOLD:.0%} zeros) vs kernels='dense', "
+    print(f"\nwhole model, kernels='auto' (sparse from {kernel_choice.SPARSE_THRESHOLD:.0%} zeros) vs kernels='dense', "
           f"same weights:")
     print(f"{'scheme':>9} {'amount':>6} {'conv1 / conv2 zeros':>20} {'kernels chosen':>16} {'auto vs dense':>20}")
     for scheme in ("per-layer", "global"):

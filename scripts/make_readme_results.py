@@ -111,7 +111,7 @@ def _unstructured_speed(uns):
         amounts = "/".join(f"{r['target']:.0%}" for r in sparse)
         text += ("; from " if text else "Unstructured masks: from ") + (
             f"{sparse[0]['target']:.0%} {' and '.join(layers)} ran the sparse kernel (at least "
-            f"`plan.SPARSE_THRESHOLD` zeros): {speeds} at {amounts}")
+            f"`kernel_choice.SPARSE_THRESHOLD` zeros): {speeds} at {amounts}")
     return text + "."
 
 

@@ -16,7 +16,7 @@ import ece662.pruning as prune
 from asm_count import fma_lanes
 from conftest import assert_close
 from ece662.experiments import dense_twin
-from ece662.layers import plan
+from ece662.layers import kernel_choice
 from ece662.layers import reference as ref
 from ece662.layers.kernels_sparse import conv2d_forward_sparse_lanes
 from ece662.layers.shapes import conv_output_size
@@ -125,7 +125,7 @@ def test_bad_arguments_are_refused_with_a_reason(rng):
 def test_sparse_path_gives_the_dense_logits_on_the_shipped_model(scheme, amount, monkeypatch):
     """On the shipped model with L1 unstructured masks, the plan's sparse kernel (forced on both
     convs) gives the logits of the dense kernels on the same weights, to float32 tolerance."""
-    monkeypatch.setattr(plan, "SPARSE_THRESHOLD", 0.5)
+    monkeypatch.setattr(kernel_choice, "SPARSE_THRESHOLD", 0.5)
     model = load_model()
     if scheme == "per-layer":
         for layer in (model.conv1, model.conv2):
@@ -142,7 +142,7 @@ def test_sparse_path_gives_the_dense_logits_on_the_shipped_model(scheme, amount,
 
 def test_all_zero_model_gives_the_dense_logits(monkeypatch):
     """Every conv weight pruned: the sparse path outputs what the dense kernels output (bias planes)."""
-    monkeypatch.setattr(plan, "SPARSE_THRESHOLD", 0.5)
+    monkeypatch.setattr(kernel_choice, "SPARSE_THRESHOLD", 0.5)
     model = load_model()
     for layer in (model.conv1, model.conv2):
         prune.l1_unstructured(layer, "weight", amount=1.0)
@@ -153,10 +153,10 @@ def test_all_zero_model_gives_the_dense_logits(monkeypatch):
 def test_the_plan_picks_the_sparse_kernel_from_the_threshold():
     """At SPARSE_THRESHOLD zeros or more conv2 runs the sparse kernel, below it the dense v6."""
     model = load_model()
-    below = max(0.0, plan.SPARSE_THRESHOLD - 0.1)
+    below = max(0.0, kernel_choice.SPARSE_THRESHOLD - 0.1)
     prune.l1_unstructured(model.conv2, "weight", amount=below)
     assert model.plan((3, 32, 32)).steps[1].kernel.version == "v6"
-    prune.l1_unstructured(model.conv2, "weight", amount=min(1.0, plan.SPARSE_THRESHOLD + 0.05))
+    prune.l1_unstructured(model.conv2, "weight", amount=min(1.0, kernel_choice.SPARSE_THRESHOLD + 0.05))
     assert model.plan((3, 32, 32)).steps[1].kernel.version == "sparse"
 
 
@@ -194,7 +194,7 @@ import numpy as np
 from ece662.layers import functional as fn, kernels_sparse as ks
 x, plane = np.ones(200, np.float32), np.empty(128, np.float32)
 offs, wts = np.arange(3, dtype=np.uint32), np.ones(3, np.float32)
-with fn._slp_vectorizer():
+with fn.slp_vectorizer():
     ks._tile64(x, offs, wts, 0, 3, plane, 0)
     ks._tile32(x, offs, wts, 0, 3, plane, 0)
 assert np.all(plane[:64] == 3.0)

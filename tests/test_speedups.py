@@ -6,7 +6,7 @@ import ece662.pruning as prune
 from conftest import assert_close
 from ece662.experiments import copy_model, dense_twin
 from ece662.layers import Conv2d, Flatten, Linear, ReLU, Sequential
-from ece662.layers.plan import SPARSE_THRESHOLD, KernelChoice
+from ece662.layers.kernel_choice import SPARSE_THRESHOLD, KernelChoice
 from ece662.models import default_convnet
 from ece662.pruning_helper import load_model
 

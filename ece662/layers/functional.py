@@ -16,11 +16,11 @@ from ece662.layers.checks import check_float32, check_nchw, check_same_shape
 from ece662.layers.shapes import conv_output_size
 
 
-def _threads():
+def thread_count():
     return max(1, numba.get_num_threads())
 
 
-def _pad(x, pad):
+def pad_image(x, pad):
     """Zero-pad H and W by ``pad`` on each side (a no-op copy-free view when pad == 0)."""
     if pad == 0:
         return x
@@ -52,7 +52,7 @@ def _pack_for_patches(w, alive_f, alive_c):
     return fidx, didx, cidx, wk
 
 
-def _check_conv_args(x, w, b, where):
+def check_conv_args(x, w, b, where):
     x = check_float32(x, "x", where)
     w = check_float32(w, "w", where)
     if w.ndim != 4:
@@ -68,7 +68,7 @@ def _check_conv_args(x, w, b, where):
 
 
 # ============================================================================ conv
-def _pooled_conv_size(x, w, pad, where):
+def pooled_conv_size(x, w, pad, where):
     """``(H', W')`` of the stride-1 conv that a fused 2x2 max pool follows; an output smaller than 2x2
     cannot be pooled and is refused here, once for every fused kernel."""
     H_out = conv_output_size(x.shape[2], w.shape[2], 1, pad)
@@ -115,27 +115,27 @@ def conv2d_forward_numba(x, w, b, stride=1, pad=0, alive_f=None, alive_c=None, v
            [42., 50.]], dtype=float32)
     """
     where = "conv2d_forward"
-    x, w, b = _check_conv_args(x, w, b, where)
+    x, w, b = check_conv_args(x, w, b, where)
     N, C, H, W = x.shape
     F, _, HH, WW = w.shape
     H_out = conv_output_size(H, HH, stride, pad)
     W_out = conv_output_size(W, WW, stride, pad)
     alive_f = _alive(alive_f, F, "alive_f", where)
     alive_c = _alive(alive_c, C, "alive_c", where)
-    xp = _pad(x, pad)
+    xp = pad_image(x, pad)
     out = np.empty((N, F, H_out, W_out), dtype=np.float32)
     if relu and version != 3:
         raise ValueError(f"{where}: relu=True is only fused into kernel version 3")
     if version == 3:
         fidx, didx, cidx, wk = _pack_for_patches(w, alive_f, alive_c)
         Kp = wk.shape[1]
-        scratch = np.empty((max(1, min(_threads(), N)), H_out * W_out, Kp), dtype=np.float32)
+        scratch = np.empty((max(1, min(thread_count(), N)), H_out * W_out, Kp), dtype=np.float32)
         kernels.conv2d_forward_patches(xp, wk, b, fidx, didx, cidx, HH, WW, stride, relu, scratch, out)
         return out
     elif version == 2 and stride == 1:
         Hp, Wp = xp.shape[2], xp.shape[3]
         L = (H_out - 1) * Wp + W_out
-        scratch = np.empty((_threads(), L), dtype=np.float32)
+        scratch = np.empty((thread_count(), L), dtype=np.float32)
         kernels.conv2d_forward_rows(xp.reshape(N, C, Hp * Wp), Wp, w, b, alive_f, alive_c,
                                     scratch, out)
     else:
@@ -165,7 +165,7 @@ def conv2d_forward_sparse(x, w, b, stride=1, pad=0, taps=None):
 
     Same signature and result as ``reference.conv2d_forward_reference``; work is
     proportional to the number of non-zero weights.  ``taps`` may carry a precomputed
-    :func:`sparse_taps` of ``w`` (layers cache it).
+    :func:`sparse_taps` of ``w`` (computed on each call; nothing caches it).
 
     Examples
     --------
@@ -177,7 +177,7 @@ def conv2d_forward_sparse(x, w, b, stride=1, pad=0, taps=None):
            [13., 14., 15.]], dtype=float32)
     """
     where = "conv2d_forward_sparse"
-    x, w, b = _check_conv_args(x, w, b, where)
+    x, w, b = check_conv_args(x, w, b, where)
     if stride != 1:
         raise ValueError(f"{where}: only stride 1 is supported, got stride={stride}; "
                          f"use conv2d_forward_numba")
@@ -185,14 +185,14 @@ def conv2d_forward_sparse(x, w, b, stride=1, pad=0, taps=None):
     F, _, HH, WW = w.shape
     H_out = conv_output_size(H, HH, 1, pad)
     W_out = conv_output_size(W, WW, 1, pad)
-    xp = _pad(x, pad)
+    xp = pad_image(x, pad)
     Hp, Wp = xp.shape[2], xp.shape[3]
     if C * Hp * Wp >= 2 ** 32:
         raise ValueError(f"{where}: images of {C}x{Hp}x{Wp} are too large for uint32 offsets")
     ptr, tap_off, tap_w = taps if taps is not None else sparse_taps(w, Hp, Wp)
     L = (H_out - 1) * Wp + W_out
     out = np.empty((N, F, H_out, W_out), dtype=np.float32)
-    scratch = np.empty((max(1, min(_threads(), N)), L), dtype=np.float32)
+    scratch = np.empty((max(1, min(thread_count(), N)), L), dtype=np.float32)
     kernels.conv2d_forward_sparse_taps(np.ascontiguousarray(xp).reshape(N, C * Hp * Wp), Wp, ptr,
                                        tap_off, tap_w, b, scratch, out)
     return out
@@ -217,16 +217,16 @@ def conv2d_relu_maxpool2_numba(x, w, b, pad=0, alive_f=None, alive_c=None):
            [7., 9.]], dtype=float32)
     """
     where = "conv2d_relu_maxpool2"
-    x, w, b = _check_conv_args(x, w, b, where)
+    x, w, b = check_conv_args(x, w, b, where)
     N, C, H, W = x.shape
     F, _, HH, WW = w.shape
-    H_out, W_out = _pooled_conv_size(x, w, pad, where)
+    H_out, W_out = pooled_conv_size(x, w, pad, where)
     alive_f = _alive(alive_f, F, "alive_f", where)
     alive_c = _alive(alive_c, C, "alive_c", where)
-    xp = _pad(x, pad)
+    xp = pad_image(x, pad)
     fidx, didx, cidx, wk = _pack_for_patches(w, alive_f, alive_c)
     out = np.empty((N, F, H_out // 2, W_out // 2), dtype=np.float32)
-    scratch = np.empty((max(1, min(_threads(), N)), 2 * W_out, wk.shape[1]), dtype=np.float32)
+    scratch = np.empty((max(1, min(thread_count(), N)), 2 * W_out, wk.shape[1]), dtype=np.float32)
     kernels.conv2d_relu_pool2_patches(np.ascontiguousarray(xp), wk, b, fidx, didx, cidx, HH, WW, scratch, out)
     return out
 
@@ -267,10 +267,10 @@ def conv2d_relu_maxpool2_tiled(x, w, b, pad=0, alive_f=None):
            [7., 9.]], dtype=float32)
     """
     where = "conv2d_relu_maxpool2_tiled"
-    x, w, b = _check_conv_args(x, w, b, where)
+    x, w, b = check_conv_args(x, w, b, where)
     N, C, H, W = x.shape
     F, _, HH, WW = w.shape
-    H_out, W_out = _pooled_conv_size(x, w, pad, where)
+    H_out, W_out = pooled_conv_size(x, w, pad, where)
     alive_f = _alive(alive_f, F, "alive_f", where)
     out = np.empty((N, F, H_out // 2, W_out // 2), dtype=np.float32)
     if F == 0:
@@ -284,11 +284,11 @@ def conv2d_relu_maxpool2_tiled(x, w, b, pad=0, alive_f=None):
         out[:, alive_f] = sub
         return out
     wp, bp, wt, bt = pack_filters_lanes(w, b)
-    xp = np.ascontiguousarray(_pad(x, pad))
-    T = max(1, min(_threads(), N))
+    xp = np.ascontiguousarray(pad_image(x, pad))
+    T = max(1, min(thread_count(), N))
     scratch = np.empty((T, 2 * W_out, C * HH * WW), dtype=np.float32)
     tmp = np.empty((T, 16), dtype=np.float32)
-    with _slp_vectorizer():
+    with slp_vectorizer():
         kernels.conv2d_relu_pool2_tiled(xp, wp, bp, wt, bt, HH, WW, F, scratch, tmp, out)
     return out
 
@@ -318,10 +318,10 @@ def conv2d_relu_maxpool2_lanes(x, w, b, pad=0, alive_f=None, packed=None):
            [7., 9.]], dtype=float32)
     """
     where = "conv2d_relu_maxpool2_lanes"
-    x, w, b = _check_conv_args(x, w, b, where)
+    x, w, b = check_conv_args(x, w, b, where)
     N, C, H, W = x.shape
     F, _, HH, WW = w.shape
-    H_out, W_out = _pooled_conv_size(x, w, pad, where)
+    H_out, W_out = pooled_conv_size(x, w, pad, where)
     alive_f = _alive(alive_f, F, "alive_f", where)
     Hq, Wq = H_out // 2, W_out // 2
     if not alive_f.all():
@@ -338,14 +338,14 @@ def conv2d_relu_maxpool2_lanes(x, w, b, pad=0, alive_f=None, packed=None):
     wp, bp, wt, bt = packed if packed is not None else pack_filters_lanes(w, b)
     out = np.empty((N, F, Hq, Wq + extra // 2), dtype=np.float32)
     if F and N:
-        T = min(_threads(), N)
-        with _slp_vectorizer():
+        T = min(thread_count(), N)
+        with slp_vectorizer():
             kernels.conv2d_relu_pool2_lanes(xp.reshape(N, C * Hp * Wp), tap_offsets(C, HH, WW, Hp, Wp), Wp,
                                             wp, bp, wt, bt, F, np.empty((T, 16), np.float32), out)
     return np.ascontiguousarray(out[..., :Wq]) if extra else out
 
 
-class _slp_vectorizer:
+class slp_vectorizer:
     """Compile what runs inside with LLVM's SLP vectoriser on (numba's default is off): kernel
     v5's tile of scalar sums only becomes vector registers with it.  A kernel already compiled
     (or loaded from numba's cache) is not affected."""
@@ -390,7 +390,7 @@ def conv2d_backward_numba(dout, x, w, stride=1, pad=0, need_dx=True, version=3):
     db : ndarray, (F,)
     """
     where = "conv2d_backward"
-    x, w, _ = _check_conv_args(x, w, None, where)
+    x, w, _ = check_conv_args(x, w, None, where)
     dout = check_float32(dout, "dout", where)
     N, C, H, W = x.shape
     F, _, HH, WW = w.shape
@@ -398,9 +398,9 @@ def conv2d_backward_numba(dout, x, w, stride=1, pad=0, need_dx=True, version=3):
     if dout.shape != (N, F, H_out, W_out):
         raise ValueError(f"{where}: expected dout of shape {(N, F, H_out, W_out)}, got {dout.shape}")
     db = dout.sum(axis=(0, 2, 3), dtype=np.float64).astype(np.float32)
-    xp = _pad(x, pad)
+    xp = pad_image(x, pad)
     Hp, Wp = xp.shape[2], xp.shape[3]
-    T = max(1, min(_threads(), N))       # one partial dw even for an empty batch (N = 0): dw = 0
+    T = max(1, min(thread_count(), N))       # one partial dw even for an empty batch (N = 0): dw = 0
     if stride == 1 and version == 3:
         K, P = C * HH * WW, H_out * W_out
         dw_part = np.zeros((T, F, K), dtype=np.float32)

@@ -54,7 +54,7 @@ image: the per-thread buffer carries ``SLACK`` zero floats after it, and those p
 are never read.  No load leaves the buffer, so ``NUMBA_DISABLE_JIT=1`` runs the same slices as
 plain NumPy.
 
-Compiled like v5: LLVM's SLP vectoriser on (``functional._slp_vectorizer``) turns the 64 named
+Compiled like v5: LLVM's SLP vectoriser on (``functional.slp_vectorizer``) turns the 64 named
 scalar sums into 8 registers; ``fastmath={"contract"}`` permits FMAs and no reassociation.
 """
 import numpy as np
@@ -267,13 +267,13 @@ def conv2d_forward_sparse_lanes(x, w, b, stride=1, pad=0, relu=False, pool2=Fals
     array([[0.]], dtype=float32)
     """
     where = "conv2d_forward_sparse_lanes"
-    x, w, b = fn._check_conv_args(x, w, b, where)
+    x, w, b = fn.check_conv_args(x, w, b, where)
     if stride != 1:
         raise ValueError(f"{where}: only stride 1 is supported, got stride={stride}; use conv2d_forward_numba")
     N, C, H, W = x.shape
     F, _, HH, WW = w.shape
     if pool2:
-        H_out, W_out = fn._pooled_conv_size(x, w, pad, where)
+        H_out, W_out = fn.pooled_conv_size(x, w, pad, where)
     else:
         H_out, W_out = conv_output_size(H, HH, 1, pad), conv_output_size(W, WW, 1, pad)
     Hp, Wp = H + 2 * pad, W + 2 * pad
@@ -284,10 +284,10 @@ def conv2d_forward_sparse_lanes(x, w, b, stride=1, pad=0, relu=False, pool2=Fals
     if N == 0 or F == 0:
         return out
     ptr, offs, wts = taps if taps is not None else fn.sparse_taps(w, Hp, Wp)
-    T = min(fn._threads(), N)
+    T = min(fn.thread_count(), N)
     ximg = np.zeros((T, S + SLACK), dtype=np.float32)   # zero border and slack, written once
     planes = np.empty((T, H_out * Wp + SLACK), dtype=np.float32)
-    with fn._slp_vectorizer():
+    with fn.slp_vectorizer():
         conv2d_sparse_lanes(np.ascontiguousarray(x), pad, ptr, offs, wts, b, HH, WW, relu, pool2, ximg,
                             planes, out)
     return out

@@ -50,7 +50,7 @@ Fusion (the course CNN: conv -> ReLU -> MaxPool2d(2))
 Work is split over images: thread t takes one chunk of the batch and, for dw and db, keeps its
 own partial sums ``dw_part[t]``; the wrapper adds them (no races, deterministic).  Stride 1 only
 (other strides keep the v1-v3 paths).  Like v5, every kernel here must be compiled with the SLP
-vectoriser on: the wrappers below compile them inside ``functional._slp_vectorizer()``, with
+vectoriser on: the wrappers below compile them inside ``functional.slp_vectorizer()``, with
 ``fastmath={"contract"}`` (FMAs, no reassociation, so LLVM does not turn t into a reduction).
 ``tests/test_kernels_train.py`` checks the assembly and every kernel against the references.
 """
@@ -58,7 +58,7 @@ import numpy as np
 from numba import njit, prange
 
 from ece662.layers.checks import check_float32
-from ece662.layers.functional import _check_conv_args, _pad, _pooled_conv_size, _slp_vectorizer, _threads
+from ece662.layers.functional import check_conv_args, pad_image, pooled_conv_size, slp_vectorizer, thread_count
 from ece662.layers.kernels import fill_patches
 from ece662.layers.shapes import conv_output_size
 
@@ -361,7 +361,7 @@ def conv2d_forward_lanes_numba(x, w, b, pad=0):
            [26., 30., 34.],
            [42., 46., 50.]], dtype=float32)
     """
-    x, w, b = _check_conv_args(x, w, b, "conv2d_forward_lanes")
+    x, w, b = check_conv_args(x, w, b, "conv2d_forward_lanes")
     N, C, H, W = x.shape
     F, _, HH, WW = w.shape
     H_out, W_out = conv_output_size(H, HH, 1, pad), conv_output_size(W, WW, 1, pad)
@@ -369,10 +369,10 @@ def conv2d_forward_lanes_numba(x, w, b, pad=0):
     wp = pack_lanes(w.reshape(F, K).T)
     bp = _pack_bias(b, wp.shape[1])
     out = np.empty((N, F, H_out, W_out), dtype=np.float32)
-    T = max(1, min(_threads(), N))
+    T = max(1, min(thread_count(), N))
     scratch = np.zeros((T, _rows_per_chunk(W_out) * W_out + 3, K), dtype=np.float32)
-    with _slp_vectorizer():
-        conv2d_forward_lanes(np.ascontiguousarray(_pad(x, pad)), wp, bp, HH, WW, F, scratch,
+    with slp_vectorizer():
+        conv2d_forward_lanes(np.ascontiguousarray(pad_image(x, pad)), wp, bp, HH, WW, F, scratch,
                              np.empty((T, 4, 16), np.float32), out)
     return out
 
@@ -401,10 +401,10 @@ def conv2d_relu_maxpool2_train(x, w, b, pad=0, alive_f=None):
            [3, 3]], dtype=int8))
     """
     where = "conv2d_relu_maxpool2_train"
-    x, w, b = _check_conv_args(x, w, b, where)
+    x, w, b = check_conv_args(x, w, b, where)
     N, C, H, W = x.shape
     F, _, HH, WW = w.shape
-    H_out, W_out = _pooled_conv_size(x, w, pad, where)
+    H_out, W_out = pooled_conv_size(x, w, pad, where)
     out = np.empty((N, F, H_out // 2, W_out // 2), dtype=np.float32)
     code = np.empty(out.shape, dtype=np.int8)
     if alive_f is not None and not np.all(alive_f):
@@ -418,9 +418,9 @@ def conv2d_relu_maxpool2_train(x, w, b, pad=0, alive_f=None):
     K = C * HH * WW
     wp = pack_lanes(w.reshape(F, K).T)
     bp = _pack_bias(b, wp.shape[1])
-    T = max(1, min(_threads(), N))
-    with _slp_vectorizer():
-        conv2d_relu_pool2_train(np.ascontiguousarray(_pad(x, pad)), wp, bp, HH, WW, F,
+    T = max(1, min(thread_count(), N))
+    with slp_vectorizer():
+        conv2d_relu_pool2_train(np.ascontiguousarray(pad_image(x, pad)), wp, bp, HH, WW, F,
                                 np.zeros((T, 2 * W_out, K), np.float32), np.empty((T, 4, 16), np.float32),
                                 out, code)
     return out, code
@@ -432,11 +432,11 @@ def _weight_grad(d, code, pooled, xp, F, HH, WW, H_use, W_use):
     K = C * HH * WW
     Kp = -(-K // 4) * 4
     Fb = max(1, -(-F // 16))
-    T = max(1, min(_threads(), N))
+    T = max(1, min(thread_count(), N))
     R = min(H_use, max(2, DW_POSITIONS // max(W_use, 1) // 2 * 2))     # rows per chunk, even
     dw_part = np.zeros((T, Kp, Fb, 16), dtype=np.float32)
     db_part = np.zeros((T, Fb, 16), dtype=np.float32)
-    with _slp_vectorizer():
+    with slp_vectorizer():
         conv2d_weight_grad_lanes(xp, d, code, pooled, HH, WW, H_use, W_use,
                                  np.zeros((T, Kp, max(R, 1) * W_use), np.float32),
                                  np.zeros((T, max(R, 1) * W_use, Fb, 16), np.float32),
@@ -454,8 +454,8 @@ def _input_grad(d, code, pooled, w, pad, H, W):
     wq = pack_lanes(np.ascontiguousarray(w[:, :, ::-1, ::-1].transpose(0, 2, 3, 1)).reshape(F * HH * WW, C))
     bq = np.zeros((wq.shape[1], 16), dtype=np.float32)
     dx = np.empty((N, C, H, W), dtype=np.float32)
-    T = max(1, min(_threads(), N))
-    with _slp_vectorizer():
+    T = max(1, min(thread_count(), N))
+    with slp_vectorizer():
         conv2d_input_grad_lanes(d, code, pooled, HH - 1 - pad, WW - 1 - pad, wq, bq, HH, WW, C,
                                 np.empty((T, F, H + HH - 1, W + WW - 1), np.float32),
                                 np.zeros((T, _rows_per_chunk(W) * W + 3, F * HH * WW), np.float32),
@@ -464,7 +464,7 @@ def _input_grad(d, code, pooled, w, pad, H, W):
 
 
 def _check_backward_args(dout, x, w, expected, where):
-    x, w, _ = _check_conv_args(x, w, None, where)
+    x, w, _ = check_conv_args(x, w, None, where)
     dout = check_float32(dout, "dout", where)
     if dout.shape != expected:
         raise ValueError(f"{where}: expected dout of shape {expected}, got {dout.shape}")
@@ -487,7 +487,7 @@ def conv2d_backward_lanes_numba(dout, x, w, pad=0, need_dx=True):
     H_out, W_out = conv_output_size(H, HH, 1, pad), conv_output_size(W, WW, 1, pad)
     dout, x, w = _check_backward_args(dout, x, w, (N, F, H_out, W_out), where)
     none = np.zeros((1, 1, 1, 1), np.int8)
-    dw, db = _weight_grad(dout, none, False, np.ascontiguousarray(_pad(x, pad)), F, HH, WW, H_out, W_out)
+    dw, db = _weight_grad(dout, none, False, np.ascontiguousarray(pad_image(x, pad)), F, HH, WW, H_out, W_out)
     dx = _input_grad(dout, none, False, w, pad, H, W) if need_dx else None
     return dx, dw, db
 
@@ -515,6 +515,6 @@ def conv2d_relu_maxpool2_train_backward(dpool, code, x, w, pad=0, need_dx=True):
         raise ValueError(f"{where}: expected code as int8 of shape {dpool.shape} (from "
                          f"conv2d_relu_maxpool2_train), got {code.dtype} of shape {code.shape}")
     code = np.ascontiguousarray(code)
-    dw, db = _weight_grad(dpool, code, True, np.ascontiguousarray(_pad(x, pad)), F, HH, WW, 2 * Hq, 2 * Wq)
+    dw, db = _weight_grad(dpool, code, True, np.ascontiguousarray(pad_image(x, pad)), F, HH, WW, 2 * Hq, 2 * Wq)
     dx = _input_grad(dpool, code, True, w, pad, H, W) if need_dx else None
     return dx, dw, db

@@ -12,8 +12,9 @@ One walk over the layers of a ``Sequential`` decides, per layer,
   bias the same way.  **This is the only place the rule is written**: ``Sequential``'s
   eval forward runs the plan, ``ece662.pruning.shrink`` builds the plan's network for
   good, and ``ece662.pruning.report`` counts its FLOPs.
-* which following layers run inside a conv's kernel (``ReLU``, and a ``MaxPool2d(2)``
-  after it when the conv has stride 1: kernel v4), and
+* which following layers run inside a conv's kernel (an eval-mode ``BatchNorm2d``, folded into its
+  weights and bias; ``ReLU``; and a ``MaxPool2d(2)`` after it when the conv has stride 1: kernel v6,
+  :data:`~ece662.layers.kernel_choice.FUSED_POOL_KERNEL`), and
 * which kernel runs and why (:class:`KernelChoice`, what ``layer.last_kernel`` holds).
 
 One switch decides what runs: ``model.kernels`` (every layer has it; setting it on a
@@ -38,121 +39,13 @@ conv2+relu2+pool2  (32, 6, 6)    32/32 filters live, 16/32 input channels -> v6 
 flatten            (1152,)
 fc                 (10,)         1152/1152 input features -> linear (kernels='auto')
 """
-from typing import NamedTuple
-
 import numpy as np
 
 from ece662.layers import functional as fn
-from ece662.layers import kernels_sparse as sparse
 from ece662.layers import reference as ref
-
-MODES = ("auto", "dense", "reference")
-
-# The sparse conv (kernels_sparse: output positions as vector lanes) runs when at least this
-# fraction of a layer's live weights are zero.  Measured on the course machine against the dense
-# kernel it replaces, v6 with the fused ReLU + pool (python benchmarks/bench_sparse.py,
-# benchmarks/RESULTS.md, "Unstructured sparse kernel"): break-even near 48% (conv1) and 55% (conv2)
-# per layer; at 60% zeros 1.29x / 1.19x, at 70% 1.24x / 1.34x.  0.6 stays clear of the break-even.
-SPARSE_THRESHOLD = 0.6
-
-
-# The kernel for a stride-1 conv followed by ReLU and MaxPool2d(2): v6 (output channels as
-# vector lanes, taps read from the image itself) measured faster than v5 and v5 than v4 on both
-# layers of the course CNN (benchmarks/RESULTS.md, "Inference and kernel v5"); "v5" or "v4" here
-# brings a previous kernel back.
-FUSED_POOL_KERNEL = "v6"
-
-
-def check_mode(value):
-    """``value`` if it is one of :data:`MODES`, else a ValueError saying which are."""
-    if value not in MODES:
-        raise ValueError(f"kernels must be one of {MODES}, got {value!r}")
-    return value
-
-
-class KernelChoice(NamedTuple):
-    """Which kernel a Conv2d or Linear layer ran, and why (``layer.last_kernel``).
-
-    ``version`` is ``'v3'``, ``'v4'``, ``'v5'``, ``'v6'``, ``'sparse'``, ``'reference'`` (conv) or ``'linear'``;
-    ``fused`` names the layers that ran inside the kernel (e.g. ``('ReLU', 'MaxPool2d(2)')``);
-    ``live_filters / filters`` and ``live_inputs / inputs`` say how much of the layer was
-    computed (input channels for a conv, input features for a linear layer).
-    """
-    version: str
-    fused: tuple
-    live_filters: int
-    filters: int
-    live_inputs: int
-    inputs: int
-    reason: str
-
-    @property
-    def skipping(self):
-        """True when part of the layer (dead filters, constant inputs) is not computed."""
-        return self.live_filters < self.filters or self.live_inputs < self.inputs
-
-    def __str__(self):
-        fused = (", fused " + " + ".join(self.fused)) if self.fused else ""
-        return f"{self.version}{' skip' if self.skipping else ''}{fused}"
-
-
-# ============================================================================ conv kernels
-def choose_conv_kernel(mode, w_live, stride, pool2):
-    """``(version, reason)`` for a conv with the (live) weights ``w_live``.
-
-    * ``'reference'`` mode: the plain-loop reference;
-    * ``'auto'``, stride 1, and at least ``SPARSE_THRESHOLD`` of the live weights zero:
-      the sparse kernel of ``kernels_sparse`` (work proportional to the non-zeros);
-    * a fused 2x2 max pool: ``FUSED_POOL_KERNEL`` (v6; v5 or v4: conv + ReLU + pool in one pass);
-    * everything else: v3 (register-tiled patches).
-    """
-    if mode == "reference":
-        return "reference", "kernels='reference'"
-    zeros = 1.0 - np.count_nonzero(w_live) / max(w_live.size, 1)
-    if mode == "auto" and stride == 1 and zeros >= SPARSE_THRESHOLD and w_live.size:
-        return "sparse", f"{zeros:.0%} of live weights are zero (>= {SPARSE_THRESHOLD:.0%}, the measured break-even)"
-    why = "kernels='dense'" if mode == "dense" else "fewer than {:.0%} zeros".format(SPARSE_THRESHOLD)
-    if pool2:
-        return FUSED_POOL_KERNEL, why + "; ReLU and MaxPool2d(2) follow a stride-1 conv"
-    return "v3", why
-
-
-def run_conv(version, x, w, b, stride, pad, relu=False, pool2=False, alive_f=None, packed=None):
-    """Run one conv kernel; ``relu`` / ``pool2`` apply a ReLU / 2x2 max pool after it.
-
-    ``alive_f`` (v3 only) marks filters to compute; the others output their bias.  ``packed``
-    (v6 only): the weights already packed for it (``functional.pack_filters_lanes``).
-    """
-    if version == "reference":
-        out = ref.conv2d_forward_reference(x, w, b, stride, pad)
-        if relu:
-            out = ref.relu_forward_reference(out)
-        return ref.maxpool2d_forward_reference(out, 2, 2) if pool2 else out
-    if version == "sparse":
-        return sparse.conv2d_forward_sparse_lanes(x, w, b, 1, pad, relu=relu, pool2=pool2)
-    if version == "v6":
-        return fn.conv2d_relu_maxpool2_lanes(x, w, b, pad, packed=packed)
-    if version == "v5":
-        return fn.conv2d_relu_maxpool2_tiled(x, w, b, pad, alive_f=alive_f)
-    if version == "v4":
-        return fn.conv2d_relu_maxpool2_numba(x, w, b, pad, alive_f=alive_f)
-    return fn.conv2d_forward_numba(x, w, b, stride, pad, alive_f=alive_f, relu=relu)
-
-
-def conv_forward(conv, x):
-    """One Conv2d on its own (training, or a layer called directly): every input channel,
-    dead filters skipped in ``'auto'`` mode (their planes are their bias).
-
-    Returns ``(out, KernelChoice)``.
-    """
-    w = conv.weight
-    b = conv.bias if conv.bias is not None else np.zeros(conv.out_channels, np.float32)
-    alive = conv.alive_filters() if conv.kernels == "auto" else np.ones(conv.out_channels, bool)
-    version, reason = choose_conv_kernel(conv.kernels, w[alive], conv.stride, False)
-    out = run_conv(version, x, w, b, conv.stride, conv.padding,
-                   alive_f=None if alive.all() or version != "v3" else alive)
-    return out, KernelChoice(version, (), int(alive.sum()), conv.out_channels, conv.in_channels,
-                             conv.in_channels, reason)
+from ece662.layers.kernel_choice import KernelChoice, alive_rows, check_mode, choose_conv_kernel, run_conv
+from ece662.layers.modules import (AdaptiveAvgPool2d, AvgPool2d, BatchNorm1d, BatchNorm2d, BatchNormBase, Conv2d,
+                                   Dropout, Dropout2d, Flatten, LeakyReLU, Linear, MaxPool2d, Pool2dBase, ReLU)
 
 
 # ============================================================================ the plan
@@ -216,12 +109,6 @@ class Step:
         return f", {dead.size}/{alive.size} outputs dead ({shown}: always their bias)"
 
 
-def alive_rows(w):
-    """``(w.shape[0],)`` bool: which output rows (filters, units) of ``w`` have a non-zero weight:
-    the dead-filter rule, for a conv's filters and a linear layer's output units alike."""
-    return np.any(w.reshape(w.shape[0], -1) != 0, axis=1)
-
-
 class Plan:
     """The steps of an eval-mode forward pass; ``print(plan)`` shows them, ``plan(x)`` runs them."""
 
@@ -245,7 +132,7 @@ class Plan:
         for s in self.steps:
             if s.full_input and live is not None:
                 x = expand(x, live, const)
-            x = _run_step(s, x)
+            x = run_step(s, x)
             live, const = s.live_out, s.const_out
         return x if live is None else expand(x, live, const)
 
@@ -273,7 +160,6 @@ def _fusion(layers, i, conv, mode):
     """How many layers after the conv at ``layers[i]`` run inside its kernel: a BatchNorm2d
     (folded into the weights), then a ReLU, then a ``MaxPool2d(2)`` when the conv has stride 1.
     Layers with hooks of their own are not fused; nothing is in 'reference' mode."""
-    from ece662.layers.modules import BatchNorm2d, MaxPool2d, ReLU
     if mode == "reference":
         return 0
     nxt = [m for _, m in layers[i + 1:i + 4]] + [None] * 3
@@ -300,8 +186,6 @@ def _folded_batchnorm(w, b, bn):
 def _constant_through(m, const):
     """The value a constant plane has after the per-channel layer ``m`` (None: ``m`` is not
     per-channel, so the plan cannot carry constants through it)."""
-    from ece662.layers.modules import (AdaptiveAvgPool2d, AvgPool2d, BatchNorm1d, BatchNorm2d, Dropout,
-                                       Dropout2d, LeakyReLU, MaxPool2d, ReLU)
     if type(m) in (BatchNorm2d, BatchNorm1d) and not m.training:
         scale, shift = m.scale_shift()
         return (const * scale + shift).astype(np.float32)
@@ -318,7 +202,6 @@ def _constant_through(m, const):
 def _shape_problem(m, shape):
     """What is wrong with giving layer ``m`` an input of ``shape`` (batch axis included), or None.
     Only layers whose input size matters are checked: Conv2d, Linear, pooling, batch norm."""
-    from ece662.layers.modules import _BatchNorm, _Pool2d, Conv2d, Linear
     if isinstance(m, Conv2d):
         if len(shape) != 4 or shape[1] != m.in_channels:
             return f"expects (N, {m.in_channels}, H, W) but gets {shape[1:]}"
@@ -331,10 +214,10 @@ def _shape_problem(m, shape):
             return f"expects (N, {m.in_features}) but gets {shape[1:]} (feature maps: add a Flatten layer)"
         if shape[1] != m.in_features:
             return f"expects {m.in_features} input features but gets {shape[1]}"
-    elif isinstance(m, _Pool2d):
+    elif isinstance(m, Pool2dBase):
         if len(shape) != 4 or min(shape[2:]) < m.kernel_size:
             return f"gets {shape[1:]}, smaller than its {m.kernel_size}x{m.kernel_size} window"
-    elif isinstance(m, _BatchNorm):
+    elif isinstance(m, BatchNormBase):
         if len(shape) not in m._ndims or shape[1] != m.num_features:
             return f"expects {m.num_features} channels but gets {shape[1:]}"
     return None
@@ -392,7 +275,6 @@ def check_input_shape(model, input_shape):
     ...
     ValueError: this network expects 32x32 images with 3 channels, x of shape (N, 3, 32, 32), but got 16x16 images (x of shape (N, 3, 16, 16)): fc (Linear) expects 1152 input features but gets 128; resize or crop the images to 32x32, or build the network for 16x16 inputs
     """
-    from ece662.layers.modules import Conv2d
     misfit = first_misfit(model, input_shape)
     if misfit is None:
         return
@@ -432,7 +314,6 @@ def build_plan(model, input_shape, kernels=None):
     -------
     Plan
     """
-    from ece662.layers.modules import BatchNorm1d, BatchNorm2d, Conv2d, Flatten, Linear
     check_input_shape(model, input_shape)       # every layer's shape is known before anything runs
     layers = list(model.named_children())
     for _, m in layers:                # pruned layers recompute weight = weight_orig * weight_mask
@@ -481,7 +362,6 @@ def build_plan(model, input_shape, kernels=None):
 
 def _conv_step(group, mode, live, const):
     """The step of a conv (``group[0]``) and the layers fused after it (BatchNorm2d, ReLU, pool)."""
-    from ece662.layers.modules import BatchNorm2d, MaxPool2d, ReLU
     (name, conv), fused = group[0], [m for _, m in group[1:]]
     relu = any(type(m) is ReLU for m in fused)
     pool2 = any(type(m) is MaxPool2d for m in fused)
@@ -553,7 +433,7 @@ REFERENCE_OPS = {
 }
 
 
-def _run_step(s, x):
+def run_step(s, x):
     """Run one step on ``x`` (its live channels; inputs were checked by ``Sequential``)."""
     m = s.module
     if s.op == "conv":

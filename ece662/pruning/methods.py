@@ -22,7 +22,7 @@ import warnings
 
 import numpy as np
 
-from ece662.layers.plan import alive_rows
+from ece662.layers.kernel_choice import alive_rows
 from ece662.pruning import masks as M
 
 

@@ -25,7 +25,7 @@ from collections import OrderedDict
 import numpy as np
 
 from ece662.layers import BatchNorm1d, BatchNorm2d, Conv2d, Linear, Sequential
-from ece662.layers.modules import LAYER_TYPES
+from ece662.layers import LAYER_TYPES
 from ece662.layers.plan import build_plan
 
 

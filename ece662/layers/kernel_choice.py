@@ -1,0 +1,131 @@
+"""Which kernel one conv runs, and why: the switch every layer reads.
+
+``check_mode`` and :data:`MODES` are the values of ``model.kernels``; :func:`choose_conv_kernel` picks a
+conv's kernel from its (live) weights; :func:`run_conv` runs it; :func:`conv_forward` is a Conv2d on its own
+(training, or a layer called directly); :class:`KernelChoice` is the record of what ran (``layer.last_kernel``);
+:func:`alive_rows` is the dead-filter rule.  The plan of a whole eval network (``ece662.layers.plan``) builds
+on these; the layers of ``ece662.layers.modules`` call them without knowing the plan.
+"""
+from typing import NamedTuple
+
+import numpy as np
+
+from ece662.layers import functional as fn
+from ece662.layers import kernels_sparse as sparse
+from ece662.layers import reference as ref
+
+MODES = ("auto", "dense", "reference")
+
+# The sparse conv (kernels_sparse: output positions as vector lanes) runs when at least this
+# fraction of a layer's live weights are zero.  Measured on the course machine against the dense
+# kernel it replaces, v6 with the fused ReLU + pool (python benchmarks/bench_sparse.py,
+# benchmarks/RESULTS.md, "Unstructured sparse kernel"): break-even near 48% (conv1) and 55% (conv2)
+# per layer; at 60% zeros 1.29x / 1.19x, at 70% 1.24x / 1.34x.  0.6 stays clear of the break-even.
+SPARSE_THRESHOLD = 0.6
+
+
+# The kernel for a stride-1 conv followed by ReLU and MaxPool2d(2): v6 (output channels as
+# vector lanes, taps read from the image itself) measured faster than v5 and v5 than v4 on both
+# layers of the course CNN (benchmarks/RESULTS.md, "Inference and kernel v5"); "v5" or "v4" here
+# brings a previous kernel back.
+FUSED_POOL_KERNEL = "v6"
+
+
+def check_mode(value):
+    """``value`` if it is one of :data:`MODES`, else a ValueError saying which are."""
+    if value not in MODES:
+        raise ValueError(f"kernels must be one of {MODES}, got {value!r}")
+    return value
+
+
+class KernelChoice(NamedTuple):
+    """Which kernel a Conv2d or Linear layer ran, and why (``layer.last_kernel``).
+
+    ``version`` is ``'v3'``, ``'v4'``, ``'v5'``, ``'v6'``, ``'sparse'``, ``'reference'`` (conv, eval or alone), ``'lanes'`` (the
+    fused training conv of ``kernels_train``) or ``'linear'``;
+    ``fused`` names the layers that ran inside the kernel (e.g. ``('ReLU', 'MaxPool2d(2)')``);
+    ``live_filters / filters`` and ``live_inputs / inputs`` say how much of the layer was
+    computed (input channels for a conv, input features for a linear layer).
+    """
+    version: str
+    fused: tuple
+    live_filters: int
+    filters: int
+    live_inputs: int
+    inputs: int
+    reason: str
+
+    @property
+    def skipping(self):
+        """True when part of the layer (dead filters, constant inputs) is not computed."""
+        return self.live_filters < self.filters or self.live_inputs < self.inputs
+
+    def __str__(self):
+        fused = (", fused " + " + ".join(self.fused)) if self.fused else ""
+        return f"{self.version}{' skip' if self.skipping else ''}{fused}"
+
+
+# ============================================================================ conv kernels
+def choose_conv_kernel(mode, w_live, stride, pool2):
+    """``(version, reason)`` for a conv with the (live) weights ``w_live``.
+
+    * ``'reference'`` mode: the plain-loop reference;
+    * ``'auto'``, stride 1, and at least ``SPARSE_THRESHOLD`` of the live weights zero:
+      the sparse kernel of ``kernels_sparse`` (work proportional to the non-zeros);
+    * a fused 2x2 max pool: ``FUSED_POOL_KERNEL`` (v6; v5 or v4: conv + ReLU + pool in one pass);
+    * everything else: v3 (register-tiled patches).
+    """
+    if mode == "reference":
+        return "reference", "kernels='reference'"
+    zeros = 1.0 - np.count_nonzero(w_live) / max(w_live.size, 1)
+    if mode == "auto" and stride == 1 and zeros >= SPARSE_THRESHOLD and w_live.size:
+        return "sparse", f"{zeros:.0%} of live weights are zero (>= {SPARSE_THRESHOLD:.0%}, the measured break-even)"
+    why = "kernels='dense'" if mode == "dense" else "fewer than {:.0%} zeros".format(SPARSE_THRESHOLD)
+    if pool2:
+        return FUSED_POOL_KERNEL, why + "; ReLU and MaxPool2d(2) follow a stride-1 conv"
+    return "v3", why
+
+
+def run_conv(version, x, w, b, stride, pad, relu=False, pool2=False, alive_f=None, packed=None):
+    """Run one conv kernel; ``relu`` / ``pool2`` apply a ReLU / 2x2 max pool after it.
+
+    ``alive_f`` (v3, v4 and v5) marks filters to compute; the others output their bias (v6 and the sparse
+    kernel are given the live filters' weights alone, so they need no mask).  ``packed``
+    (v6 only): the weights already packed for it (``functional.pack_filters_lanes``).
+    """
+    if version == "reference":
+        out = ref.conv2d_forward_reference(x, w, b, stride, pad)
+        if relu:
+            out = ref.relu_forward_reference(out)
+        return ref.maxpool2d_forward_reference(out, 2, 2) if pool2 else out
+    if version == "sparse":
+        return sparse.conv2d_forward_sparse_lanes(x, w, b, 1, pad, relu=relu, pool2=pool2)
+    if version == "v6":
+        return fn.conv2d_relu_maxpool2_lanes(x, w, b, pad, packed=packed)
+    if version == "v5":
+        return fn.conv2d_relu_maxpool2_tiled(x, w, b, pad, alive_f=alive_f)
+    if version == "v4":
+        return fn.conv2d_relu_maxpool2_numba(x, w, b, pad, alive_f=alive_f)
+    return fn.conv2d_forward_numba(x, w, b, stride, pad, alive_f=alive_f, relu=relu)
+
+
+def conv_forward(conv, x):
+    """One Conv2d on its own (training, or a layer called directly): every input channel,
+    dead filters skipped in ``'auto'`` mode (their planes are their bias).
+
+    Returns ``(out, KernelChoice)``.
+    """
+    w = conv.weight
+    b = conv.bias if conv.bias is not None else np.zeros(conv.out_channels, np.float32)
+    alive = conv.alive_filters() if conv.kernels == "auto" else np.ones(conv.out_channels, bool)
+    version, reason = choose_conv_kernel(conv.kernels, w[alive], conv.stride, False)
+    out = run_conv(version, x, w, b, conv.stride, conv.padding,
+                   alive_f=None if alive.all() or version != "v3" else alive)
+    return out, KernelChoice(version, (), int(alive.sum()), conv.out_channels, conv.in_channels,
+                             conv.in_channels, reason)
+
+
+def alive_rows(w):
+    """``(w.shape[0],)`` bool: which output rows (filters, units) of ``w`` have a non-zero weight:
+    the dead-filter rule, for a conv's filters and a linear layer's output units alike."""
+    return np.any(w.reshape(w.shape[0], -1) != 0, axis=1)
