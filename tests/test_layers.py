@@ -240,6 +240,15 @@ def test_plan_of_a_wrong_input_shape_names_the_expected_size():
     assert expected_image_size(default_convnet(), 3) == 32
 
 
+def test_a_global_pool_network_names_its_smallest_input():
+    """A network with a global average pool takes any size from a minimum up, and its error says so."""
+    net = Sequential(OrderedDict([("conv1", Conv2d(3, 4, 3)), ("pool1", MaxPool2d(2)), ("conv2", Conv2d(4, 4, 3)),
+                                  ("gap", AdaptiveAvgPool2d(1)), ("flatten", Flatten()), ("fc", Linear(4, 2))]))
+    assert net.eval()(np.zeros((1, 3, 40, 40), np.float32)).shape == (1, 2)
+    with pytest.raises(ValueError, match=r"expects at least 8x8 images with 3 channels.*got 5x5 images"):
+        net(np.zeros((1, 3, 5, 5), np.float32))
+
+
 def test_layers_that_do_not_fit_each_other_are_named():
     """When no input fits (conv2 reads 4 channels, conv1 makes 8), the error names conv2 and what it gets."""
     net = Sequential(OrderedDict([("conv1", Conv2d(3, 8, 3)), ("conv2", Conv2d(4, 8, 3))])).eval()

@@ -17,6 +17,10 @@ One walk over the layers of a ``Sequential`` decides, per layer,
   :data:`~ece662.layers.kernel_choice.FUSED_POOL_KERNEL`), and
 * which kernel runs and why (:class:`KernelChoice`, what ``layer.last_kernel`` holds).
 
+Before any of that, :func:`check_input_shape` walks every layer's shape (``output_shape``), so an
+input the network cannot take (a 16x16 image for the 32x32 course CNN) is refused with the size
+the network expects, before a kernel runs; ``Sequential.forward`` does the same in training mode.
+
 One switch decides what runs: ``model.kernels`` (every layer has it; setting it on a
 model sets it on every layer)
 
@@ -287,12 +291,14 @@ def check_input_shape(model, input_shape):
         C_want = first.in_channels if isinstance(first, Conv2d) else C
         S = expected_image_size(model, C_want)
         if S is not None:
+            # a global average pool takes any size from S up: then S is a minimum, not the size
+            at_least = "at least " if first_misfit(model, (C_want, 4 * S, 4 * S)) is None else ""
             fixes = ([f"give {C_want}-channel images"] if C != C_want else []) + \
-                    ([f"resize or crop the images to {S}x{S}, or build the network for {H}x{W} inputs"]
-                     if (H, W) != (S, S) else [])
+                    ([f"resize or crop the images to {at_least}{S}x{S}, or build the network for {H}x{W} "
+                      f"inputs"] if (H, W) != (S, S) else [])
             channels = f" with {C} channels" if C != C_want else ""
-            raise ValueError(f"this network expects {S}x{S} images with {C_want} channels, x of shape "
-                             f"(N, {C_want}, {S}, {S}), but got {H}x{W} images{channels} (x of shape "
+            raise ValueError(f"this network expects {at_least}{S}x{S} images with {C_want} channels, x of "
+                             f"shape (N, {C_want}, {S}, {S}), but got {H}x{W} images{channels} (x of shape "
                              f"(N, {C}, {H}, {W})): {where}; {'; '.join(fixes) or 'check the layers'}")
     raise ValueError(f"x of shape (N, {', '.join(map(str, got))}) does not fit this network: {where}; "
                      f"give inputs of the shape the network was built for, or check that each layer's "

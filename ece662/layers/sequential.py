@@ -84,6 +84,10 @@ class Sequential(Module):
         it): dead filters and the channels they make constant are not computed, and a conv
         runs its following ReLU (and 2x2 max pool) inside its kernel.  ``model.kernels``
         switches that off (``'dense'``) or runs the plain-loop references (``'reference'``).
+
+        In both modes ``x`` is checked before any layer runs (``_check_input``): an input of the
+        wrong size says which size the network expects.  An empty batch (N = 0) gives an empty
+        output, ``(0, ...)``.
         """
         x = self._check_input(x)
         if self.training:

@@ -159,7 +159,8 @@ def _warn_if_classes_die(module, name, before, after, rows_asked):
 
 
 def _set_mask(module, name, mask, method=None, rows_asked=False):
-    """Install ``mask`` (already computed and checked): the only place that mutates.
+    """Install ``mask`` (already computed and checked): every pruning call ends here, and only
+    here (through :func:`_install_mask`) is the module changed.  Then warn if classes died.
 
     ``rows_asked``: the caller asked for whole output rows (structured along dim 0); it only
     decides whether a lone Linear warns (:func:`_warn_if_classes_die`).
@@ -171,6 +172,8 @@ def _set_mask(module, name, mask, method=None, rows_asked=False):
 
 
 def _install_mask(module, name, mask, method):
+    """Reparametrise ``module.<name>`` on first use, store ``mask``, record ``method``, and
+    recompute the effective tensor."""
     if not _is_param_pruned(module, name):
         orig = module._parameters.pop(name)
         module._parameters[name + "_orig"] = orig
