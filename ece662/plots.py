@@ -5,6 +5,9 @@ Every function returns the figure and, given ``path``, saves it as a PNG and clo
 import matplotlib.pyplot as plt
 import numpy as np
 
+from ece662.experiments import prunable
+from ece662.pruning.masks import amount_to_count
+
 
 def _save(fig, path, caption=None):
     """Lay out, add the one-line ``caption`` under the axes, save (if ``path``) and close."""
@@ -205,13 +208,13 @@ def weight_histograms(model, amounts=(0.2, 0.5, 0.8), path=None):
     Global pruning with ``amount`` removes every weight left of its line, whichever layer
     it lives in: the picture shows why layers with small weights lose the most.
     """
-    from ece662.experiments import prunable
-    from ece662.pruning.masks import amount_to_count
     layers = prunable(model)
     mags = [np.abs(m.weight).ravel() for _, m in layers]
     allw = np.sort(np.concatenate(mags))
     fig, axes = plt.subplots(1, len(layers), figsize=(4 * len(layers), 3.2), squeeze=False)
-    bins = np.logspace(np.log10(max(allw[allw > 0].min(), 1e-6)), np.log10(allw.max()), 60)
+    positive = allw[allw > 0]          # a model whose weights are all zero has no magnitude to draw
+    low = max(positive.min(), 1e-6) if positive.size else 1e-6
+    bins = np.logspace(np.log10(low), np.log10(max(allw.max(), 10 * low)), 60)
     for ax, (name, _), mag in zip(axes[0], layers, mags):
         ax.hist(mag[mag > 0], bins=bins, color="C0", alpha=0.8)
         ax.set_xscale("log")

@@ -311,3 +311,18 @@ def test_a_state_dict_without_arch_gets_command_line_advice(tmp_path):
     r = run("evaluate", "--model", str(as_sequential), "--mode", "torch", "--arch", str(tmp_path / "net.json"),
             "--data", data)
     assert r.returncode == 0 and r.stdout.startswith("Test Acc: "), r.stderr
+
+
+def test_weight_histograms_of_a_model_whose_weights_are_all_zero(tmp_path):
+    """A model with no non-zero weight (every weight pruned, or an untrained zero model) still gets its figure:
+    the sweep once stopped there ("zero-size array to reduction operation minimum")."""
+    import matplotlib
+    matplotlib.use("Agg")
+    from ece662 import plots
+    from ece662.models import default_convnet
+    net = default_convnet(seed=0)
+    for _, m in net.named_modules():
+        if hasattr(m, "weight"):
+            m.weight[...] = 0
+    plots.weight_histograms(net, path=tmp_path / "w.png")
+    assert (tmp_path / "w.png").stat().st_size > 1000
