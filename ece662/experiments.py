@@ -26,6 +26,7 @@ import numpy as np
 
 from ece662 import pruning as prune
 from ece662 import timing
+from ece662.pruning import prunable
 from ece662.formats.common import load_with_masks
 from ece662.layers import Conv2d, Linear, from_spec
 from ece662.training import schedules as S
@@ -50,11 +51,6 @@ def dense_twin(model):
     m = copy_model(model).eval()
     m.kernels = "dense"
     return m
-
-
-def prunable(model, types=(Conv2d, Linear)):
-    """``[(name, module)]`` of the layers whose weights the sweeps prune."""
-    return [(name, m) for name, m in model.named_modules() if isinstance(m, types)]
 
 
 def sparsity(model, types=(Conv2d, Linear)):

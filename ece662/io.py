@@ -23,7 +23,7 @@ from ece662.formats.onnx_format import read_onnx, save_onnx
 from ece662.formats.spec import read_architecture
 from ece662.formats.torch_format import model_from_state_dict as _state_dict_into
 from ece662.formats.torch_format import read_torch_state_dict, save_torch_state_dict
-from ece662.models import SHIPPED, default_convnet, named_model_path, shipped_model_path
+from ece662.models import SHIPPED, default_convnet, load_named, shipped_model_path
 
 MODES = ("numpy", "torch", "tensorflow", "onnx")
 # the folder that holds the ece662 package: the repository root, or site-packages when installed
@@ -98,7 +98,7 @@ def load_model(path=None, mode="numpy", model=None):
         path = shipped_model_path(mode)
     path = _resolve_package_path(path)
     if mode == "numpy" and path in SHIPPED and not os.path.exists(path):
-        return load_npz_model(named_model_path(path))      # a shipped model by name
+        return load_named(path)                             # a shipped model by name
     if isinstance(path, str) and not os.path.exists(path) and os.sep not in path and "." not in path:
         raise FileNotFoundError(f"load_model: no file at {path!r}, and no shipped model has that name; "
                                 f"the shipped models are {sorted(SHIPPED)}")

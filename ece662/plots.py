@@ -5,7 +5,7 @@ Every function returns the figure and, given ``path``, saves it as a PNG and clo
 import matplotlib.pyplot as plt
 import numpy as np
 
-from ece662.experiments import prunable
+from ece662.pruning import prunable
 from ece662.pruning.masks import amount_to_count
 
 

@@ -19,7 +19,7 @@ from ece662.pruning.methods import (BasePruningMethod, CustomFromMask, DeadClass
                                     L1Unstructured, LnStructured, RandomStructured, RandomUnstructured,
                                     PruningContainer, custom_from_mask, global_structured,
                                     global_unstructured, identity, is_pruned, l1_unstructured,
-                                    ln_structured, pruning_history, random_structured,
+                                    ln_structured, prunable, pruning_history, random_structured,
                                     random_unstructured, remove)
 from ece662.pruning.report import report
 from ece662.pruning.shrink import shrink
@@ -28,5 +28,5 @@ __all__ = ["BasePruningMethod", "CustomFromMask", "DeadClassWarning", "Identity"
            "LnStructured",
            "RandomStructured", "RandomUnstructured", "PruningContainer", "amount_to_count",
            "global_structured", "pruning_history", "report", "shrink", "custom_from_mask",
-           "global_unstructured", "identity", "is_pruned", "l1_unstructured", "ln_structured",
+           "global_unstructured", "identity", "is_pruned", "l1_unstructured", "ln_structured", "prunable",
            "random_structured", "random_unstructured", "remove"]

@@ -23,6 +23,7 @@ import warnings
 import numpy as np
 
 from ece662.layers.kernel_choice import alive_rows
+from ece662.layers.modules import Conv2d, Linear
 from ece662.pruning import masks as M
 
 
@@ -508,3 +509,16 @@ def remove(module, name):
 def is_pruned(module):
     """True if ``module`` or any of its submodules has a pruned parameter."""
     return any(n.endswith("_mask") for _, m in module.named_modules() for n in m._buffers)
+
+
+def prunable(model, types=(Conv2d, Linear)):
+    """``[(name, module)]`` of ``model``'s layers of ``types`` (every Conv2d and Linear by default): the
+    layers whose ``weight`` the sweeps, the schedules and the course's cells prune, in model order.
+
+    Examples
+    --------
+    >>> from ece662.models import default_convnet
+    >>> [name for name, _ in prunable(default_convnet())]
+    ['conv1', 'conv2', 'fc']
+    """
+    return [(name, m) for name, m in model.named_modules() if isinstance(m, types)]

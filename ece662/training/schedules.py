@@ -58,7 +58,7 @@ def prunable_layers(model, structure="unstructured"):
     """
     _check_choice(structure, STRUCTURES, "structure")
     kinds = (Conv2d, Linear) if structure == "unstructured" else (Conv2d,)
-    layers = [(n, m) for n, m in model.named_modules() if isinstance(m, kinds)]
+    layers = P.prunable(model, kinds)
     if not layers:
         raise ValueError(f"the model has no {' or '.join(k.__name__ for k in kinds)} layer to prune")
     return layers
