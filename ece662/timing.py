@@ -45,7 +45,7 @@ Two checks keep the numbers honest:
   busy and the absolute speed columns are unreliable: :class:`PairedTimer` warns once.
 
 One helper serves the sweep (``ece662.experiments``), ``benchmarks/bench_pruning.py`` and the
-notebook.  Its logic is tested with a fake clock (``tests/test_timing.py``): no test ever
+notebook.  Its logic is tested with a fake clock (``tests/study/test_timing.py``): no test ever
 asserts a real duration.
 
 Examples

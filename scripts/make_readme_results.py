@@ -13,7 +13,7 @@ It runs, from the repository root and exactly as the README and the page show th
 records their output, the machine and the results in ``docs/readme_results.json`` (committed), copies the
 figures to ``docs/``, and replaces ``docs/sweep.md`` (the page the README links to) between the
 ``readme-results`` markers with :func:`render`'s text, plus every ``Test Acc: 0.xxxx`` elsewhere on that page.
-``tests/test_readme.py`` re-renders the section from the JSON file and compares it with the page character for
+``tests/course/test_readme.py`` re-renders the section from the JSON file and compares it with the page character for
 character, so no number in it can drift from the run it came from.  Re-run it whenever the shipped model or the sweep changes.
 """
 import argparse
@@ -161,7 +161,7 @@ def render(results):
         "![weight magnitudes and the global thresholds](weight_histograms.png)",
         "",
         "(plus `per_layer_sparsity.png` and `mask_global_l1_50.png`). What they show (every number in this section",
-        "comes from `docs/readme_results.json`; `tests/test_readme.py` checks it):",
+        "comes from `docs/readme_results.json`; `tests/course/test_readme.py` checks it):",
         f"- Unstructured global magnitude pruning costs {cost}. Removing whole filters costs far more per",
         f"  weight: {f25['target']:.0%} of each conv layer's filters ({f25['sparsity']:.1%} of the weights) loses "
         f"{100 * (base['accuracy'] - f25['accuracy']):.2f} points ({f25['accuracy']:.4f}).",

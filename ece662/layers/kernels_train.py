@@ -52,7 +52,7 @@ own partial sums ``dw_part[t]``; the wrapper adds them (no races, deterministic)
 (other strides keep the v1-v3 paths).  Like v5, every kernel here must be compiled with the SLP
 vectoriser on: the wrappers below compile them inside ``functional.slp_vectorizer()``, with
 ``fastmath={"contract"}`` (FMAs, no reassociation, so LLVM does not turn t into a reduction).
-``tests/test_kernels_train.py`` checks the assembly and every kernel against the references.
+``tests/layers/test_kernels_train.py`` checks the assembly and every kernel against the references.
 """
 import numpy as np
 from numba import njit, prange

@@ -5,7 +5,7 @@ from collections import OrderedDict
 import numpy as np
 import pytest
 
-from conftest import assert_close, requires_torch, torch
+from helpers import assert_close, requires_torch, torch
 from ece662.layers import (AdaptiveAvgPool2d, AvgPool2d, BatchNorm1d, BatchNorm2d, Conv2d, Dropout, Dropout2d, Flatten, LeakyReLU,
                            Linear, MaxPool2d, ReLU, Sequential, from_spec)
 from ece662.models import default_convnet

@@ -17,7 +17,7 @@ from collections import OrderedDict
 import numpy as np
 import pytest
 
-from conftest import FIXTURES, assert_close, requires_torch, torch
+from helpers import FIXTURES, REPO, assert_close, requires_torch, torch
 from ece662.layers import Conv2d, Flatten, Linear, MaxPool2d, ReLU, Sequential
 from ece662.models import default_convnet
 from ece662.pruning_helper import load_model
@@ -26,7 +26,7 @@ from ece662.io import model_from_state_dict
 from torch_files import (ORDERED_DICT, PROTO2, binbytes8, dict_pickle, op_global, op_value, simple_pt,
                          tensor_ops, tensor_pickle, write_pt)
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = REPO
 F32 = "FloatStorage"
 
 

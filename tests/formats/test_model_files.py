@@ -7,7 +7,7 @@ import zipfile
 import numpy as np
 import pytest
 
-from conftest import FIXTURES, assert_close
+from helpers import FIXTURES, REPO, assert_close
 from ece662 import io as mio
 from ece662.layers import Conv2d, Dropout, Flatten, Linear, MaxPool2d, ReLU, Sequential
 from ece662.models import default_convnet
@@ -231,7 +231,7 @@ def test_course_keras_file_is_read_by_real_keras(tmp_path, monkeypatch):
     monkeypatch.setenv("KERAS_BACKEND", os.environ.get("KERAS_BACKEND", "torch"))
     keras = pytest.importorskip("keras")
     path = tmp_path / "course.keras"      # Keras insists on the .keras extension
-    path.write_bytes(open(os.path.join(os.path.dirname(FIXTURES), "..", "ece662", "models",
+    path.write_bytes(open(os.path.join(REPO, "ece662", "models",
                                        "tensorflow.model"), "rb").read())
     x = np.random.default_rng(0).standard_normal((4, 3, 32, 32)).astype(np.float32)
     out = np.asarray(keras.saving.load_model(str(path)).predict(x.transpose(0, 2, 3, 1), verbose=0))

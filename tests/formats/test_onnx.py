@@ -12,7 +12,7 @@ from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 import ece662.io  # noqa: E402
 import ece662.layers as L  # noqa: E402
 import ece662.pruning as prune  # noqa: E402
-from conftest import FIXTURES, assert_close  # noqa: E402
+from helpers import FIXTURES, assert_close  # noqa: E402
 from ece662.layers import Conv2d, Dropout, Flatten, Linear, MaxPool2d, ReLU, Sequential  # noqa: E402
 from ece662.models import default_convnet  # noqa: E402
 from ece662.formats.onnx_format import read_onnx, save_onnx  # noqa: E402

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 import ece662.pruning as prune
-from conftest import assert_close
+from helpers import assert_close
 from ece662.experiments import copy_model, dense_twin
 from ece662.layers import Conv2d, Flatten, Linear, ReLU, Sequential
 from ece662.layers.kernel_choice import SPARSE_THRESHOLD, KernelChoice

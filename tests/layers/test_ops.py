@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from asm_count import fma_lanes
-from conftest import assert_close, requires_torch, torch
+from helpers import assert_close, requires_torch, torch
 from ece662.layers import functional as fn
 from ece662.layers import reference as ref
 from ece662.layers.shapes import conv_output_size

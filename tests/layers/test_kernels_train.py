@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from asm_count import fma_lanes
-from conftest import assert_close, requires_torch, torch
+from helpers import assert_close, requires_torch, torch
 from ece662.layers import Conv2d, Flatten, Linear, MaxPool2d, ReLU, Sequential
 from ece662.layers import kernels_train as kt
 from ece662.layers import reference as ref

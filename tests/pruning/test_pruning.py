@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 import ece662.pruning as prune
-from conftest import assert_close, requires_torch, torch
+from helpers import assert_close, requires_torch, torch
 from ece662.experiments import dense_twin
 from ece662.io import load_model, save_model
 from ece662.layers import BatchNorm2d, Conv2d, Flatten, Linear, MaxPool2d, ReLU, Sequential

@@ -17,8 +17,8 @@ import pytest
 
 from ece662.data import tree as data_tree
 from ece662.data_utils import CLASSES, SPLIT_FOLDERS, get_CINIC10_data
+from helpers import REPO
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 # ---------------------------------------------------------------------------- helpers

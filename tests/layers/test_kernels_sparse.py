@@ -14,7 +14,7 @@ import pytest
 
 import ece662.pruning as prune
 from asm_count import fma_lanes
-from conftest import assert_close
+from helpers import assert_close
 from ece662.experiments import dense_twin
 from ece662.layers import kernel_choice
 from ece662.layers import reference as ref

@@ -8,7 +8,7 @@ import zipfile
 import numpy as np
 import pytest
 
-from conftest import FIXTURES, requires_torch, torch
+from helpers import FIXTURES, REPO, requires_torch, torch
 from ece662.formats import torch_format
 from ece662.models import default_convnet
 from ece662.data_utils import get_CINIC10_data
@@ -189,7 +189,6 @@ def test_torch_writer_refuses_what_torch_cannot_hold(tmp_path, state_dict, error
 
 
 # ---------------------------------------------------------------- the course's own model files
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODELS = os.path.join(REPO, "ece662", "models")
 
 
@@ -313,7 +312,7 @@ def test_porting_guide_runs_and_matches_the_sweeps(real_data, shipped_accuracy, 
 def test_a_framework_file_loaded_as_npz_names_the_mode_to_use():
     """The course's torch.model / tensorflow.model loaded without mode= say which mode reads them;
     an unknown shipped-model name lists the names that exist."""
-    models = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "ece662", "models")
+    models = os.path.join(REPO, "ece662", "models")
     with pytest.raises(ValueError, match=r"PyTorch file .*mode='torch'"):
         load_model(os.path.join(models, "torch.model"))
     with pytest.raises(ValueError, match=r"Keras .keras file.*mode='tensorflow'"):

@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import pytest
+from helpers import FIXTURES
 
 
 def run(*args, env_data=None):
@@ -155,7 +156,7 @@ def test_wrote_line_lists_only_this_runs_files(real_data, tmp_path, capsys):
                                            ("tensorflow", "keras_default_convnet.keras")])
 def test_evaluate_models_from_other_frameworks(real_data, mode, fixture):
     """`evaluate --mode torch|tensorflow` reads the course's file formats (untrained fixtures: ~10%)."""
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", fixture)
+    path = os.path.join(FIXTURES, fixture)
     r = run("evaluate", "--model", path, "--mode", mode, "--data", os.path.join(real_data, "cifar10_real_small.npz"))
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith("Test Acc: 0.")
@@ -191,7 +192,7 @@ def test_evaluate_a_torch_file_with_its_architecture_from_json(real_data, tmp_pa
     from ece662.models import default_convnet
     arch = tmp_path / "net.json"
     arch.write_text(json.dumps(default_convnet().spec()))
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "torch_default_convnet.pt")
+    path = os.path.join(FIXTURES, "torch_default_convnet.pt")
     data = os.path.join(real_data, "cifar10_real_small.npz")
     r = run("evaluate", "--model", path, "--mode", "torch", "--arch", str(arch), "--data", data)
     assert r.returncode == 0 and r.stdout.startswith("Test Acc: 0."), r.stderr

@@ -10,7 +10,7 @@ import zipfile
 import numpy as np
 import pytest
 
-from conftest import FIXTURES
+from helpers import FIXTURES
 from ece662 import io as mio
 from ece662.formats import common as formats_common
 from ece662.models import default_convnet

@@ -19,6 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ece662.data_utils import CLASSES, SPLIT_FOLDERS, get_CINIC10_data
+from helpers import REPO
 
 FUZZ_EXAMPLES = int(os.environ.get("ECE662_FUZZ_EXAMPLES", "150"))
 
@@ -310,7 +311,7 @@ def test_a_fifo_named_png_is_refused_without_blocking(tmp_path):
     code = ("import sys; from ece662.data_utils import get_CINIC10_data\n"
             "try:\n    get_CINIC10_data(sys.argv[1], progress=False)\n"
             "except ValueError as e:\n    print(e)\n")
-    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    repo = REPO
     r = subprocess.run([sys.executable, "-c", code, root], capture_output=True, text=True, timeout=120,
                        env=dict(os.environ, PYTHONPATH=repo, ECE662_CACHE=str(tmp_path / "cache")))
     assert "fifo.png: not a regular file" in r.stdout, r.stdout + r.stderr

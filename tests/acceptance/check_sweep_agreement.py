@@ -1,7 +1,7 @@
 """Do two sweeps agree on speed?  The acceptance check of issue 13.
 
     python -m ece662 sweep --out runs/a && python -m ece662 sweep --out runs/b   # (another sweep beside them)
-    python benchmarks/check_sweep_agreement.py runs/a/results.json runs/b/results.json
+    python tests/acceptance/check_sweep_agreement.py runs/a/results.json runs/b/results.json
 
 For every row (the unpruned model and each pruned one) and both speed columns (``speedup``: the
 kernels ece662 picks; ``masks_only``: the dense kernels on the masked weights), it asks whether

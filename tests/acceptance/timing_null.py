@@ -1,7 +1,7 @@
 """The null experiment: the unpruned model timed against itself (identical work), over and over.
 
-    python benchmarks/timing_null.py --times 12                       # the sweep's old procedure: 7 rounds of 500 images
-    python benchmarks/timing_null.py --times 12 --rounds 35 --images 100
+    python tests/acceptance/timing_null.py --times 12                       # the sweep's old procedure: 7 rounds of 500 images
+    python tests/acceptance/timing_null.py --times 12 --rounds 35 --images 100
 
 Each time it does what a sweep row does (``ece662.experiments.speedups``: the dense twin, the
 masks-only twin and the model itself, interleaved, order flipped every round) after evaluating

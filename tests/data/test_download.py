@@ -11,6 +11,7 @@ import pytest
 
 from ece662.data import download
 from ece662.data_utils import CLASSES
+from helpers import REPO
 
 
 @functools.lru_cache(maxsize=None)
@@ -128,7 +129,7 @@ def test_shell_script_does_the_same(server, tmp_path):
     if shutil.which("curl") is None:
         pytest.fail("curl is needed by datasets/get_datasets.sh; install it (apt-get install curl)")
     _RangeHandler.payload = _archive_bytes()
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    root = REPO
     env = dict(os.environ, CINIC10_URL=f"http://127.0.0.1:{server.server_port}/c.tar.gz",
                CINIC10_DEST=str(tmp_path / "d"), ECE662_CACHE=str(tmp_path / "cache"),
                PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"])
@@ -248,7 +249,7 @@ def test_unpack_refuses_an_existing_destination(tmp_path):
 def _run_script(tmp_path, env_extra=None):
     import subprocess
     import sys
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    root = REPO
     env = dict(os.environ, CINIC10_URL="http://127.0.0.1:9/unreachable.tar.gz",
                CINIC10_DEST=str(tmp_path / "d"), ECE662_CACHE=str(tmp_path / "cache"),
                PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"], **(env_extra or {}))

@@ -15,7 +15,7 @@ blow-up raises ``MemoryError``) and a hang guard (``SIGALRM``, 60 s; not a speed
 
 Examples per test: ``ECE662_FUZZ_EXAMPLES`` (default 100, so 400 in all); for a long run::
 
-    ECE662_FUZZ_EXAMPLES=20000 python -m pytest tests/test_fuzz_torch.py
+    ECE662_FUZZ_EXAMPLES=20000 python -m pytest tests/formats/test_fuzz_torch.py
 """
 import contextlib
 import io
@@ -33,7 +33,7 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from conftest import FIXTURES
+from helpers import FIXTURES
 from ece662.layers import Sequential
 from ece662.pruning_helper import load_model
 from ece662.formats.torch_format import read_torch_state_dict

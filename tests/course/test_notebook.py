@@ -3,8 +3,9 @@ import os
 import re
 
 import pytest
+from helpers import REPO
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = REPO
 NOTEBOOK = os.path.join(ROOT, "notebooks", "Pruning.ipynb")
 
 QUESTION_1 = "What happened with the accuracy as the % of pruning increased? Why was that the case?"

@@ -12,8 +12,9 @@ import os
 import re
 
 import pytest
+from helpers import REPO
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = REPO
 RESULTS = os.path.join(ROOT, "docs", "readme_results.json")
 
 
