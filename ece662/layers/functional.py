@@ -11,7 +11,7 @@ Shapes: ``x (N, C, H, W)``, ``w (F, C, HH, WW)``, ``b (F,)``,
 import numba
 import numpy as np
 
-from ece662.layers import kernels
+from ece662.layers import kernels, kernels_lab
 from ece662.layers.checks import check_float32, check_nchw, check_same_shape
 from ece662.layers.shapes import conv_output_size
 
@@ -136,10 +136,10 @@ def conv2d_forward_numba(x, w, b, stride=1, pad=0, alive_f=None, alive_c=None, v
         Hp, Wp = xp.shape[2], xp.shape[3]
         L = (H_out - 1) * Wp + W_out
         scratch = np.empty((thread_count(), L), dtype=np.float32)
-        kernels.conv2d_forward_rows(xp.reshape(N, C, Hp * Wp), Wp, w, b, alive_f, alive_c,
+        kernels_lab.conv2d_forward_rows(xp.reshape(N, C, Hp * Wp), Wp, w, b, alive_f, alive_c,
                                     scratch, out)
     else:
-        kernels.conv2d_forward_direct(xp, w, b, alive_f, alive_c, stride, out)
+        kernels_lab.conv2d_forward_direct(xp, w, b, alive_f, alive_c, stride, out)
     return out
 
 
@@ -193,7 +193,7 @@ def conv2d_forward_sparse(x, w, b, stride=1, pad=0, taps=None):
     L = (H_out - 1) * Wp + W_out
     out = np.empty((N, F, H_out, W_out), dtype=np.float32)
     scratch = np.empty((max(1, min(thread_count(), N)), L), dtype=np.float32)
-    kernels.conv2d_forward_sparse_taps(np.ascontiguousarray(xp).reshape(N, C * Hp * Wp), Wp, ptr,
+    kernels_lab.conv2d_forward_sparse_taps(np.ascontiguousarray(xp).reshape(N, C * Hp * Wp), Wp, ptr,
                                        tap_off, tap_w, b, scratch, out)
     return out
 
@@ -227,7 +227,7 @@ def conv2d_relu_maxpool2_numba(x, w, b, pad=0, alive_f=None, alive_c=None):
     fidx, didx, cidx, wk = _pack_for_patches(w, alive_f, alive_c)
     out = np.empty((N, F, H_out // 2, W_out // 2), dtype=np.float32)
     scratch = np.empty((max(1, min(thread_count(), N)), 2 * W_out, wk.shape[1]), dtype=np.float32)
-    kernels.conv2d_relu_pool2_patches(np.ascontiguousarray(xp), wk, b, fidx, didx, cidx, HH, WW, scratch, out)
+    kernels_lab.conv2d_relu_pool2_patches(np.ascontiguousarray(xp), wk, b, fidx, didx, cidx, HH, WW, scratch, out)
     return out
 
 
@@ -289,7 +289,7 @@ def conv2d_relu_maxpool2_tiled(x, w, b, pad=0, alive_f=None):
     scratch = np.empty((T, 2 * W_out, C * HH * WW), dtype=np.float32)
     tmp = np.empty((T, 16), dtype=np.float32)
     with slp_vectorizer():
-        kernels.conv2d_relu_pool2_tiled(xp, wp, bp, wt, bt, HH, WW, F, scratch, tmp, out)
+        kernels_lab.conv2d_relu_pool2_tiled(xp, wp, bp, wt, bt, HH, WW, F, scratch, tmp, out)
     return out
 
 
@@ -420,10 +420,10 @@ def conv2d_backward_numba(dout, x, w, stride=1, pad=0, need_dx=True, version=3):
     if stride == 1:
         L = (H_out - 1) * Wp + W_out
         scratch = np.empty((T, F, L), dtype=np.float32)
-        kernels.conv2d_backward_rows(dout, xp.reshape(N, C, Hp * Wp), Wp, w,
+        kernels_lab.conv2d_backward_rows(dout, xp.reshape(N, C, Hp * Wp), Wp, w,
                                      dxp.reshape(N, C, Hp * Wp), dw_part, scratch)
     else:
-        kernels.conv2d_backward_direct(dout, xp, w, stride, dxp, dw_part)
+        kernels_lab.conv2d_backward_direct(dout, xp, w, stride, dxp, dw_part)
     dx = np.ascontiguousarray(dxp[:, :, pad:pad + H, pad:pad + W]) if need_dx else None
     return dx, dw_part.sum(axis=0), db
 

@@ -2,7 +2,7 @@
 
 Why not filters as the lanes, as in kernel v5?
 -----------------------------------------------
-v5 (``kernels.conv2d_relu_pool2_tiled``) puts 16 filters in the vector lanes: one tap's 16 weights
+v5 (``kernels_lab.conv2d_relu_pool2_tiled``) puts 16 filters in the vector lanes: one tap's 16 weights
 are one contiguous row of ``wp (K, F/16, 16)``.  A sparse kernel in that layout could only skip a
 tap when all 16 (or, per AVX2 register, all 8) filters have a zero there.  With unstructured zeros
 that almost never happens: at 70% zeros a given 8-filter row is all zero with probability

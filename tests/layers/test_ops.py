@@ -383,10 +383,10 @@ def test_lanes_kernels_v5_v6_are_vectorised(tmp_path):
     code = """
 import json
 import numpy as np
-from ece662.layers import functional as fn, kernels
+from ece662.layers import functional as fn, kernels, kernels_lab
 fn.conv2d_relu_maxpool2_tiled(np.ones((1, 2, 6, 6), np.float32), np.ones((24, 2, 3, 3), np.float32), None)
 fn.conv2d_relu_maxpool2_lanes(np.ones((1, 2, 6, 6), np.float32), np.ones((24, 2, 3, 3), np.float32), None)
-for k in (kernels.conv2d_relu_pool2_tiled, kernels.conv2d_relu_pool2_lanes):
+for k in (kernels_lab.conv2d_relu_pool2_tiled, kernels.conv2d_relu_pool2_lanes):
     asm = k.inspect_asm(k.signatures[0])
     print(json.dumps(asm))
 """
