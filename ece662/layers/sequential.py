@@ -10,8 +10,9 @@ import numpy as np  # noqa: F401  (the doctests use np)
 
 from ece662.layers import plan
 from ece662.layers.checks import check_float32
+from ece662.layers.module import Module
 from ece662.layers.modules import (AdaptiveAvgPool2d, AvgPool2d, BatchNorm1d, BatchNorm2d, Conv2d, Dropout,
-                                   Dropout2d, Flatten, LeakyReLU, Linear, MaxPool2d, Module, ReLU)
+                                   Dropout2d, Flatten, LeakyReLU, Linear, MaxPool2d, ReLU)
 
 
 class Sequential(Module):
