@@ -1,4 +1,7 @@
-"""The course-facing helpers: ``load_model`` and ``test_model``.
+"""The course-facing helpers: ``load_model`` and ``test_model``, at the import path the course uses.
+
+``load_model`` is :func:`ece662.io.load_model` (ece662, PyTorch, Keras and ONNX files, and the shipped models by
+name); ``test_model`` evaluates with :func:`ece662.training.evaluate.predict_logits` and prints the accuracy.
 
 Course code uses them exactly as the assignment notebook does::
 
@@ -94,7 +97,7 @@ def test_model(model, test_data, mode="numpy", batch_size=1000, verbose=True):
     test_data : (X, y)
         ``X`` (N, 3, 32, 32) float32 (or an array-like of it), ``y`` (N,) integer labels
         in ``0 .. num_classes - 1``.
-    mode : {'numpy', 'torch', 'tensorflow'}
+    mode : {'numpy', 'torch', 'tensorflow', 'onnx'}
         Where the model came from, as the course notebook passes it.  A loaded model is an
         ece662 model whatever file it was read from, so every mode evaluates the same way;
         the argument is checked so that a typo is not silently ignored.

@@ -45,7 +45,9 @@ class Module:
     @property
     def kernels(self):
         """Which kernels run: ``'auto'`` (default: live-only, fused, the fastest measured kernel),
-        ``'dense'`` (every filter, dead or not) or ``'reference'`` (the plain-loop twins).
+        ``'dense'`` (every filter, dead or not) or ``'reference'`` (the plain-loop twins in eval mode; in
+        training only a conv's forward follows it, while ReLU, pooling, Linear and ``Conv2d.backward``
+        keep their Numba kernels).
 
         Setting it on a model sets it on every layer; ``ece662.layers.plan`` explains the choice.
         """
