@@ -79,6 +79,7 @@ class Step:
         self.live_in, self.const_in, self.full_input = live_in, const_in, full_input
         self.live_out, self.const_out = None, None
         self.kernel, self.weight, self.bias, self.fused, self.packed = None, None, None, (), None
+        self.relu, self.pool2 = False, False        # a conv step: ReLU / 2x2 max pool run inside its kernel
         self.out_shape = None
 
     def describe(self):
@@ -384,13 +385,12 @@ def _conv_step(group, mode, live, const):
         b = b + (w[:, ~live].sum(axis=(2, 3)) @ const[~live]).astype(np.float32)
         w = w[:, live]
     # a filter with no weight on a computed channel outputs the constant (folded) bias
-    alive = (np.any(w.reshape(conv.out_channels, -1) != 0, axis=1) if mode == "auto"
-             else np.ones(conv.out_channels, bool))
+    alive = alive_rows(w) if mode == "auto" else np.ones(conv.out_channels, bool)
     step.weight, step.bias = np.ascontiguousarray(w[alive]), np.ascontiguousarray(b[alive])
     version, reason = choose_conv_kernel(mode, step.weight, conv.stride, pool2)
     if version == "v6":
         step.packed = fn.pack_filters_lanes(step.weight, step.bias)
-    step.fused = tuple(fused)
+    step.fused, step.relu, step.pool2 = tuple(fused), relu, pool2
     names += (["ReLU"] if relu else []) + (["2x2 max pool"] if pool2 else [])
     step.kernel = KernelChoice(version, tuple(names), int(alive.sum()), conv.out_channels, w.shape[1],
                                conv.in_channels, reason)
@@ -428,14 +428,14 @@ def _reference_batchnorm(m, x):
     return ref.batchnorm_forward_reference(x, gamma, beta, m.running_mean, m.running_var, m.eps)
 
 
-REFERENCE_OPS = {
-    "BatchNorm2d": _reference_batchnorm,
-    "BatchNorm1d": _reference_batchnorm,
-    "ReLU": lambda m, x: ref.relu_forward_reference(x),
-    "LeakyReLU": lambda m, x: ref.leaky_relu_forward_reference(x, np.float32(m.negative_slope)),
-    "MaxPool2d": lambda m, x: ref.maxpool2d_forward_reference(x, m.kernel_size, m.stride),
-    "AvgPool2d": lambda m, x: ref.avgpool2d_forward_reference(x, m.kernel_size, m.stride),
-    "AdaptiveAvgPool2d": lambda m, x: ref.global_avgpool_forward_reference(x),
+REFERENCE_OPS = {      # layer type -> its plain-loop twin, for kernels='reference'
+    BatchNorm2d: _reference_batchnorm,
+    BatchNorm1d: _reference_batchnorm,
+    ReLU: lambda m, x: ref.relu_forward_reference(x),
+    LeakyReLU: lambda m, x: ref.leaky_relu_forward_reference(x, np.float32(m.negative_slope)),
+    MaxPool2d: lambda m, x: ref.maxpool2d_forward_reference(x, m.kernel_size, m.stride),
+    AvgPool2d: lambda m, x: ref.avgpool2d_forward_reference(x, m.kernel_size, m.stride),
+    AdaptiveAvgPool2d: lambda m, x: ref.global_avgpool_forward_reference(x),
 }
 
 
@@ -444,7 +444,7 @@ def run_step(s, x):
     m = s.module
     if s.op == "conv":
         out = run_conv(s.kernel.version, x, s.weight, s.bias, m.stride, m.padding,
-                       relu="ReLU" in s.kernel.fused, pool2="2x2 max pool" in s.kernel.fused, packed=s.packed)
+                       relu=s.relu, pool2=s.pool2, packed=s.packed)
         m.last_kernel = s.kernel
         return out
     if s.op == "linear" or (s.op == "reference" and s.kernel is not None):
@@ -452,8 +452,8 @@ def run_step(s, x):
         if s.kernel.version == "reference":
             return ref.linear_forward_reference(x, s.weight, s.bias)
         return fn.linear_forward_numba(x, s.weight, s.bias)
-    if s.op == "reference" and type(m).__name__ in REFERENCE_OPS:
-        return REFERENCE_OPS[type(m).__name__](m, x)
+    if s.op == "reference" and type(m) in REFERENCE_OPS:
+        return REFERENCE_OPS[type(m)](m, x)
     if s.op == "channels" and s.weight is not None:        # a batch norm on the live channels
         return fn.batchnorm_apply_numba(x, s.weight, s.bias)
     return m(x)                        # flatten, per-channel layers on live channels, anything else
