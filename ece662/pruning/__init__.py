@@ -16,7 +16,9 @@ lives a floor above, in :mod:`ece662.training.schedules`.
 """
 from ece662.pruning.masks import amount_to_count
 from ece662.pruning.methods import (BasePruningMethod, CustomFromMask, DeadClassWarning, Identity,
-                                    L1Unstructured, LnStructured, RandomStructured, RandomUnstructured,
+                                    L1Unstructured, LnStructured, NMUnstructured, RandomStructured,
+                                    RandomUnstructured, erk_unstructured, global_lamp_unstructured,
+                                    layerwise_unstructured, nm_unstructured,
                                     PruningContainer, custom_from_mask, global_structured,
                                     global_unstructured, identity, is_pruned, l1_unstructured,
                                     ln_structured, prunable, pruning_history, random_structured,
@@ -25,7 +27,8 @@ from ece662.pruning.report import report
 from ece662.pruning.shrink import shrink
 
 __all__ = ["BasePruningMethod", "CustomFromMask", "DeadClassWarning", "Identity", "L1Unstructured",
-           "LnStructured",
+           "LnStructured", "NMUnstructured", "erk_unstructured", "global_lamp_unstructured",
+           "layerwise_unstructured", "nm_unstructured",
            "RandomStructured", "RandomUnstructured", "PruningContainer", "amount_to_count",
            "global_structured", "pruning_history", "report", "shrink", "custom_from_mask",
            "global_unstructured", "identity", "is_pruned", "l1_unstructured", "ln_structured", "prunable",

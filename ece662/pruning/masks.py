@@ -292,3 +292,128 @@ def global_ln_structured(scores_list, amount, n, dim, masks=None, normalize=Fals
         channel_keep[flat_index[pruned & (flat_owner == i)]] = False
         out.append(prev & _expand(channel_keep, prev.shape, d))
     return out
+
+
+# ============================================================================ allocation: how much per layer
+def lamp_scores(weights):
+    """LAMP scores of one layer's weights (Lee, Park, Mo, Ahn and Shin, "Layer-adaptive sparsity for the
+    magnitude-based pruning", ICLR 2021).
+
+    A weight's score is its square over the sum of the squares of every weight of the same layer that is
+    at least as large::
+
+        score(u) = w_u^2 / sum_{v : |w_v| >= |w_u|} w_v^2
+
+    so the largest weight of every layer scores 1, and scores of different layers can be ranked together:
+    pruning the globally lowest scores lets each layer keep more or fewer weights than a global magnitude
+    threshold would (a layer of small weights is not emptied just because its weights are small).  Weights
+    of equal magnitude share their score.  A layer whose weights are all zero scores 0 everywhere.
+
+    Parameters
+    ----------
+    weights : ndarray, any shape
+
+    Returns
+    -------
+    ndarray of float64, the shape of ``weights``
+
+    Examples
+    --------
+    >>> lamp_scores(np.array([1.0, -2.0, 3.0]))        # 1/(1+4+9), 4/(4+9), 9/9
+    array([0.07142857, 0.30769231, 1.        ])
+    """
+    w = np.asarray(weights, dtype=np.float64)
+    sq = np.square(w).reshape(-1)
+    order = np.argsort(sq, kind="stable")
+    s = sq[order]                                         # ascending squares
+    suffix = np.cumsum(s[::-1])[::-1]                     # suffix[i] = sum of s[i:]
+    first = np.searchsorted(s, s, side="left")            # a tie group's denominator starts at its first
+    denom = suffix[first]
+    out = np.zeros_like(sq)
+    out[order] = np.divide(s, denom, out=np.zeros_like(s), where=denom > 0)
+    return out.reshape(w.shape)
+
+
+def erk_densities(shapes, density, power=1.0):
+    """Erdős-Rényi-Kernel densities per layer (Evci, Gale, Menick, Castro and Elsen, "Rigging the lottery:
+    making all tickets winners", ICML 2020), for an overall ``density`` (1 - sparsity).
+
+    A layer of shape ``(n_out, n_in, kh, kw)`` (or ``(n_out, n_in)``) gets a density proportional to
+    ``(n_out + n_in + kh + kw) / (n_out * n_in * kh * kw)``: small layers keep more of their weights.  The
+    common factor is chosen so that the kept weights add up to ``density`` of all weights.  A layer whose
+    share would exceed 1 is kept dense and the factor is found again for the others, until none does
+    (the paper's redistribution).
+
+    Parameters
+    ----------
+    shapes : list of tuple
+        Each layer's weight shape.
+    density : float in (0, 1]
+        The fraction of all weights to keep.
+    power : float
+        The paper's exponent on the ratio (1.0; 0.0 gives the uniform allocation).
+
+    Returns
+    -------
+    list of float
+        Each layer's density, in ``shapes``' order; ``sum(d * size) == density * sum(size)``.
+
+    Examples
+    --------
+    >>> [round(d, 3) for d in erk_densities([(32, 3, 5, 5), (32, 32, 3, 3), (10, 1152)], 0.1)]
+    [0.034, 0.014, 0.183]
+
+    (The course CNN's classifier, 10 x 1152, has the largest ratio: ERK keeps more of it, unlike a
+    global magnitude threshold, which leaves fc at 94% sparsity when the network is at 90%.)
+    """
+    if not (isinstance(density, numbers.Real) and 0 < density <= 1):
+        raise ValueError(f"erk_densities: density must be a fraction in (0, 1], got {density!r}")
+    sizes = [float(np.prod(s)) for s in shapes]
+    raw = [(sum(s) / n) ** power for s, n in zip(shapes, sizes)]
+    dense = set()
+    while True:
+        # kept weights: the dense layers' whole size plus eps * raw * size for the others
+        budget = density * sum(sizes) - sum(sizes[i] for i in dense)
+        divisor = sum(raw[i] * sizes[i] for i in range(len(shapes)) if i not in dense)
+        eps = budget / divisor if divisor > 0 else 0.0
+        over = [i for i in range(len(shapes)) if i not in dense and eps * raw[i] > 1]
+        if not over:
+            break
+        dense |= {max(over, key=lambda i: raw[i])}     # the largest share goes dense first, then retry
+    return [1.0 if i in dense else eps * raw[i] for i in range(len(shapes))]
+
+
+# ============================================================================ N:M sparsity
+def nm_unstructured(scores, n, m, mask=None):
+    """Keep at most ``n`` of every ``m`` consecutive weights along each output row ("N:M" sparsity, e.g. the
+    2:4 pattern that sparse tensor cores run; Mishra et al., "Accelerating sparse deep neural networks",
+    2021): the ``n`` largest ``|scores|`` of each group survive.
+
+    ``scores`` is read as rows (``shape[0]``, the output units or filters) of ``K = size / shape[0]``
+    consecutive entries (a conv filter's ``C * HH * WW`` in NCHW order); ``K`` must be a multiple of ``m``.
+    Entries the previous ``mask`` pruned stay pruned and count as the group's smallest.
+
+    Examples
+    --------
+    >>> nm_unstructured(np.array([[0.1, -3.0, 2.0, 0.5, 4.0, 0.0, -1.0, 0.2]]), 2, 4).astype(int)
+    array([[0, 1, 1, 0, 1, 0, 1, 0]])
+    """
+    scores = np.asarray(scores)
+    for value, what in ((n, "n"), (m, "m")):
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+            raise ValueError(f"nm_unstructured: {what} must be a positive whole number, got {value!r}")
+    if n > m:
+        raise ValueError(f"nm_unstructured: n={n} of every m={m} cannot survive; n must be at most m")
+    if scores.ndim < 2 or scores.size == 0:
+        raise ValueError(f"nm_unstructured: expected a weight of shape (out, ...), got {scores.shape}")
+    rows, K = scores.shape[0], scores.size // scores.shape[0]
+    if K % m:
+        raise ValueError(f"nm_unstructured: each row holds {K} weights, not a multiple of m={m}; "
+                         f"choose m dividing {K}")
+    new = _prev(mask, scores.shape)
+    groups = np.abs(scores).astype(np.float64).reshape(rows, K // m, m)
+    groups = np.where(new.reshape(rows, K // m, m), groups, -np.inf)      # pruned entries rank last
+    order = np.argsort(-groups, axis=2, kind="stable")                     # largest first, ties by position
+    keep = np.zeros(groups.shape, dtype=bool)
+    np.put_along_axis(keep, order[:, :, :n], True, axis=2)
+    return new & keep.reshape(scores.shape)

@@ -304,6 +304,16 @@ class CustomFromMask(BasePruningMethod):
         return default_mask & self.mask
 
 
+class NMUnstructured(BasePruningMethod):
+    """At most ``n`` of every ``m`` consecutive weights of each output row survive (N:M sparsity)."""
+
+    def __init__(self, n, m):
+        self.n, self.m = n, m
+
+    def compute_mask(self, t, default_mask):
+        return M.nm_unstructured(t, self.n, self.m, default_mask)
+
+
 # ============================================================================ functions
 def identity(module, name):
     """Reparametrise ``module.<name>`` with an all-True mask."""
@@ -522,3 +532,103 @@ def prunable(model, types=(Conv2d, Linear)):
     ['conv1', 'conv2', 'fc']
     """
     return [(name, m) for name, m in model.named_modules() if isinstance(m, types)]
+
+
+# ============================================================================ allocation: how much per layer
+def global_lamp_unstructured(parameters, amount):
+    """Global pruning ranked by LAMP scores (Lee et al., ICLR 2021; :func:`ece662.pruning.masks.lamp_scores`).
+
+    Like ``global_unstructured(parameters, pruning_method=L1Unstructured, amount=...)``, but each weight is
+    scored by its square over the squares of the weights at least as large in its own layer, so the
+    allocation adapts per layer and the largest weight of every layer is the last to go.
+
+    Examples
+    --------
+    >>> from ece662.models import default_convnet
+    >>> net = default_convnet(seed=0)
+    >>> params = [(m, "weight") for _, m in prunable(net)]
+    >>> global_lamp_unstructured(params, amount=0.9)
+    >>> [round(float((~m.weight_mask).mean()), 2) for m, _ in params]      # per-layer sparsity
+    [0.73, 0.91, 0.93]
+    """
+    parameters = list(parameters)
+    scores = {(m, n): M.lamp_scores(_current(m, n)[0]) for m, n in parameters}
+    return global_unstructured(parameters, L1Unstructured, importance_scores=scores, amount=amount)
+
+
+def layerwise_unstructured(parameters, amounts):
+    """L1 (magnitude) pruning with an amount per layer: a number for all (uniform), or a list in the order
+    of ``parameters``, or a dict ``{module: amount}``.  Each amount counts, as in torch, over what that
+    layer still keeps.
+
+    Examples
+    --------
+    >>> from ece662.models import default_convnet
+    >>> net = default_convnet(seed=0)
+    >>> layerwise_unstructured([(net.conv1, "weight"), (net.fc, "weight")], {net.conv1: 0.5, net.fc: 0.9})
+    >>> float((~net.conv1.weight_mask).mean()), float((~net.fc.weight_mask).mean())
+    (0.5, 0.9)
+    """
+    parameters = list(parameters)
+    if isinstance(amounts, dict):
+        missing = [type(m).__name__ for m, _ in parameters if m not in amounts]
+        if missing:
+            raise ValueError(f"layerwise_unstructured: amounts has no entry for {len(missing)} of the layers "
+                             f"({', '.join(missing)}); key it by the modules themselves, e.g. {{net.conv1: 0.5}}")
+        per = [amounts[m] for m, _ in parameters]
+    elif isinstance(amounts, (list, tuple)):
+        if len(amounts) != len(parameters):
+            raise ValueError(f"layerwise_unstructured: {len(amounts)} amounts for {len(parameters)} parameters")
+        per = list(amounts)
+    else:
+        per = [amounts] * len(parameters)
+    for a in per:
+        M.validate_amount(a)
+    for (m, n), a in zip(parameters, per):
+        l1_unstructured(m, n, amount=a)
+
+
+def erk_unstructured(parameters, amount):
+    """Magnitude pruning to an overall sparsity ``amount`` (a fraction of all the parameters' weights),
+    shared out by Erdős-Rényi-Kernel densities (Evci et al., ICML 2020; :func:`ece662.pruning.masks.erk_densities`):
+    each layer is pruned, by magnitude, until it holds its ERK share of zeros (more in large layers, fewer in
+    small ones).  Weights already pruned count toward a layer's share.
+
+    Examples
+    --------
+    >>> from ece662.models import default_convnet
+    >>> net = default_convnet(seed=0)
+    >>> params = [(m, "weight") for _, m in prunable(net)]
+    >>> erk_unstructured(params, 0.9)
+    >>> [round(float((~m.weight_mask).mean()), 3) for m, _ in params]
+    [0.966, 0.986, 0.817]
+    """
+    parameters = list(parameters)
+    if isinstance(amount, bool) or not isinstance(amount, (float, np.floating)) or not 0 <= amount < 1:
+        raise ValueError(f"erk_unstructured: amount is the overall sparsity, a fraction in [0, 1), got {amount!r}")
+    shapes = [_current(m, n)[0].shape for m, n in parameters]
+    densities = M.erk_densities(shapes, 1.0 - float(amount))
+    for (m, n), shape, d in zip(parameters, shapes, densities):
+        size = int(np.prod(shape))
+        t, prev = _current(m, n)
+        pruned = 0 if prev is None else int(size - prev.sum())
+        target = int(round((1.0 - d) * size))
+        l1_unstructured(m, n, amount=max(0, target - pruned))
+
+
+def nm_unstructured(module, name, n, m, importance_scores=None):
+    """Keep at most ``n`` of every ``m`` consecutive weights in each output row of ``module.<name>`` (e.g. 2:4),
+    the ``n`` largest in magnitude; see :func:`ece662.pruning.masks.nm_unstructured`.
+
+    No ece662 kernel exploits the pattern: the plan treats it as any unstructured mask (dense below
+    ``SPARSE_THRESHOLD`` zeros; 2:4 is 50%), and ``report`` counts its zeros as such.
+
+    Examples
+    --------
+    >>> from ece662.layers import Linear
+    >>> fc = Linear(8, 3, seed=0)
+    >>> _ = nm_unstructured(fc, "weight", n=2, m=4)
+    >>> fc.weight_mask.reshape(3, 2, 4).sum(axis=2).tolist()
+    [[2, 2], [2, 2], [2, 2]]
+    """
+    return NMUnstructured.apply(module, name, n, m, importance_scores=importance_scores)
