@@ -395,3 +395,54 @@ def compare_schedules(model, X_train, y_train, X_test, y_test, sparsities=(0.5, 
             if progress:
                 progress(rec)
     return records
+
+
+# ============================================================================ allocation: how much per layer
+ALLOCATIONS = ("global", "lamp", "erk", "uniform")
+
+
+def allocate(model, method, sparsity):
+    """Prune ``model``'s conv and linear weights (in place) to an overall ``sparsity`` by magnitude, shared
+    out among the layers by ``method``: ``'global'`` one threshold for all (the course's global L1),
+    ``'lamp'`` LAMP scores, ``'erk'`` Erdős-Rényi-Kernel densities, ``'uniform'`` the same fraction of
+    every layer."""
+    params = [(m, "weight") for _, m in prunable(model)]
+    if method == "global":
+        prune.global_unstructured(params, pruning_method=prune.L1Unstructured, amount=sparsity)
+    elif method == "lamp":
+        prune.global_lamp_unstructured(params, amount=sparsity)
+    elif method == "erk":
+        prune.erk_unstructured(params, sparsity)
+    elif method == "uniform":
+        prune.layerwise_unstructured(params, sparsity)
+    else:
+        raise ValueError(f"allocate: unknown method {method!r}; choose from {ALLOCATIONS}")
+    return model
+
+
+def allocation_sweep(model, X, y, sparsities=(0.5, 0.7, 0.8, 0.9, 0.95), methods=ALLOCATIONS, batch_size=1000):
+    """One-shot magnitude pruning (no fine-tuning) at each overall sparsity, with each allocation method:
+    one record per (method, sparsity) with its accuracy and per-layer sparsity.  Every point starts from a
+    fresh copy of ``model``.
+
+    Examples
+    --------
+    >>> import warnings
+    >>> from ece662.models import default_convnet
+    >>> X = np.random.default_rng(0).standard_normal((8, 3, 32, 32)).astype(np.float32)
+    >>> with warnings.catch_warnings():
+    ...     warnings.simplefilter("ignore")     # an untrained net loses fc rows: DeadClassWarning
+    ...     recs = allocation_sweep(default_convnet(), X, np.zeros(8, int), sparsities=(0.5,))
+    >>> [(r["method"], r["sparsity"]) for r in recs]
+    [('global', 0.5), ('lamp', 0.5), ('erk', 0.5), ('uniform', 0.5)]
+    """
+    records = []
+    for method in methods:
+        for s in sparsities:
+            m = allocate(copy_model(model), method, s)
+            overall, per = sparsity(m)
+            rec = {"method": method, "target": float(s), "sparsity": round(overall, 4),
+                   **{f"sparsity_{k}": round(v, 4) for k, v in per.items()}}
+            rec.update(evaluate(m, X, y, batch_size))
+            records.append(rec)
+    return records

@@ -20,7 +20,7 @@ RESULTS = os.path.join(ROOT, "docs", "readme_results.json")
 
 # the front door and the pages it links to; the Python blocks of those marked True run (in this order)
 PAGES = {"README.md": True, "docs/sweep.md": True, "docs/course-port.md": True, "docs/own-models.md": False,
-         "docs/schedules.md": False, "docs/speed.md": False, "ARCHITECTURE.md": False}
+         "docs/schedules.md": False, "docs/speed.md": False, "docs/allocation.md": False, "ARCHITECTURE.md": False}
 
 
 def _page(name):
@@ -153,3 +153,21 @@ def test_ci_runs_the_readmes_own_commands_first():
     first_extra = next(i for i, line in enumerate(ci) if "oracle" in line)
     step1 = [line for line in ci[:first_extra] if line in commands]
     assert step1 == commands, f".ci/run's first step runs {step1}, the README says {commands}"
+
+
+def test_allocation_page_is_its_recorded_run():
+    """docs/allocation.md's table is rendered from docs/allocation.json, and every accuracy its prose quotes is
+    one of that run's."""
+    spec = importlib.util.spec_from_file_location("compare_allocation",
+                                                  os.path.join(ROOT, "scripts", "compare_allocation.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    with open(os.path.join(ROOT, "docs", "allocation.json")) as f:
+        run = json.load(f)
+    text = _page("docs/allocation.md")
+    section = text.split(module.BEGIN, 1)[1].split(module.END, 1)[0].strip("\n")
+    assert section == module.render(run), "run `python scripts/compare_allocation.py --render`"
+    recorded = {f"{r['accuracy']:.4f}" for r in run["records"]} | {f"{run['dense_accuracy']:.4f}"}
+    quoted = set(re.findall(r"\b0\.\d{4}\b", text.replace(section, "")))
+    assert quoted and quoted <= recorded, sorted(quoted - recorded)
+    assert {r["method"] for r in run["records"]} == {"global", "lamp", "erk", "uniform"}
