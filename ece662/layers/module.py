@@ -115,10 +115,13 @@ class Module:
         """Record the gradient of the *effective* parameter ``name``.
 
         When ``name`` is pruned (``name_orig`` and ``name_mask`` exist) the trainable
-        array is ``name_orig`` and its gradient is ``g * mask``: a pruned entry gets 0.
+        array is ``name_orig`` and its gradient is ``g * mask``: a pruned entry gets 0.  The
+        unmasked ``g`` is kept in ``dense_grads[name]``: what a pruned weight's gradient *would* be,
+        which dynamic sparse training (RigL) grows by.
         """
         mask = self._buffers.get(name + "_mask")
         if mask is not None and name + "_orig" in self._parameters:
+            self.dense_grads = {**getattr(self, "dense_grads", {}), name: g}
             self.grads[name + "_orig"] = g * mask
         else:
             self.grads[name] = g

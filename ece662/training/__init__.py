@@ -1,7 +1,7 @@
 """Training: losses and optimisers (``optim``), evaluation (``evaluate``), the ``Trainer`` that holds pruning
 masks while it fine-tunes (``trainer``), the pruning schedules built on it (``schedules``: one-shot, iterative,
-gradual, rewinding, each with optional distillation), pruning at initialization (``at_init``: SNIP, SynFlow) and
-lottery tickets with their controls (``lottery``).
+gradual, rewinding, each with optional distillation), pruning at initialization (``at_init``: SNIP, SynFlow),
+lottery tickets with their controls (``lottery``) and dynamic sparse training (``dynamic``: SET, RigL).
 
 It stands above ``ece662.layers``, ``ece662.pruning`` and ``ece662.data`` and is imported by neither.
 """
