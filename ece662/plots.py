@@ -271,3 +271,18 @@ def compare_schedules(records, path=None, title=None):
         fig.savefig(path, dpi=110)
         plt.close(fig)
     return fig
+
+
+def sensitivity(records, path=None):
+    """One line per layer: test accuracy when that layer alone is pruned, against the amount."""
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    layers = list(dict.fromkeys(r["layer"] for r in records))
+    for i, name in enumerate(layers):
+        rs = sorted((r for r in records if r["layer"] == name), key=lambda r: r["amount"])
+        ax.plot([r["amount"] for r in rs], [r["accuracy"] for r in rs], "o-", color=f"C{i}", label=name)
+    what = "filters" if records and records[0].get("method") == "filters" else "weights"
+    ax.set_xlabel(f"fraction of the layer's {what} pruned (that layer alone)")
+    ax.set_ylabel("test accuracy")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, path, "A flat line: a layer that can lose more. A steep one: a layer to spare.")

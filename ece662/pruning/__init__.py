@@ -15,7 +15,7 @@ When and how much to prune while the network trains (gradual, rewinding, distill
 lives a floor above, in :mod:`ece662.training.schedules`.
 """
 from ece662.pruning.masks import amount_to_count
-from ece662.pruning.methods import (BasePruningMethod, CustomFromMask, DeadClassWarning, Identity,
+from ece662.pruning.methods import (BasePruningMethod, BlockUnstructured, CustomFromMask, block_unstructured, DeadClassWarning, Identity,
                                     L1Unstructured, LnStructured, NMUnstructured, RandomStructured,
                                     RandomUnstructured, erk_unstructured, global_lamp_unstructured,
                                     layerwise_unstructured, nm_unstructured,
@@ -26,7 +26,7 @@ from ece662.pruning.methods import (BasePruningMethod, CustomFromMask, DeadClass
 from ece662.pruning.report import report
 from ece662.pruning.shrink import shrink
 
-__all__ = ["BasePruningMethod", "CustomFromMask", "DeadClassWarning", "Identity", "L1Unstructured",
+__all__ = ["BasePruningMethod", "BlockUnstructured", "block_unstructured", "CustomFromMask", "DeadClassWarning", "Identity", "L1Unstructured",
            "LnStructured", "NMUnstructured", "erk_unstructured", "global_lamp_unstructured",
            "layerwise_unstructured", "nm_unstructured",
            "RandomStructured", "RandomUnstructured", "PruningContainer", "amount_to_count",

@@ -417,3 +417,38 @@ def nm_unstructured(scores, n, m, mask=None):
     keep = np.zeros(groups.shape, dtype=bool)
     np.put_along_axis(keep, order[:, :, :n], True, axis=2)
     return new & keep.reshape(scores.shape)
+
+
+# ============================================================================ block sparsity
+def block_unstructured(scores, block, amount, mask=None):
+    """Prune whole blocks of ``block = (rows, cols)`` weights, those with the smallest L2 norm, ``amount`` of the
+    blocks still kept (e.g. ``(1, 4)``: four consecutive inputs of one output unit; ``(4, 4)``).
+
+    ``scores`` is read as rows (``shape[0]``, the output units or filters) of ``K = size / shape[0]`` entries;
+    ``block`` must tile that ``(rows, K)`` matrix.  A block with any entry still kept counts as kept, and a
+    pruned block is pruned whole (so masks only shrink).
+
+    Examples
+    --------
+    >>> w = np.array([[1.0, 1.0, 0.1, 0.1], [2.0, 2.0, 0.2, -0.1]])
+    >>> block_unstructured(w, (2, 2), 1).astype(int)          # the right 2x2 block has the smaller norm
+    array([[1, 1, 0, 0],
+           [1, 1, 0, 0]])
+    """
+    scores = np.asarray(scores)
+    if scores.ndim < 2 or scores.size == 0:
+        raise ValueError(f"block_unstructured: expected a weight of shape (out, ...), got {scores.shape}")
+    bh, bw = block
+    rows, K = scores.shape[0], scores.size // scores.shape[0]
+    if bh < 1 or bw < 1 or rows % bh or K % bw:
+        raise ValueError(f"block_unstructured: blocks of {bh}x{bw} do not tile the {rows}x{K} weight matrix "
+                         f"(rows x inputs); choose a block whose sides divide {rows} and {K}")
+    new = _prev(mask, scores.shape)
+    grid = (rows // bh, bh, K // bw, bw)
+    m4 = new.reshape(grid)
+    live = m4.any(axis=(1, 3))                                       # (rows/bh, K/bw) blocks still kept
+    norms = np.sqrt((np.square(scores.astype(np.float64)) * new).reshape(grid).sum(axis=(1, 3)))
+    keep = live.reshape(-1).copy()
+    _prune_lowest(keep, norms.reshape(-1), amount_to_count(amount, int(live.sum())))
+    block_keep = keep.reshape(live.shape)[:, None, :, None]
+    return new & np.broadcast_to(block_keep, grid).reshape(scores.shape)

@@ -314,6 +314,17 @@ class NMUnstructured(BasePruningMethod):
         return M.nm_unstructured(t, self.n, self.m, default_mask)
 
 
+class BlockUnstructured(BasePruningMethod):
+    """Whole ``block = (rows, cols)`` tiles of the (out, inputs) weight matrix, smallest L2 norm first."""
+
+    def __init__(self, block, amount):
+        M.validate_amount(amount)
+        self.block, self.amount = tuple(block), amount
+
+    def compute_mask(self, t, default_mask):
+        return M.block_unstructured(t, self.block, self.amount, default_mask)
+
+
 # ============================================================================ functions
 def identity(module, name):
     """Reparametrise ``module.<name>`` with an all-True mask."""
@@ -632,3 +643,20 @@ def nm_unstructured(module, name, n, m, importance_scores=None):
     [[2, 2], [2, 2], [2, 2]]
     """
     return NMUnstructured.apply(module, name, n, m, importance_scores=importance_scores)
+
+
+def block_unstructured(module, name, block, amount, importance_scores=None):
+    """Prune ``amount`` of the ``block``-shaped tiles of ``module.<name>`` (as an (out, inputs) matrix) with the
+    smallest L2 norm; see :func:`ece662.pruning.masks.block_unstructured`.  Like N:M masks, no ece662 kernel
+    exploits blocks: the plan runs them as unstructured zeros.
+
+    Examples
+    --------
+    >>> from ece662.layers import Linear
+    >>> fc = Linear(8, 4, seed=0)
+    >>> _ = block_unstructured(fc, "weight", block=(1, 4), amount=0.5)
+    >>> blocks = fc.weight_mask.reshape(4, 2, 4)        # every 1x4 block is kept whole or pruned whole
+    >>> int(blocks.all(axis=2).sum()), int((~blocks).all(axis=2).sum())
+    (4, 4)
+    """
+    return BlockUnstructured.apply(module, name, block, amount, importance_scores=importance_scores)

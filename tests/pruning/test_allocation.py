@@ -175,3 +175,29 @@ def test_nm_on_a_conv_groups_each_filters_inputs_and_refuses_what_does_not_divid
         prune.nm_unstructured(Conv2d(3, 2, 2, seed=0), "weight", n=2, m=8)
     with pytest.raises(ValueError, match="n must be at most m"):
         prune.nm_unstructured(Linear(8, 2), "weight", n=5, m=4)
+
+
+# ---------------------------------------------------------------------------- block masks
+def test_block_masks_by_hand_and_on_a_conv():
+    w = np.array([[3.0, 4.0, 0.0, 0.1], [0.0, 0.0, 1.0, 1.0]])
+    # 1x2 blocks: norms 5, 0.1, 0, 1.41 -> the two smallest go
+    assert M.block_unstructured(w, (1, 2), 2).astype(int).tolist() == [[1, 1, 0, 0], [0, 0, 1, 1]]
+    conv = Conv2d(4, 4, 2, seed=0)                          # (4, 16) as rows x inputs
+    prune.block_unstructured(conv, "weight", block=(2, 4), amount=3)
+    tiles = conv.weight_mask.reshape(2, 2, 4, 4)
+    assert int((~tiles).all(axis=(1, 3)).sum()) == 3 and int(tiles.all(axis=(1, 3)).sum()) == 5
+    with pytest.raises(ValueError, match="do not tile the 4x16"):
+        prune.block_unstructured(Conv2d(4, 4, 2, seed=0), "weight", block=(3, 4), amount=1)
+
+
+@SETTINGS
+@given(st.integers(1, 3), st.integers(1, 3), st.integers(1, 3), st.integers(1, 4), st.floats(0, 1), st.data())
+def test_block_masks_prune_whole_blocks_and_only_shrink(bh, bw, rb, cb, amount, data):
+    w = data.draw(arrays(np.float32, (bh * rb, bw * cb), elements=finite))
+    prev = data.draw(arrays(np.bool_, w.shape))
+    mask = M.block_unstructured(w, (bh, bw), amount, prev)
+    assert not (mask & ~prev).any()
+    tiles = mask.reshape(rb, bh, cb, bw)
+    live_before = prev.reshape(rb, bh, cb, bw).any(axis=(1, 3))
+    gone = ~tiles.any(axis=(1, 3)) & live_before
+    assert int(gone.sum()) == M.amount_to_count(amount, int(live_before.sum()))

@@ -51,3 +51,24 @@ def test_compare_schedules_filters_and_bad_arguments():
         compare_schedules(default_convnet(), X, y, Xt, yt, schedules=("lottery",))
     with pytest.raises(ValueError, match="fraction"):
         compare_schedules(default_convnet(), X, y, Xt, yt, sparsities=(1.5,))
+
+
+def test_sensitivity_scan_prunes_one_layer_at_a_time_and_draws_it(tmp_path):
+    """Each record prunes exactly one layer (the others untouched: conv2's accuracy at 0 is the unpruned
+    model's), and the figure is written."""
+    import matplotlib
+    matplotlib.use("Agg")
+    from ece662 import experiments, plots
+    from ece662.models import default_convnet
+    rng = np.random.default_rng(0)
+    X, y = rng.standard_normal((16, 3, 32, 32)).astype(np.float32), rng.integers(0, 10, 16)
+    net = default_convnet(seed=0)
+    recs = experiments.sensitivity(net, X, y, amounts=(0.5, 0.99))
+    dense = experiments.evaluate(net, X, y)["accuracy"]
+    assert {r["layer"] for r in recs} == {"conv1", "conv2", "fc"}
+    assert all(r["accuracy"] == dense for r in recs if r["amount"] == 0.0)
+    assert not any(hasattr(m, "weight_mask") for _, m in net.named_modules())     # the model is untouched
+    filt = experiments.sensitivity(net, X, y, amounts=(0.5,), method="filters")
+    assert {r["layer"] for r in filt} == {"conv1", "conv2"}
+    plots.sensitivity(recs, path=tmp_path / "s.png")
+    assert (tmp_path / "s.png").stat().st_size > 1000
