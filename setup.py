@@ -25,7 +25,8 @@ setup(
     ],
     extras_require={
         "test": ["pytest>=7", "hypothesis>=6", "h5py>=3",
-                 # the notebook test executes notebooks/Pruning.ipynb; ipywidgets: tqdm.auto's notebook bars
+                 # the notebook tests execute notebooks/Pruning.ipynb and Pruning_solutions.ipynb; ipywidgets:
+                 # tqdm.auto's notebook bars
                  # (without it tqdm.auto warns "IProgress not found" in every notebook that trains)
                  "nbclient>=0.7", "nbformat>=5", "ipykernel>=6", "ipywidgets>=8"],
         # an optional outside reference for the tests and the benchmarks; never imported by the library.
@@ -40,6 +41,8 @@ setup(
         # load_model(path, mode='onnx') and save_model(model, 'x.onnx'): the onnx package parses and
         # checks the protobuf graph (hand-parsing protobuf would be more code than the rest of the reader)
         "onnx": ["onnx>=1.14"],
+        # to open the assignment notebook: jupyter notebook notebooks/Pruning.ipynb
+        "notebook": ["notebook>=7", "ipywidgets>=8"],
     },
     entry_points={"console_scripts": ["ece662=ece662.cli:main"]},
 )
