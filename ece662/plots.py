@@ -45,10 +45,13 @@ def _is_filters(method):
 
 
 def _label_filters(ax, rs, ys, color, below=False):
-    """Write "25% of filters" next to each structured point: its x axis is weight sparsity."""
-    for r, y in zip(rs, ys):
+    """Write "25% of filters" next to each structured point: its x axis is weight sparsity.  Labels alternate
+    above and below their points and sit on a pale box, so that neighbouring markers do not hide them."""
+    for i, (r, y) in enumerate(zip(rs, ys)):
+        up = (i % 2 == 0) != below
         ax.annotate(f"{r['target']:.0%} of filters", (r["sparsity"], y), textcoords="offset points",
-                    xytext=(5, -11 if below else 4), fontsize=7, color=color)
+                    xytext=(6, 5 if up else -12), fontsize=7, color=color,
+                    bbox=dict(boxstyle="round,pad=0.15", fc="white", ec="none", alpha=0.75))
 
 
 def accuracy_vs_sparsity(records, baseline=None, path=None):
@@ -157,7 +160,8 @@ def speedup_vs_ideal(records, baseline=None, path=None):
             _label_filters(ax, rs, [r["speedup"] for r in rs], color, below="global" in method)
     ax.axhline(1, color="grey", lw=0.8)
     ax.set_yscale("log", base=2)
-    top = max([4.0] + [_bounds(r, "speedup")[1] * 1.3 for r in timed] + [min(r["flop_ideal"], 64) for r in timed])
+    # room above every ideal and every error bar (an ideal past 64x is drawn off the top, said in the legend)
+    top = 1.25 * max([4.0] + [_bounds(r, "speedup")[1] for r in timed] + [min(r["flop_ideal"], 64) for r in timed])
     ax.set_ylim(min([0.5] + [_bounds(r, "masks_only")[0] * 0.8 for r in timed]), top)
     from matplotlib.ticker import FuncFormatter
     ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}x"))
