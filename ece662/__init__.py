@@ -14,7 +14,7 @@ a boolean ``weight_mask`` of the same shape, and ``weight = weight_orig * weight
 (``ece662.pruning``, with torch.nn.utils.prune's names).
 
 Where to start: ``ece662.layers.reference`` (the spec of every op), ``ece662.pruning.masks``
-(how masks are chosen), and the README's tour.
+(how masks are chosen), and ARCHITECTURE.md (the floors of the package and a reading order).
 """
 from ece662.io import load_model, save_model
 from ece662.models import default_convnet

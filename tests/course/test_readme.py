@@ -136,7 +136,7 @@ def test_schedule_comparison_numbers_are_the_recorded_run():
     assert quoted and set(quoted) <= recorded, sorted(set(quoted) - recorded)
     assert f"{run['seconds']:,.0f} s" in section
     shown = re.search(r"```bash\n(python -m ece662 compare [^\n]*)\n```", section).group(1)
-    # the run may have been made with `python -m ece662.recipes` (the same function) and an explicit --data
+    # the recorded run was made with `python -m ece662.recipes`, which `compare` replaced, and an explicit --data
     options = re.sub(r"^python -m ece662(\.recipes| compare) ", "", run["command"])
     options = re.sub(r"--data \S+ ?", "", options).split()
     assert shown.split()[4:] == options, (shown, run["command"])
