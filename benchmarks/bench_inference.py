@@ -7,7 +7,9 @@ and filter skipping against its FLOP ideal and against torch running the shrunk 
 The machine is shared and noisy, so every number is a ratio measured in one run: each round
 times every contender once on the same images, one after the other (torch last, then a pause,
 because its OpenMP threads keep spinning after a call), and the table reports the median over
-rounds of the per-round ratio with its min-max spread.  ``--cpu-time`` times the CPU each
+rounds of the per-round ratio with its min-max spread.  Every contender that is compared with another runs at
+each batch of ``--batches`` (default 32, 64, 128, 256, 500) and is compared at its best: in each round, its
+fastest batch; the table says which batch won most often, so no side is held to a batch that suits the other.  ``--cpu-time`` times the CPU each
 contender used instead of the wall clock, one thread each, for a machine busy with other work.  torch and onnxruntime are benchmark-only
 dependencies (the course CNN is exported with ``torch.onnx.export``).
 """
@@ -27,6 +29,7 @@ from ece662.pruning_helper import load_model
 
 
 THREADS = [2]
+BATCHES = [(32, 64, 128, 256, 500)]
 CLOCK = [time.perf_counter]            # --cpu-time: time.process_time
 
 
@@ -88,6 +91,29 @@ def rounds(contenders, n_rounds, torch_names=()):
     return {k: np.array(v) for k, v in times.items()}
 
 
+def cpu_name():
+    """The CPU, as the benchmark's readers need it: model name, LLVM's name for it, and the vector width."""
+    model = "unknown CPU"
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    import llvmlite.binding as llvm
+    llvm.initialize_native_target()
+    features = llvm.get_host_cpu_features()
+    width = "AVX-512" if features.get("avx512f") else "AVX2" if features.get("avx2") else "no AVX2"
+    return f"{model} (LLVM {llvm.get_host_cpu_name()}, {width})"
+
+
+def best_batch(t, prefix):
+    """Per round, the fastest of the contenders named ``prefix batch N``: (seconds per round, winning batch)."""
+    names = [n for n in t if n.startswith(prefix + " batch ")]
+    stack = np.stack([t[n] for n in names])
+    wins = np.bincount(stack.argmin(axis=0), minlength=len(names))
+    return stack.min(axis=0), names[int(wins.argmax())].rsplit(" ", 1)[1]
+
+
 def ratio_text(a, b):
     """median and min-max of the per-round ratio a/b (speed of b relative to a's time)."""
     r = a / b
@@ -109,29 +135,35 @@ def dense(args, x):
     with tempfile.TemporaryDirectory() as folder:
         ort_run, ort_logits = onnx_runner(tnet, x, 500, folder)
         np.testing.assert_allclose(ort_logits, net(x[:8]), rtol=1e-3, atol=1e-4)
-        contenders = {"ece662 v6 batch 128": ece("v6", 128), "ece662 v6 batch 500": ece("v6", 500),
-                      "ece662 v5 batch 500": ece("v5", 500), "onnxruntime batch 500": ort_run,
-                      "torch channels_last batch 128": torch_runner(tnet, x, 128),
-                      "torch channels_last batch 500": torch_runner(tnet, x, 500)}
-        t = rounds(contenders, args.rounds, torch_names={"torch channels_last batch 128",
-                                                          "torch channels_last batch 500"})
-    torch_best = np.minimum(t["torch channels_last batch 128"], t["torch channels_last batch 500"])
-    ece_best = np.minimum(t["ece662 v6 batch 128"], t["ece662 v6 batch 500"])
+        contenders = {}
+        for bs in BATCHES[0]:
+            contenders[f"ece662 v6 batch {bs}"] = ece("v6", bs)
+        contenders["ece662 v5 batch 500"] = ece("v5", 500)
+        for bs in BATCHES[0]:
+            contenders[f"onnxruntime batch {bs}"] = onnx_runner(tnet, x, bs, folder)[0]
+        for bs in BATCHES[0]:
+            contenders[f"torch channels_last batch {bs}"] = torch_runner(tnet, x, bs)
+        t = rounds(contenders, args.rounds, torch_names={n for n in contenders if n.startswith("torch")})
+    torch_best, torch_bs = best_batch(t, "torch channels_last")
+    ece_best, ece_bs = best_batch(t, "ece662 v6")
+    ort_best, ort_bs = best_batch(t, "onnxruntime")
     print(f"Dense inference, {len(x)} images, {args.rounds} interleaved rounds (median, min-max)")
     print(f"{'configuration':<32} {'images/s':>10} {'vs torch best (same round)':>28}")
     for name, v in t.items():
         print(f"{name:<32} {len(x) / np.median(v):10,.0f} {ratio_text(torch_best, v):>28}")
-    print(f"\nece662 v6 best / torch channels_last best: {ratio_text(torch_best, ece_best)}")
-    print(f"ece662 v6 best / onnxruntime:              {ratio_text(t['onnxruntime batch 500'], ece_best)}")
+    print(f"\neach at its best batch (most often): ece662 v6 {ece_bs}, torch {torch_bs}, onnxruntime {ort_bs}")
+    print(f"ece662 v6 best / torch channels_last best: {ratio_text(torch_best, ece_best)}")
+    print(f"ece662 v6 best / onnxruntime best:         {ratio_text(ort_best, ece_best)}")
     print(f"ece662 v6 / v5 (batch 500):                {ratio_text(t['ece662 v5 batch 500'], t['ece662 v6 batch 500'])}")
 
 
 def pruning(args, x):
     """Filter pruning of both convs at 25/50/75%: skipping (live-only, kernels='auto') vs the dense
     kernels on the masked weights, against the FLOP ideal, and vs torch running the shrunk net."""
-    print(f"\nFilter skipping, {len(x)} images, batch 500, {args.rounds} interleaved rounds")
+    print(f"\nFilter skipping, {len(x)} images, {args.rounds} interleaved rounds; against itself at batch 500, "
+          f"against torch with each side at its best batch of {BATCHES[0]}")
     print(f"{'pruned':>7} {'FLOP ideal':>11} {'skip vs dense':>22} {'% of ideal':>11} {'skip vs torch shrunk':>24} "
-          f"{'shrunk vs dense':>22} {'shrunk vs torch shrunk':>24}")
+          f"{'shrunk vs dense':>22} {'shrunk vs torch shrunk':>24}  best batches (skip, shrunk, torch)")
     for amount in (0.25, 0.5, 0.75):
         model = load_model()
         for m in (model.conv1, model.conv2):
@@ -142,12 +174,21 @@ def pruning(args, x):
         total = prune.report(model, verbose=False)[-1]
         ideal = total["flops_dense"] / total["flops_skip"]
         tsmall = torch_net(small.state_dict(), (small.conv1.out_channels, small.conv2.out_channels))
-        t = rounds({"dense": batched(twin, x, 500), "skip": batched(model, x, 500), "shrunk": batched(small, x, 500),
-                    "torch": torch_runner(tsmall, x, 500)}, args.rounds, torch_names={"torch"})
-        speed = np.median(t["dense"] / t["skip"])
-        print(f"{amount:>7.0%} {ideal:>10.2f}x {ratio_text(t['dense'], t['skip']):>22} "
-              f"{speed / ideal:>10.0%} {ratio_text(t['torch'], t['skip']):>24} "
-              f"{ratio_text(t['dense'], t['shrunk']):>22} {ratio_text(t['torch'], t['shrunk']):>24}")
+        contenders = {"dense batch 500": batched(twin, x, 500)}
+        for bs in BATCHES[0]:
+            contenders[f"skip batch {bs}"] = batched(model, x, bs)
+            contenders[f"shrunk batch {bs}"] = batched(small, x, bs)
+            contenders[f"torch batch {bs}"] = torch_runner(tsmall, x, bs)
+        t = rounds(contenders, args.rounds, torch_names={n for n in contenders if n.startswith("torch")})
+        dense_t, skip500 = t["dense batch 500"], t["skip batch 500"]
+        skip, skip_bs = best_batch(t, "skip")
+        shrunk, shrunk_bs = best_batch(t, "shrunk")
+        torch_t, torch_bs = best_batch(t, "torch")
+        speed = np.median(dense_t / skip500)
+        print(f"{amount:>7.0%} {ideal:>10.2f}x {ratio_text(dense_t, skip500):>22} "
+              f"{speed / ideal:>10.0%} {ratio_text(torch_t, skip):>24} "
+              f"{ratio_text(dense_t, t['shrunk batch 500']):>22} {ratio_text(torch_t, shrunk):>24}"
+              f"  {skip_bs}, {shrunk_bs}, {torch_bs}")
 
 
 def profile(args, x):
@@ -205,6 +246,8 @@ def main():
                     help="only the per-layer profile (CPU time of one thread) with kernel v5 and v6")
     ap.add_argument("--batch", type=int, default=500, help="batch of the profile")
     ap.add_argument("--threads", type=int, default=2, help="threads for every contender (numba, torch, ort)")
+    ap.add_argument("--batches", default="32,64,128,256,500",
+                    help="the batch sizes every compared contender runs at; each is compared at its best")
     ap.add_argument("--cpu-time", action="store_true",
                     help="time the CPU the process used (time.process_time), one thread each: on a machine "
                          "shared with other work, waiting for a core then does not count")
@@ -214,9 +257,10 @@ def main():
     import numba
     import torch
     THREADS[0] = args.threads
+    BATCHES[0] = tuple(int(b) for b in args.batches.split(","))
     numba.set_num_threads(args.threads)
     torch.set_num_threads(args.threads)
-    print(f"{args.threads} thread(s) each; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores"
+    print(f"{cpu_name()}; {args.threads} thread(s) each; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores"
           + ("; CPU time" if args.cpu_time else "; wall-clock time"))
     x = np.random.default_rng(0).standard_normal((args.images, 3, 32, 32)).astype(np.float32)
     if args.profile:
