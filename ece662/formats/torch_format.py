@@ -50,6 +50,7 @@ from collections import OrderedDict
 import numpy as np
 
 from ece662.formats.common import atomic_write, load_with_masks
+from ece662.safezip import ZipReader
 
 # ============================================================================ limits
 MAX_PICKLE_BYTES = 64 << 20       # data.pkl of a state dict is ~100 bytes per tensor
@@ -340,27 +341,25 @@ class _Reader:
         self.left -= nbytes
 
     def read_member(self, info, nbytes, what):
-        """The first ``nbytes`` of a zip member, read 1 MiB at a time into one buffer."""
-        if info.compress_type == zipfile.ZIP_STORED and (
-                info.compress_size != info.file_size
-                or info.header_offset + info.compress_size > self.archive_size):
-            raise ValueError(f"{self.source}: {what} declares {info.file_size:,} bytes, more than the "
-                             f"archive holds; the file is truncated or damaged")
+        """The first ``nbytes`` of a zip member, read 1 MiB at a time into one buffer.
+
+        The member is read through ``ece662.safezip``: never more than it declares (a deflated member
+        that would inflate past that, or one compressed with bzip2 or lzma, is refused)."""
         self.take(nbytes, what)
         out = np.empty(nbytes, dtype=np.uint8)
         done = 0
         try:
-            with self.zf.open(info) as f:
+            with self.zf.open(info, max_bytes=nbytes) as f:
                 while done < nbytes:
-                    chunk = f.read(min(_CHUNK, nbytes - done))
-                    if not chunk:
+                    got = f.readinto(memoryview(out)[done:done + _CHUNK])
+                    if not got:
                         break
-                    out[done:done + len(chunk)] = np.frombuffer(chunk, dtype=np.uint8)
-                    done += len(chunk)
-        except (zipfile.BadZipFile, EOFError, OSError, ValueError, NotImplementedError) as e:
+                    done += got
+        except ValueError as e:
+            msg = str(e).replace(f"{self.source}: member {info.filename!r}", f"{self.source}: {what}", 1)
+            raise ValueError(msg) from None
+        except OSError as e:
             raise ValueError(f"{self.source}: {what} cannot be read ({e}); the file is damaged") from None
-        except Exception as e:          # zlib.error, lzma/bz2 errors
-            raise ValueError(f"{self.source}: {what} cannot be decompressed ({e}); the file is damaged") from None
         if done < nbytes:
             raise ValueError(f"{self.source}: {what} ends after {done:,} of {nbytes:,} bytes; the file is truncated")
         return out
@@ -506,7 +505,7 @@ def read_torch_state_dict(path, on_nonfinite="raise", max_bytes=None):
     if max_bytes is None:
         max_bytes = max(MIN_BUDGET, 4 * size)
     try:
-        zf = zipfile.ZipFile(path)
+        zf = ZipReader(path)
     except (zipfile.BadZipFile, ValueError, EOFError, NotImplementedError):
         raise ValueError(f"{path} is not a PyTorch file: it looks like {_describe_file(path)}") from None
     with zf:
