@@ -284,10 +284,12 @@ def test_non_string_key_is_named(tmp_path, key):
     """A state_dict key that is not a string is named in the error."""
     pkl = tensor_pickle([(key, tensor_ops(F32, "0", 1, 0, (1,), (1,)))])
     path = write_pt(tmp_path / "k.pt", pkl, {"0": bytes(4)})
-    with pytest.raises(ValueError, match=r"state_dict\[.*\]: the key is an? (int|float|NoneType|tuple); "
-                                         r"state_dict keys are strings") as err:
+    # an int or None reaches the dict and is named there; a float or a tuple, which could share one hash
+    # with many others, is refused by the scan of the pickle, before any dict is built
+    with pytest.raises(ValueError, match=r"state_dict\[.*\]: the key is an? (int|NoneType); state_dict keys are strings"
+                                         r"|dict key or set element at byte \d+ is an? (float|tuple)") as err:
         load_model(str(path), mode="torch")
-    assert repr(key)[:6] in str(err.value)
+    assert repr(key)[:6] in str(err.value) or isinstance(key, tuple)
 
 
 @pytest.mark.parametrize("payload,message", [
