@@ -134,6 +134,11 @@ def _read_npz(path):
                     raise ValueError(f"{path}: the archive member {info.filename!r} is not an array "
                                      f"(.npy); this is not a file ece662 wrote")
                 key = info.filename[:-len(".npy")]
+                nbytes += info.file_size
+                if nbytes > max_bytes:
+                    raise ValueError(f"{path}: the members declare {nbytes:,} bytes in all (at {key!r}), more "
+                                     f"than {max_bytes:,} (the larger of {_MIN_BYTES >> 20} MiB and {_MAX_RATIO} "
+                                     f"times the file's {zf.size:,} bytes); refused as a compression bomb")
                 with zf.open(info, max_bytes=max_bytes) as f:
                     version = fmt.read_magic(f)
                     if version == (1, 0):
@@ -165,11 +170,6 @@ def _read_npz(path):
                 if values > 2 * common.MAX_PARAMETERS:
                     raise ValueError(f"{path}: the arrays declare more than {2 * common.MAX_PARAMETERS:,} "
                                      f"values (at {key!r}), more than ece662 loads (ece662.formats.common.MAX_PARAMETERS)")
-                nbytes += info.file_size
-                if nbytes > max_bytes:
-                    raise ValueError(f"{path}: the arrays declare {nbytes:,} bytes in all (at {key!r}), more "
-                                     f"than {max_bytes:,} (the larger of {_MIN_BYTES >> 20} MiB and {_MAX_RATIO} "
-                                     f"times the file's {zf.size:,} bytes); refused as a compression bomb")
                 with zf.open(info, max_bytes=max_bytes) as f:
                     arrays[key] = fmt.read_array(f, allow_pickle=False)
         except PermissionError:
