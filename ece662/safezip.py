@@ -30,7 +30,7 @@ STORED, DEFLATED = 0, 8
 _METHOD_NAMES = {0: "stored", 8: "deflate", 9: "deflate64", 12: "bzip2", 14: "lzma", 93: "zstandard",
                  95: "xz", 98: "ppmd", 99: "AES-encrypted"}
 _LOCAL_HEADER = struct.Struct("<4s2B4HL2L2H")   # signature, versions, flags, method, time, date, crc, sizes, name/extra lengths
-_IN_CHUNK = 64 << 10                              # compressed bytes read from the file at a time
+_IN_CHUNK = 256 << 10                             # compressed bytes read from the file at a time
 
 
 class ZipReader:
@@ -177,26 +177,30 @@ class MemberStream(io.RawIOBase):
         self._raw_left = self._raw_left - len(data) if data else 0     # a short file ends the member
         return data
 
-    def readinto(self, buffer):
-        n = min(len(buffer), self._left)
+    def read(self, n=-1):
+        """Up to ``n`` bytes (all that are left for ``n < 0``); ``b""`` at the end of the member."""
+        if n is None or n < 0:
+            return b"".join(iter(lambda: self.read(_IN_CHUNK << 4), b""))
+        n = min(n, self._left)
         if n == 0:
-            return 0
+            return b""
         try:
-            if self._inflate is None:
-                data = self._raw(n)
-            else:
-                data = self._inflate_up_to(n)
+            data = self._raw(n) if self._inflate is None else self._inflate_up_to(n)
         except zlib.error as e:
             raise ValueError(f"{self._where} cannot be decompressed ({e}); the file is damaged") from None
         if not data:
             raise ValueError(f"{self._where} ends after {self._pos:,} of its {self._declared:,} bytes; "
                              f"the file is truncated or damaged")
-        buffer[:len(data)] = data
         self._crc = zlib.crc32(data, self._crc)
         self._pos += len(data)
         self._left -= len(data)
         if self._left == 0:
             self._check_end()
+        return data
+
+    def readinto(self, buffer):
+        data = self.read(len(buffer))
+        buffer[:len(data)] = data
         return len(data)
 
     def _inflate_up_to(self, n):
