@@ -180,7 +180,10 @@ class MemberStream(io.RawIOBase):
     def read(self, n=-1):
         """Up to ``n`` bytes (all that are left for ``n < 0``); ``b""`` at the end of the member."""
         if n is None or n < 0:
-            return b"".join(iter(lambda: self.read(_IN_CHUNK << 4), b""))
+            pieces = []
+            while piece := self.read(4 << 20):     # at most the declared size in all
+                pieces.append(piece)
+            return b"".join(pieces)
         n = min(n, self._left)
         if n == 0:
             return b""

@@ -55,8 +55,11 @@ def load_npz_model(path):
     """Read a model written by :func:`save_model` (pruned parameters come back pruned).
 
     The file is untrusted input, checked in this order, before anything large is allocated:
+    the archive (members read through ``ece662.safezip``: stored or deflated, never past their
+    declared size, no name twice; at most ``max(256 MiB, 100 x the file's size)`` bytes in all),
     each array's ``.npy`` header (no pickled objects; the declared shape must fit the bytes the
-    zip member really holds; at most :data:`MAX_PARAMETERS` values in all), then the
+    zip member really holds; at most ``2 x MAX_PARAMETERS`` values in all; strings only for the
+    format and the spec, of bounded length), then the
     architecture's JSON spec (known layer types, argument types, at most
     :data:`MAX_PARAMETERS` weights), then the arrays' values (no NaN or infinity).
 
@@ -68,8 +71,8 @@ def load_npz_model(path):
         The file cannot be read by this user.
     ValueError
         The file is not an ece662 model (not an npz, truncated, no spec, pickled objects,
-        a damaged or oversized spec, non-finite weights, or arrays that do not fit the
-        architecture); the message says which.
+        a damaged or oversized spec, non-finite weights, masks holding values other than 0 and 1,
+        or arrays that do not fit the architecture); the message says which.
     """
     path = os.fspath(path)
     if not os.path.isfile(path):

@@ -24,12 +24,15 @@ A file is untrusted input, and this reader checks every step:
   torch's ``weights_only=True`` does.  Torch is never imported.
 * Before anything is unpickled, the opcode stream is scanned (``_check_pickle``): no opcode
   torch never writes, no memo index or declared length beyond the data, no tuples nested
-  deeper than 100 (hashing one deeper can overflow the C stack).
+  deeper than 100 (hashing one deeper can overflow the C stack), no dict key or set element
+  but strings, ints below 2**31, None and booleans (ints that share one hash would make
+  building a dict quadratic).
 * Every tensor's offset, size and stride are checked to stay inside its storage, whose
   declared size must equal the zip member's real size, before any byte is read.
 * Everything read from the archive counts against a byte budget (``max_bytes``), so a small
   file can never make the reader allocate gigabytes (a zip bomb, or a stride-0 tensor of a
-  billion elements over one float).
+  billion elements over one float).  Members are read through ``ece662.safezip``: stored or
+  deflated only, never more bytes than a member declares, no member name twice.
 * Weights that are NaN or infinite are refused (or, with ``on_nonfinite='warn'``, reported).
 
 ``model_from_state_dict`` then puts the arrays into an ece662 model: by name, or, for an

@@ -237,6 +237,12 @@ def test_npz_spec_with_a_5000_digit_integer_names_the_file(tmp_path):
     with pytest.raises(ValueError, match=r"the model spec \(__ece662_spec__\) is not valid JSON .*4300") as err:
         load_model(path)
     assert str(err.value).startswith(path)
+    from ece662.formats.spec import read_architecture       # the same spec as an --arch net.json file
+    arch = tmp_path / "net.json"
+    arch.write_text(spec)
+    with pytest.raises(ValueError, match=r"is not a JSON architecture .*4300") as err:
+        read_architecture(arch)
+    assert str(err.value).startswith(str(arch))
 
 
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="FIFOs are POSIX")
