@@ -83,6 +83,7 @@ def read_npz(path, splits=("train", "val", "test")):
 
 
 def _starts_with(path, magic):
+    """Whether the file at ``path`` begins with the bytes ``magic`` (for a message only: False if unreadable)."""
     try:
         with open(path, "rb") as f:
             return f.read(len(magic)) == magic
