@@ -6,6 +6,7 @@ import numpy as np
 
 from ece662.data.find import permission_denied
 from ece662.data.images import CLASSES
+from ece662.safezip import ZipReader
 
 ORIGINS = ("cifar10", "imagenet", "unknown")
 
@@ -53,24 +54,25 @@ def read_npz(path, splits=("train", "val", "test")):
         When the file cannot be read; says "permission denied" and the path.
     """
     try:
-        z = np.load(path, allow_pickle=False)
+        z = ZipReader(path)
     except PermissionError:
         raise permission_denied(path, "reading") from None
     except Exception as e:
+        if _starts_with(path, b"\x93NUMPY"):
+            raise ValueError(f"{path}: holds a single array (.npy), not an .npz archive with X_train, y_train, "
+                             f"X_val, y_val, X_test, y_test; write one with np.savez") from None
         raise ValueError(f"{path}: not a readable .npz archive ({type(e).__name__}: {e})") from None
-    if not isinstance(z, np.lib.npyio.NpzFile):
-        raise ValueError(f"{path}: holds a single array (.npy), not an .npz archive with X_train, y_train, "
-                         f"X_val, y_val, X_test, y_test; write one with np.savez")
     out = {}
     with z:
+        files = [n[:-len(".npy")] if n.endswith(".npy") else n for n in z.namelist()]   # refuses a name twice
         for split in splits:
             for key in (f"X_{split}", f"y_{split}"):
-                if key not in z.files:
-                    raise ValueError(f"{path}: missing array {key!r}; the archive holds {sorted(z.files)}, "
+                if key not in files:
+                    raise ValueError(f"{path}: missing array {key!r}; the archive holds {sorted(files)}, "
                                      f"expected X_train, y_train, X_val, y_val, X_test, y_test")
             X = _check_images(_npz_array(z, path, f"X_{split}"), f"{path}: X_{split}")
             y = _check_labels(_npz_array(z, path, f"y_{split}"), len(X), f"{path}: y_{split}")
-            if f"origin_{split}" in z.files:
+            if f"origin_{split}" in files:
                 origin = _check_origin(_npz_array(z, path, f"origin_{split}"), len(X), f"{path}: origin_{split}")
             else:
                 origin = np.full(len(y), "cifar10" if "cifar10" in os.path.basename(path) else "unknown", "<U8")
@@ -80,20 +82,33 @@ def read_npz(path, splits=("train", "val", "test")):
     return out
 
 
+def _starts_with(path, magic):
+    """Whether the file at ``path`` begins with the bytes ``magic`` (for a message only: False if unreadable)."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(len(magic)) == magic
+    except OSError:
+        return False
+
+
 # The largest array read from an .npz: CINIC-10's 90,000-image train split is 0.28 GB as uint8
 # and 1.1 GB as float32, so anything above this is a hostile or mistaken header, refused before
 # it is allocated.  Photos deflate by 2x at best; a big member deflated by more than
 # _MAX_DEFLATE_RATIO is a "zip bomb" (a few MB on disk, gigabytes once read).
 _MAX_ARRAY_BYTES = 4 << 30
+_MAX_HEADER_BYTES = 1 << 16          # numpy writes .npy headers of a few hundred bytes
 _MAX_DEFLATE_RATIO = 100
 
 
 def _npz_array(z, path, key):
-    """``z[key]``, after checking its .npy header against what the archive really holds."""
+    """The array ``key`` of the open archive ``z`` (an ``ece662.safezip.ZipReader``), after checking its
+    .npy header against what the archive really holds.  The member is read through ``safezip``, so it
+    never yields more bytes than it declares (bzip2 and lzma members are refused)."""
     where = f"{path}: {key}"
+    info = z.getinfo(key + ".npy" if key + ".npy" in z.namelist() else key)
+    max_bytes = _MAX_ARRAY_BYTES + _MAX_HEADER_BYTES
     try:
-        info = z.zip.getinfo(key + ".npy")
-        with z.zip.open(info) as f:
+        with z.open(info, max_bytes) as f:
             version = np.lib.format.read_magic(f)
             if version == (1, 0):
                 shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
@@ -105,6 +120,8 @@ def _npz_array(z, path, key):
     except PermissionError:
         raise permission_denied(path, "reading") from None
     except Exception as e:
+        if isinstance(e, ValueError) and str(e).startswith(path):     # safezip's refusals name file and member
+            raise
         raise ValueError(f"{where}: unreadable array header ({type(e).__name__}: {e}); the archive "
                          f"is corrupt or was not written by np.savez") from None
     if dtype.hasobject:
@@ -118,15 +135,19 @@ def _npz_array(z, path, key):
         raise ValueError(f"{where}: {nbytes / 2 ** 20:.0f} MB of {dtype} deflated into "
                          f"{info.compress_size / 2 ** 20:.1f} MB, far more than images compress: refused "
                          f"as a compression bomb")
-    if header_bytes + nbytes > info.file_size:
+    if header_bytes + nbytes != info.file_size:
+        only = "only " if header_bytes + nbytes > info.file_size else ""
         raise ValueError(f"{where}: declares shape {shape} of {dtype} ({nbytes} bytes) but the archive "
-                         f"holds only {info.file_size - header_bytes} bytes for it; the file is truncated "
+                         f"holds {only}{info.file_size - header_bytes} bytes for it; the file is truncated "
                          f"or corrupt")
     try:
-        return z[key]
+        with z.open(info, max_bytes) as f:
+            return np.lib.format.read_array(f, allow_pickle=False)
     except PermissionError:
         raise permission_denied(path, "reading") from None
     except Exception as e:
+        if isinstance(e, ValueError) and str(e).startswith(path):
+            raise
         raise ValueError(f"{where}: cannot read the array ({type(e).__name__}: {e}); the archive is "
                          f"corrupt or truncated") from None
 

@@ -31,10 +31,18 @@ def atomic_write(path, caller):
     caller : str
         The public function's name, for the error message.
 
+    Only a regular file is ever replaced.  A target that exists and is something else (a folder, a
+    FIFO, a device such as ``/dev/null``, a socket) is refused: ``os.replace`` would put a file in its
+    place, and run as root that would remove ``/dev/null`` for every program on the machine.  A
+    symbolic link is judged by what it points to: a link to a regular file is itself replaced by the
+    new file (its old target is left as it was), a link to anything else is refused.
+
     Raises
     ------
     FileNotFoundError
         The target's folder does not exist.
+    ValueError
+        The target exists and is not a regular file.
 
     Examples
     --------
@@ -49,6 +57,9 @@ def atomic_write(path, caller):
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
         raise FileNotFoundError(f"{caller}: the folder {folder} does not exist; create it first")
+    if os.path.exists(path) and not os.path.isfile(path):     # both follow symbolic links
+        raise ValueError(f"{caller}: {path} exists and is not a regular file (a folder, FIFO, device or "
+                         f"socket); ece662 only replaces files: choose another path")
     suffix = os.path.splitext(path)[1] + ".tmp"
     fd, tmp = tempfile.mkstemp(prefix=".ece662-", suffix=suffix, dir=folder)
     umask = os.umask(0)
@@ -92,6 +103,10 @@ def load_with_masks(model, arrays, source):
             if mask.shape != module._parameters[pname].shape:
                 raise ValueError(f"{source}: {key}_mask has shape {mask.shape}, but {key} has shape "
                                  f"{module._parameters[pname].shape}")
+            odd = mask[~np.isin(mask, (0, 1))]          # 0.5 would read as True
+            if odd.size:
+                raise ValueError(f"{source}: {key}_mask is not a pruning mask: it holds {odd.size} values "
+                                 f"other than 0 and 1 (e.g. {odd.flat[0].item()!r})")
             pruning.custom_from_mask(module, pname, mask.astype(bool))
     try:
         model.load_state_dict(arrays)

@@ -27,6 +27,7 @@ import ece662.layers as L
 from ece662.formats import common
 from ece662.formats.common import atomic_write, effective
 from ece662.layers import Conv2d, Dropout, Flatten, Linear, MaxPool2d, ReLU
+from ece662.safezip import ZipReader
 
 _MAX_CONFIG_BYTES = 16 * 2 ** 20       # a Sequential's config.json is a few kB
 
@@ -107,7 +108,7 @@ def _keras_file(path):
                               f"permissions (ls -l {path})") from None
     try:
         if zipfile.is_zipfile(path):                       # Keras 3 native .keras
-            with zipfile.ZipFile(path) as z:
+            with ZipReader(path) as z:                     # refuses duplicate names, bzip2/lzma, lying sizes
                 infos = {i.filename: i for i in z.infolist()}
                 if "config.json" not in infos or "model.weights.h5" not in infos:
                     raise _error(path, "a zip archive but not a .keras model (no config.json / "
@@ -119,8 +120,9 @@ def _keras_file(path):
                 if infos["model.weights.h5"].file_size > 4 * common.MAX_PARAMETERS + 2 ** 24:
                     raise _error(path, f"model.weights.h5 declares {infos['model.weights.h5'].file_size:,} "
                                        f"bytes, more than {common.MAX_PARAMETERS:,} float32 weights")
-                config_layers, build = _parse_config(z.read("config.json"), path, "config.json")
-                h5 = h5py.File(_io.BytesIO(z.read("model.weights.h5")), "r")
+                config_layers, build = _parse_config(z.read("config.json", _MAX_CONFIG_BYTES), path,
+                                                     "config.json")
+                h5 = h5py.File(_io.BytesIO(z.read("model.weights.h5", infos["model.weights.h5"].file_size)), "r")
             with h5:
                 by_group = {}
                 layers = h5.get("layers")

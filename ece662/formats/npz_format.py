@@ -17,6 +17,7 @@ from ece662.formats import common
 from ece662.formats.common import atomic_write, check_finite_weights, load_with_masks
 from ece662.formats.spec import MAX_SPEC_CHARS, check_spec
 from ece662.layers import Sequential, from_spec
+from ece662.safezip import ZipReader
 
 FORMAT = "ece662-model-v1"
 _FORMAT_KEY = "__ece662_format__"
@@ -54,8 +55,11 @@ def load_npz_model(path):
     """Read a model written by :func:`save_model` (pruned parameters come back pruned).
 
     The file is untrusted input, checked in this order, before anything large is allocated:
+    the archive (members read through ``ece662.safezip``: stored or deflated, never past their
+    declared size, no name twice; at most ``max(256 MiB, 100 x the file's size)`` bytes in all),
     each array's ``.npy`` header (no pickled objects; the declared shape must fit the bytes the
-    zip member really holds; at most :data:`MAX_PARAMETERS` values in all), then the
+    zip member really holds; at most ``2 x MAX_PARAMETERS`` values in all; strings only for the
+    format and the spec, of bounded length), then the
     architecture's JSON spec (known layer types, argument types, at most
     :data:`MAX_PARAMETERS` weights), then the arrays' values (no NaN or infinity).
 
@@ -67,8 +71,8 @@ def load_npz_model(path):
         The file cannot be read by this user.
     ValueError
         The file is not an ece662 model (not an npz, truncated, no spec, pickled objects,
-        a damaged or oversized spec, non-finite weights, or arrays that do not fit the
-        architecture); the message says which.
+        a damaged or oversized spec, non-finite weights, masks holding values other than 0 and 1,
+        or arrays that do not fit the architecture); the message says which.
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
@@ -90,39 +94,55 @@ def load_npz_model(path):
 
 
 
+# Bytes the arrays of one file may inflate to: at least _MIN_BYTES (a model file of np.savez holds its bytes
+# uncompressed, so its size is its inflated size), and for a larger model _MAX_RATIO times the file's size.
+# Weights compress by 1.1x, masks and zeros by more, but never a hundredfold across a whole file; a file that
+# does is a compression bomb.
+_MIN_BYTES = 256 << 20
+_MAX_RATIO = 100
+_MAX_FORMAT_CHARS = 64               # "ece662-model-v1"
+
+
 def _read_npz(path):
     """``{key: ndarray}`` of an ``.npz``, each member's ``.npy`` header checked before its data are read.
 
     ``np.load`` allocates whatever a header declares before it reads a byte, so a 1 kB file
     declaring a shape of ``(10**12,)`` would ask for terabytes; here the declared size must
-    equal what the zip member holds, and all arrays together stay within ``2 * MAX_PARAMETERS``
-    values (weights and their masks).
+    equal what the zip member holds, all numeric arrays together stay within ``2 * MAX_PARAMETERS``
+    values (weights and their masks), the two strings (format and spec) within their own small
+    bounds, and all bytes together within ``max(256 MiB, 100 x the file's size)``.  Members are read
+    through ``ece662.safezip``, so none yields more bytes than it declares.
     """
     fmt = np.lib.format
     try:
-        zf = zipfile.ZipFile(path)
+        zf = ZipReader(path)
     except PermissionError:
         raise PermissionError(f"cannot read {path}: permission denied; check the file's "
                               f"permissions (ls -l {path})") from None
     except (zipfile.BadZipFile, OSError, EOFError, ValueError) as e:
         raise ValueError(f"{path} is not a readable ece662 model file: it is not a complete .npz "
                          f"archive ({e}); it may be truncated or be another kind of file") from None
-    arrays, total = {}, 0
-    names = zf.namelist()
-    if any(n.endswith("data.pkl") for n in names) or "config.json" in names:
-        kind, mode = ("a PyTorch file (torch.save)", "torch") if "config.json" not in names else \
-                     ("a Keras .keras file", "tensorflow")
-        zf.close()
-        raise ValueError(f"{path} is {kind}, not an ece662 .npz model: load it with "
-                         f"load_model(path, mode='{mode}') (on the command line: --mode {mode})")
-    try:
-        with zf:
+    arrays, values, nbytes = {}, 0, 0
+    max_bytes = max(_MIN_BYTES, _MAX_RATIO * zf.size)
+    with zf:
+        names = zf.namelist()            # refuses a name that appears twice
+        if any(n.endswith("data.pkl") for n in names) or "config.json" in names:
+            kind, mode = ("a PyTorch file (torch.save)", "torch") if "config.json" not in names else \
+                         ("a Keras .keras file", "tensorflow")
+            raise ValueError(f"{path} is {kind}, not an ece662 .npz model: load it with "
+                             f"load_model(path, mode='{mode}') (on the command line: --mode {mode})")
+        try:
             for info in zf.infolist():
                 if not info.filename.endswith(".npy"):
                     raise ValueError(f"{path}: the archive member {info.filename!r} is not an array "
                                      f"(.npy); this is not a file ece662 wrote")
                 key = info.filename[:-len(".npy")]
-                with zf.open(info) as f:
+                nbytes += info.file_size
+                if nbytes > max_bytes:
+                    raise ValueError(f"{path}: the members declare {nbytes:,} bytes in all (at {key!r}), more "
+                                     f"than {max_bytes:,} (the larger of {_MIN_BYTES >> 20} MiB and {_MAX_RATIO} "
+                                     f"times the file's {zf.size:,} bytes); refused as a compression bomb")
+                with zf.open(info, max_bytes=max_bytes) as f:
                     version = fmt.read_magic(f)
                     if version == (1, 0):
                         shape, fortran, dtype = fmt.read_array_header_1_0(f)
@@ -146,25 +166,39 @@ def _read_npz(path):
                     raise ValueError(f"{path}: array {key!r} declares shape {shape} of {dtype} "
                                      f"({count * dtype.itemsize:,} bytes), but its archive member holds "
                                      f"{info.file_size - header:,}; the file is damaged or crafted")
-                if dtype.kind == "U" and count * dtype.itemsize > 4 * MAX_SPEC_CHARS:
-                    raise ValueError(f"{path}: the string {key!r} declares {count * dtype.itemsize:,} "
-                                     f"bytes; a model spec is far smaller")
-                total += count if dtype.kind != "U" else 0
-                if total > 2 * common.MAX_PARAMETERS:
+                if dtype.kind == "U":
+                    _check_string_member(key, shape, dtype, path)
+                else:
+                    values += count
+                if values > 2 * common.MAX_PARAMETERS:
                     raise ValueError(f"{path}: the arrays declare more than {2 * common.MAX_PARAMETERS:,} "
                                      f"values (at {key!r}), more than ece662 loads (ece662.formats.common.MAX_PARAMETERS)")
-                with zf.open(info) as f:
+                with zf.open(info, max_bytes=max_bytes) as f:
                     arrays[key] = fmt.read_array(f, allow_pickle=False)
-    except PermissionError:
-        raise
-    except (zipfile.BadZipFile, OSError, EOFError) as e:
-        raise ValueError(f"{path} is not a readable ece662 model file: it is not a complete .npz "
-                         f"archive ({e}); it may be truncated or be another kind of file") from None
-    except ValueError as e:
-        if str(e).startswith(path):
+        except PermissionError:
             raise
-        raise ValueError(f"{path} is not an ece662 model file (.npz): {e}") from None
+        except (zipfile.BadZipFile, OSError, EOFError) as e:
+            raise ValueError(f"{path} is not a readable ece662 model file: it is not a complete .npz "
+                             f"archive ({e}); it may be truncated or be another kind of file") from None
+        except ValueError as e:
+            if str(e).startswith(path):
+                raise
+            raise ValueError(f"{path} is not an ece662 model file (.npz): {e}") from None
     return arrays
+
+
+def _check_string_member(key, shape, dtype, path):
+    """An ece662 file holds two strings, the format and the spec, each one string of bounded length."""
+    limits = {_FORMAT_KEY: _MAX_FORMAT_CHARS, _SPEC_KEY: MAX_SPEC_CHARS}
+    if key not in limits:
+        raise ValueError(f"{path}: array {key!r} holds strings ({dtype}); in an ece662 file only "
+                         f"{_FORMAT_KEY} and {_SPEC_KEY} are strings, the weights are numbers")
+    if shape != ():
+        raise ValueError(f"{path}: {key} must be one string, got an array of {dtype} with shape {shape}")
+    chars = dtype.itemsize // 4          # numpy's '<U' stores 4 bytes per character
+    if chars > limits[key]:
+        raise ValueError(f"{path}: the string {key!r} declares {chars:,} characters, more than the "
+                         f"{limits[key]:,} an ece662 file needs")
 
 
 def _parse_spec(value, path):
@@ -175,7 +209,7 @@ def _parse_spec(value, path):
                          f"with shape {value.shape}")
     try:
         spec = json.loads(str(value))
-    except (json.JSONDecodeError, RecursionError) as e:
+    except (ValueError, RecursionError) as e:      # JSONDecodeError, or an integer of over 4,300 digits
         raise ValueError(f"{path}: the model spec ({_SPEC_KEY}) is not valid JSON ({str(e)[:200]}); "
                          f"the file is damaged") from None
     check_spec(spec, path)

@@ -45,7 +45,7 @@ def read_architecture(path):
         raise ValueError(f"{path}: an architecture file is at most {MAX_SPEC_CHARS:,} bytes; this one is larger")
     try:
         spec = json.loads(text)
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
+    except (ValueError, RecursionError) as e:     # bad JSON or UTF-8, or an integer of over 4,300 digits
         raise ValueError(f"{path} is not a JSON architecture ({str(e)[:200]}); write one with "
                          f"json.dump(model.spec(), f)") from None
     check_spec(spec, path)

@@ -24,12 +24,15 @@ A file is untrusted input, and this reader checks every step:
   torch's ``weights_only=True`` does.  Torch is never imported.
 * Before anything is unpickled, the opcode stream is scanned (``_check_pickle``): no opcode
   torch never writes, no memo index or declared length beyond the data, no tuples nested
-  deeper than 100 (hashing one deeper can overflow the C stack).
+  deeper than 100 (hashing one deeper can overflow the C stack), no dict key or set element
+  but strings, ints below 2**31, None and booleans (ints that share one hash would make
+  building a dict quadratic).
 * Every tensor's offset, size and stride are checked to stay inside its storage, whose
   declared size must equal the zip member's real size, before any byte is read.
 * Everything read from the archive counts against a byte budget (``max_bytes``), so a small
   file can never make the reader allocate gigabytes (a zip bomb, or a stride-0 tensor of a
-  billion elements over one float).
+  billion elements over one float).  Members are read through ``ece662.safezip``: stored or
+  deflated only, never more bytes than a member declares, no member name twice.
 * Weights that are NaN or infinite are refused (or, with ``on_nonfinite='warn'``, reported).
 
 ``model_from_state_dict`` then puts the arrays into an ece662 model: by name, or, for an
@@ -50,6 +53,7 @@ from collections import OrderedDict
 import numpy as np
 
 from ece662.formats.common import atomic_write, load_with_masks
+from ece662.safezip import ZipReader
 
 # ============================================================================ limits
 MAX_PICKLE_BYTES = 64 << 20       # data.pkl of a state dict is ~100 bytes per tensor
@@ -151,14 +155,27 @@ _ALLOWED_OPCODES = frozenset("""
 _TUPLE_OPS = {"TUPLE": None, "TUPLE1": 1, "TUPLE2": 2, "TUPLE3": 3, "EMPTY_TUPLE": 0, "FROZENSET": None}
 
 
+# Values that may be dict keys or set elements.  Python hashes an int k as k mod (2**61 - 1), so the
+# keys k * (2**61 - 1) all hash to 0 and building a dict of N of them takes N**2 / 2 comparisons (80,000
+# keys in 250 kB of pickle: 48 s that Ctrl-C cannot interrupt).  A state dict's keys are strings (whose
+# hashes are salted per process); an optimizer state's are small ints (each its own hash); so only
+# these, None and booleans are accepted as keys.
+_STRING_OPS = frozenset("STRING BINSTRING SHORT_BINSTRING UNICODE BINUNICODE SHORT_BINUNICODE BINUNICODE8".split())
+_INT_OPS = frozenset("INT BININT BININT1 BININT2 LONG LONG1 LONG4".split())
+_MAX_INT_KEY = 2 ** 31
+
+
 def _check_pickle(data, source):
     """Scan ``data.pkl``'s opcodes without running them; raise ValueError on anything hostile.
 
     ``pickletools.genops`` decodes one opcode at a time and fails on a declared length that
     runs past the data (Python's own unpickler would allocate it first).  A small stack
-    machine tracks how deeply tuples nest; memo indices must be below the opcode count.
+    machine tracks, for each value, how deeply tuples nest in it and whether it may be a dict
+    key (a string or a small int, see ``_STRING_OPS``); memo indices must be below the opcode count.
     """
-    stack, marks, memo = [], [], {}     # stack/memo hold tuple-nesting depths, not objects
+    # stack and memo hold, per value, (tuple-nesting depth, None if it may be a dict key, else what it
+    # is: "the float 2.5", "a tuple"), not the values themselves
+    stack, marks, memo = [], [], {}
     try:
         for count, (op, arg, pos) in enumerate(pickletools.genops(data)):
             name = op.name
@@ -173,51 +190,70 @@ def _check_pickle(data, source):
                 raise ValueError(f"memo index {arg} at byte {pos} is out of range")
             if name == "FRAME" and arg > len(data) - pos:
                 raise ValueError(f"a frame of {arg} bytes at byte {pos} runs past the end")
-            # -- the stack machine, depth only
+            # -- the stack machine
             if name == "MARK":
                 marks.append(len(stack))
                 continue
+            if name == "SETITEM" and len(stack) >= 3:
+                _check_keys(stack[-2:-1], pos)
             if name in _TUPLE_OPS or name in ("LIST", "DICT", "APPENDS", "SETITEMS", "ADDITEMS", "POP_MARK"):
                 n = _TUPLE_OPS.get(name)
                 start = marks.pop() if n is None else len(stack) - n
                 if start < 0:
                     raise ValueError(f"stack underflow at byte {pos}")
                 items, stack[start:] = stack[start:], []
+                if name in ("DICT", "SETITEMS"):
+                    _check_keys(items[0::2], pos)
+                elif name in ("ADDITEMS", "FROZENSET"):
+                    _check_keys(items, pos)
                 if name in _TUPLE_OPS:
-                    depth = 1 + max(items, default=0)
+                    depth = 1 + max((d for d, _ in items), default=0)
                     if depth > MAX_TUPLE_DEPTH:
                         raise ValueError(f"tuples nested more than {MAX_TUPLE_DEPTH} deep")
-                    stack.append(depth)
+                    stack.append((depth, "a frozenset" if name == "FROZENSET" else "a tuple"))
                 elif name in ("LIST", "DICT"):
-                    stack.append(0)       # mutable: cannot be hashed, so its depth is harmless
+                    stack.append((0, "a list or dict"))    # mutable: cannot be hashed, so its depth is harmless
             elif name in ("GET", "BINGET", "LONG_BINGET"):
-                stack.append(memo.get(int(arg), 0))
+                stack.append(memo.get(int(arg), (0, "a value")))
             elif name in ("PUT", "BINPUT", "LONG_BINPUT", "MEMOIZE"):
                 if not stack:
                     raise ValueError(f"stack underflow at byte {pos}")
                 memo[int(arg) if arg is not None else len(memo)] = stack[-1]
             elif name == "DUP":
-                stack.append(stack[-1] if stack else 0)
+                stack.append(stack[-1] if stack else (0, "a value"))
             elif name == "REDUCE":      # result keeps the args' depth (_rebuild_parameter returns one)
                 if len(stack) < 2:
                     raise ValueError(f"stack underflow at byte {pos}")
-                depth = stack.pop()
-                stack[-1] = depth
+                depth, _ = stack.pop()
+                stack[-1] = (depth, "an object")
             elif name in ("POP", "BINPERSID", "BUILD", "APPEND", "SETITEM", "STACK_GLOBAL"):
                 pops = {"POP": 1, "BINPERSID": 1, "BUILD": 1, "APPEND": 1, "SETITEM": 2, "STACK_GLOBAL": 2}[name]
                 if len(stack) < pops:
                     raise ValueError(f"stack underflow at byte {pos}")
                 del stack[len(stack) - pops:]
                 if name in ("BINPERSID", "STACK_GLOBAL"):
-                    stack.append(0)
+                    stack.append((0, "an object"))
             elif name not in ("PROTO", "FRAME", "STOP"):
-                stack.append(0)         # a number, string, bytes, None, bool, empty container, global
+                # a number, string, bytes, None, bool, empty container or global
+                key = (name in _STRING_OPS or name in ("NONE", "NEWTRUE", "NEWFALSE")
+                       or (name in _INT_OPS and -_MAX_INT_KEY <= int(arg) < _MAX_INT_KEY))
+                stack.append((0, None if key else f"{_a(arg)} {_short.repr(arg)}"))
     except pickle.UnpicklingError as e:
         raise ValueError(str(e)) from None
     except ValueError as e:             # also genops' own "truncated" / "unknown opcode" errors
         raise ValueError(f"{source}: data.pkl is not a state_dict pickle: {e}") from None
     except IndexError:                  # pop from an empty mark list
         raise ValueError(f"{source}: data.pkl is not a state_dict pickle: MARK missing") from None
+
+
+def _check_keys(items, pos):
+    """Refuse dict keys and set elements that are not strings, small ints, None or booleans."""
+    for _, what in items:
+        if what is not None:
+            raise ValueError(f"a dict key or set element at byte {pos} is {what}; state_dict keys are "
+                             f"strings such as 'conv1.weight' (other keys are only accepted as ints below "
+                             f"2**31: keys that share one hash, like k * (2**61 - 1), would make building "
+                             f"the dict take minutes)")
 
 
 # ============================================================================ unpickling
@@ -340,27 +376,25 @@ class _Reader:
         self.left -= nbytes
 
     def read_member(self, info, nbytes, what):
-        """The first ``nbytes`` of a zip member, read 1 MiB at a time into one buffer."""
-        if info.compress_type == zipfile.ZIP_STORED and (
-                info.compress_size != info.file_size
-                or info.header_offset + info.compress_size > self.archive_size):
-            raise ValueError(f"{self.source}: {what} declares {info.file_size:,} bytes, more than the "
-                             f"archive holds; the file is truncated or damaged")
+        """The first ``nbytes`` of a zip member, read 1 MiB at a time into one buffer.
+
+        The member is read through ``ece662.safezip``: never more than it declares (a deflated member
+        that would inflate past that, or one compressed with bzip2 or lzma, is refused)."""
         self.take(nbytes, what)
         out = np.empty(nbytes, dtype=np.uint8)
         done = 0
         try:
-            with self.zf.open(info) as f:
+            with self.zf.open(info, max_bytes=nbytes) as f:
                 while done < nbytes:
-                    chunk = f.read(min(_CHUNK, nbytes - done))
-                    if not chunk:
+                    got = f.readinto(memoryview(out)[done:done + _CHUNK])
+                    if not got:
                         break
-                    out[done:done + len(chunk)] = np.frombuffer(chunk, dtype=np.uint8)
-                    done += len(chunk)
-        except (zipfile.BadZipFile, EOFError, OSError, ValueError, NotImplementedError) as e:
+                    done += got
+        except ValueError as e:
+            msg = str(e).replace(f"{self.source}: member {info.filename!r}", f"{self.source}: {what}", 1)
+            raise ValueError(msg) from None
+        except OSError as e:
             raise ValueError(f"{self.source}: {what} cannot be read ({e}); the file is damaged") from None
-        except Exception as e:          # zlib.error, lzma/bz2 errors
-            raise ValueError(f"{self.source}: {what} cannot be decompressed ({e}); the file is damaged") from None
         if done < nbytes:
             raise ValueError(f"{self.source}: {what} ends after {done:,} of {nbytes:,} bytes; the file is truncated")
         return out
@@ -506,7 +540,7 @@ def read_torch_state_dict(path, on_nonfinite="raise", max_bytes=None):
     if max_bytes is None:
         max_bytes = max(MIN_BUDGET, 4 * size)
     try:
-        zf = zipfile.ZipFile(path)
+        zf = ZipReader(path)
     except (zipfile.BadZipFile, ValueError, EOFError, NotImplementedError):
         raise ValueError(f"{path} is not a PyTorch file: it looks like {_describe_file(path)}") from None
     with zf:

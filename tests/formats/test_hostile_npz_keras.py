@@ -190,6 +190,97 @@ def test_npz_honest_files_still_load(tmp_path):
     assert load_model() is not None
 
 
+def test_npz_string_arrays_are_bounded_and_counted(tmp_path):
+    """Strings besides the format and the spec are refused (they escaped the value budget: 400 of 4 MB
+    each made 1.6 GB), and the spec's declared length is bounded before it is read."""
+    members = _good_members()
+    members["notes"] = _npy(np.array(["x" * 1000] * 3))
+    path = _npz(tmp_path / "notes.npz", members)
+    with pytest.raises(ValueError, match=r"array 'notes' holds strings \(<U1000\)") as err:
+        _load_within(path)
+    assert path in str(err.value)
+    members = _good_members(spec=" " * 1_000_001)
+    path = _npz(tmp_path / "long-spec.npz", members)
+    with pytest.raises(ValueError, match=r"'__ece662_spec__' declares 1,000,001 characters, more than the 1,000,000"):
+        _load_within(path)
+    members = _good_members()
+    members["__ece662_format__"] = _npy(np.array("v" * 65))
+    with pytest.raises(ValueError, match=r"'__ece662_format__' declares 65 characters"):
+        _load_within(_npz(tmp_path / "long-format.npz", members))
+
+
+def test_npz_mask_that_is_not_zero_or_one_is_refused(tmp_path):
+    """A weight_mask of 0.5 was read as True (pruning nothing); like the torch reader, ece662 .npz refuses it."""
+    from ece662 import pruning
+    net = default_convnet(seed=4)
+    pruning.l1_unstructured(net.fc, "weight", amount=0.5)
+    members = _good_members(net)
+    mask = net.state_dict()["fc.weight_mask"].astype(np.float32)
+    mask[0, 0] = 0.5
+    members["fc.weight_mask"] = _npy(mask)
+    path = _npz(tmp_path / "half.npz", members)
+    with pytest.raises(ValueError, match=r"fc.weight_mask is not a pruning mask: it holds 1 values other than "
+                                         r"0 and 1 \(e.g. 0.5\)") as err:
+        load_model(path)
+    assert path in str(err.value)
+    mask[0, 0] = 1.0                         # float 0./1. masks, as torch writes them, still load
+    members["fc.weight_mask"] = _npy(mask)
+    assert load_model(_npz(tmp_path / "float.npz", members)) is not None
+
+
+def test_npz_spec_with_a_5000_digit_integer_names_the_file(tmp_path):
+    """json.loads refuses integers of over 4,300 digits with a ValueError that is not a JSONDecodeError;
+    the message still names the file."""
+    spec = json.dumps(default_convnet(seed=0).spec()).replace('"out_channels": 32', '"out_channels": ' + "9" * 5000, 1)
+    assert "9" * 5000 in spec
+    path = _npz(tmp_path / "digits.npz", _good_members(spec=spec))
+    with pytest.raises(ValueError, match=r"the model spec \(__ece662_spec__\) is not valid JSON .*4300") as err:
+        load_model(path)
+    assert str(err.value).startswith(path)
+    from ece662.formats.spec import read_architecture       # the same spec as an --arch net.json file
+    arch = tmp_path / "net.json"
+    arch.write_text(spec)
+    with pytest.raises(ValueError, match=r"is not a JSON architecture .*4300") as err:
+        read_architecture(arch)
+    assert str(err.value).startswith(str(arch))
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="FIFOs are POSIX")
+@pytest.mark.parametrize("writer", ["save_model", "save_torch_state_dict", "save_keras", "save_onnx"])
+def test_saving_over_a_fifo_or_folder_is_refused_and_leaves_it(tmp_path, writer):
+    """atomic_write would os.replace a FIFO or device by a file (as root, save_model(m, os.devnull) would
+    replace /dev/null): a target that exists and is not a regular file is refused, and stays what it was."""
+    import re
+    import stat
+    if writer == "save_onnx":
+        pytest.importorskip("onnx")
+    net = default_convnet(seed=0)
+    save = {"save_model": mio.save_model, "save_keras": mio.save_keras, "save_onnx": mio.save_onnx,
+            "save_torch_state_dict": lambda m, p: mio.save_torch_state_dict(m.state_dict(), p)}[writer]
+    ext = {"save_model": ".npz", "save_torch_state_dict": ".pt", "save_keras": ".keras", "save_onnx": ".onnx"}[writer]
+    fifo, folder, link = tmp_path / ("fifo" + ext), tmp_path / ("folder" + ext), tmp_path / ("link" + ext)
+    os.mkfifo(fifo)
+    folder.mkdir()
+    os.symlink(fifo, link)
+    for target in (fifo, folder, link):
+        with pytest.raises(ValueError, match=re.escape(f"{writer}: {target} exists and is not a regular file")):
+            save(net, str(target))
+    assert stat.S_ISFIFO(os.stat(fifo).st_mode) and os.path.isdir(folder)
+    assert sorted(os.listdir(tmp_path)) == sorted(p.name for p in (fifo, folder, link))   # no temporary file left
+
+
+def test_saving_through_a_symlink_to_a_file_replaces_the_link(tmp_path):
+    """A symbolic link to a regular file is replaced by the new file; the file it pointed to is untouched."""
+    net = default_convnet(seed=0)
+    old = tmp_path / "old.npz"
+    old.write_bytes(b"keep me")
+    link = tmp_path / "link.npz"
+    os.symlink(old, link)
+    mio.save_model(net, str(link))
+    assert not os.path.islink(link) and old.read_bytes() == b"keep me"
+    assert load_model(str(link)) is not None
+
+
 # ================================================================= Keras files
 h5py = pytest.importorskip("h5py")
 KERAS = os.path.join(FIXTURES, "keras_default_convnet.keras")
