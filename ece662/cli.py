@@ -373,15 +373,34 @@ def _figures(model, records, base, staging, timing):
                            f"{layer.weight_mask.mean():.0%}")
 
 
+def _check_out_prefix(out):
+    """Before any training: the folder of ``compare``'s ``--out`` prefix exists and takes files."""
+    folder = os.path.dirname(os.path.abspath(out))
+    if not os.path.isdir(folder):
+        raise SystemExit(f"ece662: the folder of --out {out}, {folder}, does not exist; create it first "
+                         f"(mkdir -p {folder}) or choose another --out")
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as e:
+        raise SystemExit(f"ece662: cannot write to the folder of --out {out}, {folder}: {e.strerror}")
+
+
 def _compare(args, argv):
     """``python -m ece662 compare``: every schedule at the same epoch budget (``experiments.compare_schedules``);
-    writes ``<out>.json`` (with the command that made it) and ``<out>.png``."""
+    writes ``<out>.json`` (with the command that made it) and ``<out>.png``.
+
+    The folder of ``--out`` is checked before anything is loaded or trained, and each file is written
+    to a temporary name and renamed into place: a run that fails leaves the previous files whole.
+    """
     import matplotlib
     matplotlib.use("Agg")
     from ece662 import experiments as E
     from ece662 import plots
     from ece662.data_utils import get_CINIC10_data
+    from ece662.formats.common import atomic_write
     from ece662.pruning_helper import load_model
+    _check_out_prefix(args.out)
     raw = get_CINIC10_data(args.data, splits=("train",), num_training=args.train_images, normalize=False,
                            channels_first=False, progress=False)
     test = get_CINIC10_data(args.data, splits=("test",), progress=False)
@@ -394,12 +413,14 @@ def _compare(args, argv):
                                                         f"accuracy {r['accuracy']:.4f}  {r['seconds']:.0f} s",
                                                         flush=True))
     total = time.perf_counter() - t0
-    with open(args.out + ".json", "w") as f:
-        json.dump({"command": "python -m ece662 " + " ".join(argv),
-                   "data": raw["source"], "train_images": int(len(raw["y_train"])),
-                   "test_images": int(len(test["y_test"])), "seconds": round(total, 1), "records": recs},
-                  f, indent=1)
-    plots.compare_schedules(recs, path=args.out + ".png")
+    text = json.dumps({"command": "python -m ece662 " + " ".join(argv),
+                       "data": raw["source"], "train_images": int(len(raw["y_train"])),
+                       "test_images": int(len(test["y_test"])), "seconds": round(total, 1), "records": recs},
+                      indent=1)
+    with atomic_write(args.out + ".json", "compare") as f:
+        f.write(text.encode())
+    with atomic_write(args.out + ".png", "compare") as f:
+        plots.compare_schedules(recs, path=f)
     print(f"wrote {args.out}.json and {args.out}.png ({total:.0f} s)")
     return 0
 

@@ -327,3 +327,67 @@ def test_weight_histograms_of_a_model_whose_weights_are_all_zero(tmp_path):
             m.weight[...] = 0
     plots.weight_histograms(net, path=tmp_path / "w.png")
     assert (tmp_path / "w.png").stat().st_size > 1000
+
+
+# ---------------------------------------------------------------------------- compare's --out
+def _fake_compare(monkeypatch, records=None, plot=None):
+    """`compare` with instant stand-ins for the data and the training (records as given)."""
+    import numpy as np
+    from ece662 import data_utils, experiments, plots
+    calls = []
+
+    def data(path, splits, **kw):
+        calls.append(splits)
+        X, y = np.zeros((2, 32, 32, 3), np.uint8), np.array([0, 1])
+        return {"source": "fake", "X_train": X, "y_train": y, "X_test": X, "y_test": y}
+
+    monkeypatch.setattr(data_utils, "get_CINIC10_data", data)
+    monkeypatch.setattr(experiments, "compare_schedules", lambda *a, **kw: records if records is not None else
+                        [{"schedule": "dense", "sparsity": 0.0, "accuracy": 0.5, "epochs": 1}])
+    if plot is not None:
+        monkeypatch.setattr(plots, "compare_schedules", plot)
+    return calls
+
+
+def test_compare_checks_its_out_folder_before_training(tmp_path, monkeypatch, capsys):
+    """--out in a folder that does not exist, or cannot be written, stops before any data is loaded or
+    any schedule trained, in one line naming the folder."""
+    from ece662 import cli
+    calls = _fake_compare(monkeypatch)
+    with pytest.raises(SystemExit, match=r"the folder of --out .*missing/cmp, .*missing, does not exist; "
+                                         r"create it first"):
+        cli.main(["compare", "--out", str(tmp_path / "missing" / "cmp")])
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(SystemExit, match=r"file, does not exist"):
+        cli.main(["compare", "--out", str(tmp_path / "file" / "cmp")])
+    if os.geteuid() != 0:               # root writes anywhere
+        locked = tmp_path / "locked"
+        locked.mkdir(mode=0o555)
+        with pytest.raises(SystemExit, match=r"cannot write to the folder of --out"):
+            cli.main(["compare", "--out", str(locked / "cmp")])
+    assert calls == []
+
+
+def test_compare_writes_its_files_atomically(tmp_path, monkeypatch):
+    """A plot that fails half-way leaves the previous PNG whole and no temporary file; results that
+    cannot be written as JSON leave the previous JSON whole."""
+    from ece662 import cli
+    out = tmp_path / "cmp"
+    (tmp_path / "cmp.json").write_text('{"old": true}')
+    (tmp_path / "cmp.png").write_bytes(b"old png")
+
+    def broken_plot(records, path):
+        path.write(b"half a png")
+        raise RuntimeError("the plot failed")
+
+    _fake_compare(monkeypatch, plot=broken_plot)
+    with pytest.raises(RuntimeError, match="the plot failed"):
+        cli.main(["compare", "--out", str(out)])
+    assert json.loads((tmp_path / "cmp.json").read_text())["records"][0]["schedule"] == "dense"
+    assert (tmp_path / "cmp.png").read_bytes() == b"old png"
+    assert sorted(os.listdir(tmp_path)) == ["cmp.json", "cmp.png"]
+    (tmp_path / "cmp.json").write_text('{"old": true}')
+    _fake_compare(monkeypatch, records=[{"schedule": "dense", "accuracy": object()}])
+    assert cli.main(["compare", "--out", str(out)]) == 2            # TypeError: one line, exit 2
+    assert json.loads((tmp_path / "cmp.json").read_text()) == {"old": True}
+    assert sorted(os.listdir(tmp_path)) == ["cmp.json", "cmp.png"]
