@@ -339,7 +339,8 @@ def _fake_compare(monkeypatch, records=None, plot=None):
     def data(path, splits, **kw):
         calls.append(splits)
         X, y = np.zeros((2, 32, 32, 3), np.uint8), np.array([0, 1])
-        return {"source": "fake", "X_train": X, "y_train": y, "X_test": X, "y_test": y}
+        return {"source": "fake", "X_train": X, "y_train": y, "X_test": np.zeros((2, 3, 32, 32), np.float32),
+                "y_test": y}
 
     monkeypatch.setattr(data_utils, "get_CINIC10_data", data)
     monkeypatch.setattr(experiments, "compare_schedules", lambda *a, **kw: records if records is not None else
@@ -391,3 +392,57 @@ def test_compare_writes_its_files_atomically(tmp_path, monkeypatch):
     assert cli.main(["compare", "--out", str(out)]) == 2            # TypeError: one line, exit 2
     assert json.loads((tmp_path / "cmp.json").read_text()) == {"old": True}
     assert sorted(os.listdir(tmp_path)) == ["cmp.json", "cmp.png"]
+
+
+# ---------------------------------------------------------------------------- models that cannot be swept
+def test_filter_amount_that_leaves_a_layer_no_filter_is_refused(real_data, tmp_path, capsys):
+    """--filter-amounts 0.99 rounds to all 32 filters of conv1 (1.0 is refused for that reason):
+    refused before anything runs, with the largest amount that keeps a filter in every layer."""
+    from ece662 import cli
+    data = os.path.join(real_data, "cifar10_real_small.npz")
+    assert cli.main(["sweep", "--data", data, "--filter-amounts", "0.5,0.99", "--no-timing",
+                     "--num-test", "50", "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("ece662: --filter-amounts 0.99 prunes all 32 live filters of "
+                                               "conv1 (round(0.99 x 32) = 32)"), err
+    assert "use at most 0.98" in err[0]
+
+
+def test_a_flop_ratio_with_no_flops_left_is_said_in_words():
+    """The table never prints 'infx'."""
+    from ece662 import cli
+    assert cli._cell({"flop_ideal": float("inf")}, "flop_ideal") == "no FLOPs"
+    assert cli._cell({"flop_ideal": 2.0}, "flop_ideal") == "2.00x"
+
+
+@pytest.mark.parametrize("command", ["evaluate", "sweep", "compare"])
+def test_an_empty_model_is_refused_in_one_line(real_data, tmp_path, command, capsys):
+    """A saved Sequential() with no layers: one line naming the file, not 'label out of range' (evaluate)
+    or a numpy broadcast error (sweep)."""
+    from ece662 import cli
+    from ece662.io import save_model
+    from ece662.layers import Sequential
+    path = str(tmp_path / "empty.npz")
+    save_model(Sequential(), path)
+    args = [command, "--model", path, "--data", os.path.join(real_data, "cifar10_real_small.npz")]
+    args += {"evaluate": ["--num-test", "50"], "sweep": ["--num-test", "50", "--no-timing", "--out", str(tmp_path / "o")],
+             "compare": ["--train-images", "20", "--epochs", "1", "--out", str(tmp_path / "c")]}[command]
+    assert cli.main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0] == (f"ece662: {path}: the model has no layers, so it computes no class scores; "
+                                        f"save the trained network (ece662.save_model(model, path)), not an "
+                                        f"empty Sequential()"), err
+
+
+def test_a_model_without_a_classifier_is_refused_in_one_line(real_data, tmp_path, capsys):
+    """A model whose output is not one score per class (here a lone ReLU) is refused, saying so."""
+    from ece662 import cli
+    from ece662.io import save_model
+    from ece662.layers import ReLU, Sequential
+    path = str(tmp_path / "relu.npz")
+    save_model(Sequential(ReLU()), path)
+    assert cli.main(["evaluate", "--model", path, "--num-test", "50",
+                     "--data", os.path.join(real_data, "cifar10_real_small.npz")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert f"{path}: the model turns a (3, 32, 32) image into an output of shape (3, 32, 32), not one score " \
+           f"per class" in err
