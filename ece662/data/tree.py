@@ -43,6 +43,7 @@ import operator
 import os
 import re
 import stat
+import struct
 import sys
 import tempfile
 import time
@@ -133,21 +134,73 @@ def _read_png_bytes(f):
 
 
 def _decode_png(data, path):
-    """PNG bytes -> ``(32, 32, 3)`` uint8; size and mode are checked before any pixel is decoded."""
+    """PNG bytes -> ``(32, 32, 3)`` uint8; size and mode are checked before any pixel is decoded,
+    and the image data must hold every row (see :func:`_png_data_shortfall`)."""
     from PIL import Image
+    pixels = None
     try:
         with Image.open(io.BytesIO(data), formats=["PNG"]) as im:
-            if im.size != (32, 32):             # before load(): a PNG may claim 100000x100000
-                raise ValueError(f"{path}: image is {im.size[0]}x{im.size[1]}, expected 32x32")
-            if im.mode != "RGB":
-                raise ValueError(f"{path}: image mode is {im.mode}, expected RGB")
-            im.load()
-            return np.asarray(im, dtype=np.uint8)
-    except ValueError:
-        raise
-    except Exception as e:
+            size, mode = im.size, im.mode
+            if size == (32, 32) and mode == "RGB":     # before load(): a PNG may claim 100000x100000
+                im.load()
+                pixels = np.asarray(im, dtype=np.uint8)
+    except Exception as e:          # Pillow's own errors (a text chunk over MAX_TEXT_CHUNK is a ValueError)
         raise ValueError(f"{path}: cannot decode the PNG ({type(e).__name__}: {e}); "
                          f"the file is corrupt or truncated") from None
+    if size != (32, 32):
+        raise ValueError(f"{path}: image is {size[0]}x{size[1]}, expected 32x32")
+    if mode != "RGB":
+        raise ValueError(f"{path}: image mode is {mode}, expected RGB")
+    short = _png_data_shortfall(data)
+    if short:
+        raise ValueError(f"{path}: cannot decode the PNG: {short}; the file is corrupt or truncated")
+    return pixels
+
+
+def _png_data_shortfall(data):
+    """Why the image data of a PNG Pillow has decoded do not cover every row, or ''.
+
+    Pillow stops, without an error, when the zlib stream inside the IDAT chunks *ends* early
+    (``LOAD_TRUNCATED_IMAGES`` only concerns a file that runs out of bytes), and leaves the rows
+    it never received as zeros; it also takes a stream cut before its end (no checksum) whose
+    bytes happen to fill the rows.  So the stream is inflated again here (at most the bytes the
+    header calls for, plus one), its length compared with what the header calls for (per row a
+    filter byte and ``ceil(width x channels x bit depth / 8)`` bytes, per Adam7 pass if
+    interlaced), and its end and checksum required.
+    """
+    import zlib
+    pos, idat, header = 8, [], None
+    while pos + 8 <= len(data):                 # chunks: length, type, body, CRC (Pillow checked them)
+        length, kind = struct.unpack(">I4s", data[pos:pos + 8])
+        body = data[pos + 8:pos + 8 + length]
+        if kind == b"IHDR" and len(body) == 13:
+            header = struct.unpack(">IIBBBBB", body)
+        elif kind == b"IDAT":
+            idat.append(body)
+        elif kind == b"IEND":
+            break
+        pos += 12 + length
+    if header is None:
+        return "it has no image header"
+    width, height, depth, color, _, _, interlace = header
+    channels = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}.get(color, 3)
+    if interlace:                               # Adam7: 7 passes over sub-grids (x0, y0, dx, dy)
+        passes = [(0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2), (0, 1, 1, 2)]
+        grids = [(-(-(width - x0) // dx), -(-(height - y0) // dy)) for x0, y0, dx, dy in passes]
+    else:
+        grids = [(width, height)]
+    expected = sum(h * (1 + -(-w * channels * depth // 8)) for w, h in grids if w > 0 and h > 0)
+    inflate = zlib.decompressobj()
+    try:
+        got = len(inflate.decompress(b"".join(idat), expected + 1))
+    except zlib.error as e:
+        return f"its image data are not a zlib stream ({e})"
+    if got < expected:
+        return (f"its image data hold {got:,} of the {expected:,} bytes its {width}x{height} pixels need "
+                f"(the compressed stream ends early)")
+    if got == expected and not inflate.eof:     # eof: the stream ended and its Adler-32 checksum matched
+        return "its compressed image data stop before the end of their zlib stream (a cut or damaged file)"
+    return ""
 
 
 def _hash_file_into(h, f, data, why):
