@@ -1,6 +1,7 @@
 """Hostile and careless ece662 .npz and Keras files: a clear ValueError (naming the file, and the
 layer where there is one), bounded memory, never a traceback from deep inside numpy or h5py."""
 import builtins
+import functools
 import io
 import json
 import os
@@ -500,18 +501,24 @@ def test_keras_hdf5_that_reaches_outside_the_file_is_refused(tmp_path, kind, ext
         mio.read_keras_weights(path)
 
 
+@functools.lru_cache(maxsize=None)
+def _deflated_zeros(n):
+    """A zlib stream that inflates to ``n`` zero bytes (about n / 1000 bytes long)."""
+    import zlib
+    z, zeros, parts = zlib.compressobj(9), bytes(1 << 22), []
+    for _ in range(n // len(zeros)):
+        parts.append(z.compress(zeros))
+    parts.append(z.flush())
+    return b"".join(parts)
+
+
 def _chunk_bomb(f, name, chunk_bytes=1 << 30):
     """Replace dataset ``name`` (10 float32) by one stored in a single gzip chunk that inflates to
     ``chunk_bytes``, written pre-compressed so that building it costs a few MB."""
-    import zlib
     del f[name]
     ds = f.create_dataset(name, shape=(10,), maxshape=(None,), dtype="f4",
                           chunks=(chunk_bytes // 4,), compression="gzip")
-    z, zeros, parts = zlib.compressobj(9), bytes(1 << 22), []
-    for _ in range(chunk_bytes // len(zeros)):
-        parts.append(z.compress(zeros))
-    parts.append(z.flush())
-    ds.id.write_direct_chunk((0,), b"".join(parts))
+    ds.id.write_direct_chunk((0,), _deflated_zeros(chunk_bytes))
 
 
 def _keras_bomb_files(tmp_path):
