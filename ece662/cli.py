@@ -136,7 +136,41 @@ def _load(args):
     except ValueError as e:          # its advice in the terms of the command line: --arch, not model=
         raise ValueError(command_line_advice(str(e))) from None
     data = get_CINIC10_data(args.data, splits=("test",), num_test=args.num_test, normalize=args.normalize)
+    _check_classifier(model, args.model, data["X_test"])
     return model, data
+
+
+def _check_filter_amounts(model, amounts):
+    """Refuse a per-layer filter amount that rounds to every live filter of some conv layer
+    (0.99 of 32 filters is round(31.68) = 32): that layer would output only its biases, and the
+    network would predict one class.  (``--scope global`` keeps one filter per layer itself.)"""
+    from ece662 import experiments as E
+    from ece662.layers import Conv2d
+    from ece662.pruning.masks import amount_to_count
+    live = {name: int(conv.alive_filters().sum()) for name, conv in E.prunable(model, (Conv2d,))}
+    live = {name: n for name, n in live.items() if n}
+    for a in amounts:
+        for name, n in live.items():
+            if amount_to_count(a, n) >= n:
+                # the largest amount in steps of 0.01 that leaves every layer a filter
+                top = max(b / 100 for b in range(100) if all(amount_to_count(b / 100, m) < m for m in live.values()))
+                raise ValueError(f"--filter-amounts {a:g} prunes all {n} live filters of {name} "
+                                 f"(round({a:g} x {n}) = {amount_to_count(a, n)}), leaving a layer with no "
+                                 f"filter; use at most {top:.2f}, or --scope global, which keeps one per layer")
+
+
+def _check_classifier(model, source, X):
+    """Refuse a model that cannot score the images' classes (no layers, or not one score per class
+    for each image), before its answers are compared with the labels."""
+    where = source or "the shipped model"
+    if not list(model.named_children()):
+        raise ValueError(f"{where}: the model has no layers, so it computes no class scores; save the "
+                         f"trained network (ece662.save_model(model, path)), not an empty Sequential()")
+    out = model.output_shape((1,) + tuple(X.shape[1:]))
+    if len(out) != 2 or out[1] < 2:
+        raise ValueError(f"{where}: the model turns a {tuple(X.shape[1:])} image into an output of shape "
+                         f"{tuple(out[1:])}, not one score per class; it must end in a classifier "
+                         f"(e.g. Flatten and Linear(..., 10))")
 
 
 def _warn_if_near_chance(model, accuracy, X):
@@ -170,7 +204,7 @@ def _cell(r, k):
         if k.startswith("images"):
             return f"{v:.0f}"
         if k in ("speedup", "masks_only", "flop_ideal"):
-            return f"{v:.2f}x"
+            return f"{v:.2f}x" if np.isfinite(v) else "no FLOPs"     # every filter pruned
         return f"{v:.4f}"
     return str(v)
 
@@ -288,6 +322,8 @@ def _sweep(args):
     _check_out(args.out)
     t0 = time.perf_counter()
     model, data = _load(args)
+    if args.scope in ("layer", "both"):
+        _check_filter_amounts(model, args.filter_amounts)
     X, y, origin = data["X_test"], data["y_test"], data["origin_test"]
     print(f"data: {data['source']} ({len(y)} test images)")
     finetune_data = None
@@ -373,19 +409,39 @@ def _figures(model, records, base, staging, timing):
                            f"{layer.weight_mask.mean():.0%}")
 
 
+def _check_out_prefix(out):
+    """Before any training: the folder of ``compare``'s ``--out`` prefix exists and takes files."""
+    folder = os.path.dirname(os.path.abspath(out))
+    if not os.path.isdir(folder):
+        raise SystemExit(f"ece662: the folder of --out {out}, {folder}, does not exist; create it first "
+                         f"(mkdir -p {folder}) or choose another --out")
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as e:
+        raise SystemExit(f"ece662: cannot write to the folder of --out {out}, {folder}: {e.strerror}")
+
+
 def _compare(args, argv):
     """``python -m ece662 compare``: every schedule at the same epoch budget (``experiments.compare_schedules``);
-    writes ``<out>.json`` (with the command that made it) and ``<out>.png``."""
+    writes ``<out>.json`` (with the command that made it) and ``<out>.png``.
+
+    The folder of ``--out`` is checked before anything is loaded or trained, and each file is written
+    to a temporary name and renamed into place: a run that fails leaves the previous files whole.
+    """
     import matplotlib
     matplotlib.use("Agg")
     from ece662 import experiments as E
     from ece662 import plots
     from ece662.data_utils import get_CINIC10_data
+    from ece662.formats.common import atomic_write
     from ece662.pruning_helper import load_model
+    _check_out_prefix(args.out)
     raw = get_CINIC10_data(args.data, splits=("train",), num_training=args.train_images, normalize=False,
                            channels_first=False, progress=False)
     test = get_CINIC10_data(args.data, splits=("test",), progress=False)
     model = load_model(args.model, mode=args.mode if args.model else "numpy")
+    _check_classifier(model, args.model, test["X_test"])
     t0 = time.perf_counter()
     recs = E.compare_schedules(model, raw["X_train"], raw["y_train"], test["X_test"], test["y_test"],
                                sparsities=args.sparsities, epochs=args.epochs, structure=args.structure,
@@ -394,12 +450,14 @@ def _compare(args, argv):
                                                         f"accuracy {r['accuracy']:.4f}  {r['seconds']:.0f} s",
                                                         flush=True))
     total = time.perf_counter() - t0
-    with open(args.out + ".json", "w") as f:
-        json.dump({"command": "python -m ece662 " + " ".join(argv),
-                   "data": raw["source"], "train_images": int(len(raw["y_train"])),
-                   "test_images": int(len(test["y_test"])), "seconds": round(total, 1), "records": recs},
-                  f, indent=1)
-    plots.compare_schedules(recs, path=args.out + ".png")
+    text = json.dumps({"command": "python -m ece662 " + " ".join(argv),
+                       "data": raw["source"], "train_images": int(len(raw["y_train"])),
+                       "test_images": int(len(test["y_test"])), "seconds": round(total, 1), "records": recs},
+                      indent=1)
+    with atomic_write(args.out + ".json", "compare") as f:
+        f.write(text.encode())
+    with atomic_write(args.out + ".png", "compare") as f:
+        plots.compare_schedules(recs, path=f)
     print(f"wrote {args.out}.json and {args.out}.png ({total:.0f} s)")
     return 0
 

@@ -75,6 +75,42 @@ def fetch(url, path, chunk=1 << 20, progress=True, timeout=60):
 MAX_MEMBER_BYTES = 1 << 20
 MAX_TOP_LEVEL_FILE_BYTES = 100 << 20
 MAX_TOTAL_BYTES = 4 << 30
+# tarfile reads a header member (a GNU long name or link, a pax header) whole into memory before
+# handing back the member it describes, and keeps one TarInfo (about 1 kB) per member: both are
+# bounded while the archive is read, since 1 MB of gzip inflates to a gigabyte of either.
+MAX_HEADER_BYTES = 64 << 10
+MAX_MEMBERS = 400_000           # CINIC-10 holds 270,000 PNGs and 33 folders
+
+
+class _RefusedHeader(tarfile.TarError):
+    """A member header that reading further would make tarfile hold in memory unbounded."""
+
+
+class _BoundedTarInfo(tarfile.TarInfo):
+    """A ``TarInfo`` that refuses oversized header members before tarfile reads them.
+
+    ``tarfile.open(..., tarinfo=_BoundedTarInfo)`` parses every 512-byte header with this class.
+    ``_proc_member`` is where tarfile dispatches on a header's type (its source invites subclasses
+    to override it); here it checks the sizes the header declares before the base class reads
+    the data they announce: a GNU long name (type 'L') or link ('K'), or a pax header ('x', 'g'),
+    declared over ``MAX_HEADER_BYTES``; GNU sparse files ('S', and pax's sparse format 1.0, whose
+    map is read from the member's data until it ends) are refused outright: CINIC-10 has none.
+    """
+    _HEADER_TYPES = {tarfile.GNUTYPE_LONGNAME: "GNU long name", tarfile.GNUTYPE_LONGLINK: "GNU long link",
+                     tarfile.XHDTYPE: "pax header", tarfile.XGLTYPE: "pax global header",
+                     tarfile.SOLARIS_XHDTYPE: "Solaris pax header"}
+
+    def _proc_member(self, tarfile_):
+        kind = self._HEADER_TYPES.get(self.type)
+        if kind and self.size > MAX_HEADER_BYTES:
+            raise _RefusedHeader(f"refusing a {kind} of {self.size:,} bytes at offset {self.offset:,} "
+                                 f"(at most {MAX_HEADER_BYTES:,}); a CINIC-10 archive's names are short")
+        if self.type == tarfile.GNUTYPE_SPARSE:
+            raise _RefusedHeader(f"refusing the GNU sparse member {self.name!r}; CINIC-10 has none")
+        return super()._proc_member(tarfile_)
+
+    def _proc_gnusparse_10(self, next, pax_headers, tarfile_):
+        raise _RefusedHeader(f"refusing the pax sparse member {next.name!r}; CINIC-10 has none")
 
 
 def _unsafe(m, name, parts):
@@ -137,14 +173,25 @@ def _check_members(members, path):
 
 
 def _open_archive(path):
-    """The open tar and its member list, or DownloadError saying why it cannot be read."""
+    """The open tar and its member list, or DownloadError saying why it cannot be read.
+
+    Members are read one at a time (``tar.next()``), each header bounded by ``_BoundedTarInfo``,
+    and at most ``MAX_MEMBERS`` of them.
+    """
     tar = None
     try:
-        tar = tarfile.open(path, "r:gz")
-        return tar, tar.getmembers()
+        tar = tarfile.open(path, "r:gz", tarinfo=_BoundedTarInfo)
+        members = []
+        while (member := tar.next()) is not None:
+            members.append(member)
+            if len(members) > MAX_MEMBERS:
+                raise _RefusedHeader(f"more than {MAX_MEMBERS:,} members; CINIC-10 has about 270,000")
+        return tar, members
     except (tarfile.TarError, OSError, EOFError, zlib.error) as e:
         if tar is not None:
             tar.close()
+        if isinstance(e, _RefusedHeader):
+            raise DownloadError(f"{path}: {e}") from None
         if isinstance(e, PermissionError):
             raise DownloadError(f"permission denied reading {path}; make it readable or download it "
                                 f"again") from None

@@ -27,8 +27,12 @@ never fail for good:
   builder's temp folder is removed by the next builder (who holds the lock, so it is
   nobody's), with entries of older keys.
 - **Self-repair.** Every hit checks the manifest (valid JSON, this key and version) and
-  the arrays (whole files, shapes, dtypes, labels 0..9); a damaged entry is reported
-  with a warning naming its path and rebuilt.  A cache folder that cannot be written
+  the arrays: each file's size, shapes, dtypes, labels 0..9, and a SHA-256 of the labels,
+  the origins and 64 fixed windows of 256 bytes of the pixels (16 kB, whatever the data
+  set's size), all recorded in the manifest; a damaged entry is reported with a warning
+  naming its path and rebuilt.  Labels rewritten in range, or pixels whitened, are caught
+  this way; a few pixels changed between the windows are caught only by ``verify=True``,
+  which hashes every byte of the arrays and of the PNGs.  A cache folder that cannot be written
   (read-only, ``ECE662_CACHE`` under a file, disk full) gives a warning and the images
   are decoded in memory instead.
 """
@@ -39,6 +43,7 @@ import operator
 import os
 import re
 import stat
+import struct
 import sys
 import tempfile
 import time
@@ -52,7 +57,7 @@ from ece662.data.find import SPLIT_FOLDERS, permission_denied
 from ece662.data.images import CLASSES
 from ece662.data.npz import ORIGINS, origin_of
 
-_CACHE_VERSION = 2        # bump whenever decoding changes what the cache holds
+_CACHE_VERSION = 3        # bump whenever decoding, or what the manifest records, changes
 
 
 # A CINIC-10 PNG is about 2.5 KB; a file this big is not a 32x32 image and is never read whole.
@@ -129,21 +134,73 @@ def _read_png_bytes(f):
 
 
 def _decode_png(data, path):
-    """PNG bytes -> ``(32, 32, 3)`` uint8; size and mode are checked before any pixel is decoded."""
+    """PNG bytes -> ``(32, 32, 3)`` uint8; size and mode are checked before any pixel is decoded,
+    and the image data must hold every row (see :func:`_png_data_shortfall`)."""
     from PIL import Image
+    pixels = None
     try:
         with Image.open(io.BytesIO(data), formats=["PNG"]) as im:
-            if im.size != (32, 32):             # before load(): a PNG may claim 100000x100000
-                raise ValueError(f"{path}: image is {im.size[0]}x{im.size[1]}, expected 32x32")
-            if im.mode != "RGB":
-                raise ValueError(f"{path}: image mode is {im.mode}, expected RGB")
-            im.load()
-            return np.asarray(im, dtype=np.uint8)
-    except ValueError:
-        raise
-    except Exception as e:
+            size, mode = im.size, im.mode
+            if size == (32, 32) and mode == "RGB":     # before load(): a PNG may claim 100000x100000
+                im.load()
+                pixels = np.asarray(im, dtype=np.uint8)
+    except Exception as e:          # Pillow's own errors (a text chunk over MAX_TEXT_CHUNK is a ValueError)
         raise ValueError(f"{path}: cannot decode the PNG ({type(e).__name__}: {e}); "
                          f"the file is corrupt or truncated") from None
+    if size != (32, 32):
+        raise ValueError(f"{path}: image is {size[0]}x{size[1]}, expected 32x32")
+    if mode != "RGB":
+        raise ValueError(f"{path}: image mode is {mode}, expected RGB")
+    short = _png_data_shortfall(data)
+    if short:
+        raise ValueError(f"{path}: cannot decode the PNG: {short}; the file is corrupt or truncated")
+    return pixels
+
+
+def _png_data_shortfall(data):
+    """Why the image data of a PNG Pillow has decoded do not cover every row, or ''.
+
+    Pillow stops, without an error, when the zlib stream inside the IDAT chunks *ends* early
+    (``LOAD_TRUNCATED_IMAGES`` only concerns a file that runs out of bytes), and leaves the rows
+    it never received as zeros; it also takes a stream cut before its end (no checksum) whose
+    bytes happen to fill the rows.  So the stream is inflated again here (at most the bytes the
+    header calls for, plus one), its length compared with what the header calls for (per row a
+    filter byte and ``ceil(width x channels x bit depth / 8)`` bytes, per Adam7 pass if
+    interlaced), and its end and checksum required.
+    """
+    import zlib
+    pos, idat, header = 8, [], None
+    while pos + 8 <= len(data):                 # chunks: length, type, body, CRC (Pillow checked them)
+        length, kind = struct.unpack(">I4s", data[pos:pos + 8])
+        body = data[pos + 8:pos + 8 + length]
+        if kind == b"IHDR" and len(body) == 13:
+            header = struct.unpack(">IIBBBBB", body)
+        elif kind == b"IDAT":
+            idat.append(body)
+        elif kind == b"IEND":
+            break
+        pos += 12 + length
+    if header is None:
+        return "it has no image header"
+    width, height, depth, color, _, _, interlace = header
+    channels = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}.get(color, 3)
+    if interlace:                               # Adam7: 7 passes over sub-grids (x0, y0, dx, dy)
+        passes = [(0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2), (0, 1, 1, 2)]
+        grids = [(-(-(width - x0) // dx), -(-(height - y0) // dy)) for x0, y0, dx, dy in passes]
+    else:
+        grids = [(width, height)]
+    expected = sum(h * (1 + -(-w * channels * depth // 8)) for w, h in grids if w > 0 and h > 0)
+    inflate = zlib.decompressobj()
+    try:
+        got = len(inflate.decompress(b"".join(idat), expected + 1))
+    except zlib.error as e:
+        return f"its image data are not a zlib stream ({e})"
+    if got < expected:
+        return (f"its image data hold {got:,} of the {expected:,} bytes its {width}x{height} pixels need "
+                f"(the compressed stream ends early)")
+    if got == expected and not inflate.eof:     # eof: the stream ended and its Adler-32 checksum matched
+        return "its compressed image data stop before the end of their zlib stream (a cut or damaged file)"
+    return ""
 
 
 def _hash_file_into(h, f, data, why):
@@ -244,6 +301,32 @@ class _Unusable(Exception):
 _ENTRY_FILES = ("X.npy", "y.npy", "origin.npy")
 
 
+# What every hit hashes of the pixels: windows at fixed, evenly spaced offsets (the first at the
+# start, the last at the end), so that damage spread over the array (every image whitened) or at
+# either end is seen without reading the whole array; verify=True reads it all.
+_SAMPLE_WINDOWS, _SAMPLE_BYTES = 64, 256
+
+
+def _sample_offsets(nbytes):
+    """The byte offsets of the windows ``_quick_digest`` hashes in an array of ``nbytes`` bytes."""
+    last = max(nbytes - _SAMPLE_BYTES, 0)
+    return [last * i // (_SAMPLE_WINDOWS - 1) for i in range(_SAMPLE_WINDOWS)]
+
+
+def _quick_digest(X, y, origin):
+    """SHA-256 of the labels, the origins and the sampled pixel windows: what every hit checks.
+
+    ``X`` may be memory-mapped: only the pages under the windows are read.
+    """
+    h = hashlib.sha256()
+    h.update(np.ascontiguousarray(y).tobytes())
+    h.update(np.ascontiguousarray(origin).tobytes())
+    flat = X.reshape(-1)                        # a view of the (N, 32, 32, 3) uint8 bytes
+    for start in _sample_offsets(flat.size):
+        h.update(flat[start:start + _SAMPLE_BYTES].tobytes())
+    return h.hexdigest()
+
+
 def _sha256_file(path):
     h = hashlib.sha256()
     with open(path, "rb") as fh:
@@ -262,9 +345,10 @@ def _open_entry(entry, key, files, verify):
     Raises
     ------
     _Unusable
-        A damaged entry (unreadable or corrupt manifest, truncated arrays, wrong
-        shapes/dtypes, labels out of range), or with ``verify`` one whose arrays or PNGs
-        no longer hash to what the manifest recorded.
+        A damaged entry (unreadable or corrupt manifest, array files of other sizes than
+        recorded, wrong shapes/dtypes, labels out of range, labels, origins or sampled pixels
+        that no longer hash to what the manifest recorded), or with ``verify`` one whose arrays
+        or PNGs, read whole, no longer hash to what the manifest recorded.
     """
     try:
         with open(os.path.join(entry, "manifest.json"), "rb") as fh:
@@ -279,11 +363,19 @@ def _open_entry(entry, key, files, verify):
         ok = (m["version"] == _CACHE_VERSION and m["key"] == key and isinstance(n, int) and n > 0
               and isinstance(skipped, list)
               and all(isinstance(s, list) and len(s) == 2 and all(isinstance(t, str) for t in s) for s in skipped)
-              and isinstance(sums, dict) and isinstance(m["png_sha256"], str) and isinstance(m["racy"], dict))
+              and isinstance(sums, dict) and isinstance(m["png_sha256"], str) and isinstance(m["racy"], dict)
+              and isinstance(m["bytes"], dict) and isinstance(m["quick_sha256"], str))
     except (ValueError, TypeError, KeyError) as e:     # JSONDecodeError and UnicodeDecodeError are ValueErrors
         raise _Unusable(f"its manifest is not valid ({type(e).__name__}: {e})") from None
     if not ok:
         raise _Unusable("its manifest does not describe this data")
+    for name in _ENTRY_FILES:                   # one stat each: a file cut short or grown
+        try:
+            size = os.stat(os.path.join(entry, name)).st_size
+        except OSError as e:
+            raise _Unusable(f"{name} cannot be read ({e.strerror})") from None
+        if size != m["bytes"].get(name):
+            raise _Unusable(f"{name} is {size:,} bytes, its manifest says {m['bytes'].get(name)}")
     try:
         X = np.load(os.path.join(entry, "X.npy"), mmap_mode="r")
         y = np.load(os.path.join(entry, "y.npy"))
@@ -296,6 +388,8 @@ def _open_entry(entry, key, files, verify):
             raise _Unusable(f"{name} holds {arr.dtype} {arr.shape}, expected {np.dtype(dtype)} {shape}")
     if y.min() < 0 or y.max() >= len(CLASSES) or origin.max() >= len(ORIGINS):
         raise _Unusable("its labels or origins are out of range")
+    if _quick_digest(X, y, origin) != m["quick_sha256"]:
+        raise _Unusable("its labels, origins or sampled pixels do not match the hash in its manifest")
     if m["racy"]:                               # files written just before the build: compare their bytes
         by_rel = {f.rel: f for f in files}
         for rel, digest in m["racy"].items():
@@ -312,16 +406,17 @@ def _open_entry(entry, key, files, verify):
 
 def _write_entry(tmp, key, X, y, origin, skipped, png_sha256, racy):
     """Write the arrays, then the manifest last, into the private folder ``tmp``."""
-    sums = {}
+    sums, sizes = {}, {}
     for name, arr in zip(_ENTRY_FILES, (X, y, origin)):
         path = os.path.join(tmp, name)
         with open(path, "wb") as fh:
             np.save(fh, arr)
             fh.flush()
             os.fsync(fh.fileno())
-        sums[name] = _sha256_file(path)
+        sums[name], sizes[name] = _sha256_file(path), os.path.getsize(path)
     manifest = {"version": _CACHE_VERSION, "key": key, "count": len(y), "skipped": skipped,
-                "sha256": sums, "png_sha256": png_sha256, "racy": racy}
+                "sha256": sums, "bytes": sizes, "quick_sha256": _quick_digest(X, y, origin),
+                "png_sha256": png_sha256, "racy": racy}
     with open(os.path.join(tmp, "manifest.json"), "w") as fh:
         json.dump(manifest, fh)
         fh.flush()
@@ -426,10 +521,13 @@ def read_tree(root, splits=("train", "val", "test"), on_bad_image="raise", progr
     progress : bool
         Show a progress bar while decoding.
     verify : bool
-        Also re-read every PNG and the cached arrays and compare their SHA-256 with the
-        cache's manifest, instead of trusting each file's size, mtime and inode.  Costs a
-        full read of the data (about 700 MB for CINIC-10: seconds from the page cache, a
-        minute or more from a cold disk) but no decoding; a mismatch rebuilds the cache.
+        Every load checks the cached arrays' sizes and a hash of their labels, origins and
+        16 kB of sampled pixels against the manifest (damage such as every label rewritten,
+        or every image whitened, is caught), and trusts each PNG's size, mtime and inode.
+        ``verify=True`` adds a SHA-256 of every byte of the cached arrays (damage between the
+        sampled windows) and of every PNG (a PNG rewritten behind the same size and times).
+        Costs a full read of the data (about 700 MB for CINIC-10: seconds from the page
+        cache, a minute or more from a cold disk) but no decoding; a mismatch rebuilds the cache.
 
     Returns
     -------

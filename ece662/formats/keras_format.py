@@ -30,6 +30,7 @@ from ece662.layers import Conv2d, Dropout, Flatten, Linear, MaxPool2d, ReLU
 from ece662.safezip import ZipReader
 
 _MAX_CONFIG_BYTES = 16 * 2 ** 20       # a Sequential's config.json is a few kB
+_MAX_LAYERS = 1000                     # as for an ece662 .npz's spec; the course networks have ~10
 
 
 # ============================================================================ Keras format: reading
@@ -58,6 +59,8 @@ def _parse_config(raw, path, where):
     layers = config["config"].get("layers")
     if not isinstance(layers, list):
         raise _error(path, f"{where}: the Sequential config has no list of 'layers'")
+    if len(layers) > _MAX_LAYERS:
+        raise _error(path, f"{where} lists {len(layers):,} layers, more than the {_MAX_LAYERS} ece662 builds")
     names = set()
     for i, layer in enumerate(layers):
         if not (isinstance(layer, dict) and isinstance(layer.get("class_name"), str)
@@ -87,6 +90,82 @@ def _datasets_in_order(group, keys, path, layer):
             raise _error(path, f"layer {layer!r}: weight {k!r} is missing or not an array")
         out.append(obj)
     return out
+
+
+# HDF5 filters libhdf5 has built in (deflate, shuffle, fletcher32, szip, nbit, scaleoffset) and
+# h5py's lzf; any other filter id makes libhdf5 look for a plugin library on disk and load it
+_BUILTIN_FILTERS = {1, 2, 3, 4, 5, 6, 32000}
+_MAX_HDF5_LINKS = 100_000          # a Sequential's weights file has a few dozen
+
+
+def _check_hdf5_tree(f, path):
+    """Refuse an HDF5 file that reaches outside itself, before any dataset is read.
+
+    HDF5 can make a dataset's bytes come from elsewhere on the machine: an external link
+    (a name that opens another file), external raw storage (a dataset whose data are kept in
+    another file), a virtual dataset (one stitched from datasets of other files).  h5py follows
+    all three silently, so a "weight" could hold any file the user can read.  Keras writes none
+    of them, nor soft links (names for other paths, which can also loop), so every link that is
+    not a hard link is refused, and every dataset is checked for external and virtual storage,
+    for filters that would make libhdf5 load a plugin, and for chunks larger than the dataset
+    (a chunk is decompressed whole: a 4 GB chunk of zeros fits in a few MB).
+
+    ``H5Lvisit`` (h5py's low-level ``links.visit``) lists every link once, without following soft
+    or external links, and enters a group reached twice by hard links only once.  Its callback
+    returns the first problem (returning a value stops the walk; an exception raised inside it
+    would cross libhdf5's C frames), and the problem is raised here.
+    """
+    import h5py
+    seen = [0]
+
+    def problem(raw, info):
+        seen[0] += 1
+        if seen[0] > _MAX_HDF5_LINKS:
+            return (f"the HDF5 file holds more than {_MAX_HDF5_LINKS:,} objects; a Keras model's "
+                    f"weights file holds a few dozen")
+        name = raw.decode("utf-8", "replace")
+        try:
+            if info.type == h5py.h5l.TYPE_EXTERNAL:
+                link = f.get(raw, getlink=True)
+                return (f"HDF5 entry {name!r} is an external link to {link.path!r} in the file "
+                        f"{link.filename!r}; a model file must hold its own weights (refused, "
+                        f"nothing was read from that file)")
+            if info.type == h5py.h5l.TYPE_SOFT:
+                return (f"HDF5 entry {name!r} is a soft link to {f.get(raw, getlink=True).path!r}; "
+                        f"Keras never writes links, and one can point anywhere or loop (refused)")
+            if info.type != h5py.h5l.TYPE_HARD:
+                return f"HDF5 entry {name!r} is a user-defined link (type {info.type}); refused"
+            obj = f.get(raw)       # every link on the way is a hard one: H5Lvisit follows no other
+            return _dataset_storage_problem(obj, name) if isinstance(obj, h5py.Dataset) else None
+        except Exception as e:     # noqa: BLE001 -- an exception must not cross libhdf5's C frames
+            return f"HDF5 entry {name!r} cannot be inspected ({type(e).__name__}: {e}); the file is damaged"
+
+    found = f.id.links.visit(problem, info=True)
+    if found is not None:
+        raise _error(path, found)
+
+
+def _dataset_storage_problem(ds, name):
+    """Why a dataset's bytes live outside the file or would decode at an unbounded size; None if fine."""
+    if ds.is_virtual:
+        return (f"HDF5 dataset {name!r} is a virtual dataset (its data come from other files); a "
+                f"model file must hold its own weights (refused)")
+    if ds.external:
+        files = sorted({os.fsdecode(e[0]) for e in ds.external})
+        return (f"HDF5 dataset {name!r} keeps its data in the external file(s) {files}; a model "
+                f"file must hold its own weights (refused, nothing was read)")
+    plist = ds.id.get_create_plist()
+    for i in range(plist.get_nfilters()):
+        fid = plist.get_filter(i)[0]
+        if fid not in _BUILTIN_FILTERS:
+            return (f"HDF5 dataset {name!r} uses compression filter {fid}, which is not built into "
+                    f"libhdf5 (it would load a plugin library); save it uncompressed or with gzip")
+    if ds.chunks is not None and ds.shape is not None:
+        chunk = math.prod(ds.chunks) * ds.dtype.itemsize
+        if chunk > max(math.prod(ds.shape) * ds.dtype.itemsize, 2 ** 20):
+            return (f"HDF5 dataset {name!r} is stored in chunks of {chunk:,} bytes, more than the "
+                    f"dataset {ds.shape} needs; a chunk is decompressed whole (refused)")
+    return None
 
 
 @contextlib.contextmanager
@@ -124,6 +203,7 @@ def _keras_file(path):
                                                      "config.json")
                 h5 = h5py.File(_io.BytesIO(z.read("model.weights.h5", infos["model.weights.h5"].file_size)), "r")
             with h5:
+                _check_hdf5_tree(h5, path)
                 by_group = {}
                 layers = h5.get("layers")
                 for gname in (layers.keys() if isinstance(layers, h5py.Group) else []):
@@ -154,6 +234,7 @@ def _keras_file(path):
                 yield config_layers, build, weights
         else:                                              # legacy HDF5 .h5
             with h5py.File(path, "r") as f:
+                _check_hdf5_tree(f, path)
                 if "model_weights" not in f:
                     raise _error(path, "an HDF5 file without model_weights: not a Keras model file")
                 if "model_config" in f.attrs:
@@ -169,7 +250,7 @@ def _keras_file(path):
                     if wnames:
                         weights[name] = _datasets_in_order(group, wnames, path, name)
                 yield config_layers, build, weights
-    except (OSError, KeyError) as e:
+    except (OSError, KeyError, RuntimeError) as e:       # h5py's errors for a damaged container
         raise ValueError(f"{path} is not a readable Keras model file ({e})") from None
 
 
@@ -272,6 +353,35 @@ def _same_padding(size, k, s, name, path):
     return total // 2
 
 
+class _ParameterBudget:
+    """The weights a config's layers need, counted from their settings *before* each layer is
+    made, against ``common.MAX_PARAMETERS`` (read at call time, so tests can lower it): a 6 kB
+    config whose Dense has a million units must not allocate gigabytes to find out."""
+
+    def __init__(self, path):
+        self.path, self.total, self.limit = path, 0, common.MAX_PARAMETERS
+
+    def take(self, count, name):
+        self.total += count
+        if self.total > self.limit:
+            raise _error(self.path, f"the config's layers up to {name!r} need {self.total:,} weights, more "
+                                    f"than the {self.limit:,} ece662 reads "
+                                    f"(ece662.formats.common.MAX_PARAMETERS); nothing was allocated")
+
+
+class _NoInitialisation:
+    """Stands in for a layer's ``rng`` when the file's weights will replace the initial ones:
+    ``Conv2d`` and ``Linear`` draw ``rng.uniform(...)`` (float64, twice the weights' size) and
+    cast it to float32; this gives float32 zeros, with no random numbers drawn."""
+
+    @staticmethod
+    def uniform(low, high, size):
+        return np.zeros(size, np.float32)
+
+
+_NO_INIT = _NoInitialisation()
+
+
 def model_from_keras_config(config_layers, path="the Keras config", build=None,
                             input_shape=None):
     """Build the ece662 ``Sequential`` a Keras ``Sequential`` config describes (no weights yet).
@@ -287,6 +397,7 @@ def model_from_keras_config(config_layers, path="the Keras config", build=None,
     """
     from collections import OrderedDict
     layers, bn_flags = OrderedDict(), {}
+    budget = _ParameterBudget(path)
     if input_shape is None:
         input_shape = _config_input_shape(config_layers, build, path)
     shape = (1,) + tuple(input_shape)
@@ -324,8 +435,10 @@ def model_from_keras_config(config_layers, path="the Keras config", build=None,
                                        f"and width; ece662 pads both alike")
             else:
                 raise _error(path, f"Keras layer {name!r}: padding {padding!r} (valid or same)")
+            bias = bool(cfg.get("use_bias", True))
+            budget.take(shape[1] * filters * kh * kw + (filters if bias else 0), name)
             new = [(name, L.Conv2d(shape[1], filters, (kh, kw), stride=sh, padding=pad,
-                                   bias=bool(cfg.get("use_bias", True))))]
+                                   bias=bias, rng=_NO_INIT))]
             new += _activation_layers(cfg.get("activation"), name, path, last)
         elif cls in ("MaxPooling2D", "AveragePooling2D"):
             k = _pair(cfg.get("pool_size", 2), "pool_size", name, path)
@@ -351,6 +464,7 @@ def model_from_keras_config(config_layers, path="the Keras config", build=None,
                 raise _error(path, f"Keras layer {name!r}: BatchNormalization over axis {axis!r}; "
                                    f"only the channel axis (-1) is read")
             cls_name = "BatchNorm2d" if len(shape) == 4 else "BatchNorm1d"
+            budget.take(4 * shape[1], name)
             eps = cfg.get("epsilon", 1e-3)
             if not (isinstance(eps, (int, float)) and 0 < eps < 1):
                 raise _error(path, f"Keras layer {name!r}: epsilon must be a small positive number, "
@@ -368,7 +482,9 @@ def model_from_keras_config(config_layers, path="the Keras config", build=None,
             if len(shape) != 2:
                 raise _error(path, f"Keras layer {name!r}: a Dense layer on a {len(shape) - 1}-D input "
                                    f"(ece662 needs a Flatten first)")
-            new = [(name, L.Linear(shape[1], units, bias=bool(cfg.get("use_bias", True))))]
+            bias = bool(cfg.get("use_bias", True))
+            budget.take(shape[1] * units + (units if bias else 0), name)
+            new = [(name, L.Linear(shape[1], units, bias=bias, rng=_NO_INIT))]
             new += _activation_layers(cfg.get("activation"), name, path, last)
         elif cls == "Flatten":
             new = [(name, L.Flatten())]

@@ -16,6 +16,7 @@ exactly as it was.
 One thing torch does not do: a call that kills output rows of a classifier's last
 layer -- whole classes -- warns (:class:`DeadClassWarning`); the mask is the same.
 """
+import numbers
 import os
 import sys
 import warnings
@@ -270,7 +271,7 @@ class LnStructured(BasePruningMethod):
 
     def __init__(self, amount, n, dim=-1):
         M.validate_amount(amount)
-        self.amount, self.n, self.dim = amount, n, dim
+        self.amount, self.n, self.dim = amount, check_norm_order(n, "ln_structured"), dim
 
     def compute_mask(self, t, default_mask):
         return M.ln_structured(t, self.amount, self.n, self.dim, default_mask)
@@ -323,6 +324,23 @@ class BlockUnstructured(BasePruningMethod):
 
     def compute_mask(self, t, default_mask):
         return M.block_unstructured(t, self.block, self.amount, default_mask)
+
+
+def check_norm_order(n, where):
+    """The ``n`` of an Ln norm that ranks channels: a positive number, ``inf`` (or ``-inf``, the
+    smallest magnitude), or ``'fro'`` (2), as ``torch.nn.utils.prune.ln_structured`` takes.
+
+    NaN would make every norm NaN, and a NaN sorts as if equal to everything, so the *first*
+    channels would be pruned whatever their weights; 0 counts non-zeros and negative orders
+    are not norms.  All are refused.
+    """
+    if n == "fro":
+        return n
+    if (isinstance(n, (bool, np.bool_)) or not isinstance(n, numbers.Real)
+            or not (n > 0 or n == -np.inf)):          # NaN fails every comparison
+        raise ValueError(f"{where}: n must be a positive number, inf, -inf or 'fro' (the Ln norm that ranks "
+                         f"the channels; 1 and 2 are usual), got {n!r}")
+    return n
 
 
 # ============================================================================ functions
@@ -498,6 +516,7 @@ def global_structured(parameters, amount, n=2, dim=0, normalize=False, allow_emp
     parameters = list(parameters)
     if not parameters:
         raise ValueError("global_structured: parameters is empty; pass [(module, 'weight'), ...]")
+    check_norm_order(n, "global_structured")
     for m, name in parameters:
         _check_prune_bias(m, name, dim, prune_bias)
     current = [_current(m, name) for m, name in parameters]

@@ -69,9 +69,26 @@ def augment_batch(images, rng, pad=2, flip=True, cutout=0):
     return out
 
 
+def _check_labels(y, where):
+    """``y`` as int64 (N,) labels, refusing what would silently become other labels when cast:
+    NaN or inf (int64's minimum), fractions (truncated), strings, booleans, more than one axis."""
+    y = np.asarray(y)
+    if y.ndim != 1:
+        raise ValueError(f"{where}: expected labels of shape (N,), got shape {y.shape}; pass class "
+                         f"indices 0..9, not one-hot rows (use y.argmax(1))")
+    if y.dtype.kind == "f":
+        bad = np.flatnonzero(~np.isfinite(y) | (y != np.round(y)))
+        if len(bad):
+            raise ValueError(f"{where}: labels must be whole numbers 0..9, got {float(y[bad[0]])} at index "
+                             f"{bad[0]} ({len(bad)} such label(s))")
+    elif y.dtype.kind not in "iu":
+        raise ValueError(f"{where}: labels must be integers 0..9, got dtype {y.dtype}")
+    return y
+
+
 def _check_data(X, y, where):
     X = np.asarray(X) if not hasattr(X, "shape") else X
-    y = np.asarray(y)
+    y = _check_labels(y, where)
     if len(X) != len(y):
         raise ValueError(f"{where}: X holds {len(X)} images but y holds {len(y)} labels")
     if getattr(X, "dtype", None) != np.uint8 or X.ndim != 4 or X.shape[-1] != 3:
@@ -135,7 +152,8 @@ class Trainer:
     ------
     ValueError
         Empty training set, ``batch_size`` or ``epochs`` not a positive whole number, a
-        learning rate that is not a positive number, bad images or labels.
+        learning rate that is not a positive number, bad images, labels that are not whole
+        numbers 0..9 (NaN, fractions, one-hot rows), ``X_val`` without ``y_val`` or the reverse.
     """
 
     def __init__(self, model, X_train, y_train, X_val=None, y_val=None, epochs=10, batch_size=128,
@@ -144,6 +162,10 @@ class Trainer:
                  temperature=4.0, distill_weight=0.9, on_nonfinite="raise", progress=True):
         self.X, self.y = _check_data(X_train, y_train, "Trainer (train)")
         self.X_val = self.y_val = None
+        if (X_val is None) != (y_val is None):
+            raise ValueError(f"Trainer: got {'X_val' if y_val is None else 'y_val'} without "
+                             f"{'y_val' if y_val is None else 'X_val'}; pass both (validation images and "
+                             f"their labels) or neither")
         if X_val is not None:
             self.X_val, self.y_val = _check_data(X_val, y_val, "Trainer (val)")
         if schedule not in ("onecycle", "constant"):

@@ -197,15 +197,21 @@ def test_verify_finds_content_changed_behind_the_same_size_and_times(tmp_path, c
 
 
 def test_verify_finds_a_cache_array_altered_in_place(tmp_path, cache):
-    """A flipped byte inside the cached pixels (shape intact) is only visible to verify=True; it rebuilds."""
+    """A flipped byte of the cached pixels between the windows every load samples (shape intact) is
+    only visible to verify=True; it rebuilds."""
     root = _make_tree(tmp_path / "t")
     _load(root)
     (entry,) = _entries(cache, "val")
-    with open(os.path.join(entry, "X.npy"), "r+b") as f:
-        f.seek(-1, os.SEEK_END)
-        last = f.read(1)
-        f.seek(-1, os.SEEK_END)
-        f.write(bytes([last[0] ^ 0xFF]))
+    path = os.path.join(entry, "X.npy")
+    nbytes = np.load(path, mmap_mode="r").nbytes
+    gap = data_tree._sample_offsets(nbytes)[0] + data_tree._SAMPLE_BYTES + 10    # after the first window
+    assert gap < data_tree._sample_offsets(nbytes)[1]
+    with open(path, "r+b") as f:
+        f.seek(os.path.getsize(path) - nbytes + gap)
+        byte = f.read(1)
+        f.seek(-1, os.SEEK_CUR)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    _no_warnings(_load, root)                   # the sampled check does not see it (documented)
     with pytest.warns(UserWarning, match=re.escape(entry) + ".*X.npy does not match"):
         _assert_true_pixels(_load(root, verify=True), root)
     _assert_true_pixels(_no_warnings(_load, root), root)
@@ -329,6 +335,12 @@ DAMAGE = {
     "y float": _save("y.npy", lambda a: a.astype(np.float64)),
     "origin missing": lambda e: os.remove(os.path.join(e, "origin.npy")),
     "origin out of range": _save("origin.npy", lambda a: a + 50),
+    "y all cat, in range": _save("y.npy", lambda a: np.full_like(a, CLASSES.index("cat"))),
+    "y two labels swapped": _save("y.npy", lambda a: np.concatenate([a[-1:], a[1:-1], a[:1]])),
+    "origin rewritten, in range": _save("origin.npy", lambda a: (a + 1) % 2),
+    "X whitened": _save("X.npy", lambda a: np.full_like(a, 255)),
+    "X last pixel flipped": _save("X.npy", lambda a: np.concatenate([a[:-1], 255 - a[-1:]])),
+    "X one byte longer": lambda e: open(os.path.join(e, "X.npy"), "ab").write(b"\0"),
     "manifest not JSON": _write("manifest.json", b'{"version": 2, "key'),
     "manifest a list": _write("manifest.json", b"[1, 2, 3]"),
     "manifest wrong types": _write("manifest.json", b'{"version": 2, "key": 1, "count": "many", '

@@ -242,6 +242,26 @@ def _png_claiming(width, height):
         _chunk(b"IEND", b"")
 
 
+_ADAM7 = [(0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2), (0, 1, 1, 2)]
+
+
+def _png_by_hand(a, rows=None, interlace=0, passes=7, depth=8, cut=0, text=b""):
+    """An RGB PNG written byte by byte: ``rows`` limits the rows the zlib stream holds (a stream that
+    ends early), ``interlace`` Adam7 (of which only the first ``passes``), ``depth`` 8 or 16, ``cut``
+    drops that many bytes from the end of the IDAT body (keeping its declared length), ``text`` a
+    zTXt chunk's uncompressed text."""
+    H, W, _ = a.shape
+    samples = a.astype(">u2") * 257 if depth == 16 else a
+    grids = [samples[y0::dy, x0::dx] for x0, y0, dx, dy in _ADAM7][:passes] if interlace else [samples]
+    raw = b"".join(b"\0" + row.tobytes() for g in grids if g.size for row in g[:rows])
+    idat = _chunk(b"IDAT", zlib.compress(raw))
+    if cut:
+        idat = idat[:-4 - cut]
+    ztxt = _chunk(b"zTXt", b"comment\0\0" + zlib.compress(text)) if text else b""
+    return (b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", struct.pack(">IIBBBBB", W, H, depth, 2, 0, 0, interlace))
+            + ztxt + idat + _chunk(b"IEND", b""))
+
+
 def _tree(root, per_class=2):
     rng = np.random.default_rng(1)
     for folder in SPLIT_FOLDERS.values():
@@ -281,6 +301,14 @@ BAD_FILES = {
     "a broken symlink": (lambda p: os.symlink(p + ".missing", p), "broken symbolic link"),
     "a symlink to a device": (lambda p: os.symlink("/dev/zero", p), "not a regular file"),
     "2 MB": (_write(_png(RGB) + bytes(2 * 2 ** 20)), "too big"),
+    "zlib stream of 5 of 32 rows": (_write(_png_by_hand(RGB, rows=5)),
+                                    "image data hold 485 of the 3,104 bytes its 32x32 pixels need"),
+    "zlib stream of 31 of 32 rows": (_write(_png_by_hand(RGB, rows=31)), "hold 3,007 of the 3,104 bytes"),
+    "interlaced, 3 of 7 passes": (_write(_png_by_hand(RGB, interlace=1, passes=3)),
+                                  "image data hold 204 of the 3,132 bytes"),
+    "IDAT cut short, declared length kept": (_write(_png_by_hand(RGB, cut=14)),
+                                             "before the end of their zlib stream|corrupt or truncated"),
+    "10 MB zTXt chunk": (_write(_png_by_hand(RGB, text=b"a" * 10_000_000)), "MAX_TEXT_CHUNK"),
 }
 
 
@@ -437,3 +465,11 @@ def test_fuzz_mutated_npz_give_the_true_arrays_or_a_clear_error(tmp_path_factory
     for s in ("train", "val", "test"):
         np.testing.assert_array_equal(d[f"X_{s}"], original[f"X_{s}"])
         np.testing.assert_array_equal(d[f"y_{s}"], original[f"y_{s}"])
+
+
+@pytest.mark.parametrize("interlace", [0, 1])
+@pytest.mark.parametrize("depth", [8, 16])
+def test_whole_pngs_of_every_layout_decode_exactly(interlace, depth):
+    """The image-data length check knows Adam7 interlacing and 16-bit samples: such files load exactly."""
+    from ece662.data.tree import _decode_png
+    np.testing.assert_array_equal(_decode_png(_png_by_hand(RGB, interlace=interlace, depth=depth), "x.png"), RGB)

@@ -277,3 +277,122 @@ def test_main_reports_an_unwritable_destination_in_one_line(tmp_path, capsys):
     assert download.main(["--dest", str(tmp_path / "f" / "d"), "--url", "http://127.0.0.1:9/x"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("get_datasets: ")
+
+
+# ---------------------------------------------------------------------------- header bombs
+@functools.lru_cache(maxsize=None)
+def _gzip_of_zeros(n):
+    """A gzip member that inflates to ``n`` zero bytes (about n / 1000 bytes long)."""
+    import zlib
+    z, zeros, parts = zlib.compressobj(9, zlib.DEFLATED, 31), bytes(1 << 22), []
+    for _ in range(n // len(zeros)):
+        parts.append(z.compress(zeros))
+    parts.append(z.compress(bytes(n % len(zeros))))
+    parts.append(z.flush())
+    return b"".join(parts)
+
+
+def _header_bomb(path, kind, declared=1_100_000_000):
+    """A .tar.gz of about 1 MB whose first header announces ``declared`` bytes of header data:
+    a GNU long name ('L') or link ('K'), a pax header ('x'), a GNU sparse member ('S'), or a pax
+    sparse 1.0 member whose map runs on for ``declared`` bytes.  gzip allows several members in
+    one file, so the header is one gzip member and the zeros (or map lines) another."""
+    import gzip
+    if kind == "pax sparse map":
+        pax = tarfile.TarInfo("train/cat/x.png")
+        pax.size = 1
+        pax.pax_headers = {"GNU.sparse.major": "1", "GNU.sparse.minor": "0",
+                           "GNU.sparse.name": "train/cat/x.png", "GNU.sparse.realsize": "1"}
+        head = pax.tobuf(tarfile.PAX_FORMAT)[:-512]       # the pax header, without the member's own
+        member = tarfile.TarInfo("train/cat/x.png")
+        member.size = declared
+        head += member.tobuf(tarfile.USTAR_FORMAT) + b"999999999999\n"   # the map: 10^12 fields
+        import zlib
+        z = zlib.compressobj(9, zlib.DEFLATED, 31)
+        lines = b"0\n" * (1 << 21)
+        body = b"".join([z.compress(lines) for _ in range(declared // len(lines))] + [z.flush()])
+        path.write_bytes(gzip.compress(head) + body)
+        return str(path)
+    info = tarfile.TarInfo({"L": "././@LongLink", "K": "././@LongLink", "x": "././@PaxHeader",
+                            "S": "train/cat/sparse.png"}[kind])
+    info.type = kind.encode()
+    info.size = declared
+    path.write_bytes(gzip.compress(info.tobuf(tarfile.GNU_FORMAT)) + _gzip_of_zeros(declared))
+    return str(path)
+
+
+HEADER_BOMBS = {"L": r"refusing a GNU long name of 1,100,000,000 bytes",
+                "K": r"refusing a GNU long link of 1,100,000,000 bytes",
+                "x": r"refusing a pax header of 1,100,000,000 bytes",
+                "S": r"refusing the GNU sparse member 'train/cat/sparse.png'",
+                "pax sparse map": r"refusing the pax sparse member"}
+
+HEADER_CHILD = """
+import json, resource, sys
+from ece662.data import download
+vm = int(next(l for l in open("/proc/self/status") if l.startswith("VmSize")).split()[1]) * 1024
+resource.setrlimit(resource.RLIMIT_AS, (vm + (1 << 30), resource.RLIM_INFINITY))   # 1 GiB more
+out = {}
+for name, (path, dest) in json.loads(sys.argv[1]).items():
+    for step, call in (("check", lambda: download.check_archive(path)),
+                       ("unpack", lambda: download.unpack(path, dest))):
+        try:
+            call()
+            out[name + " " + step] = ["ok", ""]
+        except BaseException as e:
+            out[name + " " + step] = [type(e).__name__, str(e)]
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="RLIMIT_AS and /proc are Linux's")
+def test_archive_headers_that_ask_for_gigabytes_are_refused_under_a_memory_limit(tmp_path):
+    """A 1 MB .tar.gz whose GNU long name, long link or pax header declares 1.1 GB, or whose sparse
+    map runs on for a gigabyte: check_archive and unpack refuse each with one DownloadError naming
+    the file, in a child process that may use only 1 GiB more than it started with."""
+    import json
+    import re
+    import subprocess
+    import sys
+    files = {}
+    for i, kind in enumerate(HEADER_BOMBS):
+        path = _header_bomb(tmp_path / f"bomb{i}.tar.gz", kind)
+        assert os.path.getsize(path) < 2_000_000, kind
+        files[kind] = (path, str(tmp_path / f"out{i}"))
+    env = dict(os.environ, PYTHONPATH=REPO)
+    proc = subprocess.run([sys.executable, "-c", HEADER_CHILD, json.dumps(files)],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, f"the child crashed (rc {proc.returncode}): {proc.stderr[-2000:]}"
+    results = json.loads(proc.stdout.strip().splitlines()[-1])
+    for kind, message in HEADER_BOMBS.items():
+        path, dest = files[kind]
+        for step in ("check", "unpack"):
+            got, text = results[f"{kind} {step}"]
+            assert got == "DownloadError", f"{kind} {step}: {got}: {text[:300]}"
+            assert text.startswith(path + ": ") and re.search(message, text), f"{kind} {step}: {text}"
+        assert not os.path.exists(dest) and not os.path.exists(dest + ".unpacking")
+
+
+def test_archive_with_too_many_members_is_refused(tmp_path, monkeypatch):
+    """More members than CINIC-10 could hold is refused while reading, naming the file."""
+    monkeypatch.setattr(download, "MAX_MEMBERS", 50)
+    path = tmp_path / "a.tar.gz"
+    path.write_bytes(_archive_bytes())          # 60 PNGs
+    with pytest.raises(download.DownloadError, match=f"{path}: more than 50 members"):
+        download.check_archive(str(path))
+
+
+def test_archive_long_names_within_the_bound_are_read(tmp_path):
+    """GNU long names and pax headers of ordinary size still work (CINIC-10 could use either)."""
+    for fmt in (tarfile.GNU_FORMAT, tarfile.PAX_FORMAT):
+        valid = tarfile.open(fileobj=io.BytesIO(_archive_bytes()), mode="r:gz")
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w:gz", format=fmt) as tar:
+            for m in valid.getmembers():
+                tar.addfile(m, valid.extractfile(m))
+            long = _member("train/cat/" + "x" * 300 + ".png")
+            tar.addfile(long, io.BytesIO(b"\0"))
+        path = tmp_path / f"long{fmt}.tar.gz"
+        path.write_bytes(buf.getvalue())
+        names = [m.name for m in download.check_archive(str(path))]
+        assert "train/cat/" + "x" * 300 + ".png" in names

@@ -1,9 +1,13 @@
 """Hostile and careless ece662 .npz and Keras files: a clear ValueError (naming the file, and the
 layer where there is one), bounded memory, never a traceback from deep inside numpy or h5py."""
 import builtins
+import functools
 import io
 import json
 import os
+import re
+import subprocess
+import sys
 import tracemalloc
 import zipfile
 
@@ -467,3 +471,199 @@ def test_keras_permission_error_is_not_called_unreadable(tmp_path, monkeypatch):
     monkeypatch.setattr(io, "open", locked)
     with pytest.raises(PermissionError, match="permission denied; check the file's permissions"):
         load_model(path, mode="tensorflow")
+
+
+# ----------------------------------------------------------------- Keras: a config is a budget too
+def _dense_units(units):
+    return _config_with(lambda layers: layers[6]["config"].update(units=units))
+
+
+def _empty_weights():
+    buf = io.BytesIO()
+    h5py.File(buf, "w").close()
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda layers: layers[6]["config"].update(units=1_000_000), r"up to 'dense' need 1,153,011,680 weights"),
+    (lambda layers: (layers[1]["config"].update(filters=65536), layers[3]["config"].update(filters=65536)),
+     r"up to 'conv2d_1' need 38,6\d\d,\d\d\d,\d\d\d weights"),
+])
+def test_keras_config_needing_more_weights_than_the_budget_is_refused_before_building(tmp_path, edit, message):
+    """A few kB of config whose layers would need billions of weights (and no weights at all in the
+    file) is refused from the settings alone, before any layer is made."""
+    path = _keras_with(tmp_path / "huge.keras", config=_config_with(edit), weights=_empty_weights())
+    assert os.path.getsize(path) < 10_000
+    with pytest.raises(ValueError, match=f"huge.keras: the config's layers {message}, more than the "
+                                         f"50,000,000 ece662 reads"):
+        _load_keras_within(path)
+
+
+def test_keras_config_budget_follows_max_parameters(tmp_path, monkeypatch):
+    """The config's count is checked against common.MAX_PARAMETERS as it is at load time."""
+    path = _keras_with(tmp_path / "c.keras", config=_dense_units(20), weights=_empty_weights())
+    monkeypatch.setattr(formats_common, "MAX_PARAMETERS", 18_000)
+    with pytest.raises(ValueError, match=r"c.keras: the config's layers up to 'dense' need 3\d,\d\d\d weights, "
+                                         r"more than the 18,000"):
+        load_model(path, mode="tensorflow")
+
+
+def test_keras_config_with_too_many_layers_is_refused(tmp_path):
+    """More than 1000 layers in a Sequential config is refused before any is looked at."""
+    config = _config_with(lambda layers: layers.extend(
+        {"class_name": "Dropout", "config": {"name": f"d{i}", "rate": 0.1}} for i in range(1001)))
+    path = _keras_with(tmp_path / "long.keras", config=config)
+    with pytest.raises(ValueError, match=r"long.keras: config.json lists 1,008 layers, more than the 1000"):
+        load_model(path, mode="tensorflow")
+
+
+def test_keras_reader_draws_no_random_initial_weights(tmp_path, monkeypatch):
+    """Layers built from a Keras config get zeros, not random numbers the file overwrites
+    (which would cost float64 memory, twice the weights' size)."""
+    def no_rng(*args, **kwargs):
+        raise AssertionError("the Keras reader drew random initial weights")
+    monkeypatch.setattr(np.random, "default_rng", no_rng)
+    io_ = np.load(os.path.join(FIXTURES, "keras_default_convnet_io.npz"))
+    np.testing.assert_allclose(load_model(KERAS, mode="tensorflow")(io_["x"]), io_["logits"],
+                               rtol=1e-4, atol=1e-5)
+
+
+# ----------------------------------------------------------------- Keras: HDF5 that reaches outside
+SECRET = b"password=hunter2 and other secrets, 40 B"
+H5_BIAS = {"keras": "layers/dense/vars/1", "h5": "model_weights/dense/sequential/dense/bias"}
+
+
+def _outside_files(tmp_path):
+    """A secret text file and an HDF5 file holding a float array, both outside the model."""
+    secret = tmp_path / "elsewhere" / "secret.txt"
+    secret.parent.mkdir()
+    secret.write_bytes(SECRET)
+    other = tmp_path / "elsewhere" / "other.h5"
+    with h5py.File(other, "w") as f:
+        f["data"] = np.frombuffer(SECRET, np.float32)
+    return str(secret), str(other)
+
+
+def _reach_outside(kind, secret, other):
+    """An edit that makes the dense bias come from outside the file in the way ``kind`` says."""
+    def edit(f, bias):
+        del f[bias]
+        if kind == "external raw storage":
+            f.create_dataset(bias, shape=(10,), dtype="f4", external=[(secret, 0, 40)])
+        elif kind == "external link":
+            f[bias] = h5py.ExternalLink(other, "/data")
+        elif kind == "virtual dataset":
+            layout = h5py.VirtualLayout(shape=(10,), dtype="f4")
+            layout[:] = h5py.VirtualSource(other, "data", shape=(10,))
+            f.create_virtual_dataset(bias, layout)
+        elif kind == "soft link loop":
+            f[bias] = h5py.SoftLink("/" + bias)
+        elif kind == "soft link out of the tree":
+            f["elsewhere"] = np.frombuffer(SECRET, np.float32)
+            f[bias] = h5py.SoftLink("/elsewhere")
+    return edit
+
+
+HDF5_REACHES = {"external raw storage": r"keeps its data in the external file\(s\) \['.*secret.txt'\]",
+                "external link": r"is an external link to '/data' in the file '.*other.h5'",
+                "virtual dataset": r"is a virtual dataset",
+                "soft link loop": r"is a soft link to '/.*(bias|vars/1)'.*loop",
+                "soft link out of the tree": r"is a soft link to '/elsewhere'"}
+
+
+@pytest.mark.parametrize("ext", ["keras", "h5"])
+@pytest.mark.parametrize("kind", list(HDF5_REACHES))
+def test_keras_hdf5_that_reaches_outside_the_file_is_refused(tmp_path, kind, ext):
+    """External links, external raw storage, virtual datasets and soft links (which can loop)
+    are refused, naming the file and the entry: no byte of another file becomes a weight."""
+    secret, other = _outside_files(tmp_path)
+    edit = _reach_outside(kind, secret, other)
+    if ext == "keras":
+        path = _keras_with(tmp_path / "m.keras", weights=_weights_edited(lambda f: edit(f, H5_BIAS[ext])))
+    else:
+        path = str(tmp_path / "m.h5")
+        with open(os.path.join(FIXTURES, "keras_default_convnet.h5"), "rb") as src, open(path, "wb") as dst:
+            dst.write(src.read())
+        with h5py.File(path, "r+") as f:
+            edit(f, H5_BIAS[ext])
+    with pytest.raises(ValueError, match=f"m.{ext}: HDF5 (entry|dataset) '.*' {HDF5_REACHES[kind]}"):
+        load_model(path, mode="tensorflow")
+    with pytest.raises(ValueError, match=HDF5_REACHES[kind]):
+        mio.read_keras_weights(path)
+
+
+@functools.lru_cache(maxsize=None)
+def _deflated_zeros(n):
+    """A zlib stream that inflates to ``n`` zero bytes (about n / 1000 bytes long)."""
+    import zlib
+    z, zeros, parts = zlib.compressobj(9), bytes(1 << 22), []
+    for _ in range(n // len(zeros)):
+        parts.append(z.compress(zeros))
+    parts.append(z.flush())
+    return b"".join(parts)
+
+
+def _chunk_bomb(f, name, chunk_bytes=1 << 30):
+    """Replace dataset ``name`` (10 float32) by one stored in a single gzip chunk that inflates to
+    ``chunk_bytes``, written pre-compressed so that building it costs a few MB."""
+    del f[name]
+    ds = f.create_dataset(name, shape=(10,), maxshape=(None,), dtype="f4",
+                          chunks=(chunk_bytes // 4,), compression="gzip")
+    ds.id.write_direct_chunk((0,), _deflated_zeros(chunk_bytes))
+
+
+def _keras_bomb_files(tmp_path):
+    """{name: (path, message)}: small Keras files that would ask for gigabytes."""
+    files = {}
+    path = _keras_with(tmp_path / "units.keras", config=_dense_units(1_000_000), weights=_empty_weights())
+    files["Dense(units=1e6) without weights"] = (path, r"need 1,153,011,680 weights")
+    config = _config_with(lambda layers: (layers[1]["config"].update(filters=65536),
+                                          layers[3]["config"].update(filters=65536)))
+    files["two Conv2D(65536)"] = (_keras_with(tmp_path / "filters.keras", config=config, weights=_empty_weights()),
+                                  r"need 38,6\d\d,\d\d\d,\d\d\d weights")
+    files["1 GB gzip chunk (.keras)"] = (
+        _keras_with(tmp_path / "chunk.keras", weights=_weights_edited(lambda f: _chunk_bomb(f, H5_BIAS["keras"]))),
+        r"chunks of 1,073,741,824 bytes")
+    path = str(tmp_path / "chunk.h5")
+    with open(os.path.join(FIXTURES, "keras_default_convnet.h5"), "rb") as src, open(path, "wb") as dst:
+        dst.write(src.read())
+    with h5py.File(path, "r+") as f:
+        _chunk_bomb(f, H5_BIAS["h5"])
+    files["1 GB gzip chunk (.h5)"] = (path, r"chunks of 1,073,741,824 bytes")
+    return files
+
+
+KERAS_CHILD = """
+import json, resource, sys
+from ece662.pruning_helper import load_model
+vm = int(next(l for l in open("/proc/self/status") if l.startswith("VmSize")).split()[1]) * 1024
+resource.setrlimit(resource.RLIMIT_AS, (vm + (1 << 30), resource.RLIM_INFINITY))   # 1 GiB more
+out = {}
+for name, path in json.loads(sys.argv[1]).items():
+    try:
+        load_model(path, mode="tensorflow")
+        out[name] = ["ok", ""]
+    except BaseException as e:
+        out[name] = [type(e).__name__, str(e)]
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="RLIMIT_AS and /proc are Linux's")
+def test_keras_files_that_ask_for_gigabytes_are_refused_under_a_memory_limit(tmp_path):
+    """Configs that need billions of weights and a 1 GB decompressed chunk: a ValueError each,
+    naming the file, in a child process that may use only 1 GiB more than it started with."""
+    files = _keras_bomb_files(tmp_path)
+    for name, (path, _) in files.items():
+        assert os.path.getsize(path) < 4_000_000, name
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env = dict(os.environ, PYTHONPATH=root)
+    proc = subprocess.run([sys.executable, "-c", KERAS_CHILD, json.dumps({k: p for k, (p, _) in files.items()})],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, f"the child crashed (rc {proc.returncode}): {proc.stderr[-2000:]}"
+    results = json.loads(proc.stdout.strip().splitlines()[-1])
+    for name, (path, message) in files.items():
+        kind, text = results[name]
+        assert kind == "ValueError", f"{name}: {kind}: {text[:300]}"
+        assert str(path) in text, f"{name}: the message does not name the file: {text}"
+        assert re.search(message, text), f"{name}: {text}"

@@ -560,3 +560,27 @@ def test_plan_and_report_show_a_linears_dead_outputs():
     assert rows["fc"]["dead_outputs"] == 3 and rows["fc"]["dead_filters"] == 0
     assert rows["total"]["dead_outputs"] == 3
     assert table.getvalue().splitlines()[3].split()[5] == "3"      # the fc row's "dead" column
+
+
+@pytest.mark.parametrize("n", [float("nan"), np.nan, 0, -1, -2.5, "nuc", "2", True, None])
+def test_ln_structured_refuses_an_n_that_is_not_a_norm(n):
+    """n=NaN would make every norm NaN and prune the *first* filters whatever their weights: refused,
+    as are 0, negative orders and other strings; the module is left as it was."""
+    from ece662.layers import Conv2d
+    conv = Conv2d(3, 4, 3, seed=0)
+    before = conv.weight.copy()
+    with pytest.raises(ValueError, match=r"ln_structured: n must be a positive number, inf, -inf or 'fro'"):
+        prune.ln_structured(conv, "weight", amount=2, n=n, dim=0)
+    assert not prune.is_pruned(conv) and np.array_equal(conv.weight, before)
+    with pytest.raises(ValueError, match=r"global_structured: n must be"):
+        prune.global_structured([(conv, "weight")], amount=0.5, n=n, dim=0)
+
+
+@pytest.mark.parametrize("n", [1, 2, 2.5, np.inf, -np.inf, "fro"])
+def test_ln_structured_takes_torchs_norm_orders(n):
+    """Positive orders, +-inf and 'fro' rank filters as np.linalg.norm does."""
+    from ece662.layers import Conv2d
+    conv = Conv2d(3, 4, 3, seed=0)
+    norms = np.linalg.norm(conv.weight.reshape(4, -1).astype(np.float64), ord=2 if n == "fro" else n, axis=1)
+    prune.ln_structured(conv, "weight", amount=2, n=n, dim=0)
+    assert set(np.flatnonzero(~conv.alive_filters())) == set(np.argsort(norms, kind="stable")[:2])

@@ -327,3 +327,122 @@ def test_weight_histograms_of_a_model_whose_weights_are_all_zero(tmp_path):
             m.weight[...] = 0
     plots.weight_histograms(net, path=tmp_path / "w.png")
     assert (tmp_path / "w.png").stat().st_size > 1000
+
+
+# ---------------------------------------------------------------------------- compare's --out
+def _fake_compare(monkeypatch, records=None, plot=None):
+    """`compare` with instant stand-ins for the data and the training (records as given)."""
+    import numpy as np
+    from ece662 import data_utils, experiments, plots
+    calls = []
+
+    def data(path, splits, **kw):
+        calls.append(splits)
+        X, y = np.zeros((2, 32, 32, 3), np.uint8), np.array([0, 1])
+        return {"source": "fake", "X_train": X, "y_train": y, "X_test": np.zeros((2, 3, 32, 32), np.float32),
+                "y_test": y}
+
+    monkeypatch.setattr(data_utils, "get_CINIC10_data", data)
+    monkeypatch.setattr(experiments, "compare_schedules", lambda *a, **kw: records if records is not None else
+                        [{"schedule": "dense", "sparsity": 0.0, "accuracy": 0.5, "epochs": 1}])
+    if plot is not None:
+        monkeypatch.setattr(plots, "compare_schedules", plot)
+    return calls
+
+
+def test_compare_checks_its_out_folder_before_training(tmp_path, monkeypatch, capsys):
+    """--out in a folder that does not exist, or cannot be written, stops before any data is loaded or
+    any schedule trained, in one line naming the folder."""
+    from ece662 import cli
+    calls = _fake_compare(monkeypatch)
+    with pytest.raises(SystemExit, match=r"the folder of --out .*missing/cmp, .*missing, does not exist; "
+                                         r"create it first"):
+        cli.main(["compare", "--out", str(tmp_path / "missing" / "cmp")])
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(SystemExit, match=r"file, does not exist"):
+        cli.main(["compare", "--out", str(tmp_path / "file" / "cmp")])
+    if os.geteuid() != 0:               # root writes anywhere
+        locked = tmp_path / "locked"
+        locked.mkdir(mode=0o555)
+        with pytest.raises(SystemExit, match=r"cannot write to the folder of --out"):
+            cli.main(["compare", "--out", str(locked / "cmp")])
+    assert calls == []
+
+
+def test_compare_writes_its_files_atomically(tmp_path, monkeypatch):
+    """A plot that fails half-way leaves the previous PNG whole and no temporary file; results that
+    cannot be written as JSON leave the previous JSON whole."""
+    from ece662 import cli
+    out = tmp_path / "cmp"
+    (tmp_path / "cmp.json").write_text('{"old": true}')
+    (tmp_path / "cmp.png").write_bytes(b"old png")
+
+    def broken_plot(records, path):
+        path.write(b"half a png")
+        raise RuntimeError("the plot failed")
+
+    _fake_compare(monkeypatch, plot=broken_plot)
+    with pytest.raises(RuntimeError, match="the plot failed"):
+        cli.main(["compare", "--out", str(out)])
+    assert json.loads((tmp_path / "cmp.json").read_text())["records"][0]["schedule"] == "dense"
+    assert (tmp_path / "cmp.png").read_bytes() == b"old png"
+    assert sorted(os.listdir(tmp_path)) == ["cmp.json", "cmp.png"]
+    (tmp_path / "cmp.json").write_text('{"old": true}')
+    _fake_compare(monkeypatch, records=[{"schedule": "dense", "accuracy": object()}])
+    assert cli.main(["compare", "--out", str(out)]) == 2            # TypeError: one line, exit 2
+    assert json.loads((tmp_path / "cmp.json").read_text()) == {"old": True}
+    assert sorted(os.listdir(tmp_path)) == ["cmp.json", "cmp.png"]
+
+
+# ---------------------------------------------------------------------------- models that cannot be swept
+def test_filter_amount_that_leaves_a_layer_no_filter_is_refused(real_data, tmp_path, capsys):
+    """--filter-amounts 0.99 rounds to all 32 filters of conv1 (1.0 is refused for that reason):
+    refused before anything runs, with the largest amount that keeps a filter in every layer."""
+    from ece662 import cli
+    data = os.path.join(real_data, "cifar10_real_small.npz")
+    assert cli.main(["sweep", "--data", data, "--filter-amounts", "0.5,0.99", "--no-timing",
+                     "--num-test", "50", "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("ece662: --filter-amounts 0.99 prunes all 32 live filters of "
+                                               "conv1 (round(0.99 x 32) = 32)"), err
+    assert "use at most 0.98" in err[0]
+
+
+def test_a_flop_ratio_with_no_flops_left_is_said_in_words():
+    """The table never prints 'infx'."""
+    from ece662 import cli
+    assert cli._cell({"flop_ideal": float("inf")}, "flop_ideal") == "no FLOPs"
+    assert cli._cell({"flop_ideal": 2.0}, "flop_ideal") == "2.00x"
+
+
+@pytest.mark.parametrize("command", ["evaluate", "sweep", "compare"])
+def test_an_empty_model_is_refused_in_one_line(real_data, tmp_path, command, capsys):
+    """A saved Sequential() with no layers: one line naming the file, not 'label out of range' (evaluate)
+    or a numpy broadcast error (sweep)."""
+    from ece662 import cli
+    from ece662.io import save_model
+    from ece662.layers import Sequential
+    path = str(tmp_path / "empty.npz")
+    save_model(Sequential(), path)
+    args = [command, "--model", path, "--data", os.path.join(real_data, "cifar10_real_small.npz")]
+    args += {"evaluate": ["--num-test", "50"], "sweep": ["--num-test", "50", "--no-timing", "--out", str(tmp_path / "o")],
+             "compare": ["--train-images", "20", "--epochs", "1", "--out", str(tmp_path / "c")]}[command]
+    assert cli.main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0] == (f"ece662: {path}: the model has no layers, so it computes no class scores; "
+                                        f"save the trained network (ece662.save_model(model, path)), not an "
+                                        f"empty Sequential()"), err
+
+
+def test_a_model_without_a_classifier_is_refused_in_one_line(real_data, tmp_path, capsys):
+    """A model whose output is not one score per class (here a lone ReLU) is refused, saying so."""
+    from ece662 import cli
+    from ece662.io import save_model
+    from ece662.layers import ReLU, Sequential
+    path = str(tmp_path / "relu.npz")
+    save_model(Sequential(ReLU()), path)
+    assert cli.main(["evaluate", "--model", path, "--num-test", "50",
+                     "--data", os.path.join(real_data, "cifar10_real_small.npz")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert f"{path}: the model turns a (3, 32, 32) image into an output of shape (3, 32, 32), not one score " \
+           f"per class" in err

@@ -187,3 +187,28 @@ def test_cutout_paints_a_mean_square_and_costs_no_randomness_when_off():
         painted = (img != 0).any(axis=2)
         assert 16 <= painted.sum() <= 64          # clipped at the border, at least a quarter remains
         assert (img[painted] == [122, 120, 110]).all()
+
+
+@pytest.mark.parametrize("labels, match", [
+    (lambda y: np.where(np.arange(len(y)) == 3, np.nan, y.astype(float)), r"whole numbers 0..9, got nan at index 3"),
+    (lambda y: y + 0.5, r"whole numbers 0..9, got \d\.5 at index 0"),
+    (lambda y: np.eye(10)[y], r"shape \(N,\), got shape \(\d+, 10\).*argmax"),
+    (lambda y: y.astype(str), r"integers 0..9, got dtype <U"),
+])
+def test_labels_that_a_cast_would_change_are_refused(labels, match):
+    """NaN (which int64 makes -9223372036854775808), fractions, one-hot rows and strings are refused,
+    naming the first bad label, in training and in validation data."""
+    X, y = _tiny_data(16)
+    with pytest.raises(ValueError, match=r"Trainer \(train\): .*" + match):
+        Trainer(default_convnet(), X, labels(y))
+    with pytest.raises(ValueError, match=r"Trainer \(val\): .*" + match):
+        Trainer(default_convnet(), X, y, X, labels(y))
+
+
+def test_validation_images_without_labels_are_a_clear_error():
+    """X_val without y_val (or the reverse) says what is missing instead of 'len() of unsized object'."""
+    X, y = _tiny_data(16)
+    with pytest.raises(ValueError, match="got X_val without y_val; pass both"):
+        Trainer(default_convnet(), X, y, X_val=X)
+    with pytest.raises(ValueError, match="got y_val without X_val; pass both"):
+        Trainer(default_convnet(), X, y, y_val=y)
