@@ -578,7 +578,7 @@ def test_randomly_damaged_graphs_give_a_model_or_a_value_error(tmp_path):
     assert "ValueError" in outcomes
 
 
-# ============================================================================ issue 25: bounds, finite computation, strict attributes
+# ============================================================================ issue 25: bounds, finite values, attributes
 def graph_file(path, nodes, input_shape, inits=(), output="y", batch="N"):
     """Write a graph of ``nodes`` reading ``x`` of shape (batch, *input_shape) and giving ``output``."""
     graph = helper.make_graph(
@@ -650,7 +650,6 @@ def test_small_onnx_files_that_ask_for_gigabytes_are_refused_under_a_memory_limi
     by 3000, 20,000 1x1 filters (20 M values per image).  Read in a child process allowed 1 GiB more
     than it starts with, each is a ValueError naming the file and the node or layer."""
     import json
-    import re
     import subprocess
     import sys
     from helpers import REPO
@@ -661,7 +660,8 @@ def test_small_onnx_files_that_ask_for_gigabytes_are_refused_under_a_memory_limi
                                         r"graph input 'x' has shape \[None, 536870912, 1, 1\]: 536,870,912 "
                                         r"values per input, more than the 16,777,216"),
         "BatchNorm of 2**20 channels": (batchnorm_file(tmp_path, "bn20.onnx", 1 << 20, hw=4),
-                                        r"node 'bn' \(BatchNormalization\): 'g' has shape \(1,\), expected \(1048576,\)"),
+                                        r"node 'bn' \(BatchNormalization\): 'g' has shape \(1,\), "
+                                        r"expected \(1048576,\)"),
         "conv padding 3000": (conv_pool_file(tmp_path, "pad.onnx", pad=3000),
                               r"node 'wide' \(Conv\): padding 3000 with a 3x3 kernel; .*\(at most 2\)"),
         "20,000 filters": (conv_pool_file(tmp_path, "wide.onnx", filters=20_000, kernel=1),
@@ -748,7 +748,8 @@ def set_attribute(n, name, value):
     ("BatchNorm epsilon NaN", r"node '1' \(BatchNormalization\): attribute epsilon=nan is not finite"),
     ("running_var < 0", r"node '1' \(BatchNormalization\): '1.running_var' \(the running variance\) holds negative"),
     ("BatchNorm fold overflows", r"layer '1' \(BatchNorm2d\): folded into '0', the weights holds 27 NaN or infinite"),
-    ("float64 weight 1e39", r"node '5' \(Gemm\): weight '5.weight' holds 1 NaN or infinite value\(s\) out of 1800 \(as float32\)"),
+    ("float64 weight 1e39", r"node '5' \(Gemm\): weight '5.weight' holds 1 NaN or infinite value\(s\) "
+                            r"out of 1800 \(as float32\)"),
 ])
 def test_weights_that_are_not_finite_as_computed_are_refused(damage, match, tmp_path):
     """What the model would compute NaN logits with is refused, naming the file and the node or
@@ -790,7 +791,8 @@ def test_duplicate_initializers_and_redefined_values_are_refused(tmp_path):
     twin.CopyFrom(init(p, "4.weight"))
     p.graph.initializer.append(twin)
     path = str(write(tmp_path / "twice.onnx", p))
-    with pytest.raises(ValueError, match=re.escape(path) + r": the initializers \['4.weight'\] are given more than once"):
+    with pytest.raises(ValueError, match=re.escape(path) + r": the initializers \['4.weight'\] are given "
+                                                           r"more than once"):
         read_onnx(path)
     p = small_proto(tmp_path)
     node(p, "1").output[0] = "4.weight"
