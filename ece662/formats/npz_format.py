@@ -18,6 +18,7 @@ from ece662.formats.common import atomic_write, check_finite_weights, load_with_
 from ece662.formats.spec import MAX_SPEC_CHARS, check_spec
 from ece662.layers import Sequential, from_spec
 from ece662.safezip import ZipReader
+from ece662.layers.plan import check_finite_computation
 
 FORMAT = "ece662-model-v1"
 _FORMAT_KEY = "__ece662_format__"
@@ -61,7 +62,9 @@ def load_npz_model(path):
     zip member really holds; at most ``2 x MAX_PARAMETERS`` values in all; strings only for the
     format and the spec, of bounded length), then the
     architecture's JSON spec (known layer types, argument types, at most
-    :data:`MAX_PARAMETERS` weights), then the arrays' values (no NaN or infinity).
+    :data:`MAX_PARAMETERS` weights, conv paddings smaller than their kernels), then the arrays'
+    values as the model holds them, in float32 (no NaN or infinity, also once a batch norm is
+    folded; no negative running variance).
 
     Raises
     ------
@@ -86,9 +89,12 @@ def load_npz_model(path):
         raise ValueError(f"{path}: unknown ece662 format {str(fmt)[:40]!r} (this ece662 reads {FORMAT!r}); "
                          f"it may have been written by a newer ece662")
     spec = _parse_spec(arrays.pop(_SPEC_KEY), path)
-    check_finite_weights(arrays, path)
     model = from_spec(spec)
-    load_with_masks(model, arrays, source=path)
+    with np.errstate(over="ignore"):           # float64 1e39 becomes inf in float32: refused just below
+        load_with_masks(model, arrays, source=path)
+    # checked after the cast to float32 and as the network computes (batch norms folded, slopes)
+    check_finite_weights(model.state_dict(), path)
+    check_finite_computation(model, path)
     return model.eval()
 
 

@@ -46,9 +46,15 @@ How layers map (both directions)::
     Dropout                       Dropout, Dropout2d (the identity in an inference graph); Identity is skipped
 
 Every ONNX file is untrusted input: tensor sizes are checked against the bytes that really
-hold them before any array is made, external data is read only from files inside the model's
-folder (never through ``..``, absolute paths or symlinks leading out) with bounded reads, and
-anything unexpected is a ``ValueError`` naming the node and its op.
+hold them, and all values read against ``common.MAX_PARAMETERS``, before any array is made;
+external data is read only from files directly in the model's folder (no subfolders, never
+through ``..``, absolute paths or symlinks leading out) with bounded reads; shape arithmetic
+works on at most 8 numbers; every attribute is checked against its op's list (kind, flags 0 or
+1, finite floats); layers are built around the file's weights (``Conv2d.from_weights``) once
+their sizes are checked, never random-initialised first; the finished model must pass the
+plan's own checks (``check_input_shape``: no activation over ``MAX_ACTIVATION_VALUES`` per
+image; ``check_finite_computation``: finite after every cast and fold).  Anything unexpected is
+a ``ValueError`` naming the file, and the node and its op.
 """
 import math
 import os
@@ -57,10 +63,12 @@ from collections import Counter, OrderedDict
 
 import numpy as np
 
+from ece662.formats import common
 from ece662.formats.common import atomic_write, effective
 
 from ece662.layers import (AdaptiveAvgPool2d, AvgPool2d, BatchNorm1d, BatchNorm2d, Conv2d, Dropout, Flatten,
                            LeakyReLU, Linear, MaxPool2d, ReLU, Sequential)
+from ece662.layers import plan
 
 # TensorProto data types ece662 reads: float weights, integer shapes (numbers from onnx's TensorProto)
 _FLOAT = 1
@@ -68,6 +76,7 @@ _DTYPES = {1: np.float32, 6: np.int32, 7: np.int64, 10: np.float16, 11: np.float
 _TYPED_FIELD = {1: "float_data", 6: "int32_data", 7: "int64_data", 11: "double_data"}
 _MAX_TENSOR_BYTES = 1 << 30       # 1 GiB: far above any course model, far below a hostile "4 TiB" tensor
 _MAX_FILE_BYTES = 2 << 30         # protobuf's own limit for one message
+_MAX_SHAPE_VALUES = 8             # a shape, its axes or indices: (N, C, H, W) has 4 entries, no image network's 8
 EXPORT_OPSET = 17                 # what save_onnx writes; onnxruntime >= 1.11 runs it
 _EXPORT_IR_VERSION = 8            # the IR version that goes with opset 17
 
@@ -123,11 +132,12 @@ def _read_external(t, folder, nbytes, what):
     """Read ``nbytes`` of an external-data tensor from a file inside ``folder``, and only there."""
     info = {e.key: e.value for e in t.external_data}
     location = info.get("location", "")
-    parts = re.split(r"[\\/]", location)
-    if (not location or os.path.isabs(location) or re.match(r"^[A-Za-z]:", location)
-            or ".." in parts or "\x00" in location):
+    # a bare file name: no folder at all, so a model saved in the home folder cannot read .ssh/id_rsa
+    if (not location or re.search(r"[\\/:\x00]", location) or location in (".", "..")
+            or os.path.isabs(location)):
         raise ValueError(f"{what}: refusing external data at {location!r}: external data must be a "
-                         f"relative path to a file inside the model's folder, without '..'")
+                         f"file directly inside the model's folder, named without any folder (no "
+                         f"subfolders, absolute paths or '..'); move it beside the .onnx file")
     real_folder = os.path.realpath(folder)
     target = os.path.realpath(os.path.join(real_folder, location))
     if os.path.commonpath([real_folder, target]) != real_folder:
@@ -180,8 +190,12 @@ def read_onnx(path):
         No file at ``path``.
     ValueError
         Not an ONNX file, an op or attribute ece662 has no layer for, a graph that is not a
-        chain, tensors whose declared size does not match their data, non-finite weights,
-        external data outside the model's folder; the message names the node and its op.
+        chain, tensors whose declared size does not match their data, more values than
+        ``common.MAX_PARAMETERS``, weights that are not finite as computed (after the cast to
+        float32, alpha/beta, a folded batch norm), an activation over
+        ``plan.MAX_ACTIVATION_VALUES``, a conv padding not smaller than its kernel, duplicate
+        names, external data not directly in the model's folder; the message names the file,
+        and the node and its op.
 
     Examples
     --------
@@ -245,11 +259,65 @@ def _attrs(node):
     return out
 
 
+# The attributes each op may carry (the ONNX operator spec, onnx.ai/onnx/operators) and their kinds:
+# 'int', 'ints', 'float' (finite), 'string', 'tensor', or 'flag' (the int 0 or 1: transB=7 means nothing).
+# An attribute not listed for its op, of another kind, or given twice is refused, as the ONNX checker does.
+_POOL = {"auto_pad": "string", "ceil_mode": "flag", "dilations": "ints", "kernel_shape": "ints",
+         "pads": "ints", "strides": "ints"}
+_ATTRIBUTES = {
+    "Conv": {"auto_pad": "string", "dilations": "ints", "group": "int", "kernel_shape": "ints",
+             "pads": "ints", "strides": "ints"},
+    "BatchNormalization": {"epsilon": "float", "momentum": "float", "training_mode": "flag"},
+    "Relu": {}, "LeakyRelu": {"alpha": "float"},
+    "MaxPool": dict(_POOL, storage_order="flag"), "AveragePool": dict(_POOL, count_include_pad="flag"),
+    "GlobalAveragePool": {}, "ReduceMean": {"axes": "ints", "keepdims": "flag", "noop_with_empty_axes": "flag"},
+    "Flatten": {"axis": "int"}, "Reshape": {"allowzero": "flag"},
+    "Gemm": {"alpha": "float", "beta": "float", "transA": "flag", "transB": "flag"},
+    "MatMul": {}, "Add": {}, "Dropout": {"ratio": "float", "seed": "int"}, "Identity": {},
+    "Shape": {"start": "int", "end": "int"}, "Gather": {"axis": "int"}, "Unsqueeze": {"axes": "ints"},
+    "Squeeze": {"axes": "ints"}, "Concat": {"axis": "int"},
+    "Constant": {"value": "tensor", "value_float": "float", "value_floats": "floats", "value_int": "int",
+                 "value_ints": "ints"},
+}
+_ATTRIBUTE_KINDS = {1: "float", 2: "int", 3: "string", 4: "tensor", 6: "floats", 7: "ints"}   # AttributeProto.type
+
+
+def _check_attributes(node, where):
+    """Refuse an attribute ``node``'s op does not have, of the wrong kind, repeated, a flag that is
+    not 0 or 1, or a float that is NaN or infinite (``LeakyRelu(alpha=nan)``, ``Gemm(beta=inf)``)."""
+    allowed = _ATTRIBUTES.get(node.op_type)
+    if allowed is None:
+        return                           # an op ece662 does not read: refused by name in build()
+    seen = set()
+    for a in node.attribute:
+        want = allowed.get(a.name)
+        if want is None:
+            raise ValueError(f"{where}: attribute {a.name!r} is not one of {node.op_type}'s "
+                             f"({', '.join(sorted(allowed)) or 'it has none'})")
+        if a.name in seen:
+            raise ValueError(f"{where}: attribute {a.name!r} is given twice")
+        seen.add(a.name)
+        kind = _ATTRIBUTE_KINDS.get(a.type, f"type {a.type}")
+        if kind != ("int" if want == "flag" else want):
+            raise ValueError(f"{where}: attribute {a.name!r} is of kind {kind}, expected {want}")
+        if want == "flag" and a.i not in (0, 1):
+            raise ValueError(f"{where}: attribute {a.name}={a.i}; it is a flag, 0 or 1")
+        floats = [a.f] if kind == "float" else list(a.floats) if kind == "floats" else []
+        if not all(math.isfinite(f) for f in floats):
+            raise ValueError(f"{where}: attribute {a.name}={floats[0] if kind == 'float' else floats} is "
+                             f"not finite; the model would compute NaN")
+
+
 class _ChainReader:
     """Walks the nodes of a chain graph in order, turning each into ece662 layers."""
 
     def __init__(self, graph, folder, source):
         self.graph, self.folder, self.source = graph, folder, source
+        repeated = sorted(name for name, n in Counter(t.name for t in graph.initializer).items() if n > 1)
+        if repeated:
+            raise ValueError(f"{source}: the initializers {repeated} are given more than once; ONNX names "
+                             f"each tensor once (the ONNX checker refuses this file), so which one the "
+                             f"model should use is ambiguous")
         self.inits = {t.name: t for t in graph.initializer}
         self.constants = {}                      # name -> ndarray (converted initializers, Constant nodes)
         self.layers = OrderedDict()
@@ -258,6 +326,8 @@ class _ChainReader:
         self.batch = None                        # the input's batch size if the file fixes one
         self.bias_slot = None                    # a Linear built from MatMul, whose Add may follow
         self.shapes = {}                         # name -> list of ints and "N": shape arithmetic
+        self.values = 0                          # values made from the file so far (see spend)
+        self.input_shape = None                  # (C, H, W) or (F,) of the graph input
 
     # -- small helpers
     def where(self, node):
@@ -269,15 +339,44 @@ class _ChainReader:
             if name not in self.inits:
                 raise ValueError(f"{self.where(node)}: input {name!r} is neither a weight (initializer) "
                                  f"nor a Constant; ece662 reads chains whose extra inputs are weights")
-            self.constants[name] = _tensor_to_array(self.inits[name], self.folder, self.where(node))
+            t = self.inits[name]
+            dims = [int(d) for d in t.dims]
+            self.spend(math.prod(max(d, 0) for d in dims), node, f"{name!r} declares shape {dims}")
+            self.constants[name] = _tensor_to_array(t, self.folder, self.where(node))
         return self.constants[name]
+
+    def spend(self, count, node, what):
+        """Count ``count`` more values made from the file against ``common.MAX_PARAMETERS``, before
+        they are made: each tensor read, and each layer's float32 copy of it (a file that reuses
+        one 200 MB initializer in a thousand layers would otherwise ask for 200 GB)."""
+        self.values += count
+        if self.values > common.MAX_PARAMETERS:
+            raise ValueError(f"{self.where(node)}: {what}: with it the file asks for {self.values:,} values, "
+                             f"more than the {common.MAX_PARAMETERS:,} ece662 loads "
+                             f"(ece662.formats.common.MAX_PARAMETERS)")
+
+    def small_const(self, name, node, what):
+        """A constant of at most ``_MAX_SHAPE_VALUES`` numbers (a shape, axes, indices, a ratio) as a
+        flat array; its declared size is checked before it is converted."""
+        if name in self.constants:
+            count = self.constants[name].size
+        elif name in self.inits:
+            count = math.prod(max(int(d), 0) for d in self.inits[name].dims)
+        else:
+            count = 0                       # const() says what is wrong with the name
+        if count > _MAX_SHAPE_VALUES:
+            raise ValueError(f"{self.where(node)}: {what} {name!r} holds {count:,} values; ece662 reads "
+                             f"{what}s of at most {_MAX_SHAPE_VALUES} (an image network's are 4 long)")
+        return self.const(name, node).reshape(-1)
 
     def weight(self, name, node):
         """A weight as float32, refused if it holds NaN or infinity (also after the cast)."""
         arr = self.const(name, node)
         if arr.dtype.kind != "f":
             raise ValueError(f"{self.where(node)}: weight {name!r} has dtype {arr.dtype}, expected floats")
-        arr = arr.astype(np.float32)
+        self.spend(arr.size, node, f"the float32 copy of {name!r} a layer holds")
+        with np.errstate(over="ignore"):                 # float64 beyond float32 becomes inf: refused here
+            arr = arr.astype(np.float32)
         bad = int(arr.size - np.count_nonzero(np.isfinite(arr)))
         if bad:
             raise ValueError(f"{self.where(node)}: weight {name!r} holds {bad} NaN or infinite "
@@ -348,11 +447,18 @@ class _ChainReader:
             raise ValueError(f"{self.source}: the graph input {inp.name!r} has shape {dims}; ece662 "
                              f"needs fixed sizes for every axis but the batch (export with a fixed "
                              f"image size)")
+        if math.prod(dims[1:]) > plan.MAX_ACTIVATION_VALUES:
+            raise ValueError(f"{self.source}: the graph input {inp.name!r} has shape {dims}: "
+                             f"{math.prod(dims[1:]):,} values per input, more than the "
+                             f"{plan.MAX_ACTIVATION_VALUES:,} ece662 allows for one activation "
+                             f"(ece662.layers.plan.MAX_ACTIVATION_VALUES)")
         self.batch = dims[0]                 # a fixed batch size, or None for a dynamic batch axis
         return inp.name, tuple(dims[1:])
 
     def build(self):
         current, self.shape = self.graph_input()
+        self.input_shape = self.shape
+        defined = set(self.inits) | {current}    # every value is named once (ONNX graphs are SSA)
         # a Shape node reads a tensor's shape, not its values: it does not make the graph branch
         uses = Counter(name for n in self.graph.node if n.op_type != "Shape" for name in n.input if name)
         outputs = [o.name for o in self.graph.output]
@@ -362,6 +468,13 @@ class _ChainReader:
             where = self.where(node)
             if not node.output or not node.output[0]:
                 raise ValueError(f"{where}: the node has no output")
+            for out in node.output:
+                if out and out in defined:
+                    raise ValueError(f"{where}: its output {out!r} is already defined (by an initializer, "
+                                     f"the graph input or an earlier node); ONNX names each value once")
+                defined.add(out)
+            if node.domain in ("", "ai.onnx"):
+                _check_attributes(node, where)
             if node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
                 _guard(where, self.constant_node, node)
                 continue
@@ -401,13 +514,21 @@ class _ChainReader:
                              f"{outputs[0]!r}")
         if not self.layers:
             raise ValueError(f"{self.source}: the graph holds no layers")
-        return Sequential(self.layers).eval()
+        model = Sequential(self.layers).eval()
+        try:     # the rules an eval forward will apply, applied now: activation sizes, finite weights
+            plan.check_input_shape(model, self.input_shape)
+        except ValueError as e:
+            raise ValueError(f"{self.source}: {e}") from None
+        plan.check_finite_computation(model, self.source)
+        return model
 
     def constant_node(self, node):
         a = _attrs(node)
         if "value" in a and not hasattr(a["value"], "t"):
             raise ValueError(f"{self.where(node)}: its 'value' attribute is not a tensor")
         if "value" in a:
+            dims = [int(d) for d in a["value"].t.dims]
+            self.spend(math.prod(max(d, 0) for d in dims), node, f"its value declares shape {dims}")
             arr = _tensor_to_array(a["value"].t, self.folder, self.where(node))
         elif "value_ints" in a or "value_int" in a:
             arr = np.array(a.get("value_ints", a.get("value_int")), dtype=np.int64)
@@ -426,27 +547,41 @@ class _ChainReader:
         return any(i in self.shapes for i in node.input)
 
     def shape_node(self, node):
+        """Compute one step of shape arithmetic.  Every value is a list of at most
+        ``_MAX_SHAPE_VALUES`` numbers, checked before it is made: ``Concat(s, s)`` doubles a list,
+        and 40 of them in a 2 kB file would otherwise ask for 2**40 entries."""
         a = _attrs(node)
         if node.op_type == "Shape":
             value = ["N", *self.shape][a.get("start", 0):a.get("end", None)]
         elif node.op_type == "Gather":
             if a.get("axis", 0) != 0:
                 raise ValueError(f"{self.where(node)}: a Gather of a shape along axis {a['axis']}")
-            value = [self.shapes[node.input[0]][int(i)] for i in self.const(node.input[1], node).reshape(-1)]
+            indices = self.small_const(node.input[1], node, "index tensor")
+            value = [self.shapes[node.input[0]][int(i)] for i in indices]
         elif node.op_type in ("Unsqueeze", "Squeeze"):  # a shape value stays a list of numbers
             value = list(self.shapes[node.input[0]])
         else:                                           # Concat along axis 0
-            value = []
-            for name in node.input:
-                value += self.shapes[name] if name in self.shapes else \
-                    [int(v) for v in self.const(name, node).reshape(-1)]
+            if a.get("axis") not in (0, -1):
+                raise ValueError(f"{self.where(node)}: a Concat of shapes along axis {a.get('axis')}; "
+                                 f"shape values are 1-D (axis 0)")
+            parts = [self.shapes[name] if name in self.shapes else
+                     [int(v) for v in self.small_const(name, node, "shape")] for name in node.input]
+            total = sum(len(part) for part in parts)
+            if total > _MAX_SHAPE_VALUES:
+                raise ValueError(f"{self.where(node)}: the concatenated shape would hold {total:,} values; "
+                                 f"ece662 computes shapes of at most {_MAX_SHAPE_VALUES} (an image "
+                                 f"network's are 4 long)")
+            value = [v for part in parts for v in part]
+        if len(value) > _MAX_SHAPE_VALUES:
+            raise ValueError(f"{self.where(node)}: a shape of {len(value)} values; ece662 computes shapes "
+                             f"of at most {_MAX_SHAPE_VALUES}")
         self.shapes[node.output[0]] = value
 
     def shape_input(self, name, node):
         """A Reshape's target: computed shape arithmetic, or a constant."""
         if name in self.shapes:
             return list(self.shapes[name])
-        return [int(v) for v in self.const(name, node).reshape(-1)]
+        return [int(v) for v in self.small_const(name, node, "target shape")]
 
     # -- one method per op; each checks what ece662's layer cannot express
     def window(self, node, a, kernel_default=None):
@@ -487,12 +622,15 @@ class _ChainReader:
         if list(kernel) != [HH, WW] or C != self.shape[0]:
             raise ValueError(f"{self.where(node)}: weight {w.shape} does not fit kernel_shape {kernel} "
                              f"and {self.shape[0]} input channels")
+        if pad >= max(HH, WW):
+            # with pad >= kernel, the outermost outputs see only zeros: no trained network has that,
+            # and a padding of 3000 would make gigabytes of activations out of a 1 kB file
+            raise ValueError(f"{self.where(node)}: padding {pad} with a {HH}x{WW} kernel; ece662 reads "
+                             f"paddings smaller than the kernel (at most {max(HH, WW) - 1}): a wider padding "
+                             f"only adds outputs that see nothing but zeros")
         has_bias = len(node.input) > 2 and node.input[2]
-        conv = Conv2d(C, F, (HH, WW), stride=stride, padding=pad, bias=bool(has_bias))
-        conv.weight = np.ascontiguousarray(w)
-        if has_bias:
-            conv.bias = self.vector(node.input[2], F, node)
-        self.add(node, "conv", conv, node.input[1])
+        bias = self.vector(node.input[2], F, node) if has_bias else None
+        self.add(node, "conv", Conv2d.from_weights(w, bias, stride=stride, padding=pad), node.input[1])
 
     def vector(self, name, n, node):
         v = self.weight(name, node)
@@ -509,11 +647,15 @@ class _ChainReader:
             self.need_rank(node, 4)
         cls = BatchNorm2d if rank == 4 else BatchNorm1d
         C = self.shape[0]
-        bn = cls(C, eps=float(a.get("epsilon", 1e-5)))
-        for key, name in zip(("weight", "bias", "running_mean", "running_var"), node.input[1:5]):
-            setattr(bn, key, self.vector(name, C, node))
-        if np.any(bn.running_var < 0):
-            raise ValueError(f"{self.where(node)}: negative running variance")
+        # the four vectors are read, and their sizes compared with C, before a layer of C channels is made
+        vectors = {key: self.vector(name, C, node)
+                   for key, name in zip(("weight", "bias", "running_mean", "running_var"), node.input[1:5])}
+        if np.any(vectors["running_var"] < 0):
+            raise ValueError(f"{self.where(node)}: {node.input[4]!r} (the running variance) holds negative "
+                             f"values; a variance is at least 0 (the file is damaged)")
+        bn = cls(C, eps=a.get("epsilon", 1e-5))
+        for key, value in vectors.items():
+            setattr(bn, key, value)
         self.add(node, "bn", bn, node.input[1])
 
     def read_relu(self, node, a):
@@ -547,7 +689,7 @@ class _ChainReader:
         self.need_rank(node, 4)
         axes = a.get("axes")
         if len(node.input) > 1 and node.input[1]:
-            axes = [int(v) for v in self.const(node.input[1], node).reshape(-1)]
+            axes = [int(v) for v in self.small_const(node.input[1], node, "axes tensor")]
         if axes is None or sorted(ax % 4 for ax in axes) != [2, 3]:
             raise ValueError(f"{self.where(node)}: a mean over axes {axes}; ece662 reads only the mean "
                              f"over H and W (global average pooling)")
@@ -581,23 +723,23 @@ class _ChainReader:
         if w.ndim != 2 or w.shape[1] != self.shape[0]:
             raise ValueError(f"{self.where(node)}: weight of shape {w.shape} does not fit "
                              f"{self.shape[0]} input features")
-        fc = Linear(w.shape[1], w.shape[0], bias=b is not None)
-        fc.weight = np.ascontiguousarray(w)
-        if b is not None:
-            fc.bias = b
-        return fc
+        return Linear.from_weights(w, b)
 
     def read_gemm(self, node, a):
         if a.get("transA", 0):
             raise ValueError(f"{self.where(node)}: transA=1 is not supported")
-        w = self.weight(node.input[1], node) * np.float32(a.get("alpha", 1.0))
+        # alpha and beta are checked finite with every float attribute (_check_attributes); their
+        # products with the weights are checked once the model is built (check_finite_computation)
+        with np.errstate(over="ignore"):                 # an overflow is refused once the model is built
+            w = self.weight(node.input[1], node) * np.float32(a.get("alpha", 1.0))
         if w.ndim != 2:
             raise ValueError(f"{self.where(node)}: expected a 2-D weight, got shape {w.shape}")
         if not a.get("transB", 0):
             w = w.T                                 # ONNX B is (in, out) unless transB
         b = None
         if len(node.input) > 2 and node.input[2]:
-            b = self.vector(node.input[2], w.shape[0], node) * np.float32(a.get("beta", 1.0))
+            with np.errstate(over="ignore"):
+                b = self.vector(node.input[2], w.shape[0], node) * np.float32(a.get("beta", 1.0))
         self.add(node, "fc", self.linear(node, w, b), node.input[1])
 
     def read_matmul(self, node, a):
@@ -618,8 +760,8 @@ class _ChainReader:
     def read_dropout(self, node, a):
         ratio = a.get("ratio", 0.5)
         if len(node.input) > 1 and node.input[1]:
-            ratio = float(self.const(node.input[1], node).reshape(-1)[0])
-        if len(node.input) > 2 and node.input[2] and bool(self.const(node.input[2], node).reshape(-1)[0]):
+            ratio = float(self.small_const(node.input[1], node, "ratio")[0])
+        if len(node.input) > 2 and node.input[2] and bool(self.small_const(node.input[2], node, "training_mode")[0]):
             raise ValueError(f"{self.where(node)}: training_mode is true; export the model in eval mode")
         if not 0 <= ratio < 1:
             raise ValueError(f"{self.where(node)}: dropout ratio {ratio} is not in [0, 1)")
@@ -713,28 +855,20 @@ def _graph_nodes(model, input_name, helper, numpy_helper):
 
 
 def _check_input_shape(model, input_shape):
-    """Walk the layers' shapes from ``input_shape`` (no batch axis); return the output shape.
+    """Walk the layers' shapes from ``input_shape`` (no batch axis) with the plan's own walk
+    (``ece662.layers.plan.first_misfit``); return the output shape (batch axis 1).
 
     The ONNX graph declares these shapes, so an ``input_shape`` the model cannot take must
     fail here rather than inside whatever runtime loads the file.
     """
+    misfit = plan.first_misfit(model, input_shape)
+    if misfit is not None:
+        name, m, _, problem = misfit
+        raise ValueError(f"save_onnx: layer {name} ({type(m).__name__}) {problem}, from input_shape="
+                         f"{input_shape}; pass the input_shape the model was built for")
     shape = (1,) + input_shape
-    for name, m in model.named_children():
-        want = None
-        if isinstance(m, Conv2d):
-            want = (4, m.in_channels)
-        elif isinstance(m, Linear):
-            want = (2, m.in_features)
-        elif type(m).__name__ in ("BatchNorm2d", "BatchNorm1d"):
-            want = (4 if type(m).__name__ == "BatchNorm2d" else 2, m.num_features)
-        if want and (len(shape) != want[0] or shape[1] != want[1]):
-            raise ValueError(f"save_onnx: layer {name} ({type(m).__name__}) expects (N, {want[1]}"
-                             f"{', H, W' if want[0] == 4 else ''}) but gets {shape} from input_shape="
-                             f"{input_shape}; pass the input_shape the model was built for")
+    for _, m in model.named_children():
         shape = m.output_shape(shape)
-        if any(d < 1 for d in shape[1:]):
-            raise ValueError(f"save_onnx: layer {name} gets an empty output {shape} from input_shape="
-                             f"{input_shape}; pass the input_shape the model was built for")
     return shape
 
 

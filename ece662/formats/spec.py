@@ -16,6 +16,7 @@ from ece662.layers import LAYER_TYPES, from_spec
 MAX_SPEC_CHARS = 1_000_000        # a spec is a few hundred characters per layer
 _MAX_LAYERS = 1000
 _MAX_DIM = 2 ** 20                # no size argument of a layer (channels, features, kernel) exceeds this
+_FLOAT32_MAX = float(np.finfo(np.float32).max)   # a float argument (a slope, an eps) must be finite as float32
 
 
 def read_architecture(path):
@@ -59,7 +60,8 @@ def check_spec(spec, source="spec"):
     ------
     ValueError
         Not ``{"type": "Sequential", "layers": [[name, {"type", "args"}], ...]}``, an unknown
-        layer type, an argument of the wrong type or absurd size, or more than
+        layer type, an argument of the wrong type or absurd size (a float that is not finite as
+        float32, a conv padding not smaller than its kernel), or more than
         :data:`MAX_PARAMETERS` weights in all; the message names the layer.
     """
     if not isinstance(spec, dict) or spec.get("type") != "Sequential":
@@ -96,12 +98,31 @@ def check_spec(spec, source="spec"):
                 if isinstance(x, int) and not isinstance(x, bool) and not 0 <= x <= _MAX_DIM:
                     raise ValueError(f"{source}: layer {name!r}: argument {k!r} = {x} is out of "
                                      f"range (0 .. {_MAX_DIM:,})")
-                if isinstance(x, float) and not np.isfinite(x):
-                    raise ValueError(f"{source}: layer {name!r}: argument {k!r} is {x}")
+                if isinstance(x, float) and not abs(x) <= _FLOAT32_MAX:     # the layers compute in float32
+                    raise ValueError(f"{source}: layer {name!r}: argument {k!r} is {x}, not a finite "
+                                     f"float32 number")
+        problem = _padding_problem(layer["type"], args)
+        if problem:
+            raise ValueError(f"{source}: layer {name!r}: {problem}")
         weights += _spec_weights(layer["type"], args)
         if weights > common.MAX_PARAMETERS:
             raise ValueError(f"{source}: the spec's layers (up to {name!r}) need {weights:,} weights, "
                              f"more than the {common.MAX_PARAMETERS:,} ece662 loads (ece662.formats.common.MAX_PARAMETERS)")
+
+
+def _padding_problem(layer_type, args):
+    """What is wrong with a Conv2d's padding, or None.  A padding of at least the kernel's size
+    only adds outputs that see nothing but zeros: no trained network has one, and a padding of
+    3000 in a 4 kB file would make gigabytes of activations, so it is refused when the file is read."""
+    if layer_type != "Conv2d":
+        return None
+    kernel, padding = args.get("kernel_size", 1), args.get("padding", 0)
+    sizes = [x for x in (kernel if isinstance(kernel, list) else [kernel]) if isinstance(x, int)]
+    if isinstance(padding, int) and sizes and padding >= max(sizes):
+        return (f"padding {padding} with kernel_size {kernel}; ece662 reads paddings smaller than the "
+                f"kernel (at most {max(sizes) - 1}): a wider padding only adds outputs that see nothing "
+                f"but zeros")
+    return None
 
 
 def _spec_weights(layer_type, args):

@@ -16,10 +16,21 @@ from ece662.layers.module import Module
 from ece662.layers.shapes import conv_output_size
 
 
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
 def _rng(seed, rng):
     if rng is not None:
         return rng
     return np.random.default_rng(seed)
+
+
+def _vector(v, n, where):
+    """``v`` as a float32 ``(n,)`` array (a bias given to ``from_weights``), or an error."""
+    v = np.ascontiguousarray(v, dtype=np.float32)
+    if v.shape != (n,):
+        raise ValueError(f"{where}: expected bias of shape ({n},), got {v.shape}")
+    return v
 
 
 class Conv2d(Module):
@@ -49,6 +60,42 @@ class Conv2d(Module):
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, bias=True,
                  seed=None, rng=None):
+        self._configure(in_channels, out_channels, kernel_size, stride, padding)
+        kh, kw = self.kernel_size
+        rng = _rng(seed, rng)
+        fan_in = self.in_channels * kh * kw
+        bound = 1.0 / np.sqrt(fan_in)
+        shape = (self.out_channels, self.in_channels, kh, kw)
+        self.register_parameter("weight", rng.uniform(-bound, bound, shape).astype(np.float32))
+        self.register_parameter(
+            "bias", rng.uniform(-bound, bound, self.out_channels).astype(np.float32) if bias else None)
+
+    @classmethod
+    def from_weights(cls, weight, bias=None, stride=1, padding=0):
+        """A Conv2d that computes with ``weight (F, C, HH, WW)`` and ``bias (F,)`` (or None) as float32.
+
+        ``Conv2d(C, F, (HH, WW))`` would first draw random weights (in float64, twice the
+        weights' size) only for them to be replaced; a file reader builds its layers here, so a
+        layer costs its weights' memory once (torch's loaders skip the initialisation too).
+
+        Examples
+        --------
+        >>> conv = Conv2d.from_weights(np.ones((8, 3, 5, 5), np.float32), padding=2)
+        >>> conv.in_channels, conv.out_channels, conv.kernel_size, conv.bias is None
+        (3, 8, (5, 5), True)
+        """
+        weight = np.ascontiguousarray(weight, dtype=np.float32)
+        if weight.ndim != 4:
+            raise ValueError(f"Conv2d.from_weights: expected weight of shape (F, C, HH, WW), got {weight.shape}")
+        F, C, HH, WW = weight.shape
+        conv = cls.__new__(cls)
+        conv._configure(C, F, (HH, WW), stride, padding)
+        conv.register_parameter("weight", weight)
+        conv.register_parameter("bias", None if bias is None else _vector(bias, F, "Conv2d.from_weights"))
+        return conv
+
+    def _configure(self, in_channels, out_channels, kernel_size, stride, padding):
+        """Check and store the sizes; no parameters yet (``__init__`` and ``from_weights`` add them)."""
         super().__init__()
         where = "Conv2d"
         self.in_channels = check_positive_int(in_channels, "in_channels", where)
@@ -61,13 +108,6 @@ class Conv2d(Module):
                             check_positive_int(kw, "kernel_size", where))
         self.stride = check_positive_int(stride, "stride", where)
         self.padding = check_nonnegative_int(padding, "padding", where)
-        rng = _rng(seed, rng)
-        fan_in = self.in_channels * kh * kw
-        bound = 1.0 / np.sqrt(fan_in)
-        shape = (self.out_channels, self.in_channels, kh, kw)
-        self.register_parameter("weight", rng.uniform(-bound, bound, shape).astype(np.float32))
-        self.register_parameter(
-            "bias", rng.uniform(-bound, bound, self.out_channels).astype(np.float32) if bias else None)
         self.name = "Conv2d"
         self._cache = None
         self.last_kernel = None          # a kernel_choice.KernelChoice: which kernel the last forward ran, and why
@@ -194,15 +234,40 @@ class Linear(Module):
     """
 
     def __init__(self, in_features, out_features, bias=True, seed=None, rng=None):
-        super().__init__()
-        self.in_features = check_positive_int(in_features, "in_features", "Linear")
-        self.out_features = check_positive_int(out_features, "out_features", "Linear")
+        self._configure(in_features, out_features)
         rng = _rng(seed, rng)
         bound = 1.0 / np.sqrt(self.in_features)
         self.register_parameter(
             "weight", rng.uniform(-bound, bound, (self.out_features, self.in_features)).astype(np.float32))
         self.register_parameter(
             "bias", rng.uniform(-bound, bound, self.out_features).astype(np.float32) if bias else None)
+
+    @classmethod
+    def from_weights(cls, weight, bias=None):
+        """A Linear that computes with ``weight (out_features, in_features)`` and ``bias (out_features,)``
+        (or None) as float32, without drawing random weights first (see ``Conv2d.from_weights``).
+
+        Examples
+        --------
+        >>> fc = Linear.from_weights(np.ones((2, 4), np.float32), np.zeros(2, np.float32))
+        >>> fc(np.ones((3, 4), dtype=np.float32)).tolist()
+        [[4.0, 4.0], [4.0, 4.0], [4.0, 4.0]]
+        """
+        weight = np.ascontiguousarray(weight, dtype=np.float32)
+        if weight.ndim != 2:
+            raise ValueError(f"Linear.from_weights: expected weight of shape (out_features, in_features), "
+                             f"got {weight.shape}")
+        fc = cls.__new__(cls)
+        fc._configure(weight.shape[1], weight.shape[0])
+        fc.register_parameter("weight", weight)
+        fc.register_parameter("bias", None if bias is None else _vector(bias, weight.shape[0], "Linear.from_weights"))
+        return fc
+
+    def _configure(self, in_features, out_features):
+        """Check and store the sizes; no parameters yet (``__init__`` and ``from_weights`` add them)."""
+        super().__init__()
+        self.in_features = check_positive_int(in_features, "in_features", "Linear")
+        self.out_features = check_positive_int(out_features, "out_features", "Linear")
         self.name = "Linear"
         self._cache = None
         self.last_kernel = None
@@ -432,6 +497,8 @@ class LeakyReLU(Module):
         super().__init__()
         if isinstance(negative_slope, bool) or not isinstance(negative_slope, (int, float)):
             raise ValueError(f"LeakyReLU: expected a number for negative_slope, got {negative_slope!r}")
+        if not abs(negative_slope) <= _FLOAT32_MAX:     # NaN fails too; the kernels compute in float32
+            raise ValueError(f"LeakyReLU: negative_slope={negative_slope!r} is not a finite float32 number")
         self.negative_slope = float(negative_slope)
         self._cache = None
 
@@ -522,7 +589,7 @@ class BatchNormBase(Module):
                              f"batch's statistics); use the default track_running_stats=True")
         if isinstance(momentum, bool) or not isinstance(momentum, (int, float)) or not 0 <= momentum <= 1:
             raise ValueError(f"{where}: expected momentum in [0, 1], got {momentum!r}")
-        if isinstance(eps, bool) or not isinstance(eps, (int, float)) or eps <= 0:
+        if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 < eps <= _FLOAT32_MAX:
             raise ValueError(f"{where}: expected eps > 0, got {eps!r}")
         self.eps, self.momentum, self.affine = float(eps), float(momentum), bool(affine)
         C = self.num_features

@@ -43,6 +43,8 @@ conv2+relu2+pool2  (32, 6, 6)    32/32 filters live, 16/32 input channels -> v6 
 flatten            (1152,)
 fc                 (10,)         1152/1152 input features -> linear (kernels='auto')
 """
+import math
+
 import numpy as np
 
 from ece662.layers import functional as fn
@@ -204,6 +206,12 @@ def _constant_through(m, const):
 
 
 # ============================================================================ shapes, before anything runs
+# the most values one activation may hold for one input (batch axis 1): 2**24 float32 are 64 MiB per
+# image, 600 times the course CNN's largest (32 x 28 x 28); a layer that would make more (a conv with
+# padding 3000, say) is refused before anything runs, instead of a MemoryError deep inside numpy
+MAX_ACTIVATION_VALUES = 2 ** 24
+
+
 def _shape_problem(m, shape):
     """What is wrong with giving layer ``m`` an input of ``shape`` (batch axis included), or None.
     Only layers whose input size matters are checked: Conv2d, Linear, pooling, batch norm."""
@@ -246,6 +254,29 @@ def first_misfit(model, input_shape):
     return None
 
 
+def first_oversized(model, input_shape):
+    """The first layer of ``model`` that, for one input of ``input_shape`` (no batch axis), makes an
+    activation of more than :data:`MAX_ACTIVATION_VALUES` values: its output, or a Conv2d's
+    zero-padded input (the kernels pad a copy).  Call it once :func:`first_misfit` found nothing.
+
+    Returns
+    -------
+    (name, module, what, shape) or None
+        ``what`` is ``'output'`` or ``'zero-padded input'``, ``shape`` that activation's (batch axis 1).
+    """
+    shape = (1,) + tuple(int(d) for d in input_shape)
+    for name, m in model.named_children():
+        if isinstance(m, Conv2d) and m.padding:
+            p = m.padding
+            padded = shape[:2] + (shape[2] + 2 * p, shape[3] + 2 * p)
+            if math.prod(padded) > MAX_ACTIVATION_VALUES:
+                return name, m, "zero-padded input", padded
+        shape = m.output_shape(shape)
+        if math.prod(shape) > MAX_ACTIVATION_VALUES:
+            return name, m, "output", shape
+    return None
+
+
 def expected_image_size(model, channels, largest=1024):
     """The smallest ``S`` for which ``(channels, S, S)`` images fit every layer of ``model``, or
     None (no square image up to ``largest`` fits).  Pooling floors, so larger sizes may fit too
@@ -269,7 +300,9 @@ def check_input_shape(model, input_shape):
 
     The shapes are known before anything runs (each layer's ``output_shape``), so a 16x16 image
     given to the 32x32 course CNN is refused here, with the size the network expects, rather
-    than deep inside its Linear layer.  ``Sequential.forward`` calls it in training and eval
+    than deep inside its Linear layer.  An input that fits but would make one activation larger
+    than :data:`MAX_ACTIVATION_VALUES` values (a conv with an absurd padding) is refused here too,
+    before a kernel allocates it.  ``Sequential.forward`` calls it in training and eval
     mode, after the first layer's own checks (dtype, layout, channels); :func:`build_plan` too.
 
     Examples
@@ -282,6 +315,15 @@ def check_input_shape(model, input_shape):
     """
     misfit = first_misfit(model, input_shape)
     if misfit is None:
+        oversized = first_oversized(model, input_shape)
+        if oversized is not None:
+            name, m, what, shape = oversized
+            article = "an" if what == "output" else "a"
+            raise ValueError(f"{name} ({type(m).__name__}) would make {article} {what} of shape (N, "
+                             f"{', '.join(map(str, shape[1:]))}): {math.prod(shape):,} values per input, more "
+                             f"than the {MAX_ACTIVATION_VALUES:,} (64 MiB of float32) ece662 allows for one "
+                             f"activation (ece662.layers.plan.MAX_ACTIVATION_VALUES); check the layer's "
+                             f"padding and sizes, or give smaller inputs")
         return
     name, m, _, problem = misfit
     where = f"{name} ({type(m).__name__}) {problem}"
@@ -304,6 +346,64 @@ def check_input_shape(model, input_shape):
     raise ValueError(f"x of shape (N, {', '.join(map(str, got))}) does not fit this network: {where}; "
                      f"give inputs of the shape the network was built for, or check that each layer's "
                      f"in_channels / in_features match what the layer before it gives")
+
+
+# ============================================================================ what the plan computes with
+def check_finite_computation(model, source):
+    """Refuse a model whose eval forward would compute with NaN or infinity, naming the layer.
+
+    A file's weights may be finite as stored and still not as computed: float64 weights of 1e39
+    are infinite once cast to float32, a batch norm's ``running_var < 0`` puts a NaN in
+    ``1 / sqrt(var + eps)``, and folding a batch norm into the conv before it multiplies two
+    finite numbers into an infinite one.  So this checks what the plan multiplies, after every
+    cast and fold: each layer's parameters and buffers (as the layer holds them, float32), a
+    batch norm's running variance (at least 0) and its ``scale`` and ``shift``, a batch norm folded
+    into the Conv2d or Linear before it, and a LeakyReLU's slope as float32.  Model readers call it
+    before they return a model.
+
+    Raises
+    ------
+    ValueError
+        ``"{source}: layer 'bn1' (BatchNorm2d): running_var holds 2 negative values ..."``.
+
+    Examples
+    --------
+    >>> from ece662.models import default_convnet
+    >>> check_finite_computation(default_convnet(seed=0), "net.npz")       # nothing to say
+    """
+    layers = list(model.named_children())
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        for i, (name, m) in enumerate(layers):
+            where = f"{source}: layer {name!r} ({type(m).__name__})"
+            arrays = dict(m._parameters, **m._buffers)
+            if isinstance(m, (Conv2d, Linear)) and m.weight is not None:
+                arrays["weight (effective)"] = m.weight       # weight_orig * weight_mask when pruned
+            for key, value in arrays.items():
+                if value is not None and np.asarray(value).dtype.kind == "f":
+                    _refuse_nonfinite(np.asarray(value, dtype=np.float32), f"{where}: {key}")
+            if isinstance(m, BatchNormBase):
+                negative = int(np.count_nonzero(m.running_var < 0))
+                if negative:
+                    raise ValueError(f"{where}: running_var holds {negative} negative value(s); a variance is "
+                                     f"at least 0 (the file is damaged)")
+                scale, shift = m.scale_shift()
+                _refuse_nonfinite(scale, f"{where}: its scale gamma / sqrt(running_var + eps)")
+                _refuse_nonfinite(shift, f"{where}: its shift beta - mean * scale")
+                prev = layers[i - 1][1] if i > 0 else None
+                if isinstance(prev, (Conv2d, Linear)) and prev.weight.shape[0] == m.num_features:
+                    b = prev.bias if prev.bias is not None else np.zeros(m.num_features, np.float32)
+                    w, b = _folded_batchnorm(prev.weight, b, m)
+                    _refuse_nonfinite(w, f"{where}: folded into {layers[i - 1][0]!r}, the weights")
+                    _refuse_nonfinite(b, f"{where}: folded into {layers[i - 1][0]!r}, the bias")
+            if isinstance(m, LeakyReLU) and not np.isfinite(np.float32(m.negative_slope)):
+                raise ValueError(f"{where}: negative_slope {m.negative_slope} is not finite as float32")
+
+
+def _refuse_nonfinite(a, what):
+    bad = int(a.size - np.count_nonzero(np.isfinite(a)))
+    if bad:
+        raise ValueError(f"{what} holds {bad} NaN or infinite value(s) of {a.size} as the network computes "
+                         f"them (float32); the model cannot be evaluated (the file is damaged)")
 
 
 def build_plan(model, input_shape, kernels=None):

@@ -667,3 +667,103 @@ def test_keras_files_that_ask_for_gigabytes_are_refused_under_a_memory_limit(tmp
         assert kind == "ValueError", f"{name}: {kind}: {text[:300]}"
         assert str(path) in text, f"{name}: the message does not name the file: {text}"
         assert re.search(message, text), f"{name}: {text}"
+
+
+# ============================================================================ issue 25: what the model computes with
+def _bn_net():
+    from ece662.layers import AdaptiveAvgPool2d, BatchNorm2d, Conv2d, Flatten, LeakyReLU, Linear, Sequential
+    return Sequential(Conv2d(3, 4, 3, seed=0), BatchNorm2d(4), LeakyReLU(0.1), AdaptiveAvgPool2d(1),
+                      Flatten(), Linear(4, 2, seed=1)).eval()
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("float64 1e39", r"cast.npz: 0.weight \(layer '0'\) holds 1 NaN or infinite"),
+    ("running_var < 0", r"cast.npz: layer '1' \(BatchNorm2d\): running_var holds 1 negative"),
+    ("fold overflows float32", r"cast.npz: layer '1' \(BatchNorm2d\): folded into '0', the weights holds"),
+    ("LeakyReLU slope 1e308", r"cast.npz: layer '2': argument 'negative_slope' is 1e\+308, not a finite float32"),
+])
+def test_npz_weights_are_checked_as_the_model_computes_them(tmp_path, damage, message):
+    """Weights finite as stored but not as computed are refused naming the file and the layer:
+    float64 1e39 (inf once cast to float32), a negative running variance, a batch norm whose fold
+    into the conv overflows, a LeakyReLU slope beyond float32 (each returned NaN logits before)."""
+    net = _bn_net()
+    members = _good_members(net)
+    if damage == "float64 1e39":
+        w = net.state_dict()["0.weight"].astype(np.float64)
+        w[1, 2, 0, 0] = 1e39
+        members["0.weight"] = _npy(w)
+    elif damage == "running_var < 0":
+        members["1.running_var"] = _npy(np.array([1, -2, 1, 1], np.float32))
+    elif damage == "fold overflows float32":
+        members["0.weight"] = _npy(np.full((4, 3, 3, 3), 1e20, np.float32))
+        members["1.weight"] = _npy(np.array([1, 1e20, 1, 1], np.float32))
+    else:
+        spec = net.spec()
+        spec["layers"][2][1]["args"]["negative_slope"] = 1e308
+        members["__ece662_spec__"] = _npy(np.array(json.dumps(spec)))
+    with pytest.raises(ValueError, match=message):
+        _load_within(_npz(tmp_path / "cast.npz", members))
+
+
+def test_npz_conv_padding_not_smaller_than_its_kernel_is_refused(tmp_path):
+    """A 4 kB file with a 3x3 conv padded by 3000 before a global pool (gigabytes of activations
+    per 10 images) is refused when it is read, naming the file and the layer; padding 2 still loads."""
+    from ece662.layers import AdaptiveAvgPool2d, Conv2d, Flatten, Linear, Sequential
+    for padding, ok in ((3000, False), (3, False), (2, True)):
+        net = Sequential(Conv2d(3, 4, 3, padding=padding, seed=0), AdaptiveAvgPool2d(1), Flatten(),
+                         Linear(4, 2, seed=1))
+        path = _npz(tmp_path / "pad.npz", _good_members(net))
+        assert os.path.getsize(path) < 4000
+        if ok:
+            assert _load_within(path)[0].padding == padding
+        else:
+            with pytest.raises(ValueError, match=rf"pad.npz: layer '0': padding {padding} with kernel_size "
+                                                 rf"\[3, 3\]; .* smaller than the kernel \(at most 2\)"):
+                _load_within(path)
+
+
+NPZ_CHILD = """
+import json, resource, sys
+import numpy as np
+from ece662.pruning_helper import load_model
+vm = int(next(l for l in open("/proc/self/status") if l.startswith("VmSize")).split()[1]) * 1024
+resource.setrlimit(resource.RLIMIT_AS, (vm + (1 << 30), resource.RLIM_INFINITY))   # 1 GiB more
+out = {}
+x = np.zeros((10, 3, 32, 32), np.float32)
+for name, path in json.loads(sys.argv[1]).items():
+    try:
+        load_model(path)(x)
+        out[name] = ["ok", ""]
+    except BaseException as e:
+        out[name] = [type(e).__name__, str(e)]
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="RLIMIT_AS and /proc are Linux's")
+def test_npz_models_whose_activations_need_gigabytes_are_refused_under_a_memory_limit(tmp_path):
+    """Loading and evaluating 10 images, in a child process allowed 1 GiB more than it starts with:
+    padding 3000 is refused at load (naming the file); 20,000 1x1 filters (20 M values per image)
+    load, and evaluating them is refused before the activation is allocated (a ValueError naming
+    the budget, not a MemoryError)."""
+    import subprocess
+    from helpers import REPO
+    from ece662.layers import AdaptiveAvgPool2d, Conv2d, Flatten, Linear, Sequential
+    files = {}
+    for name, conv, message in (
+            ("padding 3000", Conv2d(3, 1, 3, padding=3000, seed=0), r"pad3000.npz: layer '0': padding 3000"),
+            ("20,000 filters", Conv2d(3, 20_000, 1, seed=0), r"0 \(Conv2d\) would make an output of shape "
+                                                            r"\(N, 20000, 32, 32\).*MAX_ACTIVATION_VALUES")):
+        net = Sequential(conv, AdaptiveAvgPool2d(1), Flatten(), Linear(conv.out_channels, 2, seed=1))
+        path = _npz(tmp_path / ("pad3000.npz" if "padding" in name else "wide.npz"), _good_members(net))
+        files[name] = (path, message)
+    env = dict(os.environ, PYTHONPATH=REPO)
+    proc = subprocess.run([sys.executable, "-c", NPZ_CHILD, json.dumps({k: p for k, (p, _) in files.items()})],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, f"the child crashed (rc {proc.returncode}): {proc.stderr[-2000:]}"
+    results = json.loads(proc.stdout.strip().splitlines()[-1])
+    for name, (path, message) in files.items():
+        kind, text = results[name]
+        assert kind == "ValueError", f"{name}: {kind}: {text[:300]}"
+        assert re.search(message, text), f"{name}: {text}"
+    assert files["padding 3000"][0] in results["padding 3000"][1]

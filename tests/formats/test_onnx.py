@@ -1,6 +1,7 @@
 """ONNX in and out: torch-exported files read with torch's logits, ece662 exports run in
 onnxruntime with ece662's logits, and hostile files refused with a clear ValueError."""
 import os
+import re
 
 import numpy as np
 import pytest
@@ -575,3 +576,284 @@ def test_randomly_damaged_graphs_give_a_model_or_a_value_error(tmp_path):
         except ValueError:
             outcomes.add("ValueError")
     assert "ValueError" in outcomes
+
+
+# ============================================================================ issue 25: bounds, finite values, attributes
+def graph_file(path, nodes, input_shape, inits=(), output="y", batch="N"):
+    """Write a graph of ``nodes`` reading ``x`` of shape (batch, *input_shape) and giving ``output``."""
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, *input_shape])],
+        [helper.make_tensor_value_info(output, TensorProto.FLOAT, None)],
+        initializer=[numpy_helper.from_array(np.asarray(v), k) for k, v in dict(inits).items()])
+    return str(write(path, helper.make_model(graph)))
+
+
+def head(features, classes=2, src="f"):
+    """A Gemm reading ``src`` (N, features): the end of every small test graph."""
+    W = np.random.default_rng(0).standard_normal((classes, features)).astype(np.float32)
+    return [helper.make_node("Gemm", [src, "W"], ["y"], name="fc", transB=1)], {"W": W}
+
+
+def doubling_shapes_file(folder, n=40):
+    """Shape(x), then ``n`` nodes Concat(s, s) that each double a shape value, beside a real chain."""
+    nodes = [helper.make_node("Shape", ["x"], ["s0"], name="shape")]
+    nodes += [helper.make_node("Concat", [f"s{i}", f"s{i}"], [f"s{i + 1}"], name=f"double{i}", axis=0)
+              for i in range(n)]
+    nodes.append(helper.make_node("Flatten", ["x"], ["f"], name="flatten", axis=1))
+    gemm, inits = head(3 * 4 * 4)
+    return graph_file(folder / "doubling.onnx", nodes + gemm, [3, 4, 4], inits)
+
+
+def batchnorm_file(folder, name, channels, hw=1, vector_size=1):
+    """BatchNormalization over a declared input of ``channels`` channels, its four vectors of
+    ``vector_size`` values, then a global pool and a Gemm."""
+    v = np.ones(vector_size, np.float32)
+    nodes = [helper.make_node("BatchNormalization", ["x", "g", "b", "m", "v"], ["h"], name="bn"),
+             helper.make_node("GlobalAveragePool", ["h"], ["p"], name="gap"),
+             helper.make_node("Flatten", ["p"], ["f"], name="flatten", axis=1)]
+    gemm, inits = head(vector_size)
+    return graph_file(folder / name, nodes + gemm, [channels, hw, hw], dict(inits, g=v, b=v, m=v * 0, v=v))
+
+
+def conv_pool_file(folder, name, filters=1, kernel=3, pad=0):
+    """Conv (``pad`` on every side) -> GlobalAveragePool -> Flatten -> Gemm on 3x32x32 images."""
+    w = np.full((filters, 3, kernel, kernel), 0.01, np.float32)
+    nodes = [helper.make_node("Conv", ["x", "cw"], ["c"], name="wide", kernel_shape=[kernel, kernel],
+                              pads=[pad] * 4),
+             helper.make_node("GlobalAveragePool", ["c"], ["p"], name="gap"),
+             helper.make_node("Flatten", ["p"], ["f"], name="flatten", axis=1)]
+    gemm, inits = head(filters)
+    return graph_file(folder / name, nodes + gemm, [3, 32, 32], dict(inits, cw=w))
+
+
+ONNX_CHILD = """
+import json, resource, sys
+from ece662.formats.onnx_format import read_onnx
+vm = int(next(l for l in open("/proc/self/status") if l.startswith("VmSize")).split()[1]) * 1024
+resource.setrlimit(resource.RLIMIT_AS, (vm + (1 << 30), resource.RLIM_INFINITY))   # 1 GiB more
+out = {}
+for name, path in json.loads(sys.argv[1]).items():
+    try:
+        read_onnx(path)
+        out[name] = ["ok", ""]
+    except BaseException as e:
+        out[name] = [type(e).__name__, str(e)]
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="RLIMIT_AS and /proc are Linux's")
+def test_small_onnx_files_that_ask_for_gigabytes_are_refused_under_a_memory_limit(tmp_path):
+    """Each file is a few kB and asked for gigabytes before: 40 Concat(s, s) of a shape (2**40
+    entries), a BatchNorm over 2**29 declared channels with 1-value weights, 2**20 channels of
+    4x4 (within the activation budget, so the weights' sizes are what refuse it), a 3x3 conv padded
+    by 3000, 20,000 1x1 filters (20 M values per image).  Read in a child process allowed 1 GiB more
+    than it starts with, each is a ValueError naming the file and the node or layer."""
+    import json
+    import subprocess
+    import sys
+    from helpers import REPO
+    files = {
+        "40 doubling Concats": (doubling_shapes_file(tmp_path), r"node 'double1' \(Concat\): the concatenated "
+                                                                r"shape would hold 16 values"),
+        "BatchNorm of 2**29 channels": (batchnorm_file(tmp_path, "bn29.onnx", 1 << 29),
+                                        r"graph input 'x' has shape \[None, 536870912, 1, 1\]: 536,870,912 "
+                                        r"values per input, more than the 16,777,216"),
+        "BatchNorm of 2**20 channels": (batchnorm_file(tmp_path, "bn20.onnx", 1 << 20, hw=4),
+                                        r"node 'bn' \(BatchNormalization\): 'g' has shape \(1,\), "
+                                        r"expected \(1048576,\)"),
+        "conv padding 3000": (conv_pool_file(tmp_path, "pad.onnx", pad=3000),
+                              r"node 'wide' \(Conv\): padding 3000 with a 3x3 kernel; .*\(at most 2\)"),
+        "20,000 filters": (conv_pool_file(tmp_path, "wide.onnx", filters=20_000, kernel=1),
+                           r"wide \(Conv2d\) would make an output of shape \(N, 20000, 32, 32\): 20,480,000 "
+                           r"values per input, .*MAX_ACTIVATION_VALUES"),
+    }
+    for name, (path, _) in files.items():
+        assert os.path.getsize(path) < (500_000 if "filters" in name else 3000), name
+    env = dict(os.environ, PYTHONPATH=REPO)
+    proc = subprocess.run([sys.executable, "-c", ONNX_CHILD, json.dumps({k: p for k, (p, _) in files.items()})],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, f"the child crashed (rc {proc.returncode}): {proc.stderr[-2000:]}"
+    results = json.loads(proc.stdout.strip().splitlines()[-1])
+    for name, (path, message) in files.items():
+        kind, text = results[name]
+        assert kind == "ValueError", f"{name}: {kind}: {text[:300]}"
+        assert text.startswith(path), f"{name}: the message does not name the file: {text}"
+        assert re.search(message, text), f"{name}: {text}"
+
+
+@pytest.mark.parametrize("case, match", [
+    ("concat of a 1000-value constant", r"node 'cat' \(Concat\): shape 'big' holds 1,000 values"),
+    ("gather of 1000 indices", r"node 'pick' \(Gather\): index tensor 'big' holds 1,000 values"),
+    ("reshape to a 1000-value target", r"node 'flat' \(Reshape\): target shape 'big' holds 1,000 values"),
+    ("concat along axis 1", r"node 'cat' \(Concat\): a Concat of shapes along axis 1"),
+])
+def test_shape_arithmetic_takes_only_small_constants(case, match, tmp_path):
+    """Constants read as shapes, indices or targets hold at most 8 values, checked from their
+    declared size before they are converted."""
+    big = np.zeros(1000, np.int64)
+    gemm, inits = head(3 * 4 * 4)
+    inits = dict(inits, big=big, zero=np.array([0], np.int64), minus1=np.array([-1], np.int64))
+    shape = [helper.make_node("Shape", ["x"], ["s"], name="shape")]
+    if case == "concat of a 1000-value constant":
+        nodes = shape + [helper.make_node("Concat", ["s", "big"], ["t"], name="cat", axis=0)]
+    elif case == "gather of 1000 indices":
+        nodes = shape + [helper.make_node("Gather", ["s", "big"], ["t"], name="pick", axis=0)]
+    elif case == "concat along axis 1":
+        nodes = shape + [helper.make_node("Concat", ["s", "minus1"], ["t"], name="cat", axis=1)]
+    else:
+        nodes = []
+    nodes.append(helper.make_node("Reshape", ["x", "big" if case.startswith("reshape") else "flat_shape"], ["f"],
+                                  name="flat"))
+    inits["flat_shape"] = np.array([0, -1], np.int64)
+    with pytest.raises(ValueError, match=match):
+        read_onnx(graph_file(tmp_path / "shape.onnx", nodes + gemm, [3, 4, 4], inits))
+
+
+def test_values_read_from_the_file_stay_within_the_budget(tmp_path, monkeypatch):
+    """One 10,000-value initializer reused by 10 Gemm layers is counted for each layer's copy:
+    with the budget lowered to 50,000 values, the fifth layer is refused, naming it."""
+    from ece662.formats import common
+    monkeypatch.setattr(common, "MAX_PARAMETERS", 50_000)
+    W = np.eye(100, dtype=np.float32)
+    nodes = [helper.make_node("Gemm", ["x" if i == 0 else f"h{i}", "W"], [f"h{i + 1}" if i < 9 else "y"],
+                              name=f"fc{i}", transB=1) for i in range(10)]
+    path = graph_file(tmp_path / "reuse.onnx", nodes, [100], {"W": W})
+    with pytest.raises(ValueError, match=r"node 'fc4' \(Gemm\): the float32 copy of 'W' a layer holds: with it "
+                                         r"the file asks for 60,000 values, more than the 50,000"):
+        read_onnx(path)
+    monkeypatch.setattr(common, "MAX_PARAMETERS", 200_000)
+    assert len(read_onnx(path)) == 10
+
+
+def bn_gemm_proto(tmp_path):
+    """small_proto with a BatchNormalization and a LeakyRelu after its conv: Conv, BN, LeakyRelu, Relu..."""
+    net = Sequential(Conv2d(3, 4, 3, seed=0), L.BatchNorm2d(4), L.LeakyReLU(0.1), MaxPool2d(2), Flatten(),
+                     Linear(4 * 15 * 15, 2, seed=1)).eval()
+    save_onnx(net, tmp_path / "bn.onnx")
+    return onnx.load(str(tmp_path / "bn.onnx"))
+
+
+def set_attribute(n, name, value):
+    kept = [a for a in n.attribute if a.name != name]
+    del n.attribute[:]
+    n.attribute.extend(kept + [helper.make_attribute(name, value)])
+
+
+@pytest.mark.parametrize("damage, match", [
+    ("Gemm alpha NaN", r"node '5' \(Gemm\): attribute alpha=nan is not finite"),
+    ("Gemm beta inf", r"node '5' \(Gemm\): attribute beta=inf is not finite"),
+    ("Gemm alpha 1e30 times weights 1e10", r"layer '5' \(Linear\): weight holds 1800 NaN or infinite"),
+    ("LeakyRelu alpha NaN", r"node '2' \(LeakyRelu\): attribute alpha=nan is not finite"),
+    ("BatchNorm epsilon NaN", r"node '1' \(BatchNormalization\): attribute epsilon=nan is not finite"),
+    ("running_var < 0", r"node '1' \(BatchNormalization\): '1.running_var' \(the running variance\) holds negative"),
+    ("BatchNorm fold overflows", r"layer '1' \(BatchNorm2d\): folded into '0', the weights holds 27 NaN or infinite"),
+    ("float64 weight 1e39", r"node '5' \(Gemm\): weight '5.weight' holds 1 NaN or infinite value\(s\) "
+                            r"out of 1800 \(as float32\)"),
+])
+def test_weights_that_are_not_finite_as_computed_are_refused(damage, match, tmp_path):
+    """What the model would compute NaN logits with is refused, naming the file and the node or
+    layer: NaN/inf attributes, an alpha whose product with the weights overflows float32, a
+    negative running variance, a batch norm whose fold into the conv overflows, a float64 weight
+    beyond float32."""
+    p = bn_gemm_proto(tmp_path)
+    if damage.startswith("Gemm alpha NaN"):
+        set_attribute(node(p, "5"), "alpha", float("nan"))
+    elif damage == "Gemm beta inf":
+        set_attribute(node(p, "5"), "beta", float("inf"))
+    elif damage.startswith("Gemm alpha 1e30"):
+        set_attribute(node(p, "5"), "alpha", 1e30)
+        init(p, "5.weight").CopyFrom(numpy_helper.from_array(np.full((2, 900), 1e10, np.float32), "5.weight"))
+    elif damage == "LeakyRelu alpha NaN":
+        set_attribute(node(p, "2"), "alpha", float("nan"))
+    elif damage == "BatchNorm epsilon NaN":
+        set_attribute(node(p, "1"), "epsilon", float("nan"))
+    elif damage == "running_var < 0":
+        init(p, "1.running_var").CopyFrom(numpy_helper.from_array(np.array([1, -1, 1, 1], np.float32),
+                                                                  "1.running_var"))
+    elif damage == "BatchNorm fold overflows":
+        init(p, "0.weight").CopyFrom(numpy_helper.from_array(np.full((4, 3, 3, 3), 1e20, np.float32), "0.weight"))
+        init(p, "1.weight").CopyFrom(numpy_helper.from_array(np.array([1, 1, 1e20, 1], np.float32), "1.weight"))
+    else:
+        w = numpy_helper.to_array(init(p, "5.weight")).astype(np.float64)
+        w[0, 0] = 1e39
+        init(p, "5.weight").CopyFrom(numpy_helper.from_array(w, "5.weight"))
+    path = str(write(tmp_path / "nonfinite.onnx", p))
+    with pytest.raises(ValueError, match=re.escape(path) + ".*" + match):
+        read_onnx(path)
+
+
+def test_duplicate_initializers_and_redefined_values_are_refused(tmp_path):
+    """Two initializers of one name (the ONNX checker refuses them; ece662 used the last), and a
+    node output that redefines an initializer, are refused, naming the file and the name."""
+    p = small_proto(tmp_path)
+    twin = onnx.TensorProto()
+    twin.CopyFrom(init(p, "4.weight"))
+    p.graph.initializer.append(twin)
+    path = str(write(tmp_path / "twice.onnx", p))
+    with pytest.raises(ValueError, match=re.escape(path) + r": the initializers \['4.weight'\] are given "
+                                                           r"more than once"):
+        read_onnx(path)
+    p = small_proto(tmp_path)
+    node(p, "1").output[0] = "4.weight"
+    node(p, "2").input[0] = "4.weight"
+    with pytest.raises(ValueError, match=r"node '1' \(Relu\): its output '4.weight' is already defined"):
+        read_onnx(write(tmp_path / "ssa.onnx", p))
+
+
+@pytest.mark.parametrize("name, attr, value, match", [
+    ("4", "transB", 7, "attribute transB=7; it is a flag, 0 or 1"),
+    ("4", "transB", -1, "attribute transB=-1; it is a flag"),
+    ("4", "transB", 1.0, "attribute 'transB' is of kind float, expected flag"),
+    ("2", "ceil_mode", 2, "attribute ceil_mode=2; it is a flag"),
+    ("2", "storage_order", 5, "attribute storage_order=5; it is a flag"),
+    ("0", "group", 1.0, "attribute 'group' is of kind float, expected int"),
+    ("0", "kernel_shape", [3.0, 3.0], "attribute 'kernel_shape' is of kind floats, expected ints"),
+    ("0", "foo", 1, "attribute 'foo' is not one of Conv's"),
+    ("1", "alpha", 0.5, "attribute 'alpha' is not one of Relu's .it has none."),
+    ("3", "axis", "1", "attribute 'axis' is of kind string, expected int"),
+])
+def test_attribute_values_outside_their_allowed_sets_are_refused(name, attr, value, match, tmp_path):
+    """Flags other than 0/1 (transB=7 was read as 'transposed'), attributes of the wrong kind and
+    attributes the op does not have are refused, naming the node."""
+    p = small_proto(tmp_path)
+    n = node(p, name)
+    set_attribute(n, attr, value)
+    with pytest.raises(ValueError, match=rf"node '{name}' \({n.op_type}\): {match}"):
+        read_onnx(write(tmp_path / "attr.onnx", p))
+
+
+def test_an_attribute_given_twice_is_refused(tmp_path):
+    p = small_proto(tmp_path)
+    n = node(p, "4")
+    n.attribute.extend([helper.make_attribute("transB", 0)])
+    with pytest.raises(ValueError, match=r"node '4' \(Gemm\): attribute 'transB' is given twice"):
+        read_onnx(write(tmp_path / "twice.onnx", p))
+
+
+@pytest.mark.parametrize("location", ["sub/w.bin", "sub\\w.bin", "./w.bin", "C:w.bin"])
+def test_external_data_only_directly_in_the_model_folder(location, tmp_path):
+    """External data in a subfolder of the model's folder is refused too (a model saved in the
+    home folder could otherwise read .ssh/), even when the file exists and holds the right bytes."""
+    p = small_proto(tmp_path)
+    t = init(p, "4.weight")
+    raw = t.raw_data
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "w.bin").write_bytes(raw)
+    (tmp_path / "w.bin").write_bytes(raw)
+    make_external(t, location)
+    path = str(write(tmp_path / "ext.onnx", p))
+    with pytest.raises(ValueError, match=re.escape(path) + r".*must be a file directly inside the model's folder"):
+        read_onnx(path)
+    make_external(t, "w.bin", length=len(raw))
+    assert read_onnx(write(tmp_path / "ext.onnx", p))[4].weight.shape == (2, 900)
+
+
+def test_batchnorm_and_leaky_relu_files_still_read(tmp_path):
+    """The graph the non-finite tests damage reads, undamaged, with ece662's logits."""
+    p = bn_gemm_proto(tmp_path)
+    net = read_onnx(write(tmp_path / "ok.onnx", p))
+    assert [type(m).__name__ for m in net] == ["Conv2d", "BatchNorm2d", "LeakyReLU", "MaxPool2d", "Flatten",
+                                                "Linear"]
+    x = images(2)
+    assert_close(net(x), ort_logits(tmp_path / "ok.onnx", x), "BN + LeakyReLU", atol=1e-5)
