@@ -17,8 +17,8 @@ from ece662.formats import common
 from ece662.formats.common import atomic_write, check_finite_weights, load_with_masks
 from ece662.formats.spec import MAX_SPEC_CHARS, check_spec
 from ece662.layers import Sequential, from_spec
-from ece662.safezip import ZipReader
 from ece662.layers.plan import check_finite_computation
+from ece662.safezip import ZipReader
 
 FORMAT = "ece662-model-v1"
 _FORMAT_KEY = "__ece662_format__"
