@@ -63,6 +63,12 @@ class ZipReader:
         try:
             self.size = os.fstat(self._file.fileno()).st_size
             self._zip = zipfile.ZipFile(self._file)     # parses the central directory only
+        except (zipfile.BadZipFile, OSError, EOFError):
+            self._file.close()
+            raise
+        except Exception as e:      # zipfile's other ways to fail on a damaged directory: one kind of error
+            self._file.close()
+            raise zipfile.BadZipFile(f"a damaged zip directory ({type(e).__name__}: {str(e)[:120]})") from None
         except BaseException:
             self._file.close()
             raise

@@ -27,6 +27,7 @@ import ece662.layers as L
 from ece662.formats import common
 from ece662.formats.common import atomic_write, effective
 from ece662.layers import Conv2d, Dropout, Flatten, Linear, MaxPool2d, ReLU
+from ece662.layers.plan import check_finite_computation
 from ece662.safezip import ZipReader
 
 _MAX_CONFIG_BYTES = 16 * 2 ** 20       # a Sequential's config.json is a few kB
@@ -250,7 +251,7 @@ def _keras_file(path):
                     if wnames:
                         weights[name] = _datasets_in_order(group, wnames, path, name)
                 yield config_layers, build, weights
-    except (OSError, KeyError, RuntimeError) as e:       # h5py's errors for a damaged container
+    except (OSError, KeyError, RuntimeError, zipfile.BadZipFile) as e:   # h5py's or zipfile's: a damaged container
         raise ValueError(f"{path} is not a readable Keras model file ({e})") from None
 
 
@@ -660,7 +661,8 @@ def model_from_keras(path, model=None, input_shape=None, default=None):
         model.load_state_dict(sd, strict=not any(k.endswith("_orig") for k in own))
     except (KeyError, ValueError) as e:
         raise ValueError(f"{path}: the Keras weights do not fit the model: {e}") from None
-    return model.eval()
+    check_finite_computation(model.eval(), path)         # finite as computed: casts, folds, running_var >= 0
+    return model
 
 
 # ============================================================================ Keras format: writing

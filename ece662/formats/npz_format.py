@@ -150,13 +150,16 @@ def _read_npz(path):
                                      f"times the file's {zf.size:,} bytes); refused as a compression bomb")
                 with zf.open(info, max_bytes=max_bytes) as f:
                     version = fmt.read_magic(f)
-                    if version == (1, 0):
-                        shape, fortran, dtype = fmt.read_array_header_1_0(f)
-                    elif version == (2, 0):
-                        shape, fortran, dtype = fmt.read_array_header_2_0(f)
-                    else:
+                    if version not in ((1, 0), (2, 0)):
                         raise ValueError(f"{path}: array {key!r} uses .npy format {version}, "
                                          f"which ece662 files never do")
+                    try:      # numpy parses the header as a Python literal: a damaged one fails in many ways
+                        shape, fortran, dtype = (fmt.read_array_header_1_0(f) if version == (1, 0)
+                                                 else fmt.read_array_header_2_0(f))
+                    except Exception as e:
+                        raise ValueError(f"{path}: array {key!r} has a damaged .npy header "
+                                         f"({type(e).__name__}: {str(e)[:120]}); the file is not one "
+                                         f"ece662 wrote intact") from None
                     header = f.tell()
                 if dtype.hasobject:
                     raise ValueError(f"{path}: the file holds pickled Python objects (array {key!r}), "

@@ -53,6 +53,7 @@ from collections import OrderedDict
 import numpy as np
 
 from ece662.formats.common import atomic_write, load_with_masks
+from ece662.layers.plan import check_finite_computation
 from ece662.safezip import ZipReader
 
 # ============================================================================ limits
@@ -111,7 +112,7 @@ def _describe_file(path):
         try:
             with zipfile.ZipFile(path) as zf:
                 names = zf.namelist()
-        except (zipfile.BadZipFile, OSError, ValueError):
+        except Exception:       # whatever zipfile makes of a damaged directory (BadZipFile, NotImplementedError...)
             return "a damaged or truncated zip archive (an incomplete download or copy?)"
         return _describe_zip(names)
     try:
@@ -822,7 +823,8 @@ def model_from_state_dict(state_dict, model=None, source="state_dict", default=N
             renamed[new] = value
         arrays = renamed
     load_with_masks(model, arrays, source=source)
-    return model.eval()
+    check_finite_computation(model.eval(), source)       # finite as computed: casts, folds, running_var >= 0
+    return model
 
 
 # ============================================================================ torch format: writing

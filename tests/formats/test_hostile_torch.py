@@ -567,3 +567,18 @@ def test_torch_made_oddities_get_their_own_messages(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")       # a plain state dict: no checkpoint warning
         assert set(read_torch_state_dict(tmp_path / "ok.pt")) == {"w", "n"}
+
+
+def test_a_state_dict_finite_as_stored_but_not_as_computed_is_refused(tmp_path):
+    """A BatchNorm running variance below 0 puts NaN in every logit: refused when the state_dict is loaded,
+    naming the file and the layer, as for the other formats (ece662.layers.plan.check_finite_computation)."""
+    from ece662.formats.torch_format import save_torch_state_dict
+    from ece662.layers import BatchNorm2d
+    net = Sequential(Conv2d(3, 4, 3, seed=0), BatchNorm2d(4), ReLU(), Flatten(), Linear(4 * 30 * 30, 2, seed=1))
+    sd = net.state_dict()
+    sd["1.running_var"] = np.array([1, -2, 1, 1], np.float32)
+    path = tmp_path / "bn.pt"
+    save_torch_state_dict(sd, path)
+    fresh = Sequential(Conv2d(3, 4, 3, seed=0), BatchNorm2d(4), ReLU(), Flatten(), Linear(4 * 30 * 30, 2, seed=1))
+    with pytest.raises(ValueError, match=r"bn.pt.*running_var holds 1 negative"):
+        load_model(str(path), mode="torch", model=fresh)
