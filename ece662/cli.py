@@ -209,6 +209,53 @@ def _cell(r, k):
     return str(v)
 
 
+# what every column of the sweep means: the legend under its table and the README beside results.csv
+COLUMNS = {
+    "method": "how the model was pruned: global_l1_unstructured (one magnitude threshold for all conv and linear "
+              "weights), l1_unstructured (the same fraction of every layer), l2_structured_filters (whole conv "
+              "filters by L2 norm, each conv layer), none (the unpruned model)",
+    "target": "the fraction asked for: of the conv + linear weights for unstructured rows, of each conv layer's "
+              "FILTERS for filter rows (so 0.25 of the filters is about 0.13 of the weights)",
+    "sparsity": "the fraction of conv + linear weights that are zero (what target amounts to)",
+    "accuracy": "test accuracy (accuracy_<origin>: on the images of that origin; accuracy_finetuned: after "
+                "fine-tuning with the masks held)",
+    "dead_filters": "conv filters whose weights are all zero (the kernels skip them)",
+    "flop_ideal": "dense FLOPs / FLOPs left when dead filters and zero weights are skipped: the most any kernel "
+                  "could gain",
+    "speedup": "median ratio of the unpruned model's time to the pruned model's, timed interleaved round by round",
+    "speedup_95%": "where a rerun's median speedup lands 19 times in 20 (speedup_low, speedup_high in the CSV)",
+    "masks_only": "the same ratio for the dense kernels on the masked weights: the same work, so 1x within its "
+                  "interval; only skipping pays",
+    "img/s_pruned": "images per second of the pruned model in those rounds (unpaired: moves with the machine's load; "
+                    "images_per_s_pruned and images_per_s_dense in the CSV)",
+    "flag": "! when a ratio's whole interval is above its FLOP ideal, or a masks_only interval misses 1x: "
+            "noise, not a result (the line under the table says which; speedup_flag and masks_only_flag in the "
+            "CSV say why)",
+    "finetune_epochs": "epochs of fine-tuning with the masks held, when asked (--finetune)",
+    "sparsity_<layer>": "each layer's fraction of zero weights",
+    "params_nonzero, flops_dense, flops_skip, flops_nonzero": "non-zero weights; FLOPs per image dense, skipping dead "
+                                                              "filters, and counting non-zero weights only",
+    "*_iqr_low, *_iqr_high": "the single rounds' interquartile range",
+    "kernels": "the kernel each conv ran (see model.plan())",
+    "test_images, timing_images, timing_rounds": "how much each number rests on",
+}
+
+
+def _legend(keys):
+    """One line per column shown, under the sweep's table."""
+    shown = [_SHORT.get(k, k) for k in keys]
+    return "\n".join(f"  {k}: {COLUMNS[k]}" for k in shown if k in COLUMNS)
+
+
+def _readme(records):
+    """The README written beside results.csv: what each column means."""
+    lines = ["# The sweep's results", "",
+             "`results.csv` and `results.json` hold one row per pruned model, written by `python -m ece662 sweep`.",
+             "The columns:", ""]
+    lines += [f"- `{k}`: {v}" for k, v in COLUMNS.items()]
+    return "\n".join(lines) + "\n"
+
+
 def _table(records, keys):
     """The sweep's table; flagged speeds get a "!" and a line below saying why."""
     widths = [22] + [max(9, len(_SHORT.get(k, k))) for k in keys[1:]]
@@ -233,7 +280,7 @@ def _check_out(out):
 
 
 # every file a sweep writes; a re-run removes the ones it did not write (they belonged to the run it replaces)
-OUTPUTS = ("results.csv", "results.json", "accuracy_vs_sparsity.png", "per_layer_sparsity.png",
+OUTPUTS = ("README.md", "results.csv", "results.json", "accuracy_vs_sparsity.png", "per_layer_sparsity.png",
            "speedup_vs_ideal.png", "weight_histograms.png", "conv1_filters_l2_50.png", "mask_global_l1_50.png")
 INCOMPLETE = "incomplete"
 
@@ -251,6 +298,9 @@ def _save(records, folder):
         w.writeheader()
         w.writerows(records)
     os.replace(tmp, os.path.join(folder, "results.csv"))
+    with open(os.path.join(folder, ".README.md.tmp"), "w") as f:
+        f.write(_readme(records))
+    os.replace(os.path.join(folder, ".README.md.tmp"), os.path.join(folder, "README.md"))
 
 
 class _Staging:
@@ -377,6 +427,7 @@ def _sweep(args):
     if timing_images:
         cols += ["speedup", "speedup_interval", "masks_only", "images_per_s_pruned", "flag"]
     print(_table(records, cols))
+    print("what the columns mean (also in " + os.path.join(args.out, "README.md") + "):\n" + _legend(cols))
     written, stale = staging.commit()
     print(f"wrote {args.out}/: {', '.join(written)} in {time.perf_counter() - t0:.1f} s"
           + (f" (removed the previous run's {', '.join(stale)})" if stale else ""))

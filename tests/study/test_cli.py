@@ -446,3 +446,30 @@ def test_a_model_without_a_classifier_is_refused_in_one_line(real_data, tmp_path
     err = capsys.readouterr().err.strip()
     assert f"{path}: the model turns a (3, 32, 32) image into an output of shape (3, 32, 32), not one score " \
            f"per class" in err
+
+
+def test_every_column_of_the_sweep_is_explained_under_the_table_and_beside_the_csv(real_data, tmp_path):
+    """A student reads the table without the code: a legend line per column shown (target: a fraction of the
+    FILTERS for filter rows), and a README beside results.csv that explains every CSV column family."""
+    import csv
+    out = tmp_path / "sweep"
+    r = run("sweep", "--data", os.path.join(real_data, "cifar10_real_small.npz"), "--num-test", "200",
+            "--amounts", "0.5", "--filter-amounts", "0.5", "--no-timing", "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    legend = r.stdout.split("what the columns mean", 1)[1]
+    for col in ("method", "target", "sparsity", "accuracy", "dead_filters", "flop_ideal"):
+        assert f"  {col}: " in legend
+    assert "FILTERS for filter rows" in legend
+    readme = (out / "README.md").read_text()
+    header = next(csv.reader(open(out / "results.csv")))
+    with open(os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+                           "docs", "readme_results.json")) as f:
+        recorded = json.load(f)                       # a timed sweep and a fine-tuned one: every column there is
+    header += [k for run in recorded.values() if isinstance(run, dict) for r in run.get("records", []) for k in r]
+    from ece662.cli import COLUMNS
+    families = [k.replace("<layer>", "").replace("*", "") for key in COLUMNS for k in key.split(", ")]
+    families += ["images_per_s", "speedup_flag", "masks_only_flag"]
+    for col in set(header):
+        assert any(col == f or (f.endswith("_") and col.startswith(f)) or (f.startswith("_") and col.endswith(f))
+                   or col.startswith(f + "_") for f in families), f"results.csv column {col!r} is not explained"
+    assert "`target`" in readme
