@@ -7,7 +7,8 @@ modified.  A record is a flat dict (one row of the sweep's CSV):
 ``method, target, sparsity, accuracy`` -- what was pruned and what it cost;
 ``accuracy_<origin>`` -- per image origin (``cifar10`` / ``imagenet``) when the data says;
 ``sparsity_<layer>, params_nonzero, dead_filters`` -- where the zeros are;
-``flops_dense, flops_skip, flops_nonzero`` -- per image, from ``ece662.pruning.report``;
+``flops_dense, flops_skip, flops_kernel, flops_nonzero`` -- per image, from ``ece662.pruning.report``
+(``flops_kernel``: what the chosen kernels really compute, their tiles' padding included);
 ``flop_ideal`` -- dense FLOPs over the FLOPs left (the most any kernel could gain);
 ``speedup, speedup_low, speedup_high, speedup_iqr_low, speedup_iqr_high, speedup_flag`` -- the
 pruned model (the kernels ece662 picks) against the unpruned model on the dense kernels, timed
@@ -176,7 +177,7 @@ class Setup:
         rec["params_nonzero"] = int(sum(np.count_nonzero(m.weight) for _, m in prunable(model)))
         rec["dead_filters"] = int(sum((~m.alive_filters()).sum() for _, m in prunable(model, (Conv2d,))))
         total = prune.report(model, verbose=False)[-1]
-        for k in ("flops_dense", "flops_skip", "flops_nonzero"):
+        for k in ("flops_dense", "flops_skip", "flops_kernel", "flops_nonzero"):
             rec[k] = total[k]
         left = min(total["flops_skip"], total["flops_nonzero"])
         rec["flop_ideal"] = total["flops_dense"] / left if left else float("inf")

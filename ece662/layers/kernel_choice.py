@@ -125,6 +125,22 @@ def conv_forward(conv, x):
                              conv.in_channels, reason)
 
 
+def computed_filters(version, live):
+    """How many filters a kernel really computes for ``live`` live ones: v5 and v6 pack the filters into
+    16-wide register blocks and one 8-wide tail (``functional.pack_filters_lanes``), so 12 live filters are
+    computed as 16 and skipping 4 of 16 saves nothing; the other kernels compute the live filters only.
+
+    Examples
+    --------
+    >>> [computed_filters("v6", f) for f in (32, 24, 16, 12, 8, 3)]
+    [32, 24, 16, 16, 8, 8]
+    """
+    if version not in ("v5", "v6") or live == 0:
+        return live
+    blocks = live // 16 + (1 if live % 16 > 8 else 0)
+    return 16 * blocks + (8 if live - 16 * blocks > 0 else 0)
+
+
 def alive_rows(w):
     """``(w.shape[0],)`` bool: which output rows (filters, units) of ``w`` have a non-zero weight:
     the dead-filter rule, for a conv's filters and a linear layer's output units alike."""

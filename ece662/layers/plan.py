@@ -49,7 +49,8 @@ import numpy as np
 
 from ece662.layers import functional as fn
 from ece662.layers import reference as ref
-from ece662.layers.kernel_choice import KernelChoice, alive_rows, check_mode, choose_conv_kernel, run_conv
+from ece662.layers.kernel_choice import (KernelChoice, alive_rows, check_mode, choose_conv_kernel,
+                                         computed_filters, run_conv)
 from ece662.layers.modules import (AdaptiveAvgPool2d, AvgPool2d, BatchNorm1d, BatchNorm2d, BatchNormBase, Conv2d,
                                    Dropout, Dropout2d, Flatten, LeakyReLU, Linear, MaxPool2d, Pool2dBase, ReLU)
 
@@ -88,7 +89,12 @@ class Step:
         """One line a student can read."""
         if self.op == "conv":
             k = self.kernel
-            return (f"{k.live_filters}/{k.filters} filters live, {k.live_inputs}/{k.inputs} input channels "
+            computed = computed_filters(k.version, k.live_filters)
+            padded = ""
+            if computed > k.live_filters:     # the tile's width, not the mask, decides the work
+                padded = (f" (computed as {computed}: the {k.version} tile works in blocks of 16 and 8 filters"
+                          + (", so skipping saves nothing here" if computed >= k.filters else "") + ")")
+            return (f"{k.live_filters}/{k.filters} filters live{padded}, {k.live_inputs}/{k.inputs} input channels "
                     f"-> {k} ({k.reason})")
         if self.op == "linear":
             k = self.kernel

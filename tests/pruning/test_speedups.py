@@ -233,3 +233,22 @@ def test_batchnorm_not_after_a_conv_runs_on_live_channels_only():
     small = prune.shrink(model, input_shape=(3, 8, 8))
     assert small[2].num_features == 4
     assert_close(small(x), got, "shrunk", rtol=1e-4, atol=1e-5)
+
+
+def test_plan_and_report_say_when_the_tile_width_eats_the_skip():
+    """12 live filters of 16 run in v6's 16-wide block: the plan says they are computed as 16 and that skipping
+    saves nothing, and report's flops_kernel (what the kernel computes) equals the dense count, while the
+    arithmetic flops_skip is 12/16 of it.  With 8 live filters the 8-wide tail does save."""
+    import ece662.pruning as prune
+    from ece662.layers import Conv2d, Flatten, Linear, MaxPool2d, ReLU, Sequential
+    for dead, saves in ((4, False), (8, True)):
+        net = Sequential(Conv2d(3, 16, 5, seed=0), ReLU(), MaxPool2d(2), Flatten(), Linear(16 * 14 * 14, 10, seed=1))
+        prune.ln_structured(net[0], "weight", amount=dead, n=2, dim=0)
+        text = str(net.eval().plan((3, 32, 32)))
+        row = prune.report(net, verbose=False)[0]
+        assert row["flops_skip"] * 16 == row["flops_dense"] * (16 - dead)
+        if saves:
+            assert "computed as" not in text and row["flops_kernel"] == row["flops_skip"]
+        else:
+            assert "12/16 filters live (computed as 16" in text and "saves nothing here" in text
+            assert row["flops_kernel"] == row["flops_dense"]
