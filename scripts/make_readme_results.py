@@ -51,6 +51,14 @@ def machine():
         name = names[0] if names else name
     except OSError:
         pass
+    try:                               # the CPU the kernels were compiled for: speed depends on it
+        import llvmlite.binding as llvm
+        llvm.initialize_native_target()
+        features = llvm.get_host_cpu_features()
+        width = "AVX-512" if features.get("avx512f") else "AVX2" if features.get("avx2") else "no AVX2"
+        name += f" (LLVM {llvm.get_host_cpu_name()}, {width})"
+    except (ImportError, RuntimeError):
+        pass
     load = f" (load average {os.getloadavg()[0]:.1f} when it started)" if hasattr(os, "getloadavg") else ""
     return f"{os.cpu_count()}-core {name}{load}"
 
