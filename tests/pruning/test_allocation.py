@@ -70,6 +70,8 @@ def test_global_lamp_prunes_the_exact_count_and_keeps_every_layers_largest_weigh
     total = sum(w.size for w in layers)
     prune.global_lamp_unstructured(params, amount=amount)
     assert sum(int((~m.weight_mask).sum()) for m in mods) == M.amount_to_count(amount, total)
+    if M.amount_to_count(amount, total) > total - len(layers):
+        return                                        # the amount itself empties some layer
     for mod, w in zip(mods, layers):
         top = np.flatnonzero(np.abs(w) == np.abs(w).max())
         if len(top) == 1:
