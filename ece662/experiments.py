@@ -421,10 +421,12 @@ def allocate(model, method, sparsity):
     return model
 
 
-def allocation_sweep(model, X, y, sparsities=(0.5, 0.7, 0.8, 0.9, 0.95), methods=ALLOCATIONS, batch_size=1000):
-    """One-shot magnitude pruning (no fine-tuning) at each overall sparsity, with each allocation method:
-    one record per (method, sparsity) with its accuracy and per-layer sparsity.  Every point starts from a
-    fresh copy of ``model``.
+def allocation_sweep(model, X, y, sparsities=(0.5, 0.7, 0.8, 0.9, 0.95), methods=ALLOCATIONS, batch_size=1000,
+                     finetune=None):
+    """One-shot magnitude pruning at each overall sparsity, with each allocation method: one record per
+    (method, sparsity) with its accuracy and per-layer sparsity, and, given ``finetune`` (a function that
+    fine-tunes a pruned model with its masks held, e.g. ``Setup(...).finetune``), ``accuracy_finetuned``.
+    Every point starts from a fresh copy of ``model``.
 
     Examples
     --------
@@ -445,6 +447,8 @@ def allocation_sweep(model, X, y, sparsities=(0.5, 0.7, 0.8, 0.9, 0.95), methods
             rec = {"method": method, "target": float(s), "sparsity": round(overall, 4),
                    **{f"sparsity_{k}": round(v, 4) for k, v in per.items()}}
             rec.update(evaluate(m, X, y, batch_size))
+            if finetune is not None:
+                rec["accuracy_finetuned"] = evaluate(finetune(m), X, y, batch_size)["accuracy"]
             records.append(rec)
     return records
 

@@ -1,11 +1,12 @@
 """How much each layer should lose: one-shot magnitude pruning of the shipped model with four allocations.
 
-    python scripts/compare_allocation.py            # measures (about a minute on 2 cores), writes docs/allocation.*
+    python scripts/compare_allocation.py            # measures (a few minutes on 2 cores), writes docs/allocation.*
     python scripts/compare_allocation.py --render   # only re-renders docs/allocation.md from docs/allocation.json
 
 Global L1 (one threshold, the course's method), LAMP (Lee et al. 2021), ERK (Evci et al. 2020) and uniform,
-each at the same overall sparsity of the conv + linear weights, no fine-tuning, on the real 10,000-image test
-split.  ``tests/course/test_readme.py`` re-renders the page's table from the JSON and compares them.
+each at the same overall sparsity of the conv + linear weights, once without fine-tuning and once after one epoch
+of fine-tuning with the masks held (the training split, as `python -m ece662 sweep --finetune 1` does), on the
+real 10,000-image test split.  ``tests/course/test_readme.py`` re-renders the page's table from the JSON and compares them.
 """
 import argparse
 import datetime
@@ -31,14 +32,19 @@ def collect():
     from ece662.pruning import DeadClassWarning
     from ece662.pruning_helper import load_model
     data = get_CINIC10_data(splits=("test",), progress=False)
+    raw = get_CINIC10_data(splits=("train",), normalize=False, channels_first=False, progress=False)
     model = load_model()
+    setup = experiments.Setup(data["X_test"], data["y_test"], timing_images=0,
+                              finetune_data=(raw["X_train"], raw["y_train"]), finetune_epochs=1)
     t0 = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeadClassWarning)      # counted in the table instead
-        records = experiments.allocation_sweep(model, data["X_test"], data["y_test"], sparsities=SPARSITIES)
+        records = experiments.allocation_sweep(model, data["X_test"], data["y_test"], sparsities=SPARSITIES,
+                                               finetune=setup.finetune)
     dense = experiments.evaluate(model, data["X_test"], data["y_test"])["accuracy"]
     return {"command": "python scripts/compare_allocation.py", "data": data["source"],
-            "test_images": int(len(data["y_test"])), "dense_accuracy": dense,
+            "test_images": int(len(data["y_test"])), "train_images": int(len(raw["y_train"])),
+            "dense_accuracy": dense,
             "seconds": round(time.perf_counter() - t0, 1), "machine": platform.processor() or platform.machine(),
             "date": datetime.date.today().isoformat(), "records": records}
 
@@ -49,13 +55,19 @@ def render(results):
     methods = list(dict.fromkeys(r["method"] for r in recs))
     sparsities = sorted({r["target"] for r in recs})
     acc = {(r["method"], r["target"]): r for r in recs}
-    lines = [f"One-shot magnitude pruning of the shipped model (unpruned: {results['dense_accuracy']:.4f}), no "
-             f"fine-tuning, {results['test_images']:,} test images; `{results['command']}` "
+    tuned = all("accuracy_finetuned" in r for r in recs)
+    lines = [f"Magnitude pruning of the shipped model (unpruned: {results['dense_accuracy']:.4f}), once, "
+             + (f"then one epoch of fine-tuning with the masks held on {results['train_images']:,} training images "
+                "(accuracy before -> after), " if tuned else "no fine-tuning, ")
+             + f"{results['test_images']:,} test images; `{results['command']}` "
              f"({results['seconds']:.0f} s, {results['date']}):", "",
              "| overall sparsity | " + " | ".join(methods) + " |",
              "|---|" + "---|" * len(methods)]
+
+    def cell(r):
+        return f"{r['accuracy']:.4f} -> {r['accuracy_finetuned']:.4f}" if tuned else f"{r['accuracy']:.4f}"
     for s in sparsities:
-        lines.append(f"| {s:.0%} | " + " | ".join(f"{acc[(m, s)]['accuracy']:.4f}" for m in methods) + " |")
+        lines.append(f"| {s:.0%} | " + " | ".join(cell(acc[(m, s)]) for m in methods) + " |")
     lines += ["", "Per-layer sparsity (conv1 / conv2 / fc) at 90%:", ""]
     for m in methods:
         r = acc[(m, 0.9)]
