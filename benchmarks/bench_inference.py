@@ -26,6 +26,7 @@ import ece662.pruning as prune
 from ece662.experiments import dense_twin
 from ece662.models import default_convnet
 from ece662.pruning_helper import load_model
+from ece662.timing import cpu_description
 
 
 THREADS = [2]
@@ -89,21 +90,6 @@ def rounds(contenders, n_rounds, torch_names=()):
             if name in torch_names and CLOCK[0] is time.perf_counter:
                 time.sleep(0.3)              # let torch's spinning threads go to sleep
     return {k: np.array(v) for k, v in times.items()}
-
-
-def cpu_name():
-    """The CPU, as the benchmark's readers need it: model name, LLVM's name for it, and the vector width."""
-    model = "unknown CPU"
-    try:
-        with open("/proc/cpuinfo") as f:
-            model = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    import llvmlite.binding as llvm
-    llvm.initialize_native_target()
-    features = llvm.get_host_cpu_features()
-    width = "AVX-512" if features.get("avx512f") else "AVX2" if features.get("avx2") else "no AVX2"
-    return f"{model} (LLVM {llvm.get_host_cpu_name()}, {width})"
 
 
 def best_batch(t, prefix):
@@ -260,7 +246,7 @@ def main():
     BATCHES[0] = tuple(int(b) for b in args.batches.split(","))
     numba.set_num_threads(args.threads)
     torch.set_num_threads(args.threads)
-    print(f"{cpu_name()}; {args.threads} thread(s) each; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores"
+    print(f"{cpu_description()}; {args.threads} thread(s) each; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores"
           + ("; CPU time" if args.cpu_time else "; wall-clock time"))
     x = np.random.default_rng(0).standard_normal((args.images, 3, 32, 32)).astype(np.float32)
     if args.profile:

@@ -28,6 +28,7 @@ import numpy as np
 from ece662 import pruning as prune
 from ece662 import timing
 from ece662.pruning import prunable
+from ece662.pruning.masks import check_sparsity
 from ece662.formats.common import load_with_masks
 from ece662.layers import Conv2d, Linear, from_spec
 from ece662.training import schedules as S
@@ -373,7 +374,7 @@ def compare_schedules(model, X_train, y_train, X_test, y_test, sparsities=(0.5, 
             raise ValueError(f"compare_schedules: unknown schedule {name!r}; choose from {SCHEDULES}")
     epochs = S.check_epochs(epochs)
     for s in sparsities:
-        S.check_sparsity(s)
+        check_sparsity(s)
     dense_acc = evaluate(model, X_test, y_test)["accuracy"]
     base = dict(structure=structure, scope=scope, epochs=epochs, distill=bool(distill),
                 dense_accuracy=dense_acc)

@@ -344,3 +344,23 @@ def speedup_columns(ratio, prefix):
     and ``<prefix>_flag``."""
     return {prefix: ratio.median, f"{prefix}_low": ratio.low, f"{prefix}_high": ratio.high,
             f"{prefix}_iqr_low": ratio.q1, f"{prefix}_iqr_high": ratio.q3, f"{prefix}_flag": ratio.flag}
+
+
+def cpu_description():
+    """The CPU every speed figure must be named beside: its model name, LLVM's name for it (what Numba compiles
+    for) and the vector width, e.g. ``'AMD EPYC (LLVM znver4, AVX-512)'``.  The same kernels run at very
+    different ratios against torch on AVX2 and AVX-512 machines (``benchmarks/RESULTS.md``)."""
+    model = "unknown CPU"
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    try:
+        import llvmlite.binding as llvm          # Numba's compiler: present wherever ece662 runs
+        llvm.initialize_native_target()
+        features = llvm.get_host_cpu_features()
+        width = "AVX-512" if features.get("avx512f") else "AVX2" if features.get("avx2") else "no AVX2"
+        return f"{model} (LLVM {llvm.get_host_cpu_name()}, {width})"
+    except (ImportError, RuntimeError):
+        return model

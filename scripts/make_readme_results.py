@@ -44,21 +44,11 @@ FIGURES = {"runs/sweep/accuracy_vs_sparsity.png": "docs/accuracy_vs_sparsity.png
 
 def machine():
     """A one-line description of this machine, e.g. '2-core Intel(R) Xeon(R) ... (load average 3.1)'."""
-    name = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
-        name = names[0] if names else name
-    except OSError:
-        pass
-    try:                               # the CPU the kernels were compiled for: speed depends on it
-        import llvmlite.binding as llvm
-        llvm.initialize_native_target()
-        features = llvm.get_host_cpu_features()
-        width = "AVX-512" if features.get("avx512f") else "AVX2" if features.get("avx2") else "no AVX2"
-        name += f" (LLVM {llvm.get_host_cpu_name()}, {width})"
-    except (ImportError, RuntimeError):
-        pass
+    sys.path.insert(0, ROOT)
+    from ece662.timing import cpu_description
+    name = cpu_description()           # the CPU the kernels were compiled for: speed depends on it
+    if name == "unknown CPU":
+        name = platform.processor() or platform.machine()
     load = f" (load average {os.getloadavg()[0]:.1f} when it started)" if hasattr(os, "getloadavg") else ""
     return f"{os.cpu_count()}-core {name}{load}"
 

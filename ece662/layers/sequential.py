@@ -90,7 +90,7 @@ class Sequential(Module):
         wrong size says which size the network expects.  An empty batch (N = 0) gives an empty
         output, ``(0, ...)``.
         """
-        x = self._check_input(x)
+        x = self._check_input(x, shapes=self.training)     # in eval mode the plan walks the shapes
         if self.training:
             layers = list(self._modules.values())
             self._fused_train = set()                # layers run inside the conv before them
@@ -107,15 +107,16 @@ class Sequential(Module):
             return x
         return self.plan(x.shape[1:])(x)
 
-    def _check_input(self, x):
+    def _check_input(self, x, shapes=True):
         """``x`` checked before any layer runs, in training and eval mode: first by the first
-        layer (dtype, layout, channels: its errors name it), then every layer's shape
-        (``plan.check_input_shape``: a 16x16 image for a 32x32 network says so)."""
+        layer (dtype, layout, channels: its errors name it), then, with ``shapes``, every layer's
+        shape (``plan.check_input_shape``: a 16x16 image for a 32x32 network says so; in eval mode
+        ``plan.build_plan`` makes the same walk, so it is not made twice)."""
         first = next(iter(self._modules.values()), None)
         if hasattr(first, "check_input"):
             x = first.check_input(x)
         x = check_float32(x, "x", "Sequential")
-        if x.ndim >= 2:
+        if shapes and x.ndim >= 2:
             plan.check_input_shape(self, x.shape[1:])
         return x
 

@@ -22,7 +22,7 @@ from ece662.pruning.methods import (BasePruningMethod, BlockUnstructured, Custom
                                     PruningContainer, custom_from_mask, global_structured,
                                     global_unstructured, identity, is_pruned, l1_unstructured,
                                     ln_structured, prunable, pruning_history, random_structured,
-                                    random_unstructured, remove)
+                                    random_unstructured, refresh, remove)
 from ece662.pruning.report import report
 from ece662.pruning.shrink import shrink
 
@@ -32,4 +32,4 @@ __all__ = ["BasePruningMethod", "BlockUnstructured", "block_unstructured", "Cust
            "RandomStructured", "RandomUnstructured", "PruningContainer", "amount_to_count",
            "global_structured", "pruning_history", "report", "shrink", "custom_from_mask",
            "global_unstructured", "identity", "is_pruned", "l1_unstructured", "ln_structured", "prunable",
-           "random_structured", "random_unstructured", "remove"]
+           "random_structured", "random_unstructured", "refresh", "remove"]

@@ -39,6 +39,19 @@ def amount_to_count(amount, n):
     return int(round(amount * n))      # Python's round is round-half-to-even
 
 
+def check_sparsity(sparsity, name="sparsity", where=None):
+    """An overall sparsity: the fraction of the weights to be zero, in [0, 1) (1 would leave nothing).
+
+    Unlike an ``amount`` (a count, or a fraction of what is still kept), a sparsity is the target for the
+    whole: the schedules, ERK, SynFlow and dynamic sparse training all take one.  Returns it as a float.
+    """
+    if isinstance(sparsity, (bool, np.bool_)) or not isinstance(sparsity, numbers.Real) \
+            or not 0.0 <= sparsity < 1.0:
+        raise ValueError(f"{where + ': ' if where else ''}{name} must be a fraction in [0, 1), got {sparsity!r}: "
+                         f"the overall sparsity, e.g. 0.8 prunes 80% of the weights")
+    return float(sparsity)
+
+
 def validate_amount(amount):
     """Check an amount's type and range, before anything is pruned; returns it.
 

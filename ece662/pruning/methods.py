@@ -546,6 +546,18 @@ def remove(module, name):
     return module
 
 
+def refresh(module):
+    """Recompute ``weight = weight_orig * weight_mask`` (every pruned parameter of ``module`` and its
+    children) now, as the forward pre-hook does before each forward: for code that writes into
+    ``weight_orig`` or a mask directly (rewinding, SynFlow's sign flip, dynamic sparse training) and
+    reads ``module.weight`` before the next forward."""
+    for _, m in module.named_modules():
+        for hook in list(m._forward_pre_hooks.values()):
+            if isinstance(hook, PruningContainer):
+                hook(m, None)
+    return module
+
+
 def is_pruned(module):
     """True if ``module`` or any of its submodules has a pruned parameter."""
     return any(n.endswith("_mask") for _, m in module.named_modules() for n in m._buffers)
@@ -634,10 +646,9 @@ def erk_unstructured(parameters, amount):
     [0.966, 0.986, 0.817]
     """
     parameters = list(parameters)
-    if isinstance(amount, bool) or not isinstance(amount, (float, np.floating)) or not 0 <= amount < 1:
-        raise ValueError(f"erk_unstructured: amount is the overall sparsity, a fraction in [0, 1), got {amount!r}")
+    amount = M.check_sparsity(amount, "amount", "erk_unstructured")
     shapes = [_current(m, n)[0].shape for m, n in parameters]
-    densities = M.erk_densities(shapes, 1.0 - float(amount))
+    densities = M.erk_densities(shapes, 1.0 - amount)
     for (m, n), shape, d in zip(parameters, shapes, densities):
         size = int(np.prod(shape))
         t, prev = _current(m, n)

@@ -17,6 +17,7 @@ import numpy as np
 
 from ece662 import pruning as prune
 from ece662.layers import BatchNorm1d, BatchNorm2d, Dropout, Dropout2d
+from ece662.pruning.masks import check_sparsity
 from ece662.training.optim import softmax_cross_entropy
 
 
@@ -94,8 +95,7 @@ def synflow_scores(model, input_shape=(3, 32, 32)):
     finally:
         for m, key, w in originals:                   # the signs come back, whatever happened
             m._parameters[key][...] = w
-            if key == "weight_orig":                  # and the effective weight with them (the pruning hook
-                object.__setattr__(m, "weight", w * m._buffers["weight_mask"])   # would only at the next forward)
+            prune.refresh(m)                          # and the effective weight with them, not at the next forward
 
 
 def synflow(model, amount, rounds=100, input_shape=(3, 32, 32)):
@@ -111,8 +111,7 @@ def synflow(model, amount, rounds=100, input_shape=(3, 32, 32)):
     >>> round(sum(int((~m.weight_mask).sum()) for _, m in prune.prunable(net)) / total, 3)
     0.9
     """
-    if isinstance(amount, bool) or not isinstance(amount, (float, np.floating)) or not 0 <= amount < 1:
-        raise ValueError(f"synflow: amount is the overall sparsity, a fraction in [0, 1), got {amount!r}")
+    amount = check_sparsity(amount, "amount", "synflow")
     if isinstance(rounds, bool) or not isinstance(rounds, (int, np.integer)) or rounds < 1:
         raise ValueError(f"synflow: rounds must be a positive whole number, got {rounds!r}")
     params = _weights(model)

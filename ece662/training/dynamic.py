@@ -53,8 +53,7 @@ class DynamicSparsity:
             raise ValueError(f"DynamicSparsity: grow must be one of {GROW}, got {grow!r}")
         if allocation not in ("erk", "uniform"):
             raise ValueError(f"DynamicSparsity: allocation must be 'erk' or 'uniform', got {allocation!r}")
-        if isinstance(sparsity, bool) or not isinstance(sparsity, (float, np.floating)) or not 0 <= sparsity < 1:
-            raise ValueError(f"DynamicSparsity: sparsity must be a fraction in [0, 1), got {sparsity!r}")
+        sparsity = M.check_sparsity(sparsity, "sparsity", "DynamicSparsity")
         if not 0 < fraction <= 1:
             raise ValueError(f"DynamicSparsity: fraction must lie in (0, 1], got {fraction!r}")
         self.grow, self.update_every, self.fraction = grow, int(update_every), float(fraction)
@@ -98,6 +97,6 @@ class DynamicSparsity:
             flat = mask.reshape(-1)
             flat[drop], flat[grow] = False, True
             w[grow] = 0.0                                  # grown weights start at zero
-            object.__setattr__(m, "weight", m._parameters["weight_orig"] * mask)
+            prune.refresh(m)
             moved += k
         self.history.append((step, moved))

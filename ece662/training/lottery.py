@@ -15,7 +15,8 @@ import copy
 import numpy as np
 
 from ece662 import pruning as prune
-from ece662.training.schedules import check_sparsity, prune_to, sparsity_of
+from ece662.pruning.masks import check_sparsity
+from ece662.training.schedules import prune_to, sparsity_of
 from ece662.training.trainer import Trainer
 
 
@@ -40,8 +41,7 @@ def _set_weights(m, w):
     would refresh it only at the next forward)."""
     key = "weight_orig" if "weight_orig" in m._parameters else "weight"
     m._parameters[key][...] = w
-    if key == "weight_orig":
-        object.__setattr__(m, "weight", m._parameters[key] * m._buffers["weight_mask"])
+    prune.refresh(m)
 
 
 def rewind(model, state):

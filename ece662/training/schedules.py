@@ -31,6 +31,7 @@ import numpy as np
 from ece662.layers import Conv2d, Linear
 from ece662.layers.checks import check_positive_int
 from ece662.pruning import methods as P
+from ece662.pruning.masks import check_sparsity
 from ece662.training.trainer import Trainer
 
 STRUCTURES = ("unstructured", "filters")
@@ -41,14 +42,6 @@ def _check_choice(value, choices, name):
     if value not in choices:
         raise ValueError(f"{name} must be one of {choices}, got {value!r}")
     return value
-
-
-def check_sparsity(sparsity, name="sparsity"):
-    if isinstance(sparsity, bool) or not isinstance(sparsity, (int, float, np.floating)) \
-            or not 0.0 <= sparsity < 1.0:
-        raise ValueError(f"{name} must be a fraction in [0, 1), got {sparsity!r}; "
-                         f"e.g. 0.8 prunes 80% of the weights")
-    return float(sparsity)
 
 
 def prunable_layers(model, structure="unstructured"):

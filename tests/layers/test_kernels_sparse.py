@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import ece662.pruning as prune
-from asm_count import fma_lanes
+from asm_count import fma_lanes, requires_x86
 from helpers import assert_close
 from ece662.experiments import dense_twin
 from ece662.layers import kernel_choice
@@ -182,6 +182,7 @@ print("ok")
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr
 
 
+@requires_x86
 def test_sparse_lanes_tiles_are_vectorised(tmp_path):
     """The 64- and 32-position tiles compile to packed FMAs only: one broadcast weight times 64 (32)
     positions, as eight (four) 8-lane FMAs on AVX2 or four (two) 16-lane FMAs on AVX-512.  Compiled afresh (the tiles alone, as the kernel's

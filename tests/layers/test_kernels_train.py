@@ -13,7 +13,7 @@ from collections import OrderedDict
 import numpy as np
 import pytest
 
-from asm_count import fma_lanes
+from asm_count import fma_lanes, requires_x86
 from helpers import assert_close, requires_torch, torch
 from ece662.layers import Conv2d, Flatten, Linear, MaxPool2d, ReLU, Sequential
 from ece662.layers import kernels_train as kt
@@ -225,6 +225,7 @@ print("ok")
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr
 
 
+@requires_x86
 def test_training_tile_is_vectorised(tmp_path):
     """The dw kernel (and with it the shared 4x16 tile) compiles to packed vector FMAs only.
     Compiled afresh in a subprocess (numba cannot show the assembly of cached code)."""

@@ -8,7 +8,7 @@ import os
 import numpy as np
 import pytest
 
-from asm_count import fma_lanes
+from asm_count import fma_lanes, requires_x86
 from helpers import assert_close, requires_torch, torch
 from ece662.layers import functional as fn
 from ece662.layers import reference as ref
@@ -373,6 +373,7 @@ def test_v6_uses_weights_packed_once_and_leaves_inputs_alone(rng):
         np.testing.assert_array_equal(a, a0)
 
 
+@requires_x86
 def test_lanes_kernels_v5_v6_are_vectorised(tmp_path):
     """v5's and v6's tiles (16 and 8 filters wide) compile to packed vector FMAs only (no scalar FMA).
     Compiled afresh in a subprocess (numba cannot show the assembly of cached code)."""
