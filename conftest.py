@@ -3,10 +3,18 @@
 The ONNX examples in the library's docstrings need the optional ``onnx`` package (``pip install -e ".[onnx]"``),
 which the README's ``pip install -e ".[test]"`` does not bring: without it they skip and say why, and they carry
 the ``oracle`` mark, so that CI's second step (``python -m pytest -m oracle`` after installing ``[test,oracle]``)
-runs them."""
+runs them.
+
+Kernel v7 measures its register tile once per CPU and layer shape and records the choice in a cache file
+(``ece662.layers.tuning``); the suite records its choices in a folder of its own, so that a run never
+reads or changes the user's cache (the tests of the cache set their own)."""
 import importlib.util
+import os
+import tempfile
 
 import pytest
+
+os.environ.setdefault("ECE662_TILE_CACHE", tempfile.mkdtemp(prefix="ece662-test-tiles-"))
 
 NEEDS_ONNX = ("onnx_format",)   # modules whose doctests call the onnx package
 

@@ -1,4 +1,4 @@
-"""Inference of the course CNN: ece662 (kernel v6 and v5) vs PyTorch channels_last vs ONNX Runtime,
+"""Inference of the course CNN: ece662 (kernel v7, with its measured tile, and v6) vs PyTorch channels_last vs ONNX Runtime,
 and filter skipping against its FLOP ideal and against torch running the shrunk network.
 
     python benchmarks/bench_inference.py [--images 10000] [--rounds 5] [--threads 2] [--skip-pruning]
@@ -113,9 +113,11 @@ def dense(args, x):
 
     def ece(kernel, bs):
         def run():
-            kernel_choice.FUSED_POOL_KERNEL = kernel
-            batched(net, x, bs)()
-            kernel_choice.FUSED_POOL_KERNEL = "v6"
+            before, kernel_choice.FUSED_POOL_KERNEL = kernel_choice.FUSED_POOL_KERNEL, kernel
+            try:
+                batched(net, x, bs)()
+            finally:
+                kernel_choice.FUSED_POOL_KERNEL = before
         return run
 
     with tempfile.TemporaryDirectory() as folder:
@@ -123,24 +125,28 @@ def dense(args, x):
         np.testing.assert_allclose(ort_logits, net(x[:8]), rtol=1e-3, atol=1e-4)
         contenders = {}
         for bs in BATCHES[0]:
+            contenders[f"ece662 v7 batch {bs}"] = ece("v7", bs)
+        for bs in BATCHES[0]:
             contenders[f"ece662 v6 batch {bs}"] = ece("v6", bs)
-        contenders["ece662 v5 batch 500"] = ece("v5", 500)
         for bs in BATCHES[0]:
             contenders[f"onnxruntime batch {bs}"] = onnx_runner(tnet, x, bs, folder)[0]
         for bs in BATCHES[0]:
             contenders[f"torch channels_last batch {bs}"] = torch_runner(tnet, x, bs)
         t = rounds(contenders, args.rounds, torch_names={n for n in contenders if n.startswith("torch")})
     torch_best, torch_bs = best_batch(t, "torch channels_last")
-    ece_best, ece_bs = best_batch(t, "ece662 v6")
+    ece_best, ece_bs = best_batch(t, "ece662 v7")
+    v6_best, v6_bs = best_batch(t, "ece662 v6")
     ort_best, ort_bs = best_batch(t, "onnxruntime")
+    tiles = [s.kernel.tile for s in net.plan((3, 32, 32)).steps if s.op == "conv"]
     print(f"Dense inference, {len(x)} images, {args.rounds} interleaved rounds (median, min-max)")
     print(f"{'configuration':<32} {'images/s':>10} {'vs torch best (same round)':>28}")
     for name, v in t.items():
         print(f"{name:<32} {len(x) / np.median(v):10,.0f} {ratio_text(torch_best, v):>28}")
-    print(f"\neach at its best batch (most often): ece662 v6 {ece_bs}, torch {torch_bs}, onnxruntime {ort_bs}")
-    print(f"ece662 v6 best / torch channels_last best: {ratio_text(torch_best, ece_best)}")
-    print(f"ece662 v6 best / onnxruntime best:         {ratio_text(ort_best, ece_best)}")
-    print(f"ece662 v6 / v5 (batch 500):                {ratio_text(t['ece662 v5 batch 500'], t['ece662 v6 batch 500'])}")
+    print(f"\neach at its best batch (most often): ece662 v7 {ece_bs} (tiles {', '.join(tiles)}), ece662 v6 {v6_bs}, "
+          f"torch {torch_bs}, onnxruntime {ort_bs}")
+    print(f"ece662 v7 best / torch channels_last best: {ratio_text(torch_best, ece_best)}")
+    print(f"ece662 v7 best / onnxruntime best:         {ratio_text(ort_best, ece_best)}")
+    print(f"ece662 v7 best / v6 best:                  {ratio_text(v6_best, ece_best)}")
 
 
 def pruning(args, x):
@@ -229,7 +235,7 @@ def main():
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--skip-pruning", action="store_true")
     ap.add_argument("--profile", action="store_true",
-                    help="only the per-layer profile (CPU time of one thread) with kernel v5 and v6")
+                    help="only the per-layer profile (CPU time of one thread) with kernel v6 and v7")
     ap.add_argument("--batch", type=int, default=500, help="batch of the profile")
     ap.add_argument("--threads", type=int, default=2, help="threads for every contender (numba, torch, ort)")
     ap.add_argument("--batches", default="32,64,128,256,500",
@@ -250,10 +256,10 @@ def main():
           + ("; CPU time" if args.cpu_time else "; wall-clock time"))
     x = np.random.default_rng(0).standard_normal((args.images, 3, 32, 32)).astype(np.float32)
     if args.profile:
-        for kernel in ("v5", "v6"):
+        for kernel in ("v6", "v7"):
             kernel_choice.FUSED_POOL_KERNEL = kernel
             profile(args, x)
-        kernel_choice.FUSED_POOL_KERNEL = "v6"
+        kernel_choice.FUSED_POOL_KERNEL = "v7"
         return
     dense(args, x)
     if not args.skip_pruning:

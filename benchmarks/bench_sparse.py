@@ -10,7 +10,8 @@ pool fused, the dead filters left out), with L1 unstructured pruning at each amo
 zeros, printed).  Five kernels run on the same weights and inputs, interleaved (a, b, ... | ..., b, a
 | ...), ``--rounds`` rounds after a warm-up, batches of 500:
 
-* ``v6``     dense kernel v6 (``functional.conv2d_relu_maxpool2_lanes``), the plan's dense choice;
+* ``v7``     dense kernel v7 with the tile measured for the layer (``kernel_choice.run_conv('v7', ...)``),
+             the plan's dense choice (v6 until 2026-12-04: the break-evens recorded before then are against v6);
 * ``lanes``  the sparse kernel with output positions as the vector lanes
              (``kernels_sparse.conv2d_forward_sparse_lanes``, ReLU and pool fused);
 * ``taps``   the older sparse-taps kernel (``functional.conv2d_forward_sparse``), then ReLU and
@@ -70,7 +71,7 @@ def layer_runs(layer, h):
         out = fn.conv2d_forward_sparse(x, w, b, 1, pad)
         np.maximum(out, 0, out=out)
         return fn.maxpool2d_forward_numba(out, 2, 2)
-    return {"v6": in_batches(lambda x: fn.conv2d_relu_maxpool2_lanes(x, w, b, pad), h),
+    return {"v7": in_batches(lambda x: kernel_choice.run_conv("v7", x, w, b, 1, pad, relu=True, pool2=True), h),
             "lanes": in_batches(lambda x: ks.conv2d_forward_sparse_lanes(x, w, b, 1, pad, relu=True, pool2=True), h),
             "taps": in_batches(taps, h),
             "v3": in_batches(lambda x: fn.conv2d_forward_numba(x, w, b, 1, pad, relu=True), h),
@@ -114,11 +115,11 @@ def main():
     inputs = {"conv1": x, "conv2": base.pool1(base.relu1(base.conv1(x)))}
     timer = PairedTimer(repeats=args.rounds, warn=False)
     print(f"{args.images} images in batches of {BATCH}, {args.rounds} interleaved rounds; median of the "
-          f"per-round ratios time(v6) / time(kernel) [min-max]; load average before: "
+          f"per-round ratios time(v7) / time(kernel) [min-max]; load average before: "
           f"{', '.join(f'{v:.1f}' for v in os.getloadavg())}")
     curves = {}
     for scheme in ("per-layer", "global") if args.amounts else ():
-        print(f"\n{scheme:>9} {'layer':>5} {'zeros':>6} {'lanes vs v6':>20} {'taps vs v6':>20} {'lanes vs taps':>20} "
+        print(f"\n{scheme:>9} {'layer':>5} {'zeros':>6} {'lanes vs v7':>20} {'taps vs v7':>20} {'lanes vs taps':>20} "
               f"{'no pool: lanes vs v3':>21}")
         for amount in args.amounts:
             m = pruned_model(scheme, amount)
@@ -126,9 +127,9 @@ def main():
                 layer = getattr(m, name)
                 r = timer.compare(layer_runs(layer, inputs[name]))
                 z = zeros(layer)
-                cells = (paired(r["v6"], r["lanes"]), paired(r["v6"], r["taps"]), paired(r["taps"], r["lanes"]),
+                cells = (paired(r["v7"], r["lanes"]), paired(r["v7"], r["taps"]), paired(r["taps"], r["lanes"]),
                          paired(r["v3"], r["lanes, no pool"]))
-                curves.setdefault((scheme, name, "lanes vs v6"), []).append((z, cells[0][0]))
+                curves.setdefault((scheme, name, "lanes vs v7"), []).append((z, cells[0][0]))
                 curves.setdefault((scheme, name, "no pool: lanes vs v3"), []).append((z, cells[3][0]))
                 print(f"{amount:>9.0%} {name:>5} {z:>6.1%} " + " ".join(f"{cell(c):>20}" for c in cells),
                       flush=True)

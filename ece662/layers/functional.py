@@ -11,7 +11,7 @@ Shapes: ``x (N, C, H, W)``, ``w (F, C, HH, WW)``, ``b (F,)``,
 import numba
 import numpy as np
 
-from ece662.layers import kernels, kernels_lab
+from ece662.layers import kernels, kernels_lab, kernels_tiles
 from ece662.layers.checks import check_float32, check_nchw, check_same_shape
 from ece662.layers.shapes import conv_output_size
 
@@ -342,6 +342,90 @@ def conv2d_relu_maxpool2_lanes(x, w, b, pad=0, alive_f=None, packed=None):
         with slp_vectorizer():
             kernels.conv2d_relu_pool2_lanes(xp.reshape(N, C * Hp * Wp), tap_offsets(C, HH, WW, Hp, Wp), Wp,
                                             wp, bp, wt, bt, F, np.empty((T, 16), np.float32), out)
+    return np.ascontiguousarray(out[..., :Wq]) if extra else out
+
+
+def tile_segments(tile, F):
+    """How kernel v7's ``tile`` covers ``F`` filters: ``[(positions, lanes, first, count), ...]``.
+
+    ``tile`` is a tuple of ``(positions, lanes)`` sizes, e.g. ``((8, 32),)`` or ``((8, 16), (8, 8))``.  Each size
+    but the last takes as many whole blocks of its lanes as fit in the filters left; the last takes the
+    rest, padded with zero filters to a whole block.  ``sum(-(-count // lanes) * lanes)`` filters are
+    computed.
+
+    Examples
+    --------
+    >>> tile_segments(((8, 16), (8, 8)), 24)
+    [(8, 16, 0, 16), (8, 8, 16, 8)]
+    >>> tile_segments(((8, 32),), 24)          # one 32-wide block, 8 of its lanes padding
+    [(8, 32, 0, 24)]
+    """
+    segments, first = [], 0
+    for i, (positions, lanes) in enumerate(tile):
+        count = F - first if i == len(tile) - 1 else (F - first) // lanes * lanes
+        if count > 0:
+            segments.append((positions, lanes, first, count))
+            first += count
+    return segments
+
+
+def pack_filters_tile(w, b, tile):
+    """The packing of kernel v7 for ``tile``: per segment of :func:`tile_segments`,
+    ``(positions, lanes, first, count, wp (K, Fb, lanes), bp (Fb, lanes))`` with
+    ``wp[k, fb, l] = w[first + lanes*fb + l]`` at tap k = (c, kh, kw); padding filters are zero."""
+    F = w.shape[0]
+    K = int(np.prod(w.shape[1:]))
+    wk = w.reshape(F, K)
+    packed = []
+    for positions, lanes, first, count in tile_segments(tile, F):
+        Fb = -(-count // lanes)
+        wp = np.zeros((K, Fb * lanes), dtype=np.float32)
+        wp[:, :count] = wk[first:first + count].T
+        bp = np.zeros(Fb * lanes, dtype=np.float32)
+        bp[:count] = b[first:first + count]
+        packed.append((positions, lanes, first, count, wp.reshape(K, Fb, lanes), bp.reshape(Fb, lanes)))
+    return packed
+
+
+def conv2d_relu_maxpool2_tuned(x, w, b, pad=0, tile=((8, 16), (8, 8)), packed=None):
+    """Conv (stride 1) + ReLU + 2x2 max pooling, kernel v7: v6's tile at the size ``tile`` says.
+
+    Same result as :func:`conv2d_relu_maxpool2_lanes` (bit for bit: every tile sums the taps in the same
+    order).  ``tile`` is a tuple of ``(positions, lanes)`` from ``tile_source.TILES`` (see
+    :func:`tile_segments`); ``ece662.layers.tuning.choose_tile`` measures which is fastest on this CPU.
+    ``packed`` may carry :func:`pack_filters_tile` of ``w`` and ``b`` for this tile (a plan packs once).
+
+    Examples
+    --------
+    >>> x = np.arange(16, dtype=np.float32).reshape(1, 1, 4, 4)
+    >>> w = np.ones((1, 1, 1, 1), dtype=np.float32)
+    >>> conv2d_relu_maxpool2_tuned(x, w, np.array([-6.0], np.float32), tile=((4, 16),))[0, 0]
+    array([[0., 1.],
+           [7., 9.]], dtype=float32)
+    """
+    where = "conv2d_relu_maxpool2_tuned"
+    x, w, b = check_conv_args(x, w, b, where)
+    N, C, H, W = x.shape
+    F, _, HH, WW = w.shape
+    H_out, W_out = pooled_conv_size(x, w, pad, where)
+    Hq, Wq = H_out // 2, W_out // 2
+    unknown = [t for t in tile if tuple(t) not in kernels_tiles.TILE_KERNELS]
+    if unknown or not tile:
+        raise ValueError(f"{where}: tile must be one or more sizes of {sorted(kernels_tiles.TILE_KERNELS)}, got {tile!r}")
+    # a tile of B blocks needs B blocks in a row: a narrower row gets blocks of zero input, thrown away
+    extra = max(0, max(p // 4 for p, _ in tile) - Wq)
+    xp = x if pad == 0 and not extra else np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad + 2 * extra)))
+    xp = np.ascontiguousarray(xp)
+    Hp, Wp = xp.shape[2], xp.shape[3]
+    packed = packed if packed is not None else pack_filters_tile(w, b, tile)
+    out = np.empty((N, F, Hq, Wq + extra), dtype=np.float32)
+    if F and N:
+        T = min(thread_count(), N)
+        xflat, offs = xp.reshape(N, C * Hp * Wp), tap_offsets(C, HH, WW, Hp, Wp)
+        with slp_vectorizer():
+            for positions, lanes, first, count, wp, bp in packed:
+                kernel = kernels_tiles.TILE_KERNELS[(positions, lanes)]
+                kernel(xflat, offs, Wp, wp, bp, first, count, np.empty((T, positions // 4 * lanes), np.float32), out)
     return np.ascontiguousarray(out[..., :Wq]) if extra else out
 
 

@@ -13,6 +13,7 @@ import numpy as np
 from ece662.layers import functional as fn
 from ece662.layers import kernels_sparse as sparse
 from ece662.layers import reference as ref
+from ece662.layers import tuning
 
 MODES = ("auto", "dense", "reference")
 
@@ -24,11 +25,11 @@ MODES = ("auto", "dense", "reference")
 SPARSE_THRESHOLD = 0.6
 
 
-# The kernel for a stride-1 conv followed by ReLU and MaxPool2d(2): v6 (output channels as
-# vector lanes, taps read from the image itself) measured faster than v5 and v5 than v4 on both
-# layers of the course CNN (benchmarks/RESULTS.md, "Inference and kernel v5"); "v5" or "v4" here
+# The kernel for a stride-1 conv followed by ReLU and MaxPool2d(2): v7, v6's tile at the size measured
+# fastest on this CPU (ece662.layers.tuning; benchmarks/RESULTS.md, "Kernel v7").  v6 measured faster than
+# v5 and v5 than v4 on both layers of the course CNN ("Inference and kernel v5"); "v6", "v5" or "v4" here
 # brings a previous kernel back.
-FUSED_POOL_KERNEL = "v6"
+FUSED_POOL_KERNEL = "v7"
 
 
 def check_mode(value):
@@ -41,11 +42,12 @@ def check_mode(value):
 class KernelChoice(NamedTuple):
     """Which kernel a Conv2d or Linear layer ran, and why (``layer.last_kernel``).
 
-    ``version`` is ``'v3'``, ``'v4'``, ``'v5'``, ``'v6'``, ``'sparse'``, ``'reference'`` (conv, eval or alone), ``'lanes'`` (the
+    ``version`` is ``'v3'``, ``'v4'``, ``'v5'``, ``'v6'``, ``'v7'``, ``'sparse'``, ``'reference'`` (conv, eval or alone), ``'lanes'`` (the
     fused training conv of ``kernels_train``) or ``'linear'``;
     ``fused`` names the layers that ran inside the kernel (e.g. ``('ReLU', 'MaxPool2d(2)')``);
     ``live_filters / filters`` and ``live_inputs / inputs`` say how much of the layer was
-    computed (input channels for a conv, input features for a linear layer).
+    computed (input channels for a conv, input features for a linear layer); ``tile`` (v7) the register
+    tile's size, e.g. ``'8x32'`` (``ece662.layers.tuning``).
     """
     version: str
     fused: tuple
@@ -54,6 +56,7 @@ class KernelChoice(NamedTuple):
     live_inputs: int
     inputs: int
     reason: str
+    tile: str = ""
 
     @property
     def skipping(self):
@@ -62,7 +65,8 @@ class KernelChoice(NamedTuple):
 
     def __str__(self):
         fused = (", fused " + " + ".join(self.fused)) if self.fused else ""
-        return f"{self.version}{' skip' if self.skipping else ''}{fused}"
+        tile = f" tile {self.tile}" if self.tile else ""
+        return f"{self.version}{tile}{' skip' if self.skipping else ''}{fused}"
 
 
 # ============================================================================ conv kernels
@@ -72,7 +76,7 @@ def choose_conv_kernel(mode, w_live, stride, pool2):
     * ``'reference'`` mode: the plain-loop reference;
     * ``'auto'``, stride 1, and at least ``SPARSE_THRESHOLD`` of the live weights zero:
       the sparse kernel of ``kernels_sparse`` (work proportional to the non-zeros);
-    * a fused 2x2 max pool: ``FUSED_POOL_KERNEL`` (v6; v5 or v4: conv + ReLU + pool in one pass);
+    * a fused 2x2 max pool: ``FUSED_POOL_KERNEL`` (v7; v6, v5 or v4: conv + ReLU + pool in one pass);
     * everything else: v3 (register-tiled patches).
     """
     if mode == "reference":
@@ -86,12 +90,13 @@ def choose_conv_kernel(mode, w_live, stride, pool2):
     return "v3", why
 
 
-def run_conv(version, x, w, b, stride, pad, relu=False, pool2=False, alive_f=None, packed=None):
+def run_conv(version, x, w, b, stride, pad, relu=False, pool2=False, alive_f=None, packed=None, tile=None):
     """Run one conv kernel; ``relu`` / ``pool2`` apply a ReLU / 2x2 max pool after it.
 
-    ``alive_f`` (v3, v4 and v5) marks filters to compute; the others output their bias (v6 and the sparse
+    ``alive_f`` (v3, v4 and v5) marks filters to compute; the others output their bias (v6, v7 and the sparse
     kernel are given the live filters' weights alone, so they need no mask).  ``packed``
-    (v6 only): the weights already packed for it (``functional.pack_filters_lanes``).
+    (v6 and v7): the weights already packed for it (``functional.pack_filters_lanes`` / ``pack_filters_tile``);
+    ``tile`` (v7): the tile's size, measured for ``x``'s shape when not given (``tuning.choose_tile``).
     """
     if version == "reference":
         out = ref.conv2d_forward_reference(x, w, b, stride, pad)
@@ -100,6 +105,10 @@ def run_conv(version, x, w, b, stride, pad, relu=False, pool2=False, alive_f=Non
         return ref.maxpool2d_forward_reference(out, 2, 2) if pool2 else out
     if version == "sparse":
         return sparse.conv2d_forward_sparse_lanes(x, w, b, 1, pad, relu=relu, pool2=pool2)
+    if version == "v7":
+        if tile is None:
+            tile, _ = tuning.choose_tile(x.shape[1], x.shape[2], x.shape[3], w.shape[0], w.shape[2], w.shape[3], pad)
+        return fn.conv2d_relu_maxpool2_tuned(x, w, b, pad, tile=tile, packed=packed)
     if version == "v6":
         return fn.conv2d_relu_maxpool2_lanes(x, w, b, pad, packed=packed)
     if version == "v5":
@@ -125,16 +134,21 @@ def conv_forward(conv, x):
                              conv.in_channels, reason)
 
 
-def computed_filters(version, live):
+def computed_filters(version, live, tile=""):
     """How many filters a kernel really computes for ``live`` live ones: v5 and v6 pack the filters into
     16-wide register blocks and one 8-wide tail (``functional.pack_filters_lanes``), so 12 live filters are
-    computed as 16 and skipping 4 of 16 saves nothing; the other kernels compute the live filters only.
+    computed as 16 and skipping 4 of 16 saves nothing; v7 works in whole blocks of its ``tile``'s lanes
+    (``tuning.computed_filters``); the other kernels compute the live filters only.
 
     Examples
     --------
     >>> [computed_filters("v6", f) for f in (32, 24, 16, 12, 8, 3)]
     [32, 24, 16, 16, 8, 8]
+    >>> computed_filters("v7", 24, "8x32"), computed_filters("v7", 24, "8x16+8x8")
+    (32, 24)
     """
+    if version == "v7" and live:
+        return tuning.computed_filters(tuning.parse_tile(tile), live)
     if version not in ("v5", "v6") or live == 0:
         return live
     blocks = live // 16 + (1 if live % 16 > 8 else 0)

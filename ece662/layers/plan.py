@@ -13,8 +13,9 @@ One walk over the layers of a ``Sequential`` decides, per layer,
   eval forward runs the plan, ``ece662.pruning.shrink`` builds the plan's network for
   good, and ``ece662.pruning.report`` counts its FLOPs.
 * which following layers run inside a conv's kernel (an eval-mode ``BatchNorm2d``, folded into its
-  weights and bias; ``ReLU``; and a ``MaxPool2d(2)`` after it when the conv has stride 1: kernel v6,
-  :data:`~ece662.layers.kernel_choice.FUSED_POOL_KERNEL`), and
+  weights and bias; ``ReLU``; and a ``MaxPool2d(2)`` after it when the conv has stride 1: kernel v7,
+  :data:`~ece662.layers.kernel_choice.FUSED_POOL_KERNEL`, with the register tile measured fastest on this
+  CPU for the layer's shape, ``ece662.layers.tuning``), and
 * which kernel runs and why (:class:`KernelChoice`, what ``layer.last_kernel`` holds).
 
 Before any of that, :func:`check_input_shape` walks every layer's shape (``output_shape``), so an
@@ -25,7 +26,7 @@ One switch decides what runs: ``model.kernels`` (every layer has it; setting it 
 model sets it on every layer)
 
 * ``'auto'`` (default): live-only inference, fusion, and the fastest measured kernel
-  (kernel v6 for conv + ReLU + 2x2 pool, the sparse conv of ``kernels_sparse`` for weights that
+  (kernel v7 for conv + ReLU + 2x2 pool, the sparse conv of ``kernels_sparse`` for weights that
   are at least ``SPARSE_THRESHOLD`` zeros);
 * ``'dense'``: every filter computed with the dense kernels, dead or not ("masks only");
 * ``'reference'``: every layer through its plain-loop twin of ``ece662.layers.reference``
@@ -37,9 +38,9 @@ Examples
 >>> from ece662.models import default_convnet
 >>> net = default_convnet(seed=0)
 >>> _ = prune.ln_structured(net.conv1, "weight", amount=16, n=2, dim=0)
->>> print(net.plan((3, 32, 32)))          # doctest: +NORMALIZE_WHITESPACE
-conv1+relu1+pool1  (32, 14, 14)  16/32 filters live, 3/3 input channels -> v6 skip, fused ReLU + 2x2 max pool (fewer than 60% zeros; ReLU and MaxPool2d(2) follow a stride-1 conv)
-conv2+relu2+pool2  (32, 6, 6)    32/32 filters live, 16/32 input channels -> v6 skip, fused ReLU + 2x2 max pool (fewer than 60% zeros; ReLU and MaxPool2d(2) follow a stride-1 conv)
+>>> print(net.plan((3, 32, 32)))          # doctest: +NORMALIZE_WHITESPACE +ELLIPSIS
+conv1+relu1+pool1  (32, 14, 14)  16/32 filters live, 3/3 input channels -> v7 tile ... skip, fused ReLU + 2x2 max pool (fewer than 60% zeros; ReLU and MaxPool2d(2) follow a stride-1 conv; tile ...: measured fastest on ...)
+conv2+relu2+pool2  (32, 6, 6)    32/32 filters live, 16/32 input channels -> v7 tile ... skip, fused ReLU + 2x2 max pool (fewer than 60% zeros; ReLU and MaxPool2d(2) follow a stride-1 conv; tile ...: measured fastest on ...)
 flatten            (1152,)
 fc                 (10,)         1152/1152 input features -> linear (kernels='auto')
 """
@@ -49,6 +50,7 @@ import numpy as np
 
 from ece662.layers import functional as fn
 from ece662.layers import reference as ref
+from ece662.layers import tuning
 from ece662.layers.kernel_choice import (KernelChoice, alive_rows, check_mode, choose_conv_kernel,
                                          computed_filters, run_conv)
 from ece662.layers.modules import (AdaptiveAvgPool2d, AvgPool2d, BatchNorm1d, BatchNorm2d, BatchNormBase, Conv2d,
@@ -73,7 +75,8 @@ class Step:
     kernel : KernelChoice       for 'conv' and 'linear' steps
     weight, bias                what the kernel multiplies: live filters x live inputs, with the
                                 constant inputs folded into the bias
-    packed                      ``weight`` and ``bias`` packed for kernel v6, once per plan
+    packed                      ``weight`` and ``bias`` packed for kernel v6 or v7, once per plan
+    tile                        kernel v7's tile size (``ece662.layers.tuning``), e.g. ``((8, 32),)``
     out_shape : tuple           the full output shape for one input (batch axis 1)
     """
 
@@ -81,7 +84,7 @@ class Step:
         self.names, self.op, self.module = tuple(names), op, module
         self.live_in, self.const_in, self.full_input = live_in, const_in, full_input
         self.live_out, self.const_out = None, None
-        self.kernel, self.weight, self.bias, self.fused, self.packed = None, None, None, (), None
+        self.kernel, self.weight, self.bias, self.fused, self.packed, self.tile = None, None, None, (), None, None
         self.relu, self.pool2 = False, False        # a conv step: ReLU / 2x2 max pool run inside its kernel
         self.out_shape = None
 
@@ -89,10 +92,11 @@ class Step:
         """One line a student can read."""
         if self.op == "conv":
             k = self.kernel
-            computed = computed_filters(k.version, k.live_filters)
+            computed = computed_filters(k.version, k.live_filters, k.tile)
             padded = ""
             if computed > k.live_filters:     # the tile's width, not the mask, decides the work
-                padded = (f" (computed as {computed}: the {k.version} tile works in blocks of 16 and 8 filters"
+                blocks = "its lanes" if k.tile else "16 and 8 filters"
+                padded = (f" (computed as {computed}: the {k.version} tile works in blocks of {blocks}"
                           + (", so skipping saves nothing here" if computed >= k.filters else "") + ")")
             return (f"{k.live_filters}/{k.filters} filters live{padded}, {k.live_inputs}/{k.inputs} input channels "
                     f"-> {k} ({k.reason})")
@@ -444,7 +448,7 @@ def build_plan(model, input_shape, kernels=None):
             step = Step([name], "full", m, live, const, full_input=True)    # a user's hook sees x
         elif isinstance(m, Conv2d):
             n_fused = _fusion(layers, i, m, mode)
-            step = _conv_step(layers[i:i + 1 + n_fused], mode, live, const)
+            step = _conv_step(layers[i:i + 1 + n_fused], mode, live, const, shape)
         elif isinstance(m, Linear):
             bn = layers[i + 1][1] if i + 1 < len(layers) else None
             fuse_bn = (type(bn) is BatchNorm1d and _no_hooks(bn) and not bn.training and mode != "reference")
@@ -473,8 +477,9 @@ def build_plan(model, input_shape, kernels=None):
     return Plan(steps, tuple(input_shape))
 
 
-def _conv_step(group, mode, live, const):
-    """The step of a conv (``group[0]``) and the layers fused after it (BatchNorm2d, ReLU, pool)."""
+def _conv_step(group, mode, live, const, in_shape):
+    """The step of a conv (``group[0]``) and the layers fused after it (BatchNorm2d, ReLU, pool);
+    ``in_shape`` is its input's shape, ``(1, C, H, W)``."""
     (name, conv), fused = group[0], [m for _, m in group[1:]]
     relu = any(type(m) is ReLU for m in fused)
     pool2 = any(type(m) is MaxPool2d for m in fused)
@@ -494,12 +499,19 @@ def _conv_step(group, mode, live, const):
     alive = alive_rows(w) if mode == "auto" else np.ones(conv.out_channels, bool)
     step.weight, step.bias = np.ascontiguousarray(w[alive]), np.ascontiguousarray(b[alive])
     version, reason = choose_conv_kernel(mode, step.weight, conv.stride, pool2)
+    tile = ""
     if version == "v6":
         step.packed = fn.pack_filters_lanes(step.weight, step.bias)
+    if version == "v7":             # the tile measured fastest on this CPU for this shape
+        F, C, KH, KW = step.weight.shape
+        step.tile, why = tuning.choose_tile(C, in_shape[2], in_shape[3], F, KH, KW, conv.padding)
+        step.packed = fn.pack_filters_tile(step.weight, step.bias, step.tile)
+        tile = tuning.format_tile(step.tile)
+        reason += f"; tile {tile}: {why}"
     step.fused, step.relu, step.pool2 = tuple(fused), relu, pool2
     names += (["ReLU"] if relu else []) + (["2x2 max pool"] if pool2 else [])
     step.kernel = KernelChoice(version, tuple(names), int(alive.sum()), conv.out_channels, w.shape[1],
-                               conv.in_channels, reason)
+                               conv.in_channels, reason, tile)
     if not alive.all():
         c = np.where(alive, 0, b).astype(np.float32)
         step.live_out, step.const_out = alive, (np.maximum(c, 0) if relu else c)
@@ -550,7 +562,7 @@ def run_step(s, x):
     m = s.module
     if s.op == "conv":
         out = run_conv(s.kernel.version, x, s.weight, s.bias, m.stride, m.padding,
-                       relu=s.relu, pool2=s.pool2, packed=s.packed)
+                       relu=s.relu, pool2=s.pool2, packed=s.packed, tile=s.tile)
         m.last_kernel = s.kernel
         return out
     if s.op == "linear" or (s.op == "reference" and s.kernel is not None):

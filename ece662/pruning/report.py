@@ -9,7 +9,7 @@ channels / features that are not constant because a dead filter upstream made th
 the inference plan of ``ece662.layers.plan`` decides which, so the count is the plan's),
 and *nonzero* (only the multiplications by non-zero weights: the ideal of a sparse kernel).  A
 fourth, *kernel*, is what the chosen kernel really computes: v5 and v6 work in blocks of 16 and 8
-filters, so 12 live filters cost as much as 16 (``ece662.layers.kernel_choice.computed_filters``);
+filters, v7 in blocks of its tile's width, so 12 live filters can cost as much as 16 (``ece662.layers.kernel_choice.computed_filters``);
 ``flops_dense / flops_kernel`` is the speedup the kernel can reach, beside the arithmetic ideal
 ``flops_dense / flops_skip``.
 """
@@ -75,7 +75,7 @@ def report(model, input_shape=(3, 32, 32), file=None, verbose=True):
             k = computed.get(name)
             skip = dense if k is None else dense * k.live_filters * k.live_inputs // (k.filters * k.inputs)
             kernel = skip if k is None else \
-                dense * min(computed_filters(k.version, k.live_filters), k.filters) * k.live_inputs \
+                dense * min(computed_filters(k.version, k.live_filters, k.tile), k.filters) * k.live_inputs \
                 // (k.filters * k.inputs)
             dead = int((~m.alive_filters()).sum()) if isinstance(m, Conv2d) else 0
             dead_outputs = dead if isinstance(m, Conv2d) else int((~m.alive_outputs()).sum())

@@ -151,11 +151,11 @@ def test_all_zero_model_gives_the_dense_logits(monkeypatch):
 
 
 def test_the_plan_picks_the_sparse_kernel_from_the_threshold():
-    """At SPARSE_THRESHOLD zeros or more conv2 runs the sparse kernel, below it the dense v6."""
+    """At SPARSE_THRESHOLD zeros or more conv2 runs the sparse kernel, below it the dense fused kernel."""
     model = load_model()
     below = max(0.0, kernel_choice.SPARSE_THRESHOLD - 0.1)
     prune.l1_unstructured(model.conv2, "weight", amount=below)
-    assert model.plan((3, 32, 32)).steps[1].kernel.version == "v6"
+    assert model.plan((3, 32, 32)).steps[1].kernel.version == kernel_choice.FUSED_POOL_KERNEL == "v7"
     prune.l1_unstructured(model.conv2, "weight", amount=min(1.0, kernel_choice.SPARSE_THRESHOLD + 0.05))
     assert model.plan((3, 32, 32)).steps[1].kernel.version == "sparse"
 

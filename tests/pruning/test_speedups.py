@@ -29,7 +29,7 @@ def test_masked_skipping_and_shrunk_models_give_the_same_logits(amount, how):
     assert not dense_twin(model).plan().steps[0].kernel.skipping
     skipping = model.eval()(X)
     k = model.conv2.last_kernel
-    assert (k.version, k.fused, k.skipping) == ("v6", ("ReLU", "2x2 max pool"), True)
+    assert (k.version, k.fused, k.skipping) == ("v7", ("ReLU", "2x2 max pool"), True)
     assert k.live_inputs == int(model.conv1.alive_filters().sum()) < 32
     model.train()
     training_path = model(X)             # full tensors, dead filters skipped
@@ -80,11 +80,12 @@ def test_kernel_choice_is_reported_and_configurable():
     skipping with dead filters; model.kernels switches every layer at once."""
     model = default_convnet(seed=0).eval()
     model(X[:2])
-    assert model.conv1.last_kernel == KernelChoice("v6", ("ReLU", "2x2 max pool"), 32, 32, 3, 3,
-                                                   model.conv1.last_kernel.reason)
+    k = model.conv1.last_kernel
+    assert k == KernelChoice("v7", ("ReLU", "2x2 max pool"), 32, 32, 3, 3, k.reason, k.tile)
+    assert k.tile in k.reason and str(k).startswith(f"v7 tile {k.tile}")     # the measured tile, and why
     prune.l1_unstructured(model.conv2, "weight", amount=0.3)
     model(X[:2])
-    assert model.conv2.last_kernel.version == "v6"            # 30% < the 50% threshold
+    assert model.conv2.last_kernel.version == "v7"            # 30% < the 60% threshold
     prune.l1_unstructured(model.conv2, "weight", amount=0.8)
     model(X[:2])
     k = model.conv2.last_kernel
@@ -93,13 +94,13 @@ def test_kernel_choice_is_reported_and_configurable():
     model.kernels = "dense"
     assert {m.kernels for m in model.modules()} == {"dense"}
     model(X[:2])
-    assert model.conv2.last_kernel.version == "v6" and "dense" in model.conv2.last_kernel.reason
+    assert model.conv2.last_kernel.version == "v7" and "dense" in model.conv2.last_kernel.reason
     model.kernels = "auto"
     prune.ln_structured(model.conv1, "weight", amount=4, n=1, dim=0)
     model(X[:2])
-    assert model.conv1.last_kernel[:6] == ("v6", ("ReLU", "2x2 max pool"), 28, 32, 3, 3)
+    assert model.conv1.last_kernel[:6] == ("v7", ("ReLU", "2x2 max pool"), 28, 32, 3, 3)
     assert model.conv2.last_kernel[2:6] == (32, 32, 28, 32)
-    assert str(model.conv1.last_kernel) == "v6 skip, fused ReLU + 2x2 max pool"
+    assert str(model.conv1.last_kernel) == f"v7 tile {model.conv1.last_kernel.tile} skip, fused ReLU + 2x2 max pool"
     model.train()(X[:2])
     assert model.conv1.last_kernel[:6] == ("lanes", ("ReLU", "2x2 max pool"), 28, 32, 3, 3)
     with pytest.raises(ValueError, match="kernels must be one of"):
@@ -112,8 +113,10 @@ def test_plan_is_printable_and_names_every_layer():
     prune.ln_structured(model.conv1, "weight", amount=16, n=2, dim=0)
     plan = model.plan((3, 32, 32))
     lines = str(plan).splitlines()
+    tile = plan.steps[0].kernel.tile
     assert lines[0].startswith("conv1+relu1+pool1  (32, 14, 14)  16/32 filters live, 3/3 input "
-                               "channels -> v6 skip, fused ReLU + 2x2 max pool")
+                               f"channels -> v7 tile {tile} skip, fused ReLU + 2x2 max pool")
+    assert f"tile {tile}: measured fastest on " in lines[0] or "ECE662_TILE" in lines[0]
     assert "16/32 input channels" in lines[1]
     assert [n for s in plan for n in s.names] == [n for n, _ in model.named_children()]
     model.kernels = "reference"

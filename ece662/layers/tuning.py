@@ -1,0 +1,215 @@
+"""Which register tile kernel v7 runs on this CPU: chosen by measuring, like FFTW's planner.
+
+Kernel v7 (``functional.conv2d_relu_maxpool2_tuned``) is one tile written for any size
+(``tile_source.py``); which size is fastest depends on the CPU: on an AVX2 CPU (sixteen 8-lane registers)
+v6's 4 positions x 16 filters, on an AVX-512 CPU (thirty-two 16-lane registers) a tile of 8 positions x 32
+filters is about twice as fast (``benchmarks/RESULTS.md``, "Kernel v7").  Rather than guess from the CPU's
+name, :func:`choose_tile` times every candidate on the layer's own shape, once per CPU, and keeps the
+fastest:
+
+1. ``ECE662_TILE=8x32`` (or ``8x16+8x8``: 16-wide blocks, the rest in 8-wide ones) forces a tile, for a
+   benchmark or to compare two;
+2. with ``NUMBA_DISABLE_JIT=1`` nothing is timed (plain Python would measure the interpreter): the default
+   tile, v6's shape;
+3. otherwise the choice recorded for this CPU and shape, in memory or in the cache file
+   (:func:`cache_path`: beside Numba's cache when ``NUMBA_CACHE_DIR`` is set, else in the user's cache
+   folder; ``ECE662_TILE_CACHE`` names another folder);
+4. otherwise a measurement: every candidate of :func:`candidates` on a synthetic batch of the layer's
+   shape, in interleaved rounds, the median per candidate; the fastest is recorded.  It says so on stderr;
+   it costs well under a second per shape once the tiles are compiled (Numba compiles them once per CPU).
+
+The cache file is input like any other: it is read only up to :data:`MAX_CACHE_BYTES`, and an entry that
+does not name known tiles is ignored (and measured again).  It is written atomically under a lock.
+"""
+import functools
+import hashlib
+import json
+import os
+import sys
+import tempfile
+import time
+
+import numba
+import numpy as np
+
+from ece662.layers import functional as fn
+from ece662.layers.tile_source import TILES
+
+DEFAULT_TILE = ((4, 16), (8, 8))   # v6's shape: 16-wide blocks of one 2x2 block, the rest 8 positions x 8
+TAIL = (8, 8)                      # the tile for the filters a wider block leaves over
+ROUNDS = 5                         # interleaved timing rounds per candidate (the median is kept)
+WORK = 2e8                         # multiply-adds x 2 per timed call: about 2 ms at 100 GFLOP/s
+MAX_CACHE_BYTES = 1 << 20          # a cache file larger than this is not read
+MAX_ENTRIES = 2000                 # shapes kept per CPU in the cache file (the oldest are dropped)
+
+_memory = {}                       # (cpu, shape key) -> (tile, reason)
+_told = set()                      # cache folders we could not write, said once
+
+
+def parse_tile(text):
+    """``'8x32'`` -> ``((8, 32),)``; ``'8x16+8x8'`` -> ``((8, 16), (8, 8))``; a ValueError saying which
+    tiles exist for anything else."""
+    known = ", ".join(format_tile((t,)) for t in TILES)
+    try:
+        tile = tuple(tuple(int(v) for v in part.strip().split("x")) for part in str(text).split("+"))
+    except ValueError:
+        tile = ()
+    if not tile or any(len(t) != 2 or t not in TILES for t in tile):
+        raise ValueError(f"a v7 tile is one or more of {known} joined by '+' (e.g. '8x16+8x8'), got {text!r}")
+    return tile
+
+
+def format_tile(tile):
+    """``((8, 16), (8, 8))`` -> ``'8x16+8x8'``."""
+    return "+".join(f"{p}x{l}" for p, l in tile)
+
+
+def computed_filters(tile, live):
+    """How many filters ``tile`` computes for ``live`` live ones (its blocks are whole).
+
+    Examples
+    --------
+    >>> computed_filters(((8, 32),), 24), computed_filters(((8, 16), (8, 8)), 24)
+    (32, 24)
+    """
+    return sum(-(-count // lanes) * lanes for _, lanes, _, count in fn.tile_segments(tile, live))
+
+
+def candidates(filters):
+    """The tiles worth timing for ``filters`` live filters: every size alone (the last block padded), and
+    every wider size followed by the 8-wide tail when its blocks do not divide the filters."""
+    out = [(t,) for t in TILES]
+    out += [(t, TAIL) for t in TILES if t != TAIL and filters > t[1] and filters % t[1]]
+    return out
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_key():
+    """The CPU the choice belongs to: LLVM's name for it and a digest of its features
+    (e.g. ``'znver4-3f2a9c1e'``): two machines with the same name but other vector units differ."""
+    import llvmlite.binding as llvm
+    name = llvm.get_host_cpu_name()
+    features = llvm.get_host_cpu_features().flatten()
+    return f"{name}-{hashlib.sha256(features.encode()).hexdigest()[:8]}"
+
+
+def cache_path():
+    """The cache file of this CPU's choices."""
+    folder = os.environ.get("ECE662_TILE_CACHE")
+    if not folder:
+        numba_dir = os.environ.get("NUMBA_CACHE_DIR")
+        base = numba_dir or os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+        folder = os.path.join(base, "ece662")
+    return os.path.join(folder, f"tiles-{cpu_key()}.json")
+
+
+def _shape_key(C, H, W, F, KH, KW, pad):
+    return f"C{C} H{H} W{W} F{F} k{KH}x{KW} pad{pad} threads{fn.thread_count()}"
+
+
+def _read_cache(path):
+    """``{shape key: {'tile': str, 'seconds': {tile: s}}}`` from ``path``; ``{}`` when it is missing,
+    too large or not what :func:`_write_choice` writes (the entries are checked again on use)."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read(MAX_CACHE_BYTES + 1)
+        if len(data) > MAX_CACHE_BYTES:
+            return {}
+        table = json.loads(data.decode("utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return table if isinstance(table, dict) else {}
+
+
+def _recorded(entry):
+    """The tile of a cache entry, or None when the entry is not valid."""
+    try:
+        return parse_tile(entry["tile"])
+    except (TypeError, KeyError, ValueError):
+        return None
+
+
+def _write_choice(path, key, tile, seconds):
+    """Add one choice to the cache file: under a lock, read, merge, write a temporary file, rename."""
+    from filelock import FileLock, Timeout
+    folder = os.path.dirname(path)
+    try:
+        os.makedirs(folder, exist_ok=True)
+        with FileLock(path + ".lock", timeout=10):
+            table = _read_cache(path)
+            table.pop(key, None)
+            table[key] = {"tile": format_tile(tile), "seconds": {format_tile(t): round(s, 7) for t, s in seconds}}
+            for old in list(table)[:max(0, len(table) - MAX_ENTRIES)]:
+                del table[old]
+            fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tiles-", suffix=".tmp")
+            try:
+                with os.fdopen(fd, "w", encoding="utf-8") as f:
+                    json.dump(table, f, indent=0)
+                os.replace(tmp, path)
+            except BaseException:
+                os.unlink(tmp)
+                raise
+    except (OSError, Timeout) as e:
+        if folder not in _told:
+            _told.add(folder)
+            print(f"ece662: could not record the measured tile in {path} ({e}); it is kept for this run only. "
+                  f"Set ECE662_TILE_CACHE to a writable folder to keep it.", file=sys.stderr)
+
+
+def measure(C, H, W, F, KH, KW, pad, tiles=None, rounds=ROUNDS, seed=0):
+    """``[(tile, median seconds), ...]`` for each of ``tiles`` (default :func:`candidates`) on a synthetic
+    batch of shape ``(B, C, H, W)`` and ``F`` filters of ``KH x KW``, fastest first.  Each candidate runs
+    once before timing (compiling it if need be); the rounds interleave the candidates, so a busy moment
+    of the machine falls on all of them."""
+    tiles = list(tiles or candidates(F))
+    Ho, Wo = H + 2 * pad - KH + 1, W + 2 * pad - KW + 1
+    flops = 2.0 * Ho * Wo * F * C * KH * KW
+    B = int(np.clip(WORK / max(flops, 1.0), 2 * fn.thread_count(), 64))
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((B, C, H, W)).astype(np.float32)
+    w = rng.standard_normal((F, C, KH, KW)).astype(np.float32)
+    b = rng.standard_normal(F).astype(np.float32)
+    runs = {t: fn.pack_filters_tile(w, b, t) for t in tiles}
+    times = {t: [] for t in tiles}
+    for t in tiles:
+        fn.conv2d_relu_maxpool2_tuned(x, w, b, pad, tile=t, packed=runs[t])
+    for r in range(rounds):
+        for t in tiles[r % len(tiles):] + tiles[:r % len(tiles)]:
+            t0 = time.perf_counter()
+            fn.conv2d_relu_maxpool2_tuned(x, w, b, pad, tile=t, packed=runs[t])
+            times[t].append(time.perf_counter() - t0)
+    return sorted(((t, float(np.median(s))) for t, s in times.items()), key=lambda ts: ts[1])
+
+
+def choose_tile(C, H, W, F, KH, KW, pad):
+    """``(tile, reason)``: the v7 tile for a conv of ``F`` live filters of ``C x KH x KW`` over ``H x W``
+    inputs (padded by ``pad``), and why (the order of the module's docstring)."""
+    forced = os.environ.get("ECE662_TILE")
+    if forced:
+        try:
+            return parse_tile(forced), f"ECE662_TILE={forced}"
+        except ValueError as e:
+            raise ValueError(f"ECE662_TILE: {e}; unset it to let ece662 measure") from None
+    if numba.config.DISABLE_JIT:
+        return DEFAULT_TILE, "the default tile: NUMBA_DISABLE_JIT is set, so nothing is timed"
+    cpu = cpu_key()
+    key = _shape_key(C, H, W, F, KH, KW, pad)
+    if (cpu, key) in _memory:
+        return _memory[cpu, key]
+    path = cache_path()
+    entry = _read_cache(path).get(key)
+    tile = _recorded(entry) if entry is not None else None
+    if tile is not None:
+        _memory[cpu, key] = tile, f"measured fastest on {cpu.split('-')[0]} (recorded in {path})"
+        return _memory[cpu, key]
+    t0 = time.perf_counter()
+    seconds = measure(C, H, W, F, KH, KW, pad)
+    tile = seconds[0][0]
+    runner_up = f", next {format_tile(seconds[1][0])} {seconds[1][1] / seconds[0][1]:.2f}x slower" \
+        if len(seconds) > 1 else ""
+    print(f"ece662: timed {len(seconds)} tiles of kernel v7 for a conv of {C}x{H}x{W} -> {F} filters of "
+          f"{KH}x{KW} on {cpu.split('-')[0]} in {time.perf_counter() - t0:.1f} s: {format_tile(tile)}{runner_up} "
+          f"(once per CPU; recorded in {path})", file=sys.stderr)
+    _write_choice(path, key, tile, seconds)
+    _memory[cpu, key] = tile, f"measured fastest on {cpu.split('-')[0]}{runner_up}"
+    return _memory[cpu, key]

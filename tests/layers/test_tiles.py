@@ -1,0 +1,180 @@
+"""Kernel v7: the generated register tiles and the measurement that picks one (``ece662.layers.tuning``)."""
+import json
+import os
+import subprocess
+import sys
+
+import numba
+import numpy as np
+import pytest
+
+from asm_count import fma_lanes, requires_x86
+from helpers import REPO, assert_close
+from ece662.layers import functional as fn
+from ece662.layers import reference as ref
+from ece662.layers import tile_source, tuning
+from ece662.models import default_convnet
+
+# (N, C, H, W, F, KH, KW, pad): the course CNN's two layers, leftover filters, odd widths, one block per row
+CASES = [(3, 3, 32, 32, 32, 5, 5, 0), (2, 32, 14, 14, 32, 3, 3, 0), (2, 5, 9, 11, 24, 3, 3, 1),
+         (1, 2, 6, 5, 40, 2, 2, 0), (2, 3, 7, 13, 17, 3, 3, 0), (1, 3, 3, 5, 5, 2, 2, 1), (2, 1, 4, 4, 1, 3, 3, 1),
+         (1, 4, 12, 10, 8, 3, 3, 0)]
+TILES = [(t,) for t in tile_source.TILES] + [((8, 16), (8, 8)), ((4, 32), (8, 8)), ((8, 32), (4, 16))]
+
+
+def _inputs(rng, case):
+    N, C, H, W, F, KH, KW, pad = case
+    return (rng.standard_normal((N, C, H, W)).astype(np.float32), rng.standard_normal((F, C, KH, KW)).astype(np.float32),
+            rng.standard_normal(F).astype(np.float32), pad)
+
+
+def test_generated_kernels_are_the_generators_output():
+    """kernels_tiles.py is exactly what tile_source.py writes (regenerate: python -m ece662.layers.tile_source)."""
+    with open(tile_source.generated_path(), encoding="utf-8") as f:
+        assert f.read() == tile_source.module_source(), "run: python -m ece662.layers.tile_source"
+
+
+@pytest.mark.parametrize("case", CASES, ids=str)
+def test_every_tile_computes_the_reference_and_the_same_bits(case, rng):
+    """Each tile (and each main + tail pair) equals reference conv + ReLU + 2x2 max pool, and all of them
+    and kernel v6 return the same bits: the tile the measurement picks never changes an output."""
+    x, w, b, pad = _inputs(rng, case)
+    expected = ref.maxpool2d_forward_reference(ref.relu_forward_reference(
+        ref.conv2d_forward_reference(x, w, b, 1, pad)), 2, 2)
+    v6 = fn.conv2d_relu_maxpool2_lanes(x, w, b, pad)
+    for tile in TILES:
+        got = fn.conv2d_relu_maxpool2_tuned(x, w, b, pad, tile=tile)
+        assert_close(got, expected, {"case": case, "tile": tile})
+        np.testing.assert_array_equal(got, v6, err_msg=f"tile {tile} differs from v6 in some bits")
+
+
+def test_tuned_kernel_leaves_inputs_alone_and_refuses_unknown_tiles(rng):
+    x, w, b, pad = _inputs(rng, CASES[2])
+    before = [a.copy() for a in (x, w, b)]
+    packed = fn.pack_filters_tile(w, b, ((8, 16), (8, 8)))
+    assert_close(fn.conv2d_relu_maxpool2_tuned(x, w, b, pad, tile=((8, 16), (8, 8)), packed=packed),
+                 fn.conv2d_relu_maxpool2_tuned(x, w, b, pad, tile=((8, 16), (8, 8))), "packed once")
+    for a, a0 in zip((x, w, b), before):
+        np.testing.assert_array_equal(a, a0)
+    with pytest.raises(ValueError, match=r"tile must be one or more sizes of .*got \(\(6, 16\),\)"):
+        fn.conv2d_relu_maxpool2_tuned(x, w, b, pad, tile=((6, 16),))
+
+
+def test_tile_names_parse_and_count_their_padding():
+    assert tuning.parse_tile("8x32") == ((8, 32),)
+    assert tuning.parse_tile(" 8x16 + 8x8 ") == ((8, 16), (8, 8))
+    assert tuning.format_tile(((8, 16), (8, 8))) == "8x16+8x8"
+    for bad in ("", "8x", "6x16", "8x32+", "fast", "8x32x2"):
+        with pytest.raises(ValueError, match="a v7 tile is one or more of 4x16, 8x16, 4x32, 8x32, 8x8"):
+            tuning.parse_tile(bad)
+    # 24 live filters: a 32-wide block computes 32 of them; 16 + 8 computes 24
+    assert [tuning.computed_filters(t, 24) for t in (((8, 32),), ((8, 16), (8, 8)), ((8, 8),))] == [32, 24, 24]
+    assert ((8, 32), (8, 8)) in tuning.candidates(40) and ((8, 32), (8, 8)) not in tuning.candidates(32)
+
+
+@pytest.fixture
+def tile_cache(tmp_path, monkeypatch):
+    """A fresh, empty cache folder and no choice remembered in memory."""
+    monkeypatch.setenv("ECE662_TILE_CACHE", str(tmp_path))
+    monkeypatch.delenv("ECE662_TILE", raising=False)
+    monkeypatch.setattr(tuning, "_memory", {})
+    return tmp_path
+
+
+def test_the_measured_choice_is_recorded_and_read_back(tile_cache, capsys):
+    """The first choice for a shape is measured (and says so on stderr), written to this CPU's cache file,
+    and read from it by the next process (here: with the memory cleared), without measuring again."""
+    tile, why = tuning.choose_tile(3, 12, 12, 24, 3, 3, 0)
+    assert "timed" in capsys.readouterr().err and why.startswith("measured fastest on")
+    path = tuning.cache_path()
+    assert os.path.dirname(path) == str(tile_cache)
+    entry = json.load(open(path))["C3 H12 W12 F24 k3x3 pad0 threads%d" % fn.thread_count()]
+    assert tuning.parse_tile(entry["tile"]) == tile
+    assert set(entry["seconds"]) == {tuning.format_tile(t) for t in tuning.candidates(24)}
+    tuning._memory.clear()
+    assert tuning.choose_tile(3, 12, 12, 24, 3, 3, 0)[0] == tile
+    assert capsys.readouterr().err == ""                      # read, not measured
+
+
+@pytest.mark.parametrize("content", [b"\x00\xff not json", b"[1, 2]", json.dumps({"C3": {"tile": "6x6"}}).encode(),
+                                     b" " * (tuning.MAX_CACHE_BYTES + 1)], ids=["bytes", "list", "unknown tile", "huge"])
+def test_a_damaged_cache_file_is_measured_over(tile_cache, content, capsys):
+    """A cache file that is not JSON, not a table, names an unknown tile or is too large is not trusted:
+    the shape is measured again and the file rewritten whole."""
+    key = "C3 H12 W12 F24 k3x3 pad0 threads%d" % fn.thread_count()
+    if content.startswith(b"{"):
+        content = json.dumps({key: {"tile": "6x6", "seconds": {}}}).encode()
+    path = tuning.cache_path()
+    with open(path, "wb") as f:
+        f.write(content)
+    tile, why = tuning.choose_tile(3, 12, 12, 24, 3, 3, 0)
+    assert "timed" in capsys.readouterr().err
+    assert tuning.parse_tile(json.load(open(path))[key]["tile"]) == tile
+
+
+def test_an_unwritable_cache_folder_still_gives_a_tile(tmp_path, monkeypatch, capsys):
+    """A cache folder that cannot be created (here: its parent is a file) is said once; the choice is kept
+    in memory and the layer runs."""
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    monkeypatch.setenv("ECE662_TILE_CACHE", str(blocker / "cache"))
+    monkeypatch.delenv("ECE662_TILE", raising=False)
+    monkeypatch.setattr(tuning, "_memory", {})
+    tile, _ = tuning.choose_tile(2, 8, 8, 8, 3, 3, 0)
+    assert "could not record the measured tile" in capsys.readouterr().err
+    assert tuning.choose_tile(2, 8, 8, 8, 3, 3, 0)[0] == tile
+
+
+def test_ece662_tile_forces_a_tile_and_the_plan_says_so(tile_cache, monkeypatch):
+    monkeypatch.setenv("ECE662_TILE", "8x16+8x8")
+    plan = default_convnet(seed=0).plan((3, 32, 32))
+    k = plan.steps[0].kernel
+    assert (k.version, k.tile) == ("v7", "8x16+8x8") and "ECE662_TILE=8x16+8x8" in k.reason
+    assert "v7 tile 8x16+8x8" in str(plan).splitlines()[0]
+    monkeypatch.setenv("ECE662_TILE", "9x9")
+    with pytest.raises(ValueError, match="ECE662_TILE: a v7 tile is one or more of .* got '9x9'; unset it"):
+        default_convnet(seed=0).plan((3, 32, 32))
+
+
+def test_without_the_jit_nothing_is_timed(tile_cache, monkeypatch, capsys):
+    monkeypatch.setattr(numba.config, "DISABLE_JIT", True)
+    tile, why = tuning.choose_tile(3, 32, 32, 32, 5, 5, 0)
+    assert tile == tuning.DEFAULT_TILE and "NUMBA_DISABLE_JIT" in why and capsys.readouterr().err == ""
+    assert not os.listdir(tile_cache)
+
+
+def test_the_plan_counts_the_tiles_padding(tile_cache, monkeypatch):
+    """A 32-wide tile computes 24 live filters as 32: the plan and report say so."""
+    import ece662.pruning as prune
+    monkeypatch.setenv("ECE662_TILE", "8x32")
+    net = default_convnet(seed=0)
+    prune.ln_structured(net.conv1, "weight", amount=8, n=2, dim=0)
+    line = str(net.plan((3, 32, 32))).splitlines()[0]
+    assert "24/32 filters live (computed as 32: the v7 tile works in blocks of its lanes, so skipping saves " \
+           "nothing here)" in line
+
+
+@requires_x86
+def test_every_tile_is_vectorised(tmp_path):
+    """Every generated tile compiles to packed FMAs only: positions x lanes multiply-adds per tap in vector
+    lanes (8 per ymm FMA on AVX2, 16 per zmm on AVX-512), no scalar FMA.  Compiled afresh in a subprocess
+    (numba cannot show the assembly of cached code)."""
+    if os.environ.get("NUMBA_DISABLE_JIT") == "1":
+        pytest.skip("no machine code without the JIT")
+    code = """
+import json
+import numpy as np
+from ece662.layers import functional as fn, kernels_tiles
+x, w = np.ones((1, 2, 8, 8), np.float32), np.ones((32, 2, 3, 3), np.float32)
+for t, k in kernels_tiles.TILE_KERNELS.items():
+    fn.conv2d_relu_maxpool2_tuned(x, w, None, tile=(t,))
+    print(json.dumps([t, k.inspect_asm(k.signatures[0])]))
+"""
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path), PYTHONPATH=REPO)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=900)
+    assert r.returncode == 0, r.stderr
+    for line in r.stdout.splitlines():
+        (positions, lanes), asm = json.loads(line)
+        packed, scalar = fma_lanes(asm)
+        assert packed >= positions * lanes and scalar == 0, \
+            f"tile {positions}x{lanes}: {packed} lanes in packed FMAs, {scalar} scalar FMAs"
