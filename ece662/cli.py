@@ -119,6 +119,24 @@ def _parser():
                          "the median and its rerun interval come from these")
     sw.add_argument("--no-timing", action="store_true", help="accuracy only: skip the speed columns")
     sw.add_argument("--seed", type=_count(0), default=0)
+    dc = sub.add_parser("compress", help="Deep Compression of the shipped pruned models: sparse storage, weight "
+                                         "sharing, Huffman coding; bytes and accuracy per stage",
+                        description="Deep Compression (Han, Mao & Dally, ICLR 2016) of the shipped pruned models.")
+    dc.add_argument("--out", default="runs/compress", help="folder for the compressed models, the JSON and the "
+                                                           "figure (default: runs/compress)")
+    dc.add_argument("--data", default=None, help="data path (default: the library's lookup)")
+    dc.add_argument("--models", default="pruned-80,pruned-90,filters-50",
+                    help="shipped models, comma-separated (default: pruned-80,pruned-90,filters-50)")
+    dc.add_argument("--bits", default="2,3,4,5,6,7,8,5/4",
+                    help="index widths of the shared weights; c/f gives conv layers c bits and linear ones f "
+                         "(default: 2,3,4,5,6,7,8,5/4)")
+    dc.add_argument("--finetune-epochs", type=_count(1), default=1, help="epochs of centroid fine-tuning (default: 1)")
+    dc.add_argument("--finetune-images", type=_count(1), default=None,
+                    help="fine-tune on a class-balanced subset of the training images (default: all)")
+    dc.add_argument("--finetune-lr", type=_positive_float, default=1e-3,
+                    help="peak learning rate of the centroids' summed gradients (default: 0.001)")
+    dc.add_argument("--num-test", type=_count(1), default=None, help="evaluate on a class-balanced subset")
+    dc.add_argument("--seed", type=_count(0), default=0)
     return p
 
 
@@ -515,6 +533,63 @@ def _compare(args, argv):
     return 0
 
 
+def _compress(args, argv):
+    """``python -m ece662 compress``: :func:`ece662.compress.table.compress_model` for each model; prints the
+    tables, writes ``<name>-<bits>bits.npz`` (read back by ``load_model(path)``), ``compression.json`` and
+    ``compression.png`` into ``--out``."""
+    from ece662.compress.table import accuracy, compress_model, draw, render
+    from ece662.data_utils import get_CINIC10_data
+    from ece662.formats.common import atomic_write
+    from ece662.io import load_model
+    from ece662.models import SHIPPED
+    from ece662.timing import cpu_description
+    names = [n.strip() for n in args.models.split(",") if n.strip()]
+    unknown = [n for n in names if n not in SHIPPED]
+    if not names or unknown:
+        raise ValueError(f"--models: expected shipped model names from {sorted(SHIPPED)}, got {args.models!r}")
+    try:
+        bits = [tuple(int(v) for v in b.split("/")) if "/" in b else int(b) for b in args.bits.split(",")]
+    except ValueError:
+        raise ValueError(f"--bits: expected widths such as 2,4,8 or 5/4 (conv/linear), got {args.bits!r}") from None
+    if any(not 1 <= v <= 8 for b in bits for v in (b if isinstance(b, tuple) else (b,))) or \
+            any(isinstance(b, tuple) and len(b) != 2 for b in bits):
+        raise ValueError(f"--bits: every width must lie in 1..8 and a pair be conv/linear, got {args.bits!r}")
+    _check_out(args.out)
+    t0 = time.perf_counter()
+    test = get_CINIC10_data(args.data, splits=("test",), num_test=args.num_test, progress=False)
+    raw = get_CINIC10_data(args.data, splits=("train",), num_training=args.finetune_images, normalize=False,
+                           channels_first=False, seed=args.seed, progress=False)
+    X_train = np.asarray(raw["X_train"])
+    dense = load_model("dense")
+    dense_params = int(sum(p.size for p in dense.parameters()))
+    results = {"command": "python -m ece662 " + " ".join(argv), "data": test["source"],
+               "test_images": int(len(test["y_test"])), "train_images": int(len(raw["y_train"])),
+               "finetune_epochs": args.finetune_epochs, "finetune_lr": args.finetune_lr,
+               "dense_params": dense_params, "dense_bytes": 4 * dense_params,
+               "dense_accuracy": accuracy(dense, test["X_test"], test["y_test"]), "records": []}
+    print(f"data: {test['source']} ({len(test['y_test'])} test images, fine-tuning on {len(raw['y_train'])} "
+          f"training images, {args.finetune_epochs} epoch(s) per width)")
+    for name in names:
+        results["records"].append(compress_model(
+            load_model(name), name, test["X_test"], test["y_test"], X_train, raw["y_train"], bits=bits,
+            out=args.out, epochs=args.finetune_epochs, lr=args.finetune_lr, seed=args.seed,
+            log=lambda line: print(line, flush=True)))
+    head = "pruned-90" if "pruned-90" in names else names[0]
+    label = "5/4" if any(b == (5, 4) for b in bits) else str(bits[-1] if not isinstance(bits[-1], tuple)
+                                                              else "/".join(map(str, bits[-1])))
+    results["headline"] = {"model": head, "bits": label}
+    results["seconds"] = round(time.perf_counter() - t0, 1)
+    results["cpu"] = cpu_description()
+    with atomic_write(os.path.join(args.out, "compression.json"), "compress") as f:
+        f.write(json.dumps(results, indent=1).encode())
+    with atomic_write(os.path.join(args.out, "compression.png"), "compress") as f:
+        draw(results, f)
+    print(render(results))
+    print(f"wrote {args.out}/: compression.json, compression.png and {sum(len(r['shared']) for r in results['records'])}"
+          f" compressed models (load_model(path) reads each) in {results['seconds']:.1f} s")
+    return 0
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     args = _parser().parse_args(argv)
@@ -523,6 +598,8 @@ def main(argv=None):
     try:
         if args.command == "compare":
             return _compare(args, argv)
+        if args.command == "compress":
+            return _compress(args, argv)
         if args.command == "evaluate":
             from ece662.pruning_helper import NearChanceWarning, test_model
             model, data = _load(args)

@@ -5,7 +5,9 @@ The formats live in :mod:`ece662.formats` (each reader treats its file as hostil
 * ece662's own ``.npz`` (architecture, weights and pruning masks): ``formats/npz_format.py``;
 * PyTorch ``state_dict`` files, read and written without torch: ``formats/torch_format.py``;
 * Keras ``.keras`` / ``.h5`` files, read with h5py and written without Keras: ``formats/keras_format.py``;
-* ONNX graphs in and out (the optional ``onnx`` package): ``formats/onnx_format.py``.
+* ONNX graphs in and out (the optional ``onnx`` package): ``formats/onnx_format.py``;
+* Deep Compression files (pruned, shared and Huffman-coded weights; an ``.npz`` of its own format):
+  ``compress/file.py``.
 
 This module adds the two choices a reader never makes for itself: the course's network as the
 architecture of a file that holds only weights (a PyTorch ``state_dict``, a legacy Keras ``.h5``), and
@@ -16,6 +18,7 @@ import os
 
 import numpy as np
 
+from ece662.compress.file import is_compressed_file, load_compressed, save_compressed
 from ece662.formats.keras_format import model_from_keras as _keras_into
 from ece662.formats.keras_format import read_keras_weights, save_keras
 from ece662.formats.npz_format import load_npz_model, save_npz_model
@@ -34,12 +37,16 @@ __all__ = ["MODES", "load_model", "save_model", "model_from_keras", "model_from_
            "save_torch_state_dict"]
 
 
-def save_model(model, path):
+def save_model(model, path, compress=False):
     """Write ``model`` (architecture, weights, pruning masks) to ``path`` atomically.
 
     A name ending in ``.onnx`` writes an ONNX graph (:func:`ece662.formats.onnx_format.save_onnx`; needs the
     ``onnx`` package); any other name an ece662 ``.npz`` (:func:`ece662.formats.npz_format.save_npz_model`),
-    used exactly as given.  A failed save leaves the old file as it was.
+    used exactly as given.  ``compress=True`` writes a Deep Compression file instead
+    (:func:`ece662.compress.file.save_compressed`: only the surviving weights, as Huffman-coded indices into
+    each layer's codebook, and their Huffman-coded positions); the model's layers must hold shared weights
+    (:func:`ece662.compress.share_weights`).  :func:`load_model` reads either.  A failed save leaves the
+    old file as it was.
 
     Examples
     --------
@@ -49,6 +56,9 @@ def save_model(model, path):
     >>> load_model(path).state_dict()["fc.bias"].shape
     (10,)
     """
+    if compress:
+        save_compressed(model, path)
+        return None
     if os.fspath(path).lower().endswith(".onnx"):      # the format every runtime reads (pip install onnx)
         return save_onnx(model, path)
     return save_npz_model(model, path)
@@ -66,7 +76,8 @@ def load_model(path=None, mode="numpy", model=None):
         installed package, so the course's cell runs from ``notebooks/`` too.  ``None`` loads the
         pretrained model that ships with ece662, from its file in the format ``mode`` names.
     mode : {'numpy', 'torch', 'tensorflow', 'onnx'}
-        ``'numpy'``: ece662's own ``.npz`` (:func:`save_model`).
+        ``'numpy'``: ece662's own ``.npz`` (:func:`save_model`), also a Deep Compression file
+        (``save_model(..., compress=True)``), recognised by its format.
         ``'torch'``: a PyTorch ``state_dict`` written by ``torch.save`` (zip format), read without
         importing torch and without unpickling arbitrary objects.
         ``'tensorflow'``: a Keras model file (``.keras`` or ``.h5``), read with h5py without Keras; the
@@ -106,6 +117,8 @@ def load_model(path=None, mode="numpy", model=None):
         if model is not None:
             raise ValueError("load_model: model= is only used with mode='torch' or 'tensorflow'; "
                              "ece662 and ONNX files carry their own architecture")
+        if mode == "numpy" and is_compressed_file(path):
+            return load_compressed(path)
         return read_onnx(path) if mode == "onnx" else load_npz_model(path)
     if mode == "tensorflow":
         return model_from_keras(path, model=model)

@@ -24,6 +24,7 @@ FLOORS = {
     "formats": 2,         # .npz, PyTorch, Keras and ONNX readers and writers, limits, atomic writes
     "training": 2,        # losses, optimizers, evaluation, the Trainer, the schedules
     "models": 3,          # default_convnet and the shipped weights
+    "compress": 3,        # Deep Compression: sparse storage, weight sharing, Huffman coding, its file and table
     "io": 4,              # load_model / save_model: picks a format, nothing more
     "pruning_helper": 5,  # the course's own import paths (the façade)
     "data_utils": 5,
@@ -35,7 +36,8 @@ FLOORS = {
 }
 # files that a student can read alone: they import nothing of the package but other leaves
 LEAVES = ["layers/shapes.py", "layers/kernels.py", "layers/reference.py", "layers/tile_source.py",
-          "layers/kernels_tiles.py", "pruning/masks.py", "timing.py", "safezip.py"]
+          "layers/kernels_tiles.py", "pruning/masks.py", "timing.py", "safezip.py", "compress/huffman.py",
+          "compress/sparse_index.py", "compress/kmeans.py"]
 
 
 def _modules():

@@ -21,8 +21,8 @@ from ece662.layers.plan import check_finite_computation
 from ece662.safezip import ZipReader
 
 FORMAT = "ece662-model-v1"
-_FORMAT_KEY = "__ece662_format__"
-_SPEC_KEY = "__ece662_spec__"
+FORMAT_KEY = "__ece662_format__"
+SPEC_KEY = "__ece662_spec__"
 
 
 def save_npz_model(model, path):
@@ -46,7 +46,7 @@ def save_npz_model(model, path):
     if not isinstance(model, Sequential):
         raise TypeError(f"save_model: expected an ece662 Sequential model, got {type(model).__name__}")
     path = os.fspath(path)
-    arrays = {_FORMAT_KEY: np.array(FORMAT), _SPEC_KEY: np.array(json.dumps(model.spec()))}
+    arrays = {FORMAT_KEY: np.array(FORMAT), SPEC_KEY: np.array(json.dumps(model.spec()))}
     arrays.update(model.state_dict())
     with atomic_write(path, "save_model") as f:
         np.savez(f, **arrays)
@@ -80,15 +80,15 @@ def load_npz_model(path):
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"load_model: no file at {path}")
-    arrays = _read_npz(path)
-    if _SPEC_KEY not in arrays:
-        raise ValueError(f"{path} is an .npz archive but not an ece662 model (no {_SPEC_KEY} entry); "
+    arrays = read_npz_arrays(path)
+    if SPEC_KEY not in arrays:
+        raise ValueError(f"{path} is an .npz archive but not an ece662 model (no {SPEC_KEY} entry); "
                          f"for a PyTorch state_dict use ece662.pruning_helper.load_model(path, mode='torch')")
-    fmt = arrays.pop(_FORMAT_KEY, None)
+    fmt = arrays.pop(FORMAT_KEY, None)
     if fmt is not None and (fmt.dtype.kind != "U" or fmt.shape != () or str(fmt) != FORMAT):
         raise ValueError(f"{path}: unknown ece662 format {str(fmt)[:40]!r} (this ece662 reads {FORMAT!r}); "
                          f"it may have been written by a newer ece662")
-    spec = _parse_spec(arrays.pop(_SPEC_KEY), path)
+    spec = parse_spec(arrays.pop(SPEC_KEY), path)
     model = from_spec(spec)
     with np.errstate(over="ignore"):           # float64 1e39 becomes inf in float32: refused just below
         load_with_masks(model, arrays, source=path)
@@ -109,7 +109,7 @@ _MAX_RATIO = 100
 _MAX_FORMAT_CHARS = 64               # "ece662-model-v1"
 
 
-def _read_npz(path):
+def read_npz_arrays(path):
     """``{key: ndarray}`` of an ``.npz``, each member's ``.npy`` header checked before its data are read.
 
     ``np.load`` allocates whatever a header declares before it reads a byte, so a 1 kB file
@@ -198,10 +198,10 @@ def _read_npz(path):
 
 def _check_string_member(key, shape, dtype, path):
     """An ece662 file holds two strings, the format and the spec, each one string of bounded length."""
-    limits = {_FORMAT_KEY: _MAX_FORMAT_CHARS, _SPEC_KEY: MAX_SPEC_CHARS}
+    limits = {FORMAT_KEY: _MAX_FORMAT_CHARS, SPEC_KEY: MAX_SPEC_CHARS}
     if key not in limits:
         raise ValueError(f"{path}: array {key!r} holds strings ({dtype}); in an ece662 file only "
-                         f"{_FORMAT_KEY} and {_SPEC_KEY} are strings, the weights are numbers")
+                         f"{FORMAT_KEY} and {SPEC_KEY} are strings, the weights are numbers")
     if shape != ():
         raise ValueError(f"{path}: {key} must be one string, got an array of {dtype} with shape {shape}")
     chars = dtype.itemsize // 4          # numpy's '<U' stores 4 bytes per character
@@ -210,16 +210,16 @@ def _check_string_member(key, shape, dtype, path):
                          f"{limits[key]:,} an ece662 file needs")
 
 
-def _parse_spec(value, path):
+def parse_spec(value, path):
     """The JSON architecture spec, checked (types, counts, known layers, a weight budget)
     before any layer is made."""
     if value.dtype.kind != "U" or value.shape != ():
-        raise ValueError(f"{path}: {_SPEC_KEY} must be one JSON string, got an array of {value.dtype} "
+        raise ValueError(f"{path}: {SPEC_KEY} must be one JSON string, got an array of {value.dtype} "
                          f"with shape {value.shape}")
     try:
         spec = json.loads(str(value))
     except (ValueError, RecursionError) as e:      # JSONDecodeError, or an integer of over 4,300 digits
-        raise ValueError(f"{path}: the model spec ({_SPEC_KEY}) is not valid JSON ({str(e)[:200]}); "
+        raise ValueError(f"{path}: the model spec ({SPEC_KEY}) is not valid JSON ({str(e)[:200]}); "
                          f"the file is damaged") from None
     check_spec(spec, path)
     return spec
