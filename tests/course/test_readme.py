@@ -20,7 +20,7 @@ RESULTS = os.path.join(ROOT, "docs", "readme_results.json")
 
 # the front door and the pages it links to; the Python blocks of those marked True run (in this order)
 PAGES = {"README.md": True, "docs/sweep.md": True, "docs/course-port.md": True, "docs/own-models.md": False,
-         "docs/schedules.md": False, "docs/speed.md": False, "docs/allocation.md": False, "ARCHITECTURE.md": False}
+         "docs/schedules.md": False, "docs/speed.md": False, "docs/allocation.md": False, "docs/compression.md": False, "ARCHITECTURE.md": False}
 
 
 def _page(name):
