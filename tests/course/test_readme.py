@@ -175,3 +175,19 @@ def test_allocation_page_is_its_recorded_run():
     quoted = set(re.findall(r"\b0\.\d{4}\b", text.replace(section, "")))
     assert quoted and quoted <= recorded, sorted(quoted - recorded)
     assert {r["method"] for r in run["records"]} == {"global", "lamp", "erk", "uniform"}
+
+
+def test_speed_page_quotes_the_recorded_v7_run():
+    """Every ratio and percentage docs/speed.md gives for kernel v7 is in benchmarks/RESULTS.md's kernel v7
+    section, which holds the benchmark's own output: the page cannot drift from the measurement."""
+    import re
+    page = _page("docs/speed.md")
+    claim = page[page.index("**Kernel v7 measures its tile"):]
+    claim = claim[:claim.index("\n- ")]
+    results = _page("benchmarks/RESULTS.md")
+    section = results[results.index("kernel v7, the tile measured per CPU"):]
+    section = section[:section.index("\n## ")]
+    numbers = re.findall(r"\d+\.\d+x|\d+%", claim)
+    assert len(numbers) >= 10
+    missing = [n for n in numbers if n not in section]
+    assert not missing, f"docs/speed.md quotes {missing} for kernel v7, which benchmarks/RESULTS.md does not record"
