@@ -273,6 +273,14 @@ np.testing.assert_allclose(fn.conv2d_relu_maxpool2_tiled(x, w, b, 1), fn.conv2d_
                            rtol=1e-4, atol=1e-4)
 np.testing.assert_allclose(fn.conv2d_relu_maxpool2_lanes(x, w, b, 1), fn.conv2d_relu_maxpool2_numba(x, w, b, 1),
                            rtol=1e-4, atol=1e-4)
+from ece662.layers import kernels_tiles
+for t in kernels_tiles.TILE_KERNELS:           # every v7 tile, and the plan's choice without timing anything
+    np.testing.assert_allclose(fn.conv2d_relu_maxpool2_tuned(x, w, b, 1, tile=(t,)),
+                               fn.conv2d_relu_maxpool2_numba(x, w, b, 1), rtol=1e-4, atol=1e-4)
+from ece662.models import default_convnet
+net = default_convnet(seed=0).eval()
+assert "NUMBA_DISABLE_JIT is set" in net.plan((3, 32, 32)).steps[0].kernel.reason
+net(np.zeros((1, 3, 32, 32), np.float32))
 m, v = fn.batchnorm_batch_stats_numba(x)
 gamma = np.ones(3, np.float32)
 np.testing.assert_allclose(fn.batchnorm_forward_numba(x, gamma, gamma, m, v),
