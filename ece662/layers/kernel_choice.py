@@ -108,7 +108,7 @@ def run_conv(version, x, w, b, stride, pad, relu=False, pool2=False, alive_f=Non
     if version == "v7":
         if tile is None:
             tile, _ = tuning.choose_tile(x.shape[1], x.shape[2], x.shape[3], w.shape[0], w.shape[2], w.shape[3], pad)
-        return fn.conv2d_relu_maxpool2_tuned(x, w, b, pad, tile=tile, packed=packed)
+        return tuning.run(x, w, b, pad, tile, packed)
     if version == "v6":
         return fn.conv2d_relu_maxpool2_lanes(x, w, b, pad, packed=packed)
     if version == "v5":

@@ -505,7 +505,7 @@ def _conv_step(group, mode, live, const, in_shape):
     if version == "v7":             # the tile measured fastest on this CPU for this shape
         F, C, KH, KW = step.weight.shape
         step.tile, why = tuning.choose_tile(C, in_shape[2], in_shape[3], F, KH, KW, conv.padding)
-        step.packed = fn.pack_filters_tile(step.weight, step.bias, step.tile)
+        step.packed = tuning.pack(step.weight, step.bias, step.tile)
         tile = tuning.format_tile(step.tile)
         reason += f"; tile {tile}: {why}"
     step.fused, step.relu, step.pool2 = tuple(fused), relu, pool2

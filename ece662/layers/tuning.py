@@ -3,9 +3,11 @@
 Kernel v7 (``functional.conv2d_relu_maxpool2_tuned``) is one tile written for any size
 (``tile_source.py``); which size is fastest depends on the CPU: on an AVX2 CPU (sixteen 8-lane registers)
 v6's 4 positions x 16 filters, on an AVX-512 CPU (thirty-two 16-lane registers) a tile of 8 positions x 32
-filters is about twice as fast (``benchmarks/RESULTS.md``, "Kernel v7").  Rather than guess from the CPU's
-name, :func:`choose_tile` times every candidate on the layer's own shape, once per CPU, and keeps the
-fastest:
+filters is about twice as fast (``benchmarks/RESULTS.md``, "Kernel v7").  One more candidate turns the
+layout round: :data:`LANES`, output positions as the vector lanes (the kernel of ``kernels_sparse``, which
+multiplies by every non-zero weight), which wins for layers with few filters (8 or 16 live ones fill one
+register or half of one when the filters are the lanes).  Rather than guess from the CPU's name,
+:func:`choose_tile` times every candidate on the layer's own shape, once per CPU, and keeps the fastest:
 
 1. ``ECE662_TILE=8x32`` (or ``8x16+8x8``: 16-wide blocks, the rest in 8-wide ones) forces a tile, for a
    benchmark or to compare two;
@@ -13,7 +15,7 @@ fastest:
    tile, v6's shape;
 3. otherwise the choice recorded for this CPU and shape, in memory or in the cache file
    (:func:`cache_path`: beside Numba's cache when ``NUMBA_CACHE_DIR`` is set, else in the user's cache
-   folder; ``ECE662_TILE_CACHE`` names another folder);
+   folder; ``ECE662_TILE_CACHE`` names another folder; one file per CPU and set of candidates);
 4. otherwise a measurement: every candidate of :func:`candidates` on a synthetic batch of the layer's
    shape, in interleaved rounds, the median per candidate; the fastest is recorded.  It says so on stderr;
    it costs well under a second per shape once the tiles are compiled (Numba compiles them once per CPU).
@@ -33,10 +35,12 @@ import numba
 import numpy as np
 
 from ece662.layers import functional as fn
-from ece662.layers.tile_source import TILES
+from ece662.layers import kernels_sparse as sparse
+from ece662.layers.tile_source import TILES, module_source
 
 DEFAULT_TILE = ((4, 16), (8, 8))   # v6's shape: 16-wide blocks of one 2x2 block, the rest 8 positions x 8
 TAIL = (8, 8)                      # the tile for the filters a wider block leaves over
+LANES = "lanes"                    # output positions as the lanes: kernels_sparse.conv2d_forward_sparse_lanes
 ROUNDS = 5                         # interleaved timing rounds per candidate (the median is kept)
 WORK = 2e8                         # multiply-adds x 2 per timed call: about 2 ms at 100 GFLOP/s
 MAX_CACHE_BYTES = 1 << 20          # a cache file larger than this is not read
@@ -47,20 +51,25 @@ _told = set()                      # cache folders we could not write, said once
 
 
 def parse_tile(text):
-    """``'8x32'`` -> ``((8, 32),)``; ``'8x16+8x8'`` -> ``((8, 16), (8, 8))``; a ValueError saying which
-    tiles exist for anything else."""
+    """``'8x32'`` -> ``((8, 32),)``; ``'8x16+8x8'`` -> ``((8, 16), (8, 8))``; ``'lanes'`` -> :data:`LANES`;
+    a ValueError saying which tiles exist for anything else."""
     known = ", ".join(format_tile((t,)) for t in TILES)
+    if str(text).strip() == LANES:
+        return LANES
     try:
         tile = tuple(tuple(int(v) for v in part.strip().split("x")) for part in str(text).split("+"))
     except ValueError:
         tile = ()
     if not tile or any(len(t) != 2 or t not in TILES for t in tile):
-        raise ValueError(f"a v7 tile is one or more of {known} joined by '+' (e.g. '8x16+8x8'), got {text!r}")
+        raise ValueError(f"a v7 tile is one or more of {known} joined by '+' (e.g. '8x16+8x8'), or '{LANES}', "
+                         f"got {text!r}")
     return tile
 
 
 def format_tile(tile):
     """``((8, 16), (8, 8))`` -> ``'8x16+8x8'``."""
+    if tile == LANES:
+        return LANES
     return "+".join(f"{p}x{l}" for p, l in tile)
 
 
@@ -69,18 +78,32 @@ def computed_filters(tile, live):
 
     Examples
     --------
-    >>> computed_filters(((8, 32),), 24), computed_filters(((8, 16), (8, 8)), 24)
-    (32, 24)
+    >>> computed_filters(((8, 32),), 24), computed_filters(((8, 16), (8, 8)), 24), computed_filters("lanes", 24)
+    (32, 24, 24)
     """
+    if tile == LANES:
+        return live
     return sum(-(-count // lanes) * lanes for _, lanes, _, count in fn.tile_segments(tile, live))
 
 
 def candidates(filters):
-    """The tiles worth timing for ``filters`` live filters: every size alone (the last block padded), and
-    every wider size followed by the 8-wide tail when its blocks do not divide the filters."""
+    """The tiles worth timing for ``filters`` live filters: every size alone (the last block padded), every
+    wider size followed by the 8-wide tail when its blocks do not divide the filters, and :data:`LANES`."""
     out = [(t,) for t in TILES]
     out += [(t, TAIL) for t in TILES if t != TAIL and filters > t[1] and filters % t[1]]
-    return out
+    return out + [LANES]
+
+
+def pack(w, b, tile):
+    """What :func:`run` needs of the weights for ``tile``, packed once (None for :data:`LANES`)."""
+    return None if tile == LANES else fn.pack_filters_tile(w, b, tile)
+
+
+def run(x, w, b, pad, tile, packed=None):
+    """Conv (stride 1) + bias + ReLU + 2x2 max pool of ``x`` with the layout ``tile`` names."""
+    if tile == LANES:
+        return sparse.conv2d_forward_sparse_lanes(x, w, b, 1, pad, relu=True, pool2=True)
+    return fn.conv2d_relu_maxpool2_tuned(x, w, b, pad, tile=tile, packed=packed)
 
 
 @functools.lru_cache(maxsize=1)
@@ -93,14 +116,21 @@ def cpu_key():
     return f"{name}-{hashlib.sha256(features.encode()).hexdigest()[:8]}"
 
 
+@functools.lru_cache(maxsize=1)
+def candidates_key():
+    """A digest of the candidates and their source: a choice measured among other tiles (an older
+    ece662) is in another file, and is measured again rather than trusted."""
+    return hashlib.sha256((module_source() + LANES).encode()).hexdigest()[:8]
+
+
 def cache_path():
-    """The cache file of this CPU's choices."""
+    """The cache file of this CPU's choices among this version's candidates."""
     folder = os.environ.get("ECE662_TILE_CACHE")
     if not folder:
         numba_dir = os.environ.get("NUMBA_CACHE_DIR")
         base = numba_dir or os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
         folder = os.path.join(base, "ece662")
-    return os.path.join(folder, f"tiles-{cpu_key()}.json")
+    return os.path.join(folder, f"tiles-{cpu_key()}-{candidates_key()}.json")
 
 
 def _shape_key(C, H, W, F, KH, KW, pad):
@@ -169,14 +199,14 @@ def measure(C, H, W, F, KH, KW, pad, tiles=None, rounds=ROUNDS, seed=0):
     x = rng.standard_normal((B, C, H, W)).astype(np.float32)
     w = rng.standard_normal((F, C, KH, KW)).astype(np.float32)
     b = rng.standard_normal(F).astype(np.float32)
-    runs = {t: fn.pack_filters_tile(w, b, t) for t in tiles}
+    packed = {t: pack(w, b, t) for t in tiles}
     times = {t: [] for t in tiles}
     for t in tiles:
-        fn.conv2d_relu_maxpool2_tuned(x, w, b, pad, tile=t, packed=runs[t])
+        run(x, w, b, pad, t, packed[t])
     for r in range(rounds):
         for t in tiles[r % len(tiles):] + tiles[:r % len(tiles)]:
             t0 = time.perf_counter()
-            fn.conv2d_relu_maxpool2_tuned(x, w, b, pad, tile=t, packed=runs[t])
+            run(x, w, b, pad, t, packed[t])
             times[t].append(time.perf_counter() - t0)
     return sorted(((t, float(np.median(s))) for t, s in times.items()), key=lambda ts: ts[1])
 

@@ -46,6 +46,8 @@ def test_every_tile_computes_the_reference_and_the_same_bits(case, rng):
         got = fn.conv2d_relu_maxpool2_tuned(x, w, b, pad, tile=tile)
         assert_close(got, expected, {"case": case, "tile": tile})
         np.testing.assert_array_equal(got, v6, err_msg=f"tile {tile} differs from v6 in some bits")
+    # the other layout the measurement may pick: output positions as the lanes (kernels_sparse)
+    assert_close(tuning.run(x, w, b, pad, tuning.LANES), expected, {"case": case, "tile": "lanes"})
 
 
 def test_tuned_kernel_leaves_inputs_alone_and_refuses_unknown_tiles(rng):
@@ -64,12 +66,14 @@ def test_tile_names_parse_and_count_their_padding():
     assert tuning.parse_tile("8x32") == ((8, 32),)
     assert tuning.parse_tile(" 8x16 + 8x8 ") == ((8, 16), (8, 8))
     assert tuning.format_tile(((8, 16), (8, 8))) == "8x16+8x8"
+    assert tuning.parse_tile("lanes") == tuning.LANES and tuning.format_tile(tuning.LANES) == "lanes"
     for bad in ("", "8x", "6x16", "8x32+", "fast", "8x32x2"):
         with pytest.raises(ValueError, match="a v7 tile is one or more of 4x16, 8x16, 4x32, 8x32, 8x8"):
             tuning.parse_tile(bad)
     # 24 live filters: a 32-wide block computes 32 of them; 16 + 8 computes 24
     assert [tuning.computed_filters(t, 24) for t in (((8, 32),), ((8, 16), (8, 8)), ((8, 8),))] == [32, 24, 24]
     assert ((8, 32), (8, 8)) in tuning.candidates(40) and ((8, 32), (8, 8)) not in tuning.candidates(32)
+    assert tuning.LANES in tuning.candidates(8) and tuning.computed_filters(tuning.LANES, 24) == 24
 
 
 @pytest.fixture
@@ -126,6 +130,12 @@ def test_an_unwritable_cache_folder_still_gives_a_tile(tmp_path, monkeypatch, ca
 
 
 def test_ece662_tile_forces_a_tile_and_the_plan_says_so(tile_cache, monkeypatch):
+    x = np.random.default_rng(0).standard_normal((3, 3, 32, 32)).astype(np.float32)
+    expected = default_convnet(seed=0).eval()(x)
+    monkeypatch.setenv("ECE662_TILE", "lanes")
+    net = default_convnet(seed=0).eval()
+    assert net.plan((3, 32, 32)).steps[1].kernel.tile == "lanes"
+    assert_close(net(x), expected, "the lanes layout")
     monkeypatch.setenv("ECE662_TILE", "8x16+8x8")
     plan = default_convnet(seed=0).plan((3, 32, 32))
     k = plan.steps[0].kernel
