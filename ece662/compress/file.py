@@ -285,6 +285,11 @@ def load_compressed(path):
     for name, m in prunable(model, (Conv2d, Linear)):
         key = f"{name}.weight"
         members = {s: arrays.pop(f"{key}.{s}") for s in MEMBERS if f"{key}.{s}" in arrays}
+        # one reading per file: a plain copy would silently replace what the coded members decode to
+        plain = [k for k in (key, key + "_orig", key + "_mask") if k in arrays]
+        if plain:
+            raise ValueError(f"{path}: {plain} is stored as a plain array, but {key} is coded (its codebook, "
+                             f"codes and positions); the file is damaged or crafted")
         weight, mask = decode_weight(members, m._parameters["weight"].shape, f"{path}: {key}")
         if mask is None:
             state[key] = weight

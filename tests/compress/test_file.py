@@ -236,3 +236,13 @@ def test_the_format_is_recognised_only_by_its_member(good, tmp_path):
     assert "conv1.weight_mask" in load_model(str(renamed)).state_dict()
     assert not is_compressed_file(str(tmp_path / "missing.npz"))
     assert FORMAT == "ece662-deep-compression-v1"
+
+
+@pytest.mark.parametrize("extra", ["conv2.weight_orig", "conv2.weight_mask", "conv2.weight"])
+def test_a_plain_copy_of_a_coded_weight_is_refused(good, tmp_path, extra):
+    """One reading per file: a plain `conv2.weight_orig` or `_mask` next to conv2's coded members would
+    silently replace the decoded weights or mask, so it is refused, naming the entry."""
+    value = np.ones((32, 32, 3, 3), bool if extra.endswith("mask") else np.float32)
+    path = _edit(good, tmp_path, extra, _set(extra, value))
+    with pytest.raises(ValueError, match=rf"{re.escape(path)}: .*{re.escape(extra)}.* coded"):
+        load_model(path)
