@@ -246,3 +246,18 @@ def test_a_plain_copy_of_a_coded_weight_is_refused(good, tmp_path, extra):
     path = _edit(good, tmp_path, extra, _set(extra, value))
     with pytest.raises(ValueError, match=rf"{re.escape(path)}: .*{re.escape(extra)}.* coded"):
         load_model(path)
+
+
+@pytest.mark.parametrize("index_bits, message", [
+    ({"conv1": 12}, r"conv1.*12.*1\.\.8"),                 # used to save a file that load_model refused
+    ({"conv1": 0}, r"conv1.*0.*1\.\.8"),
+    ({"conv9": 4}, r"conv9.*not a Conv2d or Linear layer"),
+    (5, r"expected a dict"),                                # used to raise AttributeError
+])
+def test_index_widths_the_reader_refuses_are_refused_when_saving(shared90, tmp_path, index_bits, message):
+    """save_compressed never writes a file that load_model refuses, and a failed save leaves the old file."""
+    path = tmp_path / "old.npz"
+    path.write_bytes(b"the old file")
+    with pytest.raises((ValueError, TypeError), match=message):
+        save_compressed(shared90, str(path), index_bits=index_bits)
+    assert path.read_bytes() == b"the old file"
