@@ -333,6 +333,8 @@ def is_compressed_file(path):
 
     Anything else, including a damaged file, is False: the ordinary reader then gives its own message.
     """
+    if not os.path.isfile(path):        # a FIFO would block, a device (/dev/zero) would be read without end
+        return False
     try:
         with ZipReader(path) as z:
             if FORMAT_KEY + ".npy" not in z.namelist():

@@ -261,3 +261,17 @@ def test_index_widths_the_reader_refuses_are_refused_when_saving(shared90, tmp_p
     with pytest.raises((ValueError, TypeError), match=message):
         save_compressed(shared90, str(path), index_bits=index_bits)
     assert path.read_bytes() == b"the old file"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="a FIFO and /dev/zero")
+def test_a_fifo_or_device_is_not_opened_to_look_for_the_format(tmp_path):
+    """load_model asks is_compressed_file first: on a FIFO it waited for a writer forever, on /dev/zero zipfile
+    read zeros until memory ran out. Both are "no file", as the ordinary reader says, at once."""
+    fifo = str(tmp_path / "model.npz")
+    os.mkfifo(fifo)
+    code = CHILD.split("out = {}")[0] + (      # the same 1 GiB cap: /dev/zero must not be read
+        "from ece662 import load_model\nfor p in sys.argv[1:]:\n    try:\n        load_model(p)\n"
+        "    except FileNotFoundError as e:\n        print('refused', e)\n")
+    proc = subprocess.run([sys.executable, "-c", code, fifo, "/dev/zero"], capture_output=True, text=True,
+                          env=dict(os.environ, PYTHONPATH=REPO), timeout=60)
+    assert proc.stdout.count("refused") == 2, proc.stderr[-2000:]
