@@ -178,7 +178,7 @@ def _member(members, suffix, dtype, where, length=None):
 
 
 def _check_stream(nbits, count, stream, where):
-    """A stream of ``count`` symbols holds at most 24 bits each, and exactly the bytes its bits need."""
+    """A stream of ``count`` symbols holds 1..``MAX_CODE_LENGTH`` (15) bits each, and exactly the bytes its bits need."""
     if nbits > count * huffman.MAX_CODE_LENGTH or nbits < count:
         raise ValueError(f"{where}: {nbits:,} bits for {count:,} symbols; each takes 1..{huffman.MAX_CODE_LENGTH}")
     if len(stream) != -(-nbits // 8):
