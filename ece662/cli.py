@@ -128,15 +128,17 @@ def _parser():
     dc.add_argument("--models", default="pruned-80,pruned-90,filters-50",
                     help="shipped models, comma-separated (default: pruned-80,pruned-90,filters-50)")
     dc.add_argument("--bits", default="2,3,4,5,6,7,8,5/4",
-                    help="index widths of the shared weights; c/f gives conv layers c bits and linear ones f "
-                         "(default: 2,3,4,5,6,7,8,5/4)")
+                    help="index widths of the shared weights, comma-separated, each 1..8 (2 to 256 shared values "
+                         "per layer); c/f gives conv layers c bits and linear ones f (default: 2,3,4,5,6,7,8,5/4)")
     dc.add_argument("--finetune-epochs", type=_count(1), default=1, help="epochs of centroid fine-tuning (default: 1)")
     dc.add_argument("--finetune-images", type=_count(1), default=None,
                     help="fine-tune on a class-balanced subset of the training images (default: all)")
     dc.add_argument("--finetune-lr", type=_positive_float, default=1e-3,
                     help="peak learning rate of the centroids' summed gradients (default: 0.001)")
-    dc.add_argument("--num-test", type=_count(1), default=None, help="evaluate on a class-balanced subset")
-    dc.add_argument("--seed", type=_count(0), default=0)
+    dc.add_argument("--num-test", type=_count(1), default=None,
+                    help="evaluate on a class-balanced subset of this many test images (default: all)")
+    dc.add_argument("--seed", type=_count(0), default=0,
+                    help="seed of the fine-tuning's shuffles and augmentation, and of the training subset (default: 0)")
     return p
 
 
@@ -290,6 +292,8 @@ def _table(records, keys):
 
 
 def _check_out(out):
+    if os.path.exists(out) and not os.path.isdir(out):        # makedirs would only say "File exists"
+        raise SystemExit(f"ece662: the output folder {out} exists and is not a folder: choose another --out")
     try:
         os.makedirs(out, exist_ok=True)
         probe = os.path.join(out, ".write-test")

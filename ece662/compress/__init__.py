@@ -23,7 +23,7 @@ A few calls::
     net = load_model('pruned-90')
     shared = share_weights(net, bits=4)                    # k-means per layer, weights = centroids
     finetune_centroids(net, shared, X_train, y_train)      # the paper's Fig. 3 (uint8 NHWC images)
-    save_model(net, 'pruned-90-4bit.npz', compress=True)   # about 2.5 kB of numbers
+    save_model(net, 'pruned-90-4bit.npz', compress=True)   # about 2.8 kB of numbers
     load_model('pruned-90-4bit.npz')                       # the same weights, bit for bit, with the masks
 
 This part stands on floor 3 (``ARCHITECTURE.md``): it uses layers, pruning, formats and training, and

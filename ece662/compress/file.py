@@ -178,7 +178,7 @@ def _member(members, suffix, dtype, where, length=None):
 
 
 def _check_stream(nbits, count, stream, where):
-    """A stream of ``count`` symbols holds at most 24 bits each, and exactly the bytes its bits need."""
+    """A stream of ``count`` symbols holds 1..``MAX_CODE_LENGTH`` (15) bits each, and exactly the bytes its bits need."""
     if nbits > count * huffman.MAX_CODE_LENGTH or nbits < count:
         raise ValueError(f"{where}: {nbits:,} bits for {count:,} symbols; each takes 1..{huffman.MAX_CODE_LENGTH}")
     if len(stream) != -(-nbits // 8):
@@ -197,9 +197,10 @@ def compressed_arrays(model, index_bits=None):
     if not isinstance(model, Sequential):
         raise TypeError(f"save_compressed: expected an ece662 Sequential model, got {type(model).__name__}")
     check_finite_weights(model.state_dict(), "save_compressed")
-    index_bits = index_bits or {}
+    layers = prunable(model, (Conv2d, Linear))
+    index_bits = _check_index_bits(index_bits or {}, [name for name, _ in layers])
     arrays, coded = {}, set()
-    for name, m in prunable(model, (Conv2d, Linear)):
+    for name, m in layers:
         key = f"{name}.weight"
         mask = m._buffers.get("weight_mask")
         bits = index_bits.get(name, INDEX_BITS[type(m)])
@@ -211,6 +212,21 @@ def compressed_arrays(model, index_bits=None):
         coded |= {key, key + "_orig", key + "_mask"}
     arrays.update({k: v for k, v in model.state_dict().items() if k not in coded})
     return arrays
+
+
+def _check_index_bits(index_bits, names):
+    """``index_bits`` if it is a ``{layer name: width}`` dict of Conv2d/Linear names and widths the reader takes."""
+    if not isinstance(index_bits, dict):
+        raise TypeError(f"save_compressed: expected a dict of relative-index widths per layer, such as "
+                        f"{{'conv1': 8, 'fc': 5}}, got {index_bits!r}")
+    for name, bits in index_bits.items():
+        if name not in names:
+            raise ValueError(f"save_compressed: index_bits names {name!r}, not a Conv2d or Linear layer of the "
+                             f"model; its are {names}")
+        if isinstance(bits, bool) or not isinstance(bits, (int, np.integer)) or not 1 <= bits <= 8:
+            raise ValueError(f"save_compressed: index_bits[{name!r}] = {bits!r}; a file stores relative indices "
+                             f"of 1..8 bits (the paper: 8 for conv, 5 for fc layers)")
+    return index_bits
 
 
 def save_compressed(model, path, index_bits=None):
@@ -230,6 +246,12 @@ def save_compressed(model, path, index_bits=None):
     -------
     int
         The payload: bytes of all the stored arrays, format and architecture strings aside.
+
+    Raises
+    ------
+    ValueError
+        A layer with more than 256 distinct surviving values, or none; ``index_bits`` naming no Conv2d or Linear
+        layer, or a width outside 1..8 (the reader takes no other).  Nothing is written then.
 
     Examples
     --------
@@ -285,6 +307,11 @@ def load_compressed(path):
     for name, m in prunable(model, (Conv2d, Linear)):
         key = f"{name}.weight"
         members = {s: arrays.pop(f"{key}.{s}") for s in MEMBERS if f"{key}.{s}" in arrays}
+        # one reading per file: a plain copy would silently replace what the coded members decode to
+        plain = [k for k in (key, key + "_orig", key + "_mask") if k in arrays]
+        if plain:
+            raise ValueError(f"{path}: {plain} is stored as a plain array, but {key} is coded (its codebook, "
+                             f"codes and positions); the file is damaged or crafted")
         weight, mask = decode_weight(members, m._parameters["weight"].shape, f"{path}: {key}")
         if mask is None:
             state[key] = weight
@@ -306,6 +333,8 @@ def is_compressed_file(path):
 
     Anything else, including a damaged file, is False: the ordinary reader then gives its own message.
     """
+    if not os.path.isfile(path):        # a FIFO would block, a device (/dev/zero) would be read without end
+        return False
     try:
         with ZipReader(path) as z:
             if FORMAT_KEY + ".npy" not in z.namelist():

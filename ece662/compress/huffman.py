@@ -232,6 +232,10 @@ def decode(stream, nbits, lengths, count, where="stream"):
     The lengths must have passed :func:`check_code_lengths`.  The walk follows ``puff.c``: read a bit,
     and at each length ask whether the code read so far is among that length's canonical codes.
 
+    Returns
+    -------
+    ndarray of the smallest unsigned integer type that holds every symbol (uint8 for up to 256), (count,)
+
     Raises
     ------
     ValueError
@@ -241,7 +245,8 @@ def decode(stream, nbits, lengths, count, where="stream"):
     lengths = np.asarray(lengths, dtype=np.int64)
     per_length = np.bincount(lengths, minlength=MAX_CODE_LENGTH + 1)     # how many codes of each length
     per_length[0] = 0
-    in_order = sorted(np.flatnonzero(lengths), key=lambda s: (lengths[s], s))   # canonical order
+    per_length = per_length.tolist()             # Python ints: read once per bit, faster than NumPy scalars
+    in_order = sorted(np.flatnonzero(lengths).tolist(), key=lambda s: (lengths[s], s))   # canonical order
     max_length = int(lengths.max())
     stream = np.asarray(stream, dtype=np.uint8)
     if len(stream) != -(-nbits // 8):
@@ -249,8 +254,9 @@ def decode(stream, nbits, lengths, count, where="stream"):
     bits = np.unpackbits(stream)
     if bits[nbits:].any():
         raise ValueError(f"{where}: the padding after the last code is not zero bits; the stream is damaged")
-    bits = bits[:nbits].tolist()                 # Python ints: a bit-by-bit walk is faster over a list
-    out = np.zeros(count, dtype=np.int64)
+    # one byte per bit, read as Python ints (a list would take 8 bytes per bit: a hostile file declares millions)
+    bits = bits[:nbits].tobytes()
+    out = np.zeros(count, dtype=np.min_scalar_type(len(lengths) - 1))   # the smallest type that holds every symbol
     pos = 0
     for i in range(count):                       # one symbol per pass
         code = first = index = 0                 # the code read so far; the first code and symbol of this length
@@ -259,7 +265,7 @@ def decode(stream, nbits, lengths, count, where="stream"):
                 raise ValueError(f"{where}: the stream ends inside symbol {i + 1:,} of {count:,}; it is truncated")
             code |= bits[pos]
             pos += 1
-            n = int(per_length[length])
+            n = per_length[length]
             if code - first < n:                 # one of the codes of this length
                 out[i] = in_order[index + code - first]
                 break

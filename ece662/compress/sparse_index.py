@@ -72,22 +72,25 @@ def positions_from_relative(symbols, bits, size, where="relative indices"):
         (the encoder never writes one: it would describe no weight).
     """
     filler = _filler(bits)
-    symbols = np.asarray(symbols, dtype=np.int64)
+    symbols = np.asarray(symbols)
     if len(symbols) and (symbols.min() < 0 or symbols.max() > filler):
         raise ValueError(f"{where}: symbols must lie in 0..{filler} for {bits}-bit indices, got "
                          f"{int(symbols.min())}..{int(symbols.max())}")
     if len(symbols) and symbols[-1] == filler:
         raise ValueError(f"{where}: the positions end with a filler, which describes no weight; the stream is "
                          f"damaged or crafted")
-    # a filler moves `filler` positions, a survivor d + 1; the survivors sit at the running sum minus one
-    steps = np.where(symbols == filler, filler, symbols + 1)
-    ends = np.cumsum(steps) - 1
-    positions = ends[symbols != filler]
-    if len(positions) and positions[-1] >= size:
-        raise ValueError(f"{where}: a weight at position {int(positions[-1]):,}, but the tensor has {size:,} "
+    # a filler moves `filler` positions, a survivor d + 1; the survivors sit at the running sum minus one.
+    # One int64 array, updated in place: a hostile file may declare as many symbols as the layer has weights.
+    ends = symbols.astype(np.int64)
+    ends += 1
+    ends[symbols == filler] = filler
+    np.cumsum(ends, out=ends)
+    ends -= 1
+    if len(ends) and ends[-1] >= size:           # the last symbol is a survivor, the furthest position
+        raise ValueError(f"{where}: a weight at position {int(ends[-1]):,}, but the tensor has {size:,} "
                          f"positions")
     mask = np.zeros(size, dtype=bool)
-    mask[positions] = True
+    mask[ends] = symbols != filler               # every end is a different position; a filler's stays False
     return mask
 
 

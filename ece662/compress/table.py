@@ -230,7 +230,8 @@ def render(results):
             if r["layer"] == "other":
                 lines.append(f"| biases | {r['params']:,} | 100% | 32 | 32 | - | - | {r['huffman']:,} | 1.0x |")
                 continue
-            index = f"{r['index_bits']}" if r["entries"] else "-"
+            # both index columns per survivor, fillers included (a filler costs index bits and holds no weight)
+            index = f"{r['entries'] * r['index_bits'] / r['survivors']:.2f}" if r["entries"] else "-"
             index_h = f"{r['position_bits_per_weight']:.2f}" if r["entries"] else "-"
             lines.append(f"| {r['layer']} | {r['params']:,} | {r['survivors'] / r['params']:.1%} | {r['bits']} | "
                          f"{r['code_bits_per_weight']:.2f} | {index} | {index_h} | {r['huffman']:,} | "
@@ -238,8 +239,8 @@ def render(results):
         st = s["totals"]
         lines += [f"| total | {sum(r['params'] for r in s['layers']):,} | | | | | | {st['huffman']:,} | "
                   f"{_ratio(dense, st['huffman'])} |", ""]
-        lines.append("(Index bits per survivor: fillers included. P+Q+H bytes include each layer's codebook "
-                     "and code tables.)")
+        lines.append("(Index bits per survivor, fillers included: P+Q is the fixed width (8 conv, 5 fc) times the "
+                     "entries per survivor. P+Q+H bytes include each layer's codebook and code tables.)")
     return "\n".join(lines).rstrip("\n")
 
 

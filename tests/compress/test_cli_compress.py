@@ -40,3 +40,22 @@ def test_an_unwritable_out_is_refused_before_any_work(tmp_path, capsys):
     blocker.write_text("x")
     with pytest.raises(SystemExit, match="cannot write to the output folder"):
         main(["compress", "--out", str(blocker / "sub"), "--models", "pruned-90"])
+
+
+def test_help_explains_every_option(capsys):
+    """`python -m ece662 compress --help` says what each option does (and the widths it takes)."""
+    with pytest.raises(SystemExit):
+        main(["compress", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    from ece662.cli import _parser
+    sub = next(a for a in _parser()._actions if a.dest == "command").choices["compress"]
+    silent = [a.option_strings[0] for a in sub._actions if not a.help]
+    assert not silent, f"{silent} have no help text"
+    assert "1..8" in text
+
+
+def test_an_out_that_is_a_file_says_so(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(SystemExit, match=r"exists and is not a folder"):
+        main(["compress", "--out", str(blocker), "--models", "pruned-90"])

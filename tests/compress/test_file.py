@@ -236,3 +236,42 @@ def test_the_format_is_recognised_only_by_its_member(good, tmp_path):
     assert "conv1.weight_mask" in load_model(str(renamed)).state_dict()
     assert not is_compressed_file(str(tmp_path / "missing.npz"))
     assert FORMAT == "ece662-deep-compression-v1"
+
+
+@pytest.mark.parametrize("extra", ["conv2.weight_orig", "conv2.weight_mask", "conv2.weight"])
+def test_a_plain_copy_of_a_coded_weight_is_refused(good, tmp_path, extra):
+    """One reading per file: a plain `conv2.weight_orig` or `_mask` next to conv2's coded members would
+    silently replace the decoded weights or mask, so it is refused, naming the entry."""
+    value = np.ones((32, 32, 3, 3), bool if extra.endswith("mask") else np.float32)
+    path = _edit(good, tmp_path, extra, _set(extra, value))
+    with pytest.raises(ValueError, match=rf"{re.escape(path)}: .*{re.escape(extra)}.* coded"):
+        load_model(path)
+
+
+@pytest.mark.parametrize("index_bits, message", [
+    ({"conv1": 12}, r"conv1.*12.*1\.\.8"),                 # used to save a file that load_model refused
+    ({"conv1": 0}, r"conv1.*0.*1\.\.8"),
+    ({"conv9": 4}, r"conv9.*not a Conv2d or Linear layer"),
+    (5, r"expected a dict"),                                # used to raise AttributeError
+])
+def test_index_widths_the_reader_refuses_are_refused_when_saving(shared90, tmp_path, index_bits, message):
+    """save_compressed never writes a file that load_model refuses, and a failed save leaves the old file."""
+    path = tmp_path / "old.npz"
+    path.write_bytes(b"the old file")
+    with pytest.raises((ValueError, TypeError), match=message):
+        save_compressed(shared90, str(path), index_bits=index_bits)
+    assert path.read_bytes() == b"the old file"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="a FIFO and /dev/zero")
+def test_a_fifo_or_device_is_not_opened_to_look_for_the_format(tmp_path):
+    """load_model asks is_compressed_file first: on a FIFO it waited for a writer forever, on /dev/zero zipfile
+    read zeros until memory ran out. Both are "no file", as the ordinary reader says, at once."""
+    fifo = str(tmp_path / "model.npz")
+    os.mkfifo(fifo)
+    code = CHILD.split("out = {}")[0] + (      # the same 1 GiB cap: /dev/zero must not be read
+        "from ece662 import load_model\nfor p in sys.argv[1:]:\n    try:\n        load_model(p)\n"
+        "    except FileNotFoundError as e:\n        print('refused', e)\n")
+    proc = subprocess.run([sys.executable, "-c", code, fifo, "/dev/zero"], capture_output=True, text=True,
+                          env=dict(os.environ, PYTHONPATH=REPO), timeout=60)
+    assert proc.stdout.count("refused") == 2, proc.stderr[-2000:]

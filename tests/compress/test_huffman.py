@@ -105,3 +105,18 @@ def test_a_table_longer_than_the_alphabet_is_refused():
         huffman.unpack_lengths(np.array([0x11, 0x22, 0x33], np.uint8), 4)
     with pytest.raises(ValueError, match="past the last"):
         huffman.unpack_lengths(np.array([0x11, 0x23], np.uint8), 3)
+
+
+def test_decoding_takes_a_few_bytes_per_symbol():
+    """A hostile file may declare millions of one-bit codes (a few kB once deflated): decoding them holds about
+    two bytes per symbol, not a Python list of every bit and int64 symbols (17 bytes each)."""
+    import tracemalloc
+    count = 1 << 16                                   # the bit walk is slow under tracemalloc
+    tracemalloc.start()
+    try:
+        out = huffman.decode(np.zeros(count // 8, np.uint8), count, [1], count)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert len(out) == count and not out.any()
+    assert peak < 4 * count, f"{peak / count:.1f} bytes per symbol"

@@ -84,3 +84,15 @@ def test_links_and_figure_resolve():
         assert os.path.exists(path), link
         if link.endswith(".png"):
             assert os.path.getsize(path) > 10_000
+
+
+def test_the_per_layer_index_bits_are_in_one_unit():
+    """Both index-bit columns count bits per survivor, fillers included: a Huffman code is never longer than the
+    fixed-width code it replaces, so P+Q+H never exceeds P+Q (fc read 5 against 5.19: per entry against per survivor)."""
+    page = _text("docs/compression.md").split("### Per layer:", 1)[1]
+    rows = [line.split("|")[1:-1] for line in page.splitlines() if re.match(r"\| (conv|fc)", line)]
+    assert rows
+    for cells in rows:
+        layer, fixed, huffman = cells[0].strip(), cells[5].strip(), cells[6].strip()
+        if fixed != "-":
+            assert float(huffman) <= float(fixed), (layer, fixed, huffman)

@@ -50,3 +50,19 @@ def test_positions_out_of_range_are_refused(symbols, message):
 def test_bad_widths_are_refused():
     with pytest.raises(ValueError, match="1..16 bits"):
         relative_indices(np.ones(3, bool), 0)
+
+
+def test_positions_take_a_few_bytes_per_symbol():
+    """A hostile file may declare as many position symbols as the layer has weights: the mask is built with one
+    int64 running sum and two booleans per symbol (it took five int64 arrays)."""
+    import tracemalloc
+    count = 1 << 19
+    symbols = np.zeros(count, np.uint8)               # every position a survivor, as the decoder returns them
+    tracemalloc.start()
+    try:
+        mask = positions_from_relative(symbols, 8, count)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert mask.all()
+    assert peak < 12 * count, f"{peak / count:.1f} bytes per symbol"
