@@ -510,7 +510,8 @@ def sensitivity(model, X, y, amounts=(0.25, 0.5, 0.75, 0.9), method="l1", batch_
 #   control  small-dense: the course CNN narrowed (default_convnet(filters=(f, f))) to about as many weights as
 #            the pruned network keeps, trained dense from a fresh initialisation for `epochs` epochs.
 # A record: method, phase, allocation, sparsity (asked), measured_sparsity (from the masks; small-dense: 1 - its
-# weights / the full network's), seed, accuracy, seconds, epochs, start ('init' or 'trained').
+# weights / the full network's), seed, accuracy, seconds (the arm's pruning and training; the lottery's three
+# records share its search and three trainings), epochs, start ('init' or 'trained').
 METHODS = {          # name: (phase, the allocations it can use, its default first)
     "snip": ("before", ("global",)),
     "synflow": ("before", ("global",)),

@@ -314,7 +314,8 @@ def compare_methods(summary, path=None, title=None):
         shift = 1.0 + width * (i / max(1, len(curves) - 1) - 0.5)      # spread the error bars apart
         x = [(1.0 - r["sparsity"]) * shift for r in rs]
         y = [r["mean"] for r in rs]
-        err = [[r["mean"] - r["low"] for r in rs], [r["high"] - r["mean"] for r in rs]]
+        # max(0, ...): the mean of equal accuracies can exceed them by a rounding error
+        err = [[max(0.0, r["mean"] - r["low"]) for r in rs], [max(0.0, r["high"] - r["mean"]) for r in rs]]
         label = method if alloc in ("-", "dense") else f"{method} ({alloc})"
         ax.errorbar(x, y, yerr=err, marker=marker, ls=ls, color=f"C{i % 10}",
                     mfc="white" if i >= 10 else None, capsize=2, ms=5, lw=1.2,
