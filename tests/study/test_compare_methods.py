@@ -150,3 +150,15 @@ def test_bad_names_are_one_clear_line(args, match):
     r = _cli(*args)
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
     assert re.search(match, r.stderr.strip().splitlines()[-1]), r.stderr
+
+
+def test_the_figure_takes_equal_seeds_whose_mean_rounds_above_them():
+    """Three equal accuracies can average to a hair above each (0.1 + 0.1 + 0.1 = 0.30000000000000004): the error
+    bar is 0, not an error (the recorded run's command once stopped there, after writing its JSON)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    from ece662 import plots
+    rows = E.summarize_methods([dict(method="snip", phase="before", allocation="global", sparsity=0.9,
+                                     measured_sparsity=0.9, accuracy=0.1, seconds=1.0, seed=s) for s in range(3)])
+    assert rows[0]["mean"] > rows[0]["low"]
+    plots.compare_methods(rows)
