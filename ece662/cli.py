@@ -39,6 +39,14 @@ def _fractions(text):
         raise argparse.ArgumentTypeError(f"expected comma-separated fractions such as 0.5,0.8,0.9, got {text!r}")
 
 
+def _names(text):
+    """``"snip,rigl"`` -> ``["snip", "rigl"]``; whether each is a known name is the experiment's to say."""
+    names = [v.strip() for v in text.split(",") if v.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError(f"expected comma-separated names, got {text!r}")
+    return names
+
+
 def _count(minimum):
     """An argparse type: a whole number >= ``minimum``."""
     def parse(text):
@@ -96,7 +104,17 @@ def _parser():
     cmp.add_argument("--scope", default="global", choices=["global", "layer"],
                      help="rank weights across all layers or within each (default: global)")
     cmp.add_argument("--distill", action="store_true", help="every schedule also learns from the unpruned model")
-    cmp.add_argument("--out", default="compare_schedules", help="output path without extension")
+    cmp.add_argument("--methods", type=_names, default=None,
+                     help="compare pruning before, during and after training instead of the schedules: "
+                          "comma-separated names of snip, synflow, random, gradual, rigl, set, one-shot, iterative, "
+                          "lottery, rewind, small-dense (or 'all'); see experiments.compare_methods")
+    cmp.add_argument("--seeds", type=_count(1), default=1, help="with --methods: runs per point, seeds 0..N-1 "
+                                                                "(default: 1)")
+    cmp.add_argument("--allocation", type=_names, default=["default"],
+                     help="with --methods: the allocations to run where a method can use them, comma-separated "
+                          "(global, lamp, erk, uniform), 'default' (each method's own) or 'all'")
+    cmp.add_argument("--out", default=None, help="output path without extension (default: compare_schedules, or "
+                                                 "compare_methods with --methods)")
     sw = sub.add_parser("sweep", parents=[common], help="unstructured and structured pruning sweeps")
     sw.add_argument("--out", default="runs/sweep", help="output folder for CSV, JSON and plots")
     sw.add_argument("--amounts", type=_amounts, default=[0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8],
@@ -504,6 +522,9 @@ def _compare(args, argv):
     The folder of ``--out`` is checked before anything is loaded or trained, and each file is written
     to a temporary name and renamed into place: a run that fails leaves the previous files whole.
     """
+    if args.methods is not None:
+        return _compare_methods(args, argv)
+    args.out = args.out or "compare_schedules"
     import matplotlib
     matplotlib.use("Agg")
     from ece662 import experiments as E
@@ -591,6 +612,64 @@ def _compress(args, argv):
     print(render(results))
     print(f"wrote {args.out}/: compression.json, compression.png and {sum(len(r['shared']) for r in results['records'])}"
           f" compressed models (load_model(path) reads each) in {results['seconds']:.1f} s")
+    return 0
+
+
+def _compare_methods(args, argv):
+    """``python -m ece662 compare --methods ...``: pruning before, during and after training, every arm at the same
+    epoch budget and each point over ``--seeds`` seeds (``experiments.compare_methods``); writes ``<out>.json``
+    (the command, its time, the CPU and every run) and ``<out>.png`` (accuracy against sparsity, one line per
+    method, the seeds' spread as error bars), each written whole or not at all."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import datetime
+    from ece662 import experiments as E
+    from ece662 import plots
+    from ece662.data_utils import get_CINIC10_data
+    from ece662.formats.common import atomic_write
+    from ece662.pruning_helper import load_model
+    from ece662.timing import cpu_description
+    methods = list(E.METHODS) if args.methods == ["all"] else E.check_methods(args.methods)
+    allocation = args.allocation[0] if args.allocation in (["default"], ["all"]) else args.allocation
+    unknown = [a for a in ([] if isinstance(allocation, str) else allocation) if a not in E.ALLOCATIONS]
+    if unknown:
+        raise ValueError(f"--allocation: unknown {', '.join(map(repr, unknown))}; choose from "
+                         f"{', '.join(E.ALLOCATIONS)}, or 'default' or 'all'")
+    if args.structure != "unstructured" or args.scope != "global" or args.distill:
+        raise ValueError("--structure, --scope and --distill belong to the schedule comparison; with --methods "
+                         "each method prunes single weights, shared out by --allocation")
+    args.out = args.out or "compare_methods"
+    _check_out_prefix(args.out)
+    raw = get_CINIC10_data(args.data, splits=("train",), num_training=args.train_images, normalize=False,
+                           channels_first=False, progress=False)
+    test = get_CINIC10_data(args.data, splits=("test",), progress=False)
+    model = load_model(args.model, mode=args.mode if args.model else "numpy")
+    _check_classifier(model, args.model, test["X_test"])
+    t0 = time.perf_counter()
+
+    def show(r):
+        print(f"{r['method']:>19s} {r['allocation']:>7s}  sparsity {r['sparsity']:.2f} (measured "
+              f"{r['measured_sparsity']:.4f})  seed {r['seed']}  accuracy {r['accuracy']:.4f}  {r['seconds']:.0f} s",
+              flush=True)
+    recs = E.compare_methods(model, raw["X_train"], raw["y_train"], test["X_test"], test["y_test"],
+                             methods=methods, sparsities=args.sparsities, epochs=args.epochs,
+                             seeds=range(args.seeds), allocation=allocation, progress=show)
+    total = time.perf_counter() - t0
+    summary = E.summarize_methods(recs)
+    text = json.dumps({"command": "python -m ece662 " + " ".join(argv), "data": raw["source"],
+                       "train_images": int(len(raw["y_train"])), "test_images": int(len(test["y_test"])),
+                       "epochs": args.epochs, "seeds": args.seeds, "seconds": round(total, 1),
+                       "cpu": cpu_description(), "threads": os.environ.get("NUMBA_NUM_THREADS", "all"),
+                       "date": datetime.date.today().isoformat(), "records": recs, "summary": summary}, indent=1)
+    with atomic_write(args.out + ".json", "compare") as f:
+        f.write(text.encode())
+    with atomic_write(args.out + ".png", "compare") as f:
+        plots.compare_methods(summary, path=f)
+    print(f"{'method':>19s} {'alloc':>7s} {'sparsity':>8s} {'mean':>6s} {'low-high':>13s} seeds")
+    for r in summary:
+        print(f"{r['method']:>19s} {r['allocation']:>7s} {r['sparsity']:8.2f} {r['mean']:.4f} "
+              f"{r['low']:.4f}-{r['high']:.4f} {r['n']:5d}")
+    print(f"wrote {args.out}.json and {args.out}.png ({total:.0f} s)")
     return 0
 
 

@@ -27,12 +27,17 @@ import numpy as np
 
 from ece662 import pruning as prune
 from ece662 import timing
-from ece662.pruning import prunable
+from ece662.data.images import normalize_images
+from ece662.pruning import masks, prunable
 from ece662.pruning.masks import check_sparsity
 from ece662.formats.common import load_with_masks
 from ece662.layers import Conv2d, Linear, from_spec
+from ece662.models import default_convnet
 from ece662.training import schedules as S
+from ece662.training.at_init import snip, synflow
+from ece662.training.dynamic import DynamicSparsity
 from ece662.training.evaluate import predict_logits
+from ece662.training.lottery import lottery_ticket, reinitialized
 from ece662.training.trainer import Trainer
 
 UNSTRUCTURED_AMOUNTS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
@@ -496,3 +501,263 @@ def sensitivity(model, X, y, amounts=(0.25, 0.5, 0.75, 0.9), method="l1", batch_
             records.append({"layer": name, "method": method, "amount": float(a),
                             "accuracy": evaluate(m, X, y, batch_size)["accuracy"]})
     return records
+
+
+# ============================================================================ before, during or after training
+# The course's question with every arm: compare_methods gives each method the same number of training epochs on
+# the same images and measures test accuracy at each sparsity, over several seeds.  How each arm spends them:
+#   before   snip, synflow, random: a fresh initialisation (seed), pruned at once, trained `epochs` epochs;
+#   during   gradual (Zhu & Gupta's cubic schedule, the masks shrinking over the first 60% of the steps), rigl,
+#            set (dynamic sparse training, sparse from the first step): `epochs` epochs from a fresh initialisation;
+#   after    one-shot, iterative, rewind (learning-rate rewinding): start from the trained `model` and spend
+#            `epochs` epochs recovering (the trained model's own training comes on top, as it does in practice);
+#            lottery: iterative magnitude pruning from a fresh initialisation, `rounds` rounds sharing `epochs`
+#            (the search), the survivors rewound to their weights early in the first round, then the ticket
+#            trains `epochs` epochs, and so do its two controls (the same mask freshly initialised, and a random
+#            mask of the ticket's per-layer sparsity on the rewound weights);
+#   control  small-dense: the course CNN narrowed (default_convnet(filters=(f, f))) to about as many weights as
+#            the pruned network keeps, trained dense from a fresh initialisation for `epochs` epochs.
+# A record: method, phase, allocation, sparsity (asked), measured_sparsity (from the masks; small-dense: 1 - its
+# weights / the full network's), seed, accuracy, seconds (the arm's pruning and training; the lottery's three
+# records share its search and three trainings), epochs, start ('init' or 'trained').
+METHODS = {          # name: (phase, the allocations it can use, its default first)
+    "snip": ("before", ("global",)),
+    "synflow": ("before", ("global",)),
+    "random": ("before", ("erk", "uniform")),
+    "gradual": ("during", ("uniform", "global")),
+    "rigl": ("during", ("erk", "uniform")),
+    "set": ("during", ("erk", "uniform")),
+    "one-shot": ("after", ("global", "lamp")),
+    "iterative": ("after", ("global",)),
+    "lottery": ("after", ("global",)),
+    "rewind": ("after", ("global", "lamp")),
+    "small-dense": ("control", ("dense",)),
+}
+LOTTERY_CONTROLS = ("lottery-reinit", "lottery-random-mask")    # recorded with every lottery run, phase 'control'
+
+
+def check_methods(methods):
+    """``methods`` as a list of names of :data:`METHODS`; an unknown name raises ValueError listing the valid ones."""
+    methods = list(methods)
+    bad = [m for m in methods if m not in METHODS]
+    if bad or not methods:
+        raise ValueError(f"compare_methods: unknown method{'s' * (len(bad) > 1)} {', '.join(map(repr, bad))}; "
+                         f"choose from {', '.join(METHODS)}" if bad else
+                         f"compare_methods: no method given; choose from {', '.join(METHODS)}")
+    return methods
+
+
+def allocations_of(method, allocation="default"):
+    """The allocations ``method`` runs with: ``'default'`` its own (the first of :data:`METHODS`), ``'all'``
+    every one it can use, or a list of names: those of them it can use, its default if none."""
+    own = METHODS[method][1]
+    if allocation == "default":
+        return own[:1]
+    if allocation == "all":
+        return own
+    return tuple(a for a in allocation if a in own) or own[:1]
+
+
+def weight_count(model):
+    """The number of conv and linear weights (biases not counted), pruned or not."""
+    return int(sum(m.weight.size for _, m in prunable(model)))
+
+
+def small_dense_filters(model, sparsity):
+    """The filter count ``f`` for which ``default_convnet(filters=(f, f))`` has the number of weights nearest to
+    what ``model`` keeps at ``sparsity``.
+
+    Examples
+    --------
+    >>> from ece662.models import default_convnet
+    >>> [small_dense_filters(default_convnet(), s) for s in (0.0, 0.9, 0.95, 0.98)]
+    [32, 5, 3, 1]
+    """
+    keep = (1.0 - check_sparsity(sparsity)) * weight_count(model)
+    return min(range(1, 257), key=lambda f: abs(weight_count(default_convnet(filters=(f, f))) - keep))
+
+
+def _random_masks(model, sparsity, allocation, rng):
+    """Random masks of overall ``sparsity``: the same in every layer (``'uniform'``) or by ERK densities."""
+    layers = [m for _, m in prunable(model)]
+    densities = (masks.erk_densities([m.weight.shape for m in layers], 1.0 - sparsity) if allocation == "erk"
+                 else [1.0 - sparsity] * len(layers))
+    for m, d in zip(layers, densities):
+        prune.random_unstructured(m, "weight", amount=int(round((1.0 - d) * m.weight.size)), rng=rng)
+
+
+def _arm(method, allocation, model, X, y, s, epochs, seed, rounds, max_lr, finetune_lr, batch_size):
+    """Train one arm; returns ``{name: (trained network, start)}`` (lottery: the ticket and its two controls)."""
+    fit = dict(seed=seed, batch_size=batch_size, progress=False)
+    steps = -(-len(y) // batch_size) * epochs                  # training steps in the budget
+
+    def train(m, pruning=None):
+        Trainer(m, X, y, epochs=epochs, max_lr=max_lr, pruning=pruning, **fit).fit()
+        return m
+
+    if method == "small-dense":
+        f = small_dense_filters(model, s)
+        return {method: (train(default_convnet(seed=seed, filters=(f, f))), "init")}
+    if method in ("one-shot", "rewind", "iterative"):          # after training: from the trained model
+        m = copy_model(model)
+        if allocation != "global":
+            allocate(m, allocation, s)                         # the schedule's own pruning step then finds it done
+        if method == "one-shot":
+            S.one_shot(m, X, y, s, epochs, lr=finetune_lr, **fit)
+        elif method == "rewind":
+            S.rewind(m, X, y, s, epochs, max_lr=max_lr, **fit)
+        else:
+            S.iterative(m, X, y, s, epochs, rounds=min(rounds, epochs), lr=finetune_lr, **fit)
+        return {method: (m, "trained")}
+    m = reinitialized(model, seed)                             # every other arm: a fresh initialisation
+    if method == "snip":                                       # one batch of training images scores the weights
+        idx = np.random.default_rng(seed).choice(len(y), min(len(y), batch_size), replace=False)
+        snip(m, normalize_images(np.asarray(X[np.sort(idx)])), y[np.sort(idx)], s)
+        return {method: (train(m), "init")}
+    if method == "synflow":
+        return {method: (train(synflow(m, s)), "init")}
+    if method == "random":
+        _random_masks(m, s, allocation, np.random.default_rng(seed))
+        return {method: (train(m), "init")}
+    if method == "gradual":      # 'uniform': every layer to the same sparsity, as Zhu & Gupta's own code prunes
+        S.gradual(m, X, y, s, epochs, max_lr=max_lr, scope="layer" if allocation == "uniform" else "global", **fit)
+        return {method: (m, "init")}
+    if method in ("rigl", "set"):                              # 10 mask updates in the first 75% of the steps
+        end = max(1, int(0.75 * steps))
+        dst = DynamicSparsity(m, s, grow="gradient" if method == "rigl" else "random",
+                              update_every=max(1, end // 10), end_step=end, allocation=allocation, seed=seed)
+        return {method: (train(m, pruning=dst), "init")}
+    # lottery: the search shares the budget among its rounds; the ticket and its controls then train in full
+    search = max(1, epochs // rounds)
+    k = max(1, int(0.1 * -(-len(y) // batch_size) * search))  # rewind to 10% into the first round
+    found = lottery_ticket(m, X, y, s, rounds=rounds, epochs=search, rewind_step=k, max_lr=max_lr, **fit)
+    return {"lottery": (train(found["ticket"]), "init"), "lottery-reinit": (train(found["reinit"]), "init"),
+            "lottery-random-mask": (train(found["random_mask"]), "init")}
+
+
+def compare_methods(model, X_train, y_train, X_test, y_test, methods=tuple(METHODS), sparsities=(0.9, 0.95),
+                    epochs=2, seeds=(0, 1, 2), allocation="default", rounds=3, max_lr=0.05, finetune_lr=0.002,
+                    batch_size=128, progress=None):
+    """Prune before, during or after training: every method at each sparsity and seed, at one epoch budget.
+
+    The comment above :data:`METHODS` says how each arm spends its ``epochs``; :func:`summarize_methods` gives
+    the mean and spread over seeds, :func:`beyond_noise` whether two of them differ.
+
+    Parameters
+    ----------
+    model : Sequential
+        The trained, unpruned network (not modified).  The after-training arms start from it; the others from
+        a fresh initialisation of the same architecture (``seed``); small-dense narrows the course CNN.
+    X_train : uint8 (N, 32, 32, 3), y_train : (N,)
+        The training images every arm trains on.
+    X_test : (M, 3, 32, 32) float32 normalised (or lazy), y_test : (M,)
+    methods : names of :data:`METHODS`
+    sparsities : fractions of the conv + linear weights pruned
+    epochs : int
+        The budget: training epochs of every arm.
+    seeds : sequence of int
+        One run per seed (initialisation, data order, masks drawn at random).
+    allocation : 'default', 'all' or a list of names
+        Which allocations each method runs with (:func:`allocations_of`).
+    rounds : int
+        Rounds of ``iterative`` and of the lottery-ticket search.
+    max_lr, finetune_lr : float
+        The one-cycle peak of every arm that trains (or retrains) in full; the constant rate of one-shot and
+        iterative fine-tuning.
+    progress : callable, optional
+        Called with each record as it is made (e.g. ``print``).
+
+    Returns
+    -------
+    list of dict
+        One record per (method, allocation, sparsity, seed), lottery's controls included, and one
+        ``method='dense'`` record: the trained model unpruned.
+
+    Examples
+    --------
+    >>> import warnings
+    >>> from ece662.models import default_convnet
+    >>> rng = np.random.default_rng(0)
+    >>> X = rng.integers(0, 256, (32, 32, 32, 3), dtype=np.uint8); y = rng.integers(0, 10, 32)
+    >>> Xt = rng.standard_normal((8, 3, 32, 32)).astype(np.float32); yt = rng.integers(0, 10, 8)
+    >>> with warnings.catch_warnings():
+    ...     warnings.simplefilter("ignore")         # an untrained net loses fc rows: DeadClassWarning
+    ...     recs = compare_methods(default_convnet(), X, y, Xt, yt, methods=("snip", "lottery"),
+    ...                            sparsities=(0.9,), epochs=1, seeds=(0,), batch_size=16)
+    >>> [(r["method"], r["phase"], r["measured_sparsity"]) for r in recs]
+    [('dense', 'reference', 0.0), ('snip', 'before', 0.9), ('lottery', 'after', 0.9), \
+('lottery-reinit', 'control', 0.9), ('lottery-random-mask', 'control', 0.9)]
+    """
+    methods = check_methods(methods)
+    epochs = S.check_epochs(epochs)
+    sparsities = [check_sparsity(s) for s in sparsities]
+    seeds = [int(s) for s in seeds]
+    if not seeds:
+        raise ValueError("compare_methods: give at least one seed, e.g. seeds=(0, 1, 2)")
+    full = weight_count(model)
+    dense = evaluate(dense_twin(model), X_test, y_test)["accuracy"]
+    records = [dict(method="dense", phase="reference", allocation="-", sparsity=0.0, measured_sparsity=0.0,
+                    seed=None, accuracy=dense, seconds=0.0, epochs=0, start="trained")]
+    if progress:
+        progress(records[0])
+    for seed in seeds:
+        for s in sparsities:
+            for method in methods:
+                for alloc in allocations_of(method, allocation):
+                    t0 = time.perf_counter()
+                    trained = _arm(method, alloc, model, X_train, y_train, s, epochs, seed, rounds, max_lr,
+                                   finetune_lr, batch_size)
+                    seconds = round(time.perf_counter() - t0, 1)
+                    for name, (m, start) in trained.items():
+                        measured = 1.0 - weight_count(m) / full if name == "small-dense" else S.sparsity_of(m)
+                        rec = dict(method=name, phase="control" if name in LOTTERY_CONTROLS else METHODS[method][0],
+                                   allocation=alloc, sparsity=s, measured_sparsity=round(measured, 4),
+                                   seed=seed, accuracy=evaluate(dense_twin(m), X_test, y_test)["accuracy"],
+                                   seconds=seconds, epochs=epochs, start=start)
+                        records.append(rec)
+                        if progress:
+                            progress(rec)
+    return records
+
+
+def summarize_methods(records):
+    """Mean, spread (lowest, highest) and number of seeds of each (method, allocation, sparsity).
+
+    Returns
+    -------
+    list of dict
+        ``method, phase, allocation, sparsity, measured_sparsity, mean, low, high, spread, n, seconds``
+        (``seconds``: the mean per run), in the records' order.
+    """
+    groups = {}
+    for r in records:
+        groups.setdefault((r["method"], r["allocation"], r["sparsity"]), []).append(r)
+    out = []
+    for (method, alloc, s), rs in groups.items():
+        acc = [r["accuracy"] for r in rs]
+        out.append(dict(method=method, phase=rs[0]["phase"], allocation=alloc, sparsity=s,
+                        measured_sparsity=float(np.mean([r["measured_sparsity"] for r in rs])),
+                        mean=float(np.mean(acc)), low=min(acc), high=max(acc), spread=max(acc) - min(acc),
+                        n=len(acc), seconds=float(np.mean([r["seconds"] for r in rs]))))
+    return out
+
+
+def beyond_noise(a, b, test_images):
+    """Whether two summaries (of :func:`summarize_methods`) differ by more than the noise: the larger of either's
+    seed-to-seed spread and two standard errors of one accuracy measured on ``test_images`` images
+    (``sqrt(p (1 - p) / test_images)`` at their mean ``p``), the rule the course notebook's Question 2 uses.
+
+    Returns
+    -------
+    (difference, noise, beyond) : (float, float, bool)
+        ``a['mean'] - b['mean']``, the noise, and ``abs(difference) > noise``.
+
+    Examples
+    --------
+    >>> beyond_noise({"mean": 0.60, "spread": 0.01}, {"mean": 0.55, "spread": 0.02}, 10_000)
+    (0.04999999999999993, 0.02, True)
+    """
+    p = (a["mean"] + b["mean"]) / 2
+    noise = max(a["spread"], b["spread"], 2 * float(np.sqrt(p * (1 - p) / test_images)))
+    d = a["mean"] - b["mean"]
+    return d, noise, abs(d) > noise

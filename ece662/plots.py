@@ -290,3 +290,50 @@ def sensitivity(records, path=None):
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     return _save(fig, path, "A flat line: a layer that can lose more. A steep one: a layer to spare.")
+
+
+PHASE_STYLE = {"before": ("v", "--"), "during": ("s", "-."), "after": ("o", "-"), "control": ("x", ":"),
+               "reference": ("", ":")}
+
+
+def compare_methods(summary, path=None, title=None):
+    """Test accuracy against sparsity, a line per (method, allocation), from ``experiments.summarize_methods``.
+
+    The x axis is the fraction of weights *kept*, on a log scale and reversed, so 90%, 95% and 98% sparsity are
+    evenly apart and sparsity grows to the right.  Points: the mean over seeds; error bars: the lowest and
+    highest seed.  The phase is the marker and the line style (before: triangles, dashed; during: squares,
+    dash-dot; after: circles, solid; controls: crosses, dotted); the trained model unpruned is a grey line.
+    """
+    fig, ax = plt.subplots(figsize=(9, 5))
+    curves = [k for k in dict.fromkeys((r["method"], r["allocation"]) for r in summary) if k[0] != "dense"]
+    width = min(0.15, 0.006 * len(curves))
+    for i, (method, alloc) in enumerate(curves):
+        rs = sorted((r for r in summary if (r["method"], r["allocation"]) == (method, alloc)),
+                    key=lambda r: r["sparsity"])
+        marker, ls = PHASE_STYLE.get(rs[0]["phase"], ("o", "-"))
+        shift = 1.0 + width * (i / max(1, len(curves) - 1) - 0.5)      # spread the error bars apart
+        x = [(1.0 - r["sparsity"]) * shift for r in rs]
+        y = [r["mean"] for r in rs]
+        # max(0, ...): the mean of equal accuracies can exceed them by a rounding error
+        err = [[max(0.0, r["mean"] - r["low"]) for r in rs], [max(0.0, r["high"] - r["mean"]) for r in rs]]
+        label = method if alloc in ("-", "dense") else f"{method} ({alloc})"
+        ax.errorbar(x, y, yerr=err, marker=marker, ls=ls, color=f"C{i % 10}",
+                    mfc="white" if i >= 10 else None, capsize=2, ms=5, lw=1.2,
+                    label=f"{label} [{rs[0]['phase']}]")
+    dense = [r for r in summary if r["method"] == "dense"]
+    if dense:
+        ax.axhline(dense[0]["mean"], color="grey", ls=":", lw=1, label="trained model, unpruned")
+    ax.axhline(0.1, color="black", lw=0.6, alpha=0.4)
+    ax.set_xscale("log")
+    ax.invert_xaxis()
+    kept = sorted({1.0 - r["sparsity"] for r in summary if r["method"] != "dense"})
+    ax.set_xticks(kept)
+    ax.set_xticklabels([f"{1 - k:.0%}" for k in kept])
+    ax.minorticks_off()
+    ax.set_xlabel("sparsity: fraction of conv + linear weights pruned (log scale of the weights kept)")
+    ax.set_ylabel("test accuracy (mean over seeds; bars: lowest to highest seed)")
+    ax.set_title(title or "prune before, during or after training, at an equal epoch budget", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    return _save(fig, path, "Chance is 0.1 (the black line). Small-dense: a dense network with about as many "
+                             "weights, trained from scratch.")

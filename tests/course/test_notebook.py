@@ -52,11 +52,11 @@ def test_the_assignment_is_built_from_the_solutions_and_holds_no_answer():
     assert r.returncode == 0, r.stdout + r.stderr
     sol, ass = (json.load(open(p, encoding="utf-8")) for p in (NOTEBOOK, ASSIGNMENT))
     solutions = [c for c in sol["cells"] if "solution" in c["metadata"].get("tags", [])]
-    assert len(solutions) == 3
+    assert len(solutions) == 4
     code = lambda nb: ["".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "code"]
     assert code(ass) == [s for s in code(sol) if s not in ["".join(c["source"]) for c in solutions]]
     text = "\n".join("".join(c["source"]) for c in ass["cells"] if c["cell_type"] == "markdown")
-    assert text.count("**Your answer:**") == 3 and text.count("**Guiding prompts**") == 3
+    assert text.count("**Your answer:**") == 4 and text.count("**Guiding prompts**") == 4
     assert "**Answer**" not in json.dumps(ass) and "display(Markdown" not in json.dumps(ass)
 
 
@@ -116,7 +116,7 @@ def test_notebook_executes_and_answers_from_its_own_numbers(executed):
     answers = [o.get("data", {}).get("text/markdown", "") for c in executed.cells if c.cell_type == "code"
                for o in c.get("outputs", [])]
     answers = [a for a in answers if a.strip()]
-    assert len(answers) == 3                                     # question 1, during vs after, question 2
+    assert len(answers) == 4          # question 1, during vs after, question 2, before / during / after
     assert f"unpruned accuracy {acc}" in " ".join(answers[0].split())
     # the control runs: the 50% per-layer L1 / random accuracies printed are the ones the answer quotes
     l1, rnd = re.search(r"50% of every layer: L1 (0\.\d{4}), random (0\.\d{4})", out).groups()
@@ -127,6 +127,12 @@ def test_notebook_executes_and_answers_from_its_own_numbers(executed):
     assert f"with {drop}" in answers[2]                          # the absolute accuracies, mean over seeds
     assert "2 seed(s) each" in answers[2] and "beyond the larger of the seed spread" in " ".join(answers[2].split())
     assert "masked weights still zero: True" in out
+    # every arm at one budget: the ticket and its controls, as printed, are what the answer quotes
+    ticket, reinit, shuffled = (re.search(rf"{name} +(?:after|control): (0\.\d{{4}}) \(seeds", out).group(1)
+                                for name in ("lottery", "lottery-reinit", "lottery-random-mask"))
+    arms = " ".join(answers[3].split())
+    assert f"lottery ticket ({ticket})" in arms and f"freshly initialised ({reinit})" in arms
+    assert f"per-layer sparsity ({shuffled})" in arms and "2 seed(s)" in arms
 
 
 @pytest.mark.parametrize("which", ["executed", "executed_assignment"])

@@ -20,7 +20,8 @@ RESULTS = os.path.join(ROOT, "docs", "readme_results.json")
 
 # the front door and the pages it links to; the Python blocks of those marked True run (in this order)
 PAGES = {"README.md": True, "docs/sweep.md": True, "docs/course-port.md": True, "docs/own-models.md": False,
-         "docs/schedules.md": False, "docs/speed.md": False, "docs/allocation.md": False, "docs/compression.md": False, "ARCHITECTURE.md": False}
+         "docs/schedules.md": False, "docs/speed.md": False, "docs/allocation.md": False, "docs/compression.md": False,
+         "docs/methods.md": False, "ARCHITECTURE.md": False}
 
 
 def _page(name):
@@ -191,3 +192,27 @@ def test_speed_page_quotes_the_recorded_v7_run():
     assert len(numbers) >= 10
     missing = [n for n in numbers if n not in section]
     assert not missing, f"docs/speed.md quotes {missing} for kernel v7, which benchmarks/RESULTS.md does not record"
+
+
+def test_methods_page_is_its_recorded_run():
+    """docs/methods.md's generated section is what scripts/compare_methods.py renders from docs/methods.json; the
+    command shown is the one recorded; every accuracy the prose around it quotes (a mean, a seed's extreme, or
+    the difference of two means at one sparsity) is one of that run's."""
+    spec = importlib.util.spec_from_file_location("compare_methods",
+                                                  os.path.join(ROOT, "scripts", "compare_methods.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    with open(os.path.join(ROOT, "docs", "methods.json")) as f:
+        run = json.load(f)
+    text = _page("docs/methods.md")
+    section = text.split(module.BEGIN, 1)[1].split(module.END, 1)[0].strip("\n")
+    assert section == module.render(run), "run `python scripts/compare_methods.py`"
+    assert re.search(r"```bash\n(python -m ece662 compare [^\n]*)\n```", text).group(1) == run["command"]
+    rows = run["summary"]
+    recorded = {f"{r[k]:.4f}" for r in rows for k in ("mean", "low", "high")}
+    recorded |= {f"{abs(a['mean'] - b['mean']):.4f}" for a in rows for b in rows if a["sparsity"] == b["sparsity"]}
+    quoted = set(re.findall(r"\b0\.\d{4}\b", text.replace(section, "")))
+    assert quoted <= recorded, sorted(quoted - recorded)
+    assert {r["method"] for r in run["records"]} >= {"snip", "synflow", "random", "gradual", "rigl", "set",
+                                                     "one-shot", "iterative", "lottery", "rewind", "small-dense"}
+    assert {r["n"] for r in rows if r["method"] != "dense"} == {3}
