@@ -273,7 +273,8 @@ COLUMNS = {
     "sparsity_<layer>": "each layer's fraction of zero weights",
     "params_nonzero, flops_dense, flops_skip, flops_kernel, flops_nonzero": (
         "non-zero weights; FLOPs per image dense, skipping dead filters, what the kernels really compute (their "
-        "16- and 8-wide filter tiles included: flops_dense / flops_kernel is the speedup they can reach), and "
+        "tiles' padding to whole blocks of filters included: flops_dense / flops_kernel is the speedup they can "
+        "reach), and "
         "counting non-zero weights only"),
     "*_iqr_low, *_iqr_high": "the single rounds' interquartile range",
     "kernels": "the kernel each conv ran (see model.plan())",
