@@ -507,7 +507,7 @@ def _conv_step(group, mode, live, const, in_shape):
         step.tile, why = tuning.choose_tile(C, in_shape[2], in_shape[3], F, KH, KW, conv.padding)
         step.packed = tuning.pack(step.weight, step.bias, step.tile)
         tile = tuning.format_tile(step.tile)
-        reason += f"; tile {tile}: {why}"
+        reason += f"; tile {tuning.describe(step.tile)}: {why}"
     step.fused, step.relu, step.pool2 = tuple(fused), relu, pool2
     names += (["ReLU"] if relu else []) + (["2x2 max pool"] if pool2 else [])
     step.kernel = KernelChoice(version, tuple(names), int(alive.sum()), conv.out_channels, w.shape[1],

@@ -56,10 +56,11 @@ def parse_tile(text):
     """``'8x32'`` -> ``((8, 32),)``; ``'8x16+8x8'`` -> ``((8, 16), (8, 8))``; ``'lanes'`` -> :data:`LANES`;
     a ValueError saying which tiles exist for anything else."""
     known = ", ".join(format_tile((t,)) for t in TILES)
-    if str(text).strip() == LANES:
+    text = str(text).strip().lower()
+    if text == LANES:
         return LANES
     try:
-        tile = tuple(tuple(int(v) for v in part.strip().split("x")) for part in str(text).split("+"))
+        tile = tuple(tuple(int(v) for v in part.strip().split("x")) for part in text.split("+"))
     except ValueError:
         tile = ()
     if not tile or any(len(t) != 2 or t not in TILES for t in tile):
@@ -73,6 +74,11 @@ def format_tile(tile):
     if tile == LANES:
         return LANES
     return "+".join(f"{p}x{l}" for p, l in tile)
+
+
+def describe(tile):
+    """The tile's name, and for :data:`LANES` what it means."""
+    return "lanes (output positions as the vector lanes)" if tile == LANES else format_tile(tile)
 
 
 def computed_filters(tile, live):
@@ -162,9 +168,16 @@ def _recorded(entry):
 
 
 def _write_choice(path, key, tile, seconds):
-    """Add one choice to the cache file: under a lock, read, merge, write a temporary file, rename."""
+    """Add one choice to the cache file: under a lock, read, merge, write a temporary file, rename.
+    True when it was written; otherwise it says why on stderr (once per folder) and returns False."""
     from filelock import FileLock, Timeout
     folder = os.path.dirname(path)
+    if os.path.exists(folder) and not os.path.isdir(folder):
+        if folder not in _told:
+            _told.add(folder)
+            print(f"ece662: the tile cache folder {folder} is a file, not a folder: the measured tiles are kept for "
+                  f"this run only. Set ECE662_TILE_CACHE to a writable folder to keep them.", file=sys.stderr)
+        return False
     try:
         os.makedirs(folder, exist_ok=True)
         with FileLock(path + ".lock", timeout=10):
@@ -181,11 +194,13 @@ def _write_choice(path, key, tile, seconds):
             except BaseException:
                 os.unlink(tmp)
                 raise
+        return True
     except (OSError, Timeout) as e:
         if folder not in _told:
             _told.add(folder)
             print(f"ece662: could not record the measured tile in {path} ({e}); it is kept for this run only. "
                   f"Set ECE662_TILE_CACHE to a writable folder to keep it.", file=sys.stderr)
+        return False
 
 
 def measure(C, H, W, F, KH, KW, pad, tiles=None, rounds=ROUNDS, seed=0):
@@ -203,8 +218,10 @@ def measure(C, H, W, F, KH, KW, pad, tiles=None, rounds=ROUNDS, seed=0):
     b = rng.standard_normal(F).astype(np.float32)
     packed = {t: pack(w, b, t) for t in tiles}
     times = {t: [] for t in tiles}
-    for t in tiles:
+    t0 = time.perf_counter()
+    for t in tiles:                    # the first call compiles a tile not yet in Numba's cache
         run(x, w, b, pad, t, packed[t])
+    measure.warm_up_seconds = time.perf_counter() - t0
     for r in range(rounds):
         for t in tiles[r % len(tiles):] + tiles[:r % len(tiles)]:
             t0 = time.perf_counter()
@@ -236,12 +253,15 @@ def choose_tile(C, H, W, F, KH, KW, pad):
         return _memory[cpu, key]
     t0 = time.perf_counter()
     seconds = measure(C, H, W, F, KH, KW, pad)
+    total = time.perf_counter() - t0
     tile = seconds[0][0]
     runner_up = f", next {format_tile(seconds[1][0])} {seconds[1][1] / seconds[0][1]:.2f}x slower" \
         if len(seconds) > 1 else ""
-    print(f"ece662: timed {len(seconds)} tiles of kernel v7 for a conv of {C}x{H}x{W} -> {F} filters of "
-          f"{KH}x{KW} on {cpu.split('-')[0]} in {time.perf_counter() - t0:.1f} s: {format_tile(tile)}{runner_up} "
-          f"(once per CPU; recorded in {path})", file=sys.stderr)
-    _write_choice(path, key, tile, seconds)
+    warm = measure.warm_up_seconds
+    compiled = f" (of which {warm:.0f} s compiling the tiles, once per machine)" if warm > 2 else ""
+    kept = f"recorded in {path}" if _write_choice(path, key, tile, seconds) else "kept for this run only"
+    print(f"ece662: timed {len(seconds)} layouts of kernel v7 for a conv of {C}x{H}x{W} -> {F} filters of "
+          f"{KH}x{KW} on {cpu.split('-')[0]} in {total:.1f} s{compiled}: {describe(tile)}{runner_up} "
+          f"(once per CPU; {kept})", file=sys.stderr)
     _memory[cpu, key] = tile, f"measured fastest on {cpu.split('-')[0]}{runner_up}"
     return _memory[cpu, key]

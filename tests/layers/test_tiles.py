@@ -64,7 +64,7 @@ def test_tuned_kernel_leaves_inputs_alone_and_refuses_unknown_tiles(rng):
 
 def test_tile_names_parse_and_count_their_padding():
     assert tuning.parse_tile("8x32") == ((8, 32),)
-    assert tuning.parse_tile(" 8x16 + 8x8 ") == ((8, 16), (8, 8))
+    assert tuning.parse_tile(" 8x16 + 8x8 ") == ((8, 16), (8, 8)) == tuning.parse_tile("8X16+8X8")
     assert tuning.format_tile(((8, 16), (8, 8))) == "8x16+8x8"
     assert tuning.parse_tile("lanes") == tuning.LANES and tuning.format_tile(tuning.LANES) == "lanes"
     for bad in ("", "8x", "6x16", "8x32+", "fast", "8x32x2"):
@@ -127,6 +127,21 @@ def test_an_unwritable_cache_folder_still_gives_a_tile(tmp_path, monkeypatch, ca
     tile, _ = tuning.choose_tile(2, 8, 8, 8, 3, 3, 0)
     assert "could not record the measured tile" in capsys.readouterr().err
     assert tuning.choose_tile(2, 8, 8, 8, 3, 3, 0)[0] == tile
+
+
+def test_a_cache_folder_that_is_a_file_is_named_as_such(tmp_path, monkeypatch, capsys):
+    """ECE662_TILE_CACHE pointing at a file: said once, in those words, and no line claims a recorded choice."""
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    monkeypatch.setenv("ECE662_TILE_CACHE", str(blocker))
+    monkeypatch.delenv("ECE662_TILE", raising=False)
+    monkeypatch.setattr(tuning, "_memory", {})
+    monkeypatch.setattr(tuning, "_told", set())
+    tuning.choose_tile(2, 8, 8, 8, 3, 3, 0)
+    tuning.choose_tile(2, 8, 8, 16, 3, 3, 0)
+    err = capsys.readouterr().err
+    assert err.count("is a file, not a folder") == 1 and "recorded in" not in err
+    assert err.count("kept for this run only") == 3 and blocker.read_text() == ""
 
 
 def test_ece662_tile_forces_a_tile_and_the_plan_says_so(tile_cache, monkeypatch):

@@ -116,7 +116,9 @@ def test_plan_is_printable_and_names_every_layer():
     tile = plan.steps[0].kernel.tile
     assert lines[0].startswith("conv1+relu1+pool1  (32, 14, 14)  16/32 filters live, 3/3 input "
                                f"channels -> v7 tile {tile} skip, fused ReLU + 2x2 max pool")
-    assert f"tile {tile}: measured fastest on " in lines[0] or "ECE662_TILE" in lines[0]
+    from ece662.layers import tuning
+    assert f"tile {tuning.describe(tuning.parse_tile(tile))}: measured fastest on " in lines[0] \
+        or "ECE662_TILE" in lines[0]
     assert "16/32 input channels" in lines[1]
     assert [n for s in plan for n in s.names] == [n for n, _ in model.named_children()]
     model.kernels = "reference"
