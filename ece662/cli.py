@@ -88,9 +88,13 @@ def _parser():
                         help="the input scaling the model was trained with: CINIC-10 mean/std (cinic, "
                              "ece662's models), pixels/255 in [0, 1] (unit), raw 0-255 floats (none)")
     sub.add_parser("evaluate", parents=[common], help="print the model's test accuracy")
-    cmp = sub.add_parser("compare", help="pruning schedules (one-shot, iterative, gradual, rewinding) at an "
-                                         "equal epoch budget", description="Compare pruning schedules at an "
-                                                                           "equal epoch budget.")
+    cmp = sub.add_parser("compare", help="pruning schedules (one-shot, iterative, gradual, rewinding), or with "
+                                         "--methods every pruning method (before, during, after training), at an "
+                                         "equal epoch budget",
+                         description="Compare pruning schedules at an equal epoch budget; with --methods, compare "
+                                     "pruning before, during and after training (SNIP, SynFlow, random, gradual, "
+                                     "RigL, SET, one-shot, iterative, lottery ticket with its two controls, "
+                                     "rewinding, a small dense network), each point over --seeds seeds.")
     cmp.add_argument("--data", default=None, help="data path (default: the library's lookup)")
     cmp.add_argument("--model", default=None, help="the trained model (default: the shipped one)")
     cmp.add_argument("--mode", default="numpy", choices=["numpy", "torch", "tensorflow", "onnx"],
@@ -525,6 +529,9 @@ def _compare(args, argv):
     """
     if args.methods is not None:
         return _compare_methods(args, argv)
+    if args.seeds != 1 or args.allocation != ["default"]:
+        raise ValueError("--seeds and --allocation belong to the method comparison: add --methods NAMES (or all), "
+                         "or drop them to compare the schedules")
     args.out = args.out or "compare_schedules"
     import matplotlib
     matplotlib.use("Agg")
@@ -652,9 +659,23 @@ def _compare_methods(args, argv):
         print(f"{r['method']:>19s} {r['allocation']:>7s}  sparsity {r['sparsity']:.2f} (measured "
               f"{r['measured_sparsity']:.4f})  seed {r['seed']}  accuracy {r['accuracy']:.4f}  {r['seconds']:.0f} s",
               flush=True)
-    recs = E.compare_methods(model, raw["X_train"], raw["y_train"], test["X_test"], test["y_test"],
-                             methods=methods, sparsities=args.sparsities, epochs=args.epochs,
-                             seeds=range(args.seeds), allocation=allocation, progress=show)
+    import warnings
+    from ece662.pruning import DeadClassWarning
+    with warnings.catch_warnings(record=True) as caught:
+        # a global threshold over a freshly initialised network can empty classifier rows: that is part of what
+        # those arms do, and their accuracy shows it; the command says so once instead of advising code changes
+        warnings.simplefilter("always", DeadClassWarning)
+        recs = E.compare_methods(model, raw["X_train"], raw["y_train"], test["X_test"], test["y_test"],
+                                 methods=methods, sparsities=args.sparsities, epochs=args.epochs,
+                                 seeds=range(args.seeds), allocation=allocation, progress=show)
+    for w in caught:
+        if not issubclass(w.category, DeadClassWarning):
+            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+    dead = sum(issubclass(w.category, DeadClassWarning) for w in caught)
+    if dead:
+        print(f"ece662: {dead} pruning step(s) emptied whole rows of the classifier (classes it can no longer "
+              f"predict): a global magnitude threshold over a network whose classifier weights are small does "
+              f"that; it is part of those arms and their accuracy includes it", file=sys.stderr)
     total = time.perf_counter() - t0
     summary = E.summarize_methods(recs)
     text = json.dumps({"command": "python -m ece662 " + " ".join(argv), "data": raw["source"],

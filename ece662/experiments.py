@@ -539,6 +539,10 @@ LOTTERY_CONTROLS = ("lottery-reinit", "lottery-random-mask")    # recorded with 
 def check_methods(methods):
     """``methods`` as a list of names of :data:`METHODS`; an unknown name raises ValueError listing the valid ones."""
     methods = list(methods)
+    controls = [m for m in methods if m in ("lottery-reinit", "lottery-random-mask")]
+    if controls:
+        raise ValueError(f"compare_methods: {', '.join(map(repr, controls))} is one of the lottery ticket's two "
+                         f"controls, which run with it: ask for 'lottery'")
     bad = [m for m in methods if m not in METHODS]
     if bad or not methods:
         raise ValueError(f"compare_methods: unknown method{'s' * (len(bad) > 1)} {', '.join(map(repr, bad))}; "

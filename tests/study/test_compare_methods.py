@@ -144,7 +144,11 @@ def test_the_command_runs_every_arm_and_writes_table_and_figure(real_data, tmp_p
 @pytest.mark.parametrize("args, match", [(["--methods", "snip,magic"], r"unknown method 'magic'; choose from snip, "),
                                          (["--methods", "snip", "--allocation", "best"], "--allocation: unknown 'best'"),
                                          (["--methods", "snip", "--distill"], "belong to the schedule comparison"),
-                                         (["--methods", "snip", "--seeds", "0"], "whole number >= 1")])
+                                         (["--methods", "snip", "--seeds", "0"], "whole number >= 1"),
+                                         (["--methods", "lottery-reinit"], "controls, which run with it: ask for "
+                                                                           "'lottery'"),
+                                         (["--seeds", "3"], "--seeds and --allocation belong to the method "
+                                                            "comparison: add --methods")])
 def test_bad_names_are_one_clear_line(args, match):
     import re
     r = _cli(*args)
