@@ -204,10 +204,11 @@ def _write_choice(path, key, tile, seconds):
 
 
 def measure(C, H, W, F, KH, KW, pad, tiles=None, rounds=ROUNDS, seed=0):
-    """``[(tile, seconds of its fastest round), ...]`` for each of ``tiles`` (default :func:`candidates`) on a synthetic
-    batch of shape ``(B, C, H, W)`` and ``F`` filters of ``KH x KW``, fastest first.  Each candidate runs
-    once before timing (compiling it if need be); the rounds interleave the candidates, so a busy moment
-    of the machine falls on all of them."""
+    """``(ranked, warm_up)``: ``ranked`` is ``[(tile, seconds of its fastest round), ...]`` for each of ``tiles``
+    (default :func:`candidates`) on a synthetic batch of shape ``(B, C, H, W)`` and ``F`` filters of
+    ``KH x KW``, fastest first; ``warm_up`` the seconds of the one untimed call per candidate before the
+    rounds (compiling a tile not yet in Numba's cache).  The rounds interleave the candidates, so a busy
+    moment of the machine falls on all of them."""
     tiles = list(tiles or candidates(F))
     Ho, Wo = H + 2 * pad - KH + 1, W + 2 * pad - KW + 1
     flops = 2.0 * Ho * Wo * F * C * KH * KW
@@ -221,13 +222,13 @@ def measure(C, H, W, F, KH, KW, pad, tiles=None, rounds=ROUNDS, seed=0):
     t0 = time.perf_counter()
     for t in tiles:                    # the first call compiles a tile not yet in Numba's cache
         run(x, w, b, pad, t, packed[t])
-    measure.warm_up_seconds = time.perf_counter() - t0
+    warm_up = time.perf_counter() - t0
     for r in range(rounds):
         for t in tiles[r % len(tiles):] + tiles[:r % len(tiles)]:
             t0 = time.perf_counter()
             run(x, w, b, pad, t, packed[t])
             times[t].append(time.perf_counter() - t0)
-    return sorted(((t, float(np.min(s))) for t, s in times.items()), key=lambda ts: ts[1])
+    return sorted(((t, float(np.min(s))) for t, s in times.items()), key=lambda ts: ts[1]), warm_up
 
 
 def choose_tile(C, H, W, F, KH, KW, pad):
@@ -252,12 +253,11 @@ def choose_tile(C, H, W, F, KH, KW, pad):
         _memory[cpu, key] = tile, f"measured fastest on {cpu.split('-')[0]} (recorded in {path})"
         return _memory[cpu, key]
     t0 = time.perf_counter()
-    seconds = measure(C, H, W, F, KH, KW, pad)
+    seconds, warm = measure(C, H, W, F, KH, KW, pad)
     total = time.perf_counter() - t0
     tile = seconds[0][0]
     runner_up = f", next {format_tile(seconds[1][0])} {seconds[1][1] / seconds[0][1]:.2f}x slower" \
         if len(seconds) > 1 else ""
-    warm = measure.warm_up_seconds
     compiled = f" (of which {warm:.0f} s compiling the tiles, once per machine)" if warm > 2 else ""
     kept = f"recorded in {path}" if _write_choice(path, key, tile, seconds) else "kept for this run only"
     print(f"ece662: timed {len(seconds)} layouts of kernel v7 for a conv of {C}x{H}x{W} -> {F} filters of "
