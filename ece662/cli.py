@@ -111,7 +111,7 @@ def _parser():
     cmp.add_argument("--methods", type=_names, default=None,
                      help="compare pruning before, during and after training instead of the schedules: "
                           "comma-separated names of snip, synflow, random, gradual, rigl, set, one-shot, iterative, "
-                          "lottery, rewind, small-dense (or 'all'); see experiments.compare_methods")
+                          "lottery, rewind, small-dense, dense-scratch (or 'all'); see experiments.compare_methods")
     cmp.add_argument("--seeds", type=_count(1), default=1, help="with --methods: runs per point, seeds 0..N-1 "
                                                                 "(default: 1)")
     cmp.add_argument("--allocation", type=_names, default=["default"],

@@ -516,7 +516,10 @@ def sensitivity(model, X, y, amounts=(0.25, 0.5, 0.75, 0.9), method="l1", batch_
 #            trains `epochs` epochs, and so do its two controls (the same mask freshly initialised, and a random
 #            mask of the ticket's per-layer sparsity on the rewound weights);
 #   control  small-dense: the course CNN narrowed (default_convnet(filters=(f, f))) to about as many weights as
-#            the pruned network keeps, trained dense from a fresh initialisation for `epochs` epochs.
+#            the pruned network keeps, trained dense from a fresh initialisation for `epochs` epochs;
+#            dense-scratch: the whole course CNN, unpruned, trained from a fresh initialisation for `epochs`
+#            epochs (the lottery ticket's yardstick: Frankle & Carbin's tickets match it); it has no sparsity,
+#            so it runs once per seed and is recorded at sparsity 0.
 # A record: method, phase, allocation, sparsity (asked), measured_sparsity (from the masks; small-dense: 1 - its
 # weights / the full network's), seed, accuracy, seconds (the arm's pruning and training; the lottery's three
 # records share its search and three trainings), epochs, start ('init' or 'trained').
@@ -532,7 +535,9 @@ METHODS = {          # name: (phase, the allocations it can use, its default fir
     "lottery": ("after", ("global",)),
     "rewind": ("after", ("global", "lamp")),
     "small-dense": ("control", ("dense",)),
+    "dense-scratch": ("control", ("dense",)),
 }
+REFERENCES = ("dense", "dense-scratch")     # the unpruned rows (sparsity 0) beside the pruned arms
 LOTTERY_CONTROLS = ("lottery-reinit", "lottery-random-mask")    # recorded with every lottery run, phase 'control'
 
 
@@ -602,6 +607,8 @@ def _arm(method, allocation, model, X, y, s, epochs, seed, rounds, max_lr, finet
     if method == "small-dense":
         f = small_dense_filters(model, s)
         return {method: (train(default_convnet(seed=seed, filters=(f, f))), "init")}
+    if method == "dense-scratch":
+        return {method: (train(reinitialized(model, seed)), "init")}
     if method in ("one-shot", "rewind", "iterative"):          # after training: from the trained model
         m = copy_model(model)
         if allocation != "global":
@@ -707,6 +714,8 @@ def compare_methods(model, X_train, y_train, X_test, y_test, methods=tuple(METHO
     for seed in seeds:
         for s in sparsities:
             for method in methods:
+                if method == "dense-scratch" and s != sparsities[0]:
+                    continue                                   # unpruned: once per seed, not per sparsity
                 for alloc in allocations_of(method, allocation):
                     t0 = time.perf_counter()
                     trained = _arm(method, alloc, model, X_train, y_train, s, epochs, seed, rounds, max_lr,
@@ -715,7 +724,8 @@ def compare_methods(model, X_train, y_train, X_test, y_test, methods=tuple(METHO
                     for name, (m, start) in trained.items():
                         measured = 1.0 - weight_count(m) / full if name == "small-dense" else S.sparsity_of(m)
                         rec = dict(method=name, phase="control" if name in LOTTERY_CONTROLS else METHODS[method][0],
-                                   allocation=alloc, sparsity=s, measured_sparsity=round(measured, 4),
+                                   allocation=alloc, sparsity=0.0 if name == "dense-scratch" else s,
+                                   measured_sparsity=round(measured, 4),
                                    seed=seed, accuracy=evaluate(dense_twin(m), X_test, y_test)["accuracy"],
                                    seconds=seconds, epochs=epochs, start=start)
                         records.append(rec)

@@ -305,7 +305,8 @@ def compare_methods(summary, path=None, title=None):
     dash-dot; after: circles, solid; controls: crosses, dotted); the trained model unpruned is a grey line.
     """
     fig, ax = plt.subplots(figsize=(9, 5))
-    curves = [k for k in dict.fromkeys((r["method"], r["allocation"]) for r in summary) if k[0] != "dense"]
+    curves = [k for k in dict.fromkeys((r["method"], r["allocation"]) for r in summary)
+              if k[0] not in ("dense", "dense-scratch")]
     width = min(0.15, 0.006 * len(curves))
     for i, (method, alloc) in enumerate(curves):
         rs = sorted((r for r in summary if (r["method"], r["allocation"]) == (method, alloc)),
@@ -323,10 +324,15 @@ def compare_methods(summary, path=None, title=None):
     dense = [r for r in summary if r["method"] == "dense"]
     if dense:
         ax.axhline(dense[0]["mean"], color="grey", ls=":", lw=1, label="trained model, unpruned")
+    scratch = [r for r in summary if r["method"] == "dense-scratch"]
+    if scratch:        # the unpruned network trained the same epochs: a band from the lowest to the highest seed
+        r = scratch[0]
+        ax.axhspan(r["low"], r["high"], color="grey", alpha=0.15)
+        ax.axhline(r["mean"], color="grey", ls="--", lw=1, label="unpruned, trained from scratch the same epochs")
     ax.axhline(0.1, color="black", lw=0.6, alpha=0.4)
     ax.set_xscale("log")
     ax.invert_xaxis()
-    kept = sorted({1.0 - r["sparsity"] for r in summary if r["method"] != "dense"})
+    kept = sorted({1.0 - r["sparsity"] for r in summary if r["method"] not in ("dense", "dense-scratch")})
     ax.set_xticks(kept)
     ax.set_xticklabels([f"{1 - k:.0%}" for k in kept])
     ax.minorticks_off()

@@ -2,6 +2,7 @@
 
     python -m ece662 compare --methods all ... --out docs/methods   # the run (its command is in docs/methods.json)
     python scripts/compare_methods.py                               # re-renders docs/methods.md from docs/methods.json
+    python scripts/compare_methods.py --add RUN.json                # adds a later run's arms (same settings) first
 
 Everything between the page's markers is generated from ``docs/methods.json`` alone: the table (mean over seeds,
 lowest to highest seed), which differences are larger than the noise (``ece662.experiments.beyond_noise``: the
@@ -37,11 +38,35 @@ def _versus(a, b, n):
     return f"{d:+.4f} (noise {noise:.4f}{', beyond it' if beyond else ', within it'})"
 
 
+SETTINGS = ("data", "train_images", "test_images", "epochs", "seeds")     # what a run added to another must share
+
+
+def add(run, extra):
+    """``run`` with ``extra``'s arms added (a later ``compare --methods`` run with the same settings, e.g. an arm
+    the first run did not have): records joined, summary recomputed, ``extra``'s command and time kept under
+    ``'added'``.  Refuses a run with other settings, or one that repeats an arm ``run`` has."""
+    sys.path.insert(0, ROOT)
+    from ece662.experiments import summarize_methods
+    differ = [f"{k}: {run.get(k)!r} here, {extra.get(k)!r} there" for k in SETTINGS if run.get(k) != extra.get(k)]
+    if differ:
+        raise ValueError("the runs differ in " + "; ".join(differ) + ": their accuracies cannot share one table")
+    have = {(r["method"], r["allocation"], r["sparsity"]) for r in run["records"]}
+    new = [r for r in extra["records"] if r["method"] != "dense"]
+    again = sorted({f"{r['method']} ({r['allocation']}) at {r['sparsity']:.0%}" for r in new
+                    if (r["method"], r["allocation"], r["sparsity"]) in have})
+    if again:
+        raise ValueError(f"the run to add repeats arms already here: {', '.join(again)}")
+    records = run["records"] + new
+    added = run.get("added", []) + [{k: extra[k] for k in ("command", "seconds", "cpu", "threads", "date")}]
+    return dict(run, records=records, summary=summarize_methods(records), added=added)
+
+
 def render(run):
     """The page's generated section, from the run's dict alone."""
     summary, n = run["summary"], run["test_images"]
     dense = next(r for r in summary if r["method"] == "dense")
-    rows = [r for r in summary if r["method"] != "dense"]
+    scratch = next((r for r in summary if r["method"] == "dense-scratch"), None)
+    rows = [r for r in summary if r["method"] not in ("dense", "dense-scratch")]
     sparsities = sorted({r["sparsity"] for r in rows})
     curves = list(dict.fromkeys((r["method"], r["allocation"]) for r in rows))
     at = {(r["method"], r["allocation"], r["sparsity"]): r for r in rows}
@@ -50,7 +75,12 @@ def render(run):
              f"{'s' * (run['epochs'] != 1)} per arm, "
              f"{'/'.join(map(str, seeds))} seed(s) per point, {n:,} test images; {run['seconds'] / 60:.0f} min "
              f"({run['seconds']:,.0f} s) on {run['threads']} thread(s) of {run['cpu']}, {run['date']}. The trained "
-             f"model, unpruned: {dense['mean']:.4f}.", "",
+             f"model, unpruned: {dense['mean']:.4f}."
+             + "".join(f" Added to it: `{a['command']}` ({a['seconds'] / 60:.0f} min on {a['threads']} thread(s), "
+                       f"{a['date']})." for a in run.get("added", []))
+             + (f" The same network unpruned, trained from scratch for the same {run['epochs']} epochs "
+                f"(dense-scratch): {scratch['mean']:.4f} ({scratch['low']:.4f}-{scratch['high']:.4f})."
+                if scratch else ""), "",
              "Mean test accuracy over the seeds (lowest-highest seed):", "",
              "| method (allocation) | phase | " + " | ".join(f"{s:.0%}" for s in sparsities) + " |",
              "|---|---|" + "---|" * len(sparsities)]
@@ -100,7 +130,9 @@ def render(run):
             ctrl = [(c, at[(c, "global", s)]) for c in ("lottery-reinit", "lottery-random-mask")
                     if (c, "global", s) in at]
             lines.append(f"- {s:.0%}: ticket {t['mean']:.4f}; " + "; ".join(
-                f"{c} {r['mean']:.4f}, ticket {_versus(t, r, n)}" for c, r in ctrl) + ".")
+                f"{c} {r['mean']:.4f}, ticket {_versus(t, r, n)}" for c, r in ctrl)
+                + (f"; dense-scratch {scratch['mean']:.4f}, ticket {_versus(t, scratch, n)}" if scratch else "")
+                + ".")
     return "\n".join(lines)
 
 
@@ -115,8 +147,18 @@ def write_page(run):
 
 
 def main():
+    import argparse
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--add", metavar="RUN.json", help="first add this run's arms to docs/methods.json")
+    args = ap.parse_args()
     with open(RESULTS) as f:
         run = json.load(f)
+    if args.add:
+        with open(args.add) as f:
+            run = add(run, json.load(f))
+        with open(RESULTS + ".tmp", "w") as f:
+            json.dump(run, f, indent=1)
+        os.replace(RESULTS + ".tmp", RESULTS)
     write_page(run)
     print(render(run))
 

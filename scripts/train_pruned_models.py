@@ -63,6 +63,11 @@ def speed_ratio(small, dense, X, rounds=5):
     return float(np.median(ratios)), float(ratios.min()), float(ratios.max())
 
 
+def per_layer(model):
+    """{layer name: fraction of its weights pruned}, for the record."""
+    return {name: round(float((~m.weight_mask).mean()), 4) for name, m in prune.prunable(model)}
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default=None, help="data path (default: the library's lookup)")
@@ -88,6 +93,10 @@ def main():
                     help="weight of the teacher's term in the loss (0: no distillation)")
     ap.add_argument("--prune-until", type=float, default=0.6,
                     help="fraction of each gradual run over which the sparsity rises")
+    ap.add_argument("--allocation", default="global", choices=["global", "lamp", "layer"],
+                    help="how pruned-80 and pruned-90 share the sparsity among the layers: one magnitude "
+                         "threshold (global, the recipe), LAMP scores (Lee et al. 2021), or the same fraction "
+                         "of each layer (layer)")
     ap.add_argument("--holdout", action="store_true",
                     help="choosing a recipe: train on the train split only and score the val split instead "
                          "of the test split (give --dense a model trained on the train split only, and an "
@@ -152,16 +161,18 @@ def main():
     if args.which in ("all", "pruned-80"):
         m = copy_model(dense)
         t0 = time.time()
-        h = gradual(m, X, y, 0.8, args.epochs_80, optimizer=sgd(), **gradual_kw)
+        h = gradual(m, X, y, 0.8, args.epochs_80, optimizer=sgd(), scope=args.allocation, **gradual_kw)
         finish("pruned-80", m, time.time() - t0, h, os.path.basename(args.dense),
-               f"gradual global unstructured to 0.8, {args.epochs_80} epochs, {how}", "unstructured")
+               f"gradual {args.allocation} unstructured to 0.8, {args.epochs_80} epochs, {how}", "unstructured",
+               {"per_layer_sparsity": per_layer(m)})
     if args.which in ("all", "pruned-90"):
         m = load_model(os.path.join(args.out_dir, SHIPPED["pruned-80"]))
         t0 = time.time()
-        h = gradual(m, X, y, 0.9, args.epochs_90, initial_sparsity=0.8, optimizer=sgd(), **gradual_kw)
+        h = gradual(m, X, y, 0.9, args.epochs_90, initial_sparsity=0.8, optimizer=sgd(), scope=args.allocation,
+                    **gradual_kw)
         finish("pruned-90", m, time.time() - t0, h, SHIPPED["pruned-80"],
-               f"from pruned-80: gradual global unstructured 0.8 -> 0.9, {args.epochs_90} epochs, {how}",
-               "unstructured")
+               f"from pruned-80: gradual {args.allocation} unstructured 0.8 -> 0.9, {args.epochs_90} epochs, "
+               f"{how}", "unstructured", {"per_layer_sparsity": per_layer(m)})
     if args.which in ("all", "filters-50"):
         m = copy_model(dense)
         t0 = time.time()

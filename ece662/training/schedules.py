@@ -35,13 +35,21 @@ from ece662.pruning.masks import check_sparsity
 from ece662.training.trainer import Trainer
 
 STRUCTURES = ("unstructured", "filters")
-SCOPES = ("global", "layer")
+SCOPES = ("global", "layer", "lamp")   # lamp: unstructured only (Lee et al. 2021)
 
 
 def _check_choice(value, choices, name):
     if value not in choices:
         raise ValueError(f"{name} must be one of {choices}, got {value!r}")
     return value
+
+
+def _check_scope(scope, structure):
+    _check_choice(scope, SCOPES, "scope")
+    if scope == "lamp" and structure != "unstructured":
+        raise ValueError(f"scope='lamp' ranks single weights; it has no meaning for structure={structure!r} "
+                         "(use scope='global' or 'layer' for filters)")
+    return scope
 
 
 def prunable_layers(model, structure="unstructured"):
@@ -96,18 +104,24 @@ def prune_to(model, sparsity, scope="global", structure="unstructured"):
     ----------
     model : Sequential
     sparsity : float in [0, 1)
-    scope : {'global', 'layer'}
+    scope : {'global', 'layer', 'lamp'}
+        One magnitude threshold for all layers, the same fraction of each layer, or one threshold on
+        LAMP scores (:func:`ece662.pruning.methods.global_lamp_unstructured`), which shares the
+        sparsity out per layer by Lee et al.'s rule (unstructured only).
     structure : {'unstructured', 'filters'}
     """
     sparsity = check_sparsity(sparsity)
-    _check_choice(scope, SCOPES, "scope")
+    _check_scope(scope, structure)
     layers = [m for _, m in prunable_layers(model, structure)]
     if structure == "unstructured":
-        if scope == "global":
+        if scope in ("global", "lamp"):
             total = sum(_mask(m).size for m in layers)
             k = int(round(sparsity * total)) - sum(int((~_mask(m)).sum()) for m in layers)
-            P.global_unstructured([(m, "weight") for m in layers], pruning_method=P.L1Unstructured,
-                                  amount=max(0, k))
+            if scope == "lamp":
+                P.global_lamp_unstructured([(m, "weight") for m in layers], amount=max(0, k))
+            else:
+                P.global_unstructured([(m, "weight") for m in layers], pruning_method=P.L1Unstructured,
+                                      amount=max(0, k))
         else:
             for m in layers:     # each layer to the same fraction
                 k = int(round(sparsity * _mask(m).size)) - int((~_mask(m)).sum())
@@ -191,8 +205,8 @@ class GradualPruning:
             raise ValueError(f"GradualPruning: need start_step < end_step and frequency >= 1, got "
                              f"start_step={start_step}, end_step={end_step}, frequency={frequency}")
         self.start_step, self.end_step, self.frequency = int(start_step), int(end_step), int(frequency)
-        self.scope = _check_choice(scope, SCOPES, "scope")
         self.structure = _check_choice(structure, STRUCTURES, "structure")
+        self.scope = _check_scope(scope, structure)
         self.updates = []       # (step, target sparsity) of every mask update made
 
     def is_update_step(self, step):

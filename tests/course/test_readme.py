@@ -210,9 +210,11 @@ def test_methods_page_is_its_recorded_run():
     assert re.search(r"```bash\n(python -m ece662 compare [^\n]*)\n```", text).group(1) == run["command"]
     rows = run["summary"]
     recorded = {f"{r[k]:.4f}" for r in rows for k in ("mean", "low", "high")}
-    recorded |= {f"{abs(a['mean'] - b['mean']):.4f}" for a in rows for b in rows if a["sparsity"] == b["sparsity"]}
+    recorded |= {f"{abs(a['mean'] - b['mean']):.4f}" for a in rows for b in rows
+                 if a["sparsity"] == b["sparsity"] or b["method"] in ("dense", "dense-scratch")}
     quoted = set(re.findall(r"\b0\.\d{4}\b", text.replace(section, "")))
     assert quoted <= recorded, sorted(quoted - recorded)
     assert {r["method"] for r in run["records"]} >= {"snip", "synflow", "random", "gradual", "rigl", "set",
-                                                     "one-shot", "iterative", "lottery", "rewind", "small-dense"}
+                                                     "one-shot", "iterative", "lottery", "rewind", "small-dense",
+                                                     "dense-scratch"}
     assert {r["n"] for r in rows if r["method"] != "dense"} == {3}

@@ -40,13 +40,14 @@ def test_every_arm_reaches_its_sparsity_measured_from_its_masks(every_arm):
     _, _, recs, seen = every_arm
     assert seen == recs and recs[0]["method"] == "dense"
     runs = recs[1:]
-    expected = {(m, a, s, seed) for m in E.METHODS for a in E.allocations_of(m, "all") for s in (0.9, 0.95)
-                for seed in (0, 1)}
+    expected = {(m, a, s, seed) for m in E.METHODS if m != "dense-scratch" for a in E.allocations_of(m, "all")
+                for s in (0.9, 0.95) for seed in (0, 1)}
+    expected |= {("dense-scratch", "dense", 0.0, seed) for seed in (0, 1)}     # unpruned: once per seed
     expected |= {(c, "global", s, seed) for c in E.LOTTERY_CONTROLS for s in (0.9, 0.95) for seed in (0, 1)}
     assert sorted((r["method"], r["allocation"], r["sparsity"], r["seed"]) for r in runs) == sorted(expected)
     for r in runs:
         tolerance = 0.02 if r["method"] == "small-dense" else 0.0005     # small-dense: the nearest whole width
-        assert abs(r["measured_sparsity"] - r["sparsity"]) <= tolerance, r
+        assert abs(r["measured_sparsity"] - r["sparsity"]) <= tolerance, r   # dense-scratch: 0 asked, 0 measured
         assert r["epochs"] == 1 and 0.0 <= r["accuracy"] <= 1.0 and r["seconds"] >= 0
         phase = "control" if r["method"] in E.LOTTERY_CONTROLS else E.METHODS[r["method"]][0]
         assert r["phase"] == phase
@@ -166,3 +167,48 @@ def test_the_figure_takes_equal_seeds_whose_mean_rounds_above_them():
                                      measured_sparsity=0.9, accuracy=0.1, seconds=1.0, seed=s) for s in range(3)])
     assert rows[0]["mean"] > rows[0]["low"]
     plots.compare_methods(rows)
+
+
+def test_dense_scratch_is_the_whole_network_trained_from_a_fresh_start(every_arm):
+    """The lottery ticket's yardstick: the unpruned course CNN, freshly initialised per seed (not the trained
+    model), trained the same epochs; different seeds give different networks."""
+    _, _, recs, _ = every_arm
+    scratch = [r for r in recs if r["method"] == "dense-scratch"]
+    assert [r["seed"] for r in scratch] == [0, 1]
+    assert all(r["start"] == "init" and r["measured_sparsity"] == 0.0 and r["phase"] == "control" for r in scratch)
+    X, y, Xt, yt = _data()
+    trained = E._arm("dense-scratch", "dense", default_convnet(seed=0), X, y, 0.9, 1, 0, 3, 0.05, 0.002, 16)
+    net, start = trained["dense-scratch"]
+    assert start == "init" and E.weight_count(net) == E.weight_count(default_convnet())
+    assert not any(hasattr(m, "weight_mask") for _, m in E.prunable(net))
+
+
+def _methods_script():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("compare_methods_script",
+                                                  os.path.join(REPO, "scripts", "compare_methods.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_a_later_run_is_added_only_with_the_same_settings_and_new_arms(every_arm):
+    """scripts/compare_methods.py --add: a run with another budget, or one repeating an arm, is refused; a new arm
+    joins the records and the summary, and the page names the command that added it."""
+    _, _, recs, _ = every_arm
+    module = _methods_script()
+    base = dict(command="python -m ece662 compare --methods snip", data="d", train_images=48, test_images=20,
+                epochs=1, seeds=2, seconds=10.0, cpu="cpu", threads="1", date="2026-12-04")
+    first = [r for r in recs if r["method"] in ("dense", "snip")]
+    run = dict(base, records=first, summary=E.summarize_methods(first))
+    later = [r for r in recs if r["method"] in ("dense", "dense-scratch")]
+    extra = dict(base, command="python -m ece662 compare --methods dense-scratch", records=later)
+    with pytest.raises(ValueError, match="epochs: 1 here, 3 there"):
+        module.add(run, dict(extra, epochs=3))
+    with pytest.raises(ValueError, match=r"repeats arms already here: snip \(global\) at 90%"):
+        module.add(run, dict(base, records=first))
+    joined = module.add(run, extra)
+    assert len(joined["records"]) == len(first) + 2
+    assert {r["method"] for r in joined["summary"]} == {"dense", "snip", "dense-scratch"}
+    assert joined["added"][0]["command"] == extra["command"]
+    assert "Added to it: `python -m ece662 compare --methods dense-scratch`" in module.render(joined)

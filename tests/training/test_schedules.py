@@ -38,7 +38,8 @@ def test_cubic_sparsity_is_zhu_and_gupta_formula(t0, end, dt, s_i):
 
 
 @pytest.mark.parametrize("scope, structure", [("global", "unstructured"), ("layer", "unstructured"),
-                                              ("layer", "filters"), ("global", "filters")])
+                                              ("lamp", "unstructured"), ("layer", "filters"),
+                                              ("global", "filters")])
 def test_schedule_sparsity_at_each_step_is_the_formula(scope, structure):
     """After each update the model's pruned fraction is the formula's target (rounded to whole units)."""
     net = default_convnet(seed=0)
@@ -50,7 +51,7 @@ def test_schedule_sparsity_at_each_step_is_the_formula(scope, structure):
         target = _formula(t, 0.75, 2, 30, 4)
         if t < 2:
             assert sparsity_of(net, structure) == 0
-        elif scope == "global":
+        elif scope in ("global", "lamp"):
             assert sparsity_of(net, structure) == round(target * sum(units)) / sum(units)
         else:
             for m, n in zip(layers, units):
@@ -209,3 +210,30 @@ def test_prune_to_never_unprunes_and_checks_its_arguments():
         prune_to(net, 0.5, structure="channels")
     with pytest.raises(ValueError, match="start_step < end_step"):
         GradualPruning(0.5, 10, 10)
+
+
+def test_lamp_scope_in_steps_is_lamp_in_one_go_and_keeps_the_largest_weight_of_each_layer():
+    """scope='lamp' prunes by Lee et al.'s scores: reaching 90% in three steps (masks only shrink, each step
+    re-scored on what is left) keeps each layer's largest weight, and one step lands where
+    global_lamp_unstructured lands from scratch. LAMP's allocation differs from one global threshold."""
+    one, steps, flat = default_convnet(seed=3), default_convnet(seed=3), default_convnet(seed=3)
+    prune_to(one, 0.9, scope="lamp")
+    for s in (0.5, 0.8, 0.9):
+        prune_to(steps, s, scope="lamp")
+    prune_to(flat, 0.9, scope="global")
+    ref = default_convnet(seed=3)
+    prune.global_lamp_unstructured([(m, "weight") for _, m in prunable_layers(ref)], amount=0.9)
+    for (_, a), (_, b) in zip(prunable_layers(one), prunable_layers(ref)):
+        np.testing.assert_array_equal(a.weight_mask, b.weight_mask)
+    assert sparsity_of(steps) == sparsity_of(one) == pytest.approx(0.9, abs=1e-4)
+    for _, m in prunable_layers(steps):
+        assert m.weight_mask.ravel()[np.argmax(np.abs(m.weight_orig))]
+    per = lambda net: [float((~m.weight_mask).mean()) for _, m in prunable_layers(net)]
+    assert per(one) != per(flat)
+
+
+def test_lamp_scope_refuses_filters():
+    with pytest.raises(ValueError, match="lamp.*single weights"):
+        prune_to(default_convnet(seed=0), 0.5, scope="lamp", structure="filters")
+    with pytest.raises(ValueError, match="lamp"):
+        GradualPruning(0.5, 0, 10, scope="lamp", structure="filters")
