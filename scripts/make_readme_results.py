@@ -108,8 +108,9 @@ def _unstructured_speed(uns):
         speeds = " / ".join(f"{r['speedup']:.2f}x" for r in sparse)
         amounts = "/".join(f"{r['target']:.0%}" for r in sparse)
         text += ("; from " if text else "Unstructured masks: from ") + (
-            f"{sparse[0]['target']:.0%} {' and '.join(layers)} ran the sparse kernel (at least "
-            f"`kernel_choice.SPARSE_THRESHOLD` zeros): {speeds} at {amounts}")
+            f"{sparse[0]['target']:.0%} {' and '.join(layers)} ran the sparse kernel (where a layer had at least "
+            f"the break-even fraction of zeros measured for its shape on this CPU, `tuning.sparse_from`): "
+            f"{speeds} at {amounts}")
     return text + "."
 
 

@@ -17,12 +17,12 @@ from ece662.layers import tuning
 
 MODES = ("auto", "dense", "reference")
 
-# The sparse conv (kernels_sparse: output positions as vector lanes) runs when at least this
-# fraction of a layer's live weights are zero.  Measured on the course machine against the dense
-# kernel it replaces, v6 with the fused ReLU + pool (python benchmarks/bench_sparse.py,
-# benchmarks/RESULTS.md, "Unstructured sparse kernel"): break-even near 48% (conv1) and 55% (conv2)
-# per layer; at 60% zeros 1.29x / 1.19x, at 70% 1.24x / 1.34x.  0.6 stays clear of the break-even.
-SPARSE_THRESHOLD = 0.6
+# The sparse conv (kernels_sparse: output positions as vector lanes) runs when at least a fraction of a
+# layer's live weights are zero.  For a conv with a fused ReLU + 2x2 pool that fraction is measured on this
+# CPU for the layer's shape, against the v7 tile it would replace (tuning.sparse_from): the break-even was
+# near 48% (conv1) and 55% (conv2) against v6 on the AVX2 EPYC (benchmarks/RESULTS.md, "Unstructured sparse
+# kernel"), 22-36% against v7 on Zen 4 ("Kernel v7").  Elsewhere, and when nothing is measured, this default:
+SPARSE_THRESHOLD = tuning.DEFAULT_SPARSE_FROM
 
 
 # The kernel for a stride-1 conv followed by ReLU and MaxPool2d(2): v7, v6's tile at the size measured
@@ -70,21 +70,24 @@ class KernelChoice(NamedTuple):
 
 
 # ============================================================================ conv kernels
-def choose_conv_kernel(mode, w_live, stride, pool2):
+def choose_conv_kernel(mode, w_live, stride, pool2, sparse_from=None):
     """``(version, reason)`` for a conv with the (live) weights ``w_live``.
 
     * ``'reference'`` mode: the plain-loop reference;
-    * ``'auto'``, stride 1, and at least ``SPARSE_THRESHOLD`` of the live weights zero:
-      the sparse kernel of ``kernels_sparse`` (work proportional to the non-zeros);
+    * ``'auto'``, stride 1, and at least ``sparse_from`` of the live weights zero: the sparse kernel of
+      ``kernels_sparse`` (work proportional to the non-zeros).  ``sparse_from`` is ``(fraction, why)``
+      (the plan passes ``tuning.sparse_from``, measured for the layer's shape); by default
+      ``tuning.unmeasured_sparse_from()``: ``ECE662_SPARSE_FROM`` or ``SPARSE_THRESHOLD``;
     * a fused 2x2 max pool: ``FUSED_POOL_KERNEL`` (v7; v6, v5 or v4: conv + ReLU + pool in one pass);
     * everything else: v3 (register-tiled patches).
     """
     if mode == "reference":
         return "reference", "kernels='reference'"
+    frac, frac_why = sparse_from or tuning.unmeasured_sparse_from()
     zeros = 1.0 - np.count_nonzero(w_live) / max(w_live.size, 1)
-    if mode == "auto" and stride == 1 and zeros >= SPARSE_THRESHOLD and w_live.size:
-        return "sparse", f"{zeros:.0%} of live weights are zero (>= {SPARSE_THRESHOLD:.0%}, the measured break-even)"
-    why = "kernels='dense'" if mode == "dense" else "fewer than {:.0%} zeros".format(SPARSE_THRESHOLD)
+    if mode == "auto" and stride == 1 and zeros >= frac and w_live.size:
+        return "sparse", f"{zeros:.0%} of live weights are zero (>= {frac:.0%}, {frac_why})"
+    why = "kernels='dense'" if mode == "dense" else f"{zeros:.0%} zeros, fewer than {frac:.0%} ({frac_why})"
     if pool2:
         return FUSED_POOL_KERNEL, why + "; ReLU and MaxPool2d(2) follow a stride-1 conv"
     return "v3", why

@@ -27,7 +27,7 @@ model sets it on every layer)
 
 * ``'auto'`` (default): live-only inference, fusion, and the fastest measured kernel
   (kernel v7 for conv + ReLU + 2x2 pool, the sparse conv of ``kernels_sparse`` for weights that
-  are at least ``SPARSE_THRESHOLD`` zeros);
+  are at least the break-even fraction of zeros measured for the layer on this CPU, ``tuning.sparse_from``);
 * ``'dense'``: every filter computed with the dense kernels, dead or not ("masks only");
 * ``'reference'``: every layer through its plain-loop twin of ``ece662.layers.reference``
   (the spec; slow), no fusion.
@@ -50,7 +50,7 @@ import numpy as np
 
 from ece662.layers import functional as fn
 from ece662.layers import reference as ref
-from ece662.layers import tuning
+from ece662.layers import kernel_choice, tuning
 from ece662.layers.kernel_choice import (KernelChoice, alive_rows, check_mode, choose_conv_kernel,
                                          computed_filters, run_conv)
 from ece662.layers.modules import (AdaptiveAvgPool2d, AvgPool2d, BatchNorm1d, BatchNorm2d, BatchNormBase, Conv2d,
@@ -498,12 +498,15 @@ def _conv_step(group, mode, live, const, in_shape):
     # a filter with no weight on a computed channel outputs the constant (folded) bias
     alive = alive_rows(w) if mode == "auto" else np.ones(conv.out_channels, bool)
     step.weight, step.bias = np.ascontiguousarray(w[alive]), np.ascontiguousarray(b[alive])
-    version, reason = choose_conv_kernel(mode, step.weight, conv.stride, pool2)
+    F, C, KH, KW = step.weight.shape
+    # the sparse kernel's break-even against the v7 tile, measured for this shape on this CPU
+    measured = mode == "auto" and pool2 and conv.stride == 1 and F > 0 and kernel_choice.FUSED_POOL_KERNEL == "v7"
+    sparse_from = tuning.sparse_from(C, in_shape[2], in_shape[3], F, KH, KW, conv.padding) if measured else None
+    version, reason = choose_conv_kernel(mode, step.weight, conv.stride, pool2, sparse_from)
     tile = ""
     if version == "v6":
         step.packed = fn.pack_filters_lanes(step.weight, step.bias)
     if version == "v7":             # the tile measured fastest on this CPU for this shape
-        F, C, KH, KW = step.weight.shape
         step.tile, why = tuning.choose_tile(C, in_shape[2], in_shape[3], F, KH, KW, conv.padding)
         step.packed = tuning.pack(step.weight, step.bias, step.tile)
         tile = tuning.format_tile(step.tile)

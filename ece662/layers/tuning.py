@@ -22,6 +22,14 @@ register or half of one when the filters are the lanes).  Rather than guess from
    tile 1.2x slower); the fastest candidate is recorded.  It says so on stderr;
    it costs well under a second per shape once the tiles are compiled (Numba compiles them once per CPU).
 
+The same measurement answers a second question: from how many zero weights on does the sparse kernel
+(``kernels_sparse``, work proportional to the non-zero weights) beat the chosen tile?  It also times
+:data:`LANES` on the same weights with :data:`SPARSE_PROBE` of them zeroed at random, and
+:func:`break_even` draws the line through the two lanes timings (its time falls with the non-zeros) to where
+it meets the chosen tile's: :func:`sparse_from`.  On the AVX2 EPYC the break-even was about 0.5, on Zen 4
+0.2-0.4 (``benchmarks/RESULTS.md``): one fixed threshold cannot serve both.  ``ECE662_SPARSE_FROM=0.6``
+forces it; with ``ECE662_TILE`` set or without the JIT it is :data:`DEFAULT_SPARSE_FROM`.
+
 The cache file is input like any other: it is read only up to :data:`MAX_CACHE_BYTES`, and an entry that
 does not name known tiles is ignored (and measured again).  It is written atomically under a lock.
 """
@@ -43,12 +51,15 @@ from ece662.layers.tile_source import TILES, module_source
 DEFAULT_TILE = ((4, 16), (8, 8))   # v6's shape: 16-wide blocks of one 2x2 block, the rest 8 positions x 8
 TAIL = (8, 8)                      # the tile for the filters a wider block leaves over
 LANES = "lanes"                    # output positions as the lanes: kernels_sparse.conv2d_forward_sparse_lanes
+DEFAULT_SPARSE_FROM = 0.6         # the sparse kernel's threshold when nothing is measured (the AVX2 break-even + margin)
+SPARSE_PROBE = 0.75                # the fraction of zero weights the sparse kernel is also timed at
+PROBE = "lanes@75%"                # its name in the cache file's seconds
 ROUNDS = 7                         # interleaved timing rounds per candidate (the fastest is kept)
 WORK = 2e8                         # multiply-adds x 2 per timed call: about 2 ms at 100 GFLOP/s
 MAX_CACHE_BYTES = 1 << 20          # a cache file larger than this is not read
 MAX_ENTRIES = 2000                 # shapes kept per CPU in the cache file (the oldest are dropped)
 
-_memory = {}                       # (cpu, shape key) -> (tile, reason)
+_memory = {}                       # (cpu, shape key) -> {'tile', 'reason', 'sparse_from', 'sparse_reason'}
 _told = set()                      # cache folders we could not write, said once
 
 
@@ -119,16 +130,16 @@ def cpu_key():
     """The CPU the choice belongs to: LLVM's name for it and a digest of its features
     (e.g. ``'znver4-3f2a9c1e'``): two machines with the same name but other vector units differ."""
     import llvmlite.binding as llvm
-    name = llvm.get_host_cpu_name()
-    features = llvm.get_host_cpu_features().flatten()
-    return f"{name}-{hashlib.sha256(features.encode()).hexdigest()[:8]}"
+    name = numba.config.CPU_NAME or llvm.get_host_cpu_name()       # NUMBA_CPU_NAME: Numba compiles for that CPU
+    features = numba.config.CPU_FEATURES if numba.config.CPU_NAME else llvm.get_host_cpu_features().flatten()
+    return f"{name}-{hashlib.sha256(str(features).encode()).hexdigest()[:8]}"
 
 
 @functools.lru_cache(maxsize=1)
 def candidates_key():
     """A digest of the candidates and their source: a choice measured among other tiles (an older
     ece662) is in another file, and is measured again rather than trusted."""
-    return hashlib.sha256((module_source() + LANES).encode()).hexdigest()[:8]
+    return hashlib.sha256((module_source() + LANES + PROBE).encode()).hexdigest()[:8]
 
 
 def cache_path():
@@ -160,14 +171,39 @@ def _read_cache(path):
 
 
 def _recorded(entry):
-    """The tile of a cache entry, or None when the entry is not valid."""
+    """``(tile, sparse_from)`` of a cache entry, or None when the entry is not valid."""
     try:
-        return parse_tile(entry["tile"])
+        tile, frac = parse_tile(entry["tile"]), entry["sparse_from"]
     except (TypeError, KeyError, ValueError):
         return None
+    if isinstance(frac, bool) or not isinstance(frac, (int, float)) or not 0.0 <= frac <= 1.0:
+        return None
+    return tile, float(frac)
 
 
-def _write_choice(path, key, tile, seconds):
+def break_even(seconds, probe_seconds, probe=SPARSE_PROBE):
+    """The fraction of zero weights from which the sparse kernel is faster than the fastest tile.
+
+    ``seconds``: ``[(tile, s), ...]`` fastest first, :data:`LANES` among them (the sparse kernel's layout on
+    the dense weights); ``probe_seconds``: the same kernel with ``probe`` of the weights zero.  Its time is
+    taken as a straight line through the two; where the line meets the fastest tile's time is the answer,
+    0 when the lanes layout is the fastest already, 1 when zeros do not make it faster.
+
+    Examples
+    --------
+    >>> break_even([((8, 32),), 1.0), ("lanes", 1.5)], 0.75), break_even([("lanes", 1.0)], 0.5)
+    (0.5, 0.0)
+    """
+    best = seconds[0][1]
+    lanes = dict(seconds)[LANES]
+    if lanes <= best:
+        return 0.0
+    if probe_seconds >= lanes:
+        return 1.0
+    return float(min(1.0, round(probe * (lanes - best) / (lanes - probe_seconds), 3)))
+
+
+def _write_choice(path, key, tile, seconds, sparse_from=DEFAULT_SPARSE_FROM):
     """Add one choice to the cache file: under a lock, read, merge, write a temporary file, rename.
     True when it was written; otherwise it says why on stderr (once per folder) and returns False."""
     from filelock import FileLock, Timeout
@@ -183,7 +219,8 @@ def _write_choice(path, key, tile, seconds):
         with FileLock(path + ".lock", timeout=10):
             table = _read_cache(path)
             table.pop(key, None)
-            table[key] = {"tile": format_tile(tile), "seconds": {format_tile(t): round(s, 7) for t, s in seconds}}
+            table[key] = {"tile": format_tile(tile), "sparse_from": sparse_from,
+                          "seconds": {(t if t == PROBE else format_tile(t)): round(s, 7) for t, s in seconds}}
             for old in list(table)[:max(0, len(table) - MAX_ENTRIES)]:
                 del table[old]
             fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tiles-", suffix=".tmp")
@@ -203,12 +240,13 @@ def _write_choice(path, key, tile, seconds):
         return False
 
 
-def measure(C, H, W, F, KH, KW, pad, tiles=None, rounds=ROUNDS, seed=0):
-    """``(ranked, warm_up)``: ``ranked`` is ``[(tile, seconds of its fastest round), ...]`` for each of ``tiles``
-    (default :func:`candidates`) on a synthetic batch of shape ``(B, C, H, W)`` and ``F`` filters of
-    ``KH x KW``, fastest first; ``warm_up`` the seconds of the one untimed call per candidate before the
-    rounds (compiling a tile not yet in Numba's cache).  The rounds interleave the candidates, so a busy
-    moment of the machine falls on all of them."""
+def measure(C, H, W, F, KH, KW, pad, tiles=None, rounds=ROUNDS, seed=0, probe=True):
+    """``(ranked, warm_up, probe_seconds)``: ``ranked`` is ``[(tile, seconds of its fastest round), ...]`` for
+    each of ``tiles`` (default :func:`candidates`) on a synthetic batch of shape ``(B, C, H, W)`` and ``F``
+    filters of ``KH x KW``, fastest first; ``warm_up`` the seconds of the one untimed call per candidate before
+    the rounds (compiling a tile not yet in Numba's cache); ``probe_seconds`` (None with ``probe=False``) the
+    fastest round of :data:`LANES` on the same weights with :data:`SPARSE_PROBE` of them zeroed at random.
+    The rounds interleave the candidates, so a busy moment of the machine falls on all of them."""
     tiles = list(tiles or candidates(F))
     Ho, Wo = H + 2 * pad - KH + 1, W + 2 * pad - KW + 1
     flops = 2.0 * Ho * Wo * F * C * KH * KW
@@ -217,51 +255,113 @@ def measure(C, H, W, F, KH, KW, pad, tiles=None, rounds=ROUNDS, seed=0):
     x = rng.standard_normal((B, C, H, W)).astype(np.float32)
     w = rng.standard_normal((F, C, KH, KW)).astype(np.float32)
     b = rng.standard_normal(F).astype(np.float32)
+    w_probe = np.where(rng.random(w.shape) < SPARSE_PROBE, np.float32(0), w)
     packed = {t: pack(w, b, t) for t in tiles}
+    weights = {t: w for t in tiles}
+    if probe:
+        tiles = tiles + [PROBE]
+        packed[PROBE], weights[PROBE] = None, w_probe
     times = {t: [] for t in tiles}
+
+    def call(t):
+        run(x, weights[t], b, pad, LANES if t == PROBE else t, packed[t])
     t0 = time.perf_counter()
     for t in tiles:                    # the first call compiles a tile not yet in Numba's cache
-        run(x, w, b, pad, t, packed[t])
+        call(t)
     warm_up = time.perf_counter() - t0
     for r in range(rounds):
         for t in tiles[r % len(tiles):] + tiles[:r % len(tiles)]:
             t0 = time.perf_counter()
-            run(x, w, b, pad, t, packed[t])
+            call(t)
             times[t].append(time.perf_counter() - t0)
-    return sorted(((t, float(np.min(s))) for t, s in times.items()), key=lambda ts: ts[1]), warm_up
+    probe_seconds = float(np.min(times.pop(PROBE))) if probe else None
+    return sorted(((t, float(np.min(s))) for t, s in times.items()), key=lambda ts: ts[1]), warm_up, probe_seconds
+
+
+def _forced_sparse_from():
+    text = os.environ.get("ECE662_SPARSE_FROM")
+    if not text:
+        return None
+    try:
+        frac = float(text)
+    except ValueError:
+        frac = -1.0
+    if not 0.0 <= frac <= 1.0:
+        raise ValueError(f"ECE662_SPARSE_FROM: a fraction of zero weights in [0, 1] (e.g. 0.6), got {text!r}; "
+                         f"unset it to let ece662 measure")
+    return frac, f"ECE662_SPARSE_FROM={text}"
+
+
+def unmeasured_sparse_from():
+    """``(fraction, reason)`` for a conv nothing is measured for (no fused pool): ``ECE662_SPARSE_FROM`` or
+    :data:`DEFAULT_SPARSE_FROM`."""
+    return _forced_sparse_from() or (DEFAULT_SPARSE_FROM, "the default break-even")
+
+
+def _choice(C, H, W, F, KH, KW, pad):
+    """What :func:`choose_tile` and :func:`sparse_from` answer, measured (or read, or forced) together."""
+    forced_sparse = _forced_sparse_from()
+    default_sparse = (DEFAULT_SPARSE_FROM, "the default break-even")
+    forced = os.environ.get("ECE662_TILE")
+    if forced:
+        try:
+            tile = parse_tile(forced)
+        except ValueError as e:
+            raise ValueError(f"ECE662_TILE: {e}; unset it to let ece662 measure") from None
+        frac, why = forced_sparse or (default_sparse[0], "the default break-even: ECE662_TILE is set, so nothing "
+                                                         "is timed")
+        return {"tile": tile, "reason": f"ECE662_TILE={forced}", "sparse_from": frac, "sparse_reason": why}
+    if numba.config.DISABLE_JIT:
+        frac, why = forced_sparse or default_sparse
+        return {"tile": DEFAULT_TILE, "reason": "the default tile: NUMBA_DISABLE_JIT is set, so nothing is timed",
+                "sparse_from": frac, "sparse_reason": why}
+    cpu = cpu_key()
+    name = cpu.split("-")[0]
+    key = _shape_key(C, H, W, F, KH, KW, pad)
+    if (cpu, key) not in _memory:
+        path = cache_path()
+        entry = _read_cache(path).get(key)
+        recorded = _recorded(entry) if entry is not None else None
+        if recorded is not None:
+            _memory[cpu, key] = {"tile": recorded[0], "reason": f"measured fastest on {name} (recorded in {path})",
+                                 "sparse_from": recorded[1],
+                                 "sparse_reason": f"the break-even measured on {name} for this shape"}
+        else:
+            _memory[cpu, key] = _measure_and_record(C, H, W, F, KH, KW, pad, cpu, key, path)
+    choice = _memory[cpu, key]
+    if forced_sparse:
+        choice = dict(choice, sparse_from=forced_sparse[0], sparse_reason=forced_sparse[1])
+    return choice
+
+
+def _measure_and_record(C, H, W, F, KH, KW, pad, cpu, key, path):
+    name = cpu.split("-")[0]
+    t0 = time.perf_counter()
+    seconds, warm, probe_seconds = measure(C, H, W, F, KH, KW, pad)
+    total = time.perf_counter() - t0
+    tile = seconds[0][0]
+    frac = break_even(seconds, probe_seconds)
+    runner_up = f", next {format_tile(seconds[1][0])} {seconds[1][1] / seconds[0][1]:.2f}x slower" \
+        if len(seconds) > 1 else ""
+    compiled = f" (of which {warm:.0f} s compiling the tiles, once per machine)" if warm > 2 else ""
+    kept = f"recorded in {path}" if _write_choice(path, key, tile, seconds + [(PROBE, probe_seconds)], frac) \
+        else "kept for this run only"
+    print(f"ece662: timed {len(seconds)} layouts of kernel v7 for a conv of {C}x{H}x{W} -> {F} filters of "
+          f"{KH}x{KW} on {name} in {total:.1f} s{compiled}: {describe(tile)}{runner_up}; the sparse kernel "
+          f"wins from {frac:.0%} zero weights (once per CPU; {kept})", file=sys.stderr)
+    return {"tile": tile, "reason": f"measured fastest on {name}{runner_up}", "sparse_from": frac,
+            "sparse_reason": f"the break-even measured on {name} for this shape"}
 
 
 def choose_tile(C, H, W, F, KH, KW, pad):
     """``(tile, reason)``: the v7 tile for a conv of ``F`` live filters of ``C x KH x KW`` over ``H x W``
     inputs (padded by ``pad``), and why (the order of the module's docstring)."""
-    forced = os.environ.get("ECE662_TILE")
-    if forced:
-        try:
-            return parse_tile(forced), f"ECE662_TILE={forced}"
-        except ValueError as e:
-            raise ValueError(f"ECE662_TILE: {e}; unset it to let ece662 measure") from None
-    if numba.config.DISABLE_JIT:
-        return DEFAULT_TILE, "the default tile: NUMBA_DISABLE_JIT is set, so nothing is timed"
-    cpu = cpu_key()
-    key = _shape_key(C, H, W, F, KH, KW, pad)
-    if (cpu, key) in _memory:
-        return _memory[cpu, key]
-    path = cache_path()
-    entry = _read_cache(path).get(key)
-    tile = _recorded(entry) if entry is not None else None
-    if tile is not None:
-        _memory[cpu, key] = tile, f"measured fastest on {cpu.split('-')[0]} (recorded in {path})"
-        return _memory[cpu, key]
-    t0 = time.perf_counter()
-    seconds, warm = measure(C, H, W, F, KH, KW, pad)
-    total = time.perf_counter() - t0
-    tile = seconds[0][0]
-    runner_up = f", next {format_tile(seconds[1][0])} {seconds[1][1] / seconds[0][1]:.2f}x slower" \
-        if len(seconds) > 1 else ""
-    compiled = f" (of which {warm:.0f} s compiling the tiles, once per machine)" if warm > 2 else ""
-    kept = f"recorded in {path}" if _write_choice(path, key, tile, seconds) else "kept for this run only"
-    print(f"ece662: timed {len(seconds)} layouts of kernel v7 for a conv of {C}x{H}x{W} -> {F} filters of "
-          f"{KH}x{KW} on {cpu.split('-')[0]} in {total:.1f} s{compiled}: {describe(tile)}{runner_up} "
-          f"(once per CPU; {kept})", file=sys.stderr)
-    _memory[cpu, key] = tile, f"measured fastest on {cpu.split('-')[0]}{runner_up}"
-    return _memory[cpu, key]
+    choice = _choice(C, H, W, F, KH, KW, pad)
+    return choice["tile"], choice["reason"]
+
+
+def sparse_from(C, H, W, F, KH, KW, pad):
+    """``(fraction, reason)``: from this fraction of zero weights on, the sparse kernel (fused ReLU + 2x2 pool)
+    beats the v7 tile for this conv on this CPU (:func:`break_even`; ``ECE662_SPARSE_FROM`` forces it)."""
+    choice = _choice(C, H, W, F, KH, KW, pad)
+    return choice["sparse_from"], choice["sparse_reason"]

@@ -662,7 +662,7 @@ def nm_unstructured(module, name, n, m, importance_scores=None):
     the ``n`` largest in magnitude; see :func:`ece662.pruning.masks.nm_unstructured`.
 
     No ece662 kernel exploits the pattern: the plan treats it as any unstructured mask (dense below
-    ``SPARSE_THRESHOLD`` zeros; 2:4 is 50%), and ``report`` counts its zeros as such.
+    the measured break-even fraction of zeros, ``ece662.layers.tuning.sparse_from``; 2:4 is 50%), and ``report`` counts its zeros as such.
 
     Examples
     --------

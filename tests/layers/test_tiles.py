@@ -13,7 +13,9 @@ from helpers import REPO, assert_close
 from ece662.layers import functional as fn
 from ece662.layers import reference as ref
 from ece662.layers import tile_source, tuning
+import ece662.pruning as prune
 from ece662.models import default_convnet
+from ece662.pruning_helper import load_model
 
 # (N, C, H, W, F, KH, KW, pad): the course CNN's two layers, leftover filters, odd widths, one block per row
 CASES = [(3, 3, 32, 32, 32, 5, 5, 0), (2, 32, 14, 14, 32, 3, 3, 0), (2, 5, 9, 11, 24, 3, 3, 1),
@@ -81,6 +83,7 @@ def tile_cache(tmp_path, monkeypatch):
     """A fresh, empty cache folder and no choice remembered in memory."""
     monkeypatch.setenv("ECE662_TILE_CACHE", str(tmp_path))
     monkeypatch.delenv("ECE662_TILE", raising=False)
+    monkeypatch.delenv("ECE662_SPARSE_FROM", raising=False)      # the suite pins it; here it is measured
     monkeypatch.setattr(tuning, "_memory", {})
     return tmp_path
 
@@ -94,26 +97,34 @@ def test_the_measured_choice_is_recorded_and_read_back(tile_cache, capsys):
     assert os.path.dirname(path) == str(tile_cache)
     entry = json.load(open(path))["C3 H12 W12 F24 k3x3 pad0 threads%d" % fn.thread_count()]
     assert tuning.parse_tile(entry["tile"]) == tile
-    assert set(entry["seconds"]) == {tuning.format_tile(t) for t in tuning.candidates(24)}
+    assert set(entry["seconds"]) == {tuning.format_tile(t) for t in tuning.candidates(24)} | {tuning.PROBE}
+    ranked = sorted(((tuning.parse_tile(t), s) for t, s in entry["seconds"].items() if t != tuning.PROBE),
+                    key=lambda ts: ts[1])
+    assert entry["sparse_from"] == tuning.break_even(ranked, entry["seconds"][tuning.PROBE])
     tuning._memory.clear()
     assert tuning.choose_tile(3, 12, 12, 24, 3, 3, 0)[0] == tile
     assert capsys.readouterr().err == ""                      # read, not measured
 
 
-@pytest.mark.parametrize("content", [b"\x00\xff not json", b"[1, 2]", json.dumps({"C3": {"tile": "6x6"}}).encode(),
-                                     b" " * (tuning.MAX_CACHE_BYTES + 1)], ids=["bytes", "list", "unknown tile", "huge"])
+@pytest.mark.parametrize("content", [b"\x00\xff not json", b"[1, 2]", {"tile": "6x6", "sparse_from": 0.5},
+                                     {"tile": "8x32"}, {"tile": "8x32", "sparse_from": 1.5},
+                                     {"tile": "8x32", "sparse_from": True}, {"tile": "8x32", "sparse_from": "0.3"},
+                                     b" " * (tuning.MAX_CACHE_BYTES + 1)],
+                         ids=["bytes", "list", "unknown tile", "no break-even (an older file)", "break-even > 1",
+                              "break-even a bool", "break-even a string", "huge"])
 def test_a_damaged_cache_file_is_measured_over(tile_cache, content, capsys):
-    """A cache file that is not JSON, not a table, names an unknown tile or is too large is not trusted:
-    the shape is measured again and the file rewritten whole."""
+    """A cache file that is not JSON, not a table, names an unknown tile, lacks a break-even or holds one that
+    is not a fraction, or is too large is not trusted: the shape is measured again and the file rewritten."""
     key = "C3 H12 W12 F24 k3x3 pad0 threads%d" % fn.thread_count()
-    if content.startswith(b"{"):
-        content = json.dumps({key: {"tile": "6x6", "seconds": {}}}).encode()
+    if isinstance(content, dict):
+        content = json.dumps({key: dict(content, seconds={})}).encode()
     path = tuning.cache_path()
     with open(path, "wb") as f:
         f.write(content)
     tile, why = tuning.choose_tile(3, 12, 12, 24, 3, 3, 0)
     assert "timed" in capsys.readouterr().err
     assert tuning.parse_tile(json.load(open(path))[key]["tile"]) == tile
+    assert 0.0 <= json.load(open(path))[key]["sparse_from"] <= 1.0
 
 
 def test_an_unwritable_cache_folder_still_gives_a_tile(tmp_path, monkeypatch, capsys):
@@ -203,3 +214,41 @@ for t, k in kernels_tiles.TILE_KERNELS.items():
         packed, scalar = fma_lanes(asm)
         assert packed >= positions * lanes and scalar == 0, \
             f"tile {positions}x{lanes}: {packed} lanes in packed FMAs, {scalar} scalar FMAs"
+
+
+def test_break_even_is_where_the_sparse_kernels_line_meets_the_fastest_tile():
+    """The sparse kernel's time as a straight line through its dense time and its time at 75% zeros; the answer
+    is where that line crosses the fastest tile's time (worked by hand), 0 when the lanes layout is the
+    fastest already, 1 when zeros do not help it."""
+    fast = ((8, 32),)
+    assert tuning.break_even([(fast, 1.0), (tuning.LANES, 2.0)], 1.0) == 0.75        # 2 - z/0.75 = 1 at z = 0.75
+    assert tuning.break_even([(fast, 1.0), (tuning.LANES, 1.2)], 0.4) == pytest.approx(0.1875, abs=1e-3)  # 1.2 - 0.8 z / 0.75 = 1
+    assert tuning.break_even([(tuning.LANES, 1.0), (fast, 1.1)], 0.5) == 0.0
+    assert tuning.break_even([(fast, 1.0), (tuning.LANES, 1.5)], 1.6) == 1.0
+    assert tuning.break_even([(fast, 1.0), (tuning.LANES, 3.0)], 2.5) == 1.0         # would cross beyond 100%
+
+
+def test_the_plan_runs_the_sparse_kernel_from_the_measured_break_even(tile_cache, monkeypatch):
+    """With nothing forced, conv2 of the shipped model runs the sparse kernel from the fraction of zeros measured
+    for its shape on this CPU, the dense tile below it, and the plan says which threshold and where it came
+    from; ECE662_SPARSE_FROM overrides it, and a bad value is refused with the fix."""
+    frac, why = tuning.sparse_from(32, 14, 14, 32, 3, 3, 0)
+    assert 0.0 <= frac <= 1.0 and why.startswith("the break-even measured on ")
+
+    def conv2_kernel(zeros):
+        model = load_model()
+        prune.l1_unstructured(model.conv2, "weight", amount=zeros)
+        return model.plan((3, 32, 32)).steps[1].kernel
+    if frac >= 0.05:
+        k = conv2_kernel(frac - 0.05)
+        assert k.version == "v7" and f"fewer than {frac:.0%} (the break-even measured on" in k.reason
+    if frac <= 0.95:
+        k = conv2_kernel(frac + 0.05)
+        assert k.version == "sparse" and f"(>= {frac:.0%}, the break-even measured on" in k.reason
+    monkeypatch.setenv("ECE662_SPARSE_FROM", "1")
+    assert conv2_kernel(0.9).version == "v7"
+    monkeypatch.setenv("ECE662_SPARSE_FROM", "0")
+    assert conv2_kernel(0.0).version == "sparse"
+    monkeypatch.setenv("ECE662_SPARSE_FROM", "lots")
+    with pytest.raises(ValueError, match=r"ECE662_SPARSE_FROM: a fraction of zero weights in \[0, 1\].*'lots'"):
+        conv2_kernel(0.5)
