@@ -21,8 +21,9 @@ zeros, printed).  Five kernels run on the same weights and inputs, interleaved (
 
 Each cell is the median of the per-round ratios ``time(dense) / time(sparse)`` (> 1: the sparse
 kernel is faster) with their min-max in brackets, paired round by round.  The break-even lines
-interpolate, per layer, the zero fraction where the median crosses 1x.  Then the whole model
-(``kernels='auto'``, which picks the sparse kernel from ``kernel_choice.SPARSE_THRESHOLD`` zeros on) against
+interpolate, per layer, the zero fraction where the median crosses 1x.  The planner's own estimate of each break-even
+(``tuning.sparse_from``) is printed beside them.  Then the whole model
+(``kernels='auto'``, which picks the sparse kernel from that estimate on) against
 the same weights on the dense kernels (``kernels='dense'``), at ``--model-amounts`` (none: skipped).
 """
 import argparse
@@ -34,7 +35,7 @@ import ece662.pruning as prune
 from ece662.experiments import dense_twin
 from ece662.layers import functional as fn
 from ece662.layers import kernels_sparse as ks
-from ece662.layers import kernel_choice
+from ece662.layers import kernel_choice, tuning
 from ece662.pruning_helper import load_model
 from ece662.timing import PairedTimer
 
@@ -140,12 +141,20 @@ def main():
         if be is not None and be == min(pts)[0]:
             text = f"at or below {be:.0%} (the least sparse point already wins)"
         print(f"  {scheme:>9} {name} {what}: {text}")
+    print("the planner's own estimate for the unpruned shapes (ece662.layers.tuning.sparse_from: the lanes kernel "
+          "timed dense and at 75% zeros, the line through them against the measured tile):")
+    thresholds = {}
+    for name in ("conv1", "conv2"):
+        layer, h = getattr(base, name), inputs[name]
+        F, C, KH, KW = layer.weight.shape
+        thresholds[name] = tuning.sparse_from(C, h.shape[2], h.shape[3], F, KH, KW, layer.padding)
+        print(f"  {name}: {thresholds[name][0]:.0%} ({thresholds[name][1]})")
     print(f"load average after: {', '.join(f'{v:.1f}' for v in os.getloadavg())}")
 
     if not args.model_amounts:
         return
-    print(f"\nwhole model, kernels='auto' (sparse from {kernel_choice.SPARSE_THRESHOLD:.0%} zeros) vs kernels='dense', "
-          f"same weights:")
+    print("\nwhole model, kernels='auto' (the sparse kernel from the break-even measured for each layer, "
+          "tuning.sparse_from) vs kernels='dense', same weights:")
     print(f"{'scheme':>9} {'amount':>6} {'conv1 / conv2 zeros':>20} {'kernels chosen':>16} {'auto vs dense':>20}")
     for scheme in ("per-layer", "global"):
         for amount in args.model_amounts:

@@ -168,13 +168,16 @@ def test_allocation_page_is_its_recorded_run():
     text = _page("docs/allocation.md")
     section = text.split(module.BEGIN, 1)[1].split(module.END, 1)[0].strip("\n")
     assert section == module.render(run), "run `python scripts/compare_allocation.py --render`"
-    recorded = ({f"{r[k]:.4f}" for r in run["records"] for k in ("accuracy", "accuracy_finetuned") if k in r}
+    at = module.summary(run)
+    recorded = ({f"{v:.4f}" for r in at.values() for k, v in r.items() if k in ("oneshot", "mean", "low", "high")}
                 | {f"{run['dense_accuracy']:.4f}"})
     # the differences the prose quotes: between two methods at the same sparsity, before or after fine-tuning
-    recorded |= {f"{abs(a[k] - b[k]):.4f}" for a in run["records"] for b in run["records"]
-                 for k in ("accuracy", "accuracy_finetuned") if a["target"] == b["target"] and k in a and k in b}
+    recorded |= {f"{abs(a[k] - b[k]):.4f}" for (_, s), a in at.items() for (_, t), b in at.items()
+                 for k in ("oneshot", "mean") if s == t}
     quoted = set(re.findall(r"\b0\.\d{4}\b", text.replace(section, "")))
     assert quoted and quoted <= recorded, sorted(quoted - recorded)
+    assert run["seeds"] == [0, 1, 2] and {r["n"] for r in at.values()} == {3}
+    assert {s for _, s in at} >= {0.8, 0.9, 0.95, 0.98}
     assert {r["method"] for r in run["records"]} == {"global", "lamp", "erk", "uniform"}
 
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import ece662.pruning as prune
-from asm_count import fma_lanes, requires_x86
+from asm_count import TARGETS, check_width, fma_lanes, requires_x86, target_env
 from helpers import assert_close
 from ece662.experiments import dense_twin
 from ece662.layers import kernel_choice
@@ -183,7 +183,8 @@ print("ok")
 
 
 @requires_x86
-def test_sparse_lanes_tiles_are_vectorised(tmp_path):
+@pytest.mark.parametrize("target", TARGETS)
+def test_sparse_lanes_tiles_are_vectorised(tmp_path, target):
     """The 64- and 32-position tiles compile to packed FMAs only: one broadcast weight times 64 (32)
     positions, as eight (four) 8-lane FMAs on AVX2 or four (two) 16-lane FMAs on AVX-512.  Compiled afresh (the tiles alone, as the kernel's
     wrapper compiles them: SLP vectoriser on) in a subprocess."""
@@ -203,9 +204,11 @@ for k in (ks._tile64, ks._tile32):
     asm = k.inspect_asm(k.signatures[0])
     print(json.dumps(asm))
 """
-    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path))
+    env = target_env(target, tmp_path)
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600)
     assert r.returncode == 0, r.stderr
+    for line in r.stdout.splitlines()[:2]:
+        check_width(target, json.loads(line))
     (p64, s64), (p32, s32) = (fma_lanes(json.loads(line)) for line in r.stdout.splitlines()[:2])
     assert p64 >= 64 and p32 >= 32 and s64 == 0 and s32 == 0, \
         f"64-position tile: {p64} packed lanes, {s64} scalar FMAs; 32-position: {p32} lanes, {s32} scalar"

@@ -13,7 +13,7 @@ from collections import OrderedDict
 import numpy as np
 import pytest
 
-from asm_count import fma_lanes, requires_x86
+from asm_count import TARGETS, check_width, fma_lanes, requires_x86, target_env
 from helpers import assert_close, requires_torch, torch
 from ece662.layers import Conv2d, Flatten, Linear, MaxPool2d, ReLU, Sequential
 from ece662.layers import kernels_train as kt
@@ -226,7 +226,8 @@ print("ok")
 
 
 @requires_x86
-def test_training_tile_is_vectorised(tmp_path):
+@pytest.mark.parametrize("target", TARGETS)
+def test_training_tile_is_vectorised(tmp_path, target):
     """The dw kernel (and with it the shared 4x16 tile) compiles to packed vector FMAs only.
     Compiled afresh in a subprocess (numba cannot show the assembly of cached code)."""
     if os.environ.get("NUMBA_DISABLE_JIT") == "1":
@@ -241,8 +242,9 @@ k = kt.conv2d_weight_grad_lanes
 asm = k.inspect_asm(k.signatures[0])
 print(json.dumps(asm))
 """
-    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path))
+    env = target_env(target, tmp_path)
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600)
     assert r.returncode == 0, r.stderr
+    check_width(target, json.loads(r.stdout))
     lanes, scalar = fma_lanes(json.loads(r.stdout))
     assert lanes >= 4 * 16 and scalar == 0, f"{lanes} multiply-add lanes in packed FMAs and {scalar} scalar FMAs"

@@ -8,7 +8,7 @@ import os
 import numpy as np
 import pytest
 
-from asm_count import fma_lanes, requires_x86
+from asm_count import TARGETS, check_width, fma_lanes, requires_x86, target_env
 from helpers import assert_close, requires_torch, torch
 from ece662.layers import functional as fn
 from ece662.layers import reference as ref
@@ -382,7 +382,8 @@ def test_v6_uses_weights_packed_once_and_leaves_inputs_alone(rng):
 
 
 @requires_x86
-def test_lanes_kernels_v5_v6_are_vectorised(tmp_path):
+@pytest.mark.parametrize("target", TARGETS)
+def test_lanes_kernels_v5_v6_are_vectorised(tmp_path, target):
     """v5's and v6's tiles (16 and 8 filters wide) compile to packed vector FMAs only (no scalar FMA).
     Compiled afresh in a subprocess (numba cannot show the assembly of cached code)."""
     import subprocess
@@ -399,9 +400,11 @@ for k in (kernels_lab.conv2d_relu_pool2_tiled, kernels.conv2d_relu_pool2_lanes):
     asm = k.inspect_asm(k.signatures[0])
     print(json.dumps(asm))
 """
-    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path))
+    env = target_env(target, tmp_path)
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600)
     assert r.returncode == 0, r.stderr
+    for line in r.stdout.splitlines():
+        check_width(target, json.loads(line))
     # multiply-adds per tap: v5 16 filters x 4 positions + 8 x 4; v6 16 x 4 + 8 filters x 8 positions.
     # AVX2 packs 8 of them per FMA (ymm); on an AVX-512 CPU LLVM uses 16-lane zmm registers too.
     for (name, lanes), line in zip((("v5", 16 * 4 + 8 * 4), ("v6", 16 * 4 + 8 * 8)), r.stdout.splitlines()):

@@ -8,7 +8,7 @@ import numba
 import numpy as np
 import pytest
 
-from asm_count import fma_lanes, requires_x86
+from asm_count import TARGETS, check_width, fma_lanes, requires_x86, target_env
 from helpers import REPO, assert_close
 from ece662.layers import functional as fn
 from ece662.layers import reference as ref
@@ -191,7 +191,8 @@ def test_the_plan_counts_the_tiles_padding(tile_cache, monkeypatch):
 
 
 @requires_x86
-def test_every_tile_is_vectorised(tmp_path):
+@pytest.mark.parametrize("target", TARGETS)
+def test_every_tile_is_vectorised(tmp_path, target):
     """Every generated tile compiles to packed FMAs only: positions x lanes multiply-adds per tap in vector
     lanes (8 per ymm FMA on AVX2, 16 per zmm on AVX-512), no scalar FMA.  Compiled afresh in a subprocess
     (numba cannot show the assembly of cached code)."""
@@ -206,11 +207,12 @@ for t, k in kernels_tiles.TILE_KERNELS.items():
     fn.conv2d_relu_maxpool2_tuned(x, w, None, tile=(t,))
     print(json.dumps([t, k.inspect_asm(k.signatures[0])]))
 """
-    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path), PYTHONPATH=REPO)
+    env = target_env(target, tmp_path, PYTHONPATH=REPO)
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=900)
     assert r.returncode == 0, r.stderr
     for line in r.stdout.splitlines():
         (positions, lanes), asm = json.loads(line)
+        check_width(target, asm)
         packed, scalar = fma_lanes(asm)
         assert packed >= positions * lanes and scalar == 0, \
             f"tile {positions}x{lanes}: {packed} lanes in packed FMAs, {scalar} scalar FMAs"
