@@ -8,7 +8,7 @@ in a flattened image (``functional.tap_offsets``), so output position (i, j) rea
 Wp the padded width; wp (K, Fb, L) the filters packed tap-major in blocks of L lanes and bp (Fb, L) their
 biases (``functional.pack_filters_tile``; padding filters are zero); the kernel writes the first F of its
 Fb*L filters to channels first, first+1, ... of out (N, F_all, Hq, Wq), the pooled output (Wq >= P/4);
-tmp (T, P/4*L) is a scratch row per thread.
+tmp (T, P/4*L) is a scratch row per thread; ``images_PxL`` is the tile over images n0 to n1 - 1 with one such row.
 A tile covers P/4 neighbouring 2x2 blocks of one row of blocks; at the row's end the last tile overlaps the
 one before it (it recomputes a block rather than leave a scalar tail).
 """
@@ -16,601 +16,627 @@ import numpy as np
 from numba import njit, prange
 
 
-@njit(parallel=True, cache=True, fastmath={'contract'})
+@njit(cache=True, fastmath={'contract'})
+def images_4x16(xflat, offs, Wp, wp, bp, first, F, best, n0, n1, out):
+    """4 positions (1 2x2 block) x 16 filters per tile, images n0 to n1 - 1."""
+    K, Fb, _ = wp.shape
+    _, _, Hq, Wq = out.shape
+    zero = np.float32(0.0)
+    for n in range(n0, n1):
+        x = xflat[n]
+        for bi in range(Hq):
+            for bj0 in range(0, Wq, 1):
+                bj = min(bj0, Wq - 1)
+                p0 = 2 * bi * Wp + 2 * bj
+                r0 = x[p0 + 0 * Wp + 0:]
+                r1 = x[p0 + 0 * Wp + 1:]
+                r2 = x[p0 + 1 * Wp + 0:]
+                r3 = x[p0 + 1 * Wp + 1:]
+                for fb in range(Fb):
+                    s0_0 = s0_1 = s0_2 = s0_3 = s0_4 = s0_5 = s0_6 = s0_7 = s0_8 = s0_9 = s0_10 = s0_11 = s0_12 = s0_13 = s0_14 = s0_15 = zero
+                    s1_0 = s1_1 = s1_2 = s1_3 = s1_4 = s1_5 = s1_6 = s1_7 = s1_8 = s1_9 = s1_10 = s1_11 = s1_12 = s1_13 = s1_14 = s1_15 = zero
+                    s2_0 = s2_1 = s2_2 = s2_3 = s2_4 = s2_5 = s2_6 = s2_7 = s2_8 = s2_9 = s2_10 = s2_11 = s2_12 = s2_13 = s2_14 = s2_15 = zero
+                    s3_0 = s3_1 = s3_2 = s3_3 = s3_4 = s3_5 = s3_6 = s3_7 = s3_8 = s3_9 = s3_10 = s3_11 = s3_12 = s3_13 = s3_14 = s3_15 = zero
+                    for k in range(K):
+                        w = wp[k, fb]
+                        o = offs[k]
+                        x0 = r0[o]
+                        x1 = r1[o]
+                        x2 = r2[o]
+                        x3 = r3[o]
+                        u = w[0]
+                        s0_0 += x0 * u; s1_0 += x1 * u; s2_0 += x2 * u; s3_0 += x3 * u
+                        u = w[1]
+                        s0_1 += x0 * u; s1_1 += x1 * u; s2_1 += x2 * u; s3_1 += x3 * u
+                        u = w[2]
+                        s0_2 += x0 * u; s1_2 += x1 * u; s2_2 += x2 * u; s3_2 += x3 * u
+                        u = w[3]
+                        s0_3 += x0 * u; s1_3 += x1 * u; s2_3 += x2 * u; s3_3 += x3 * u
+                        u = w[4]
+                        s0_4 += x0 * u; s1_4 += x1 * u; s2_4 += x2 * u; s3_4 += x3 * u
+                        u = w[5]
+                        s0_5 += x0 * u; s1_5 += x1 * u; s2_5 += x2 * u; s3_5 += x3 * u
+                        u = w[6]
+                        s0_6 += x0 * u; s1_6 += x1 * u; s2_6 += x2 * u; s3_6 += x3 * u
+                        u = w[7]
+                        s0_7 += x0 * u; s1_7 += x1 * u; s2_7 += x2 * u; s3_7 += x3 * u
+                        u = w[8]
+                        s0_8 += x0 * u; s1_8 += x1 * u; s2_8 += x2 * u; s3_8 += x3 * u
+                        u = w[9]
+                        s0_9 += x0 * u; s1_9 += x1 * u; s2_9 += x2 * u; s3_9 += x3 * u
+                        u = w[10]
+                        s0_10 += x0 * u; s1_10 += x1 * u; s2_10 += x2 * u; s3_10 += x3 * u
+                        u = w[11]
+                        s0_11 += x0 * u; s1_11 += x1 * u; s2_11 += x2 * u; s3_11 += x3 * u
+                        u = w[12]
+                        s0_12 += x0 * u; s1_12 += x1 * u; s2_12 += x2 * u; s3_12 += x3 * u
+                        u = w[13]
+                        s0_13 += x0 * u; s1_13 += x1 * u; s2_13 += x2 * u; s3_13 += x3 * u
+                        u = w[14]
+                        s0_14 += x0 * u; s1_14 += x1 * u; s2_14 += x2 * u; s3_14 += x3 * u
+                        u = w[15]
+                        s0_15 += x0 * u; s1_15 += x1 * u; s2_15 += x2 * u; s3_15 += x3 * u
+                    bias = bp[fb]
+                    best[0] = max(max(max(s0_0, s1_0), max(s2_0, s3_0)) + bias[0], zero)
+                    best[1] = max(max(max(s0_1, s1_1), max(s2_1, s3_1)) + bias[1], zero)
+                    best[2] = max(max(max(s0_2, s1_2), max(s2_2, s3_2)) + bias[2], zero)
+                    best[3] = max(max(max(s0_3, s1_3), max(s2_3, s3_3)) + bias[3], zero)
+                    best[4] = max(max(max(s0_4, s1_4), max(s2_4, s3_4)) + bias[4], zero)
+                    best[5] = max(max(max(s0_5, s1_5), max(s2_5, s3_5)) + bias[5], zero)
+                    best[6] = max(max(max(s0_6, s1_6), max(s2_6, s3_6)) + bias[6], zero)
+                    best[7] = max(max(max(s0_7, s1_7), max(s2_7, s3_7)) + bias[7], zero)
+                    best[8] = max(max(max(s0_8, s1_8), max(s2_8, s3_8)) + bias[8], zero)
+                    best[9] = max(max(max(s0_9, s1_9), max(s2_9, s3_9)) + bias[9], zero)
+                    best[10] = max(max(max(s0_10, s1_10), max(s2_10, s3_10)) + bias[10], zero)
+                    best[11] = max(max(max(s0_11, s1_11), max(s2_11, s3_11)) + bias[11], zero)
+                    best[12] = max(max(max(s0_12, s1_12), max(s2_12, s3_12)) + bias[12], zero)
+                    best[13] = max(max(max(s0_13, s1_13), max(s2_13, s3_13)) + bias[13], zero)
+                    best[14] = max(max(max(s0_14, s1_14), max(s2_14, s3_14)) + bias[14], zero)
+                    best[15] = max(max(max(s0_15, s1_15), max(s2_15, s3_15)) + bias[15], zero)
+                    for l in range(min(16, F - 16 * fb)):
+                        out[n, first + 16 * fb + l, bi, bj + 0] = best[0 + l]
+
+
+@njit(parallel=True, cache=True)
 def tile_4x16(xflat, offs, Wp, wp, bp, first, F, tmp, out):
-    """4 positions (1 2x2 block) x 16 filters per tile."""
+    """The 4x16 tile on every image: thread t runs images_4x16 on its share, with scratch row tmp[t]."""
     N = xflat.shape[0]
-    K, Fb, _ = wp.shape
-    _, _, Hq, Wq = out.shape
     T = tmp.shape[0]
-    zero = np.float32(0.0)
     chunk = (N + T - 1) // T
     for t in prange(T):
-        best = tmp[t]
-        for n in range(t * chunk, min(N, (t + 1) * chunk)):
-            x = xflat[n]
-            for bi in range(Hq):
-                for bj0 in range(0, Wq, 1):
-                    bj = min(bj0, Wq - 1)
-                    p0 = 2 * bi * Wp + 2 * bj
-                    r0 = x[p0 + 0 * Wp + 0:]
-                    r1 = x[p0 + 0 * Wp + 1:]
-                    r2 = x[p0 + 1 * Wp + 0:]
-                    r3 = x[p0 + 1 * Wp + 1:]
-                    for fb in range(Fb):
-                        s0_0 = s0_1 = s0_2 = s0_3 = s0_4 = s0_5 = s0_6 = s0_7 = s0_8 = s0_9 = s0_10 = s0_11 = s0_12 = s0_13 = s0_14 = s0_15 = zero
-                        s1_0 = s1_1 = s1_2 = s1_3 = s1_4 = s1_5 = s1_6 = s1_7 = s1_8 = s1_9 = s1_10 = s1_11 = s1_12 = s1_13 = s1_14 = s1_15 = zero
-                        s2_0 = s2_1 = s2_2 = s2_3 = s2_4 = s2_5 = s2_6 = s2_7 = s2_8 = s2_9 = s2_10 = s2_11 = s2_12 = s2_13 = s2_14 = s2_15 = zero
-                        s3_0 = s3_1 = s3_2 = s3_3 = s3_4 = s3_5 = s3_6 = s3_7 = s3_8 = s3_9 = s3_10 = s3_11 = s3_12 = s3_13 = s3_14 = s3_15 = zero
-                        for k in range(K):
-                            w = wp[k, fb]
-                            o = offs[k]
-                            x0 = r0[o]
-                            x1 = r1[o]
-                            x2 = r2[o]
-                            x3 = r3[o]
-                            u = w[0]
-                            s0_0 += x0 * u; s1_0 += x1 * u; s2_0 += x2 * u; s3_0 += x3 * u
-                            u = w[1]
-                            s0_1 += x0 * u; s1_1 += x1 * u; s2_1 += x2 * u; s3_1 += x3 * u
-                            u = w[2]
-                            s0_2 += x0 * u; s1_2 += x1 * u; s2_2 += x2 * u; s3_2 += x3 * u
-                            u = w[3]
-                            s0_3 += x0 * u; s1_3 += x1 * u; s2_3 += x2 * u; s3_3 += x3 * u
-                            u = w[4]
-                            s0_4 += x0 * u; s1_4 += x1 * u; s2_4 += x2 * u; s3_4 += x3 * u
-                            u = w[5]
-                            s0_5 += x0 * u; s1_5 += x1 * u; s2_5 += x2 * u; s3_5 += x3 * u
-                            u = w[6]
-                            s0_6 += x0 * u; s1_6 += x1 * u; s2_6 += x2 * u; s3_6 += x3 * u
-                            u = w[7]
-                            s0_7 += x0 * u; s1_7 += x1 * u; s2_7 += x2 * u; s3_7 += x3 * u
-                            u = w[8]
-                            s0_8 += x0 * u; s1_8 += x1 * u; s2_8 += x2 * u; s3_8 += x3 * u
-                            u = w[9]
-                            s0_9 += x0 * u; s1_9 += x1 * u; s2_9 += x2 * u; s3_9 += x3 * u
-                            u = w[10]
-                            s0_10 += x0 * u; s1_10 += x1 * u; s2_10 += x2 * u; s3_10 += x3 * u
-                            u = w[11]
-                            s0_11 += x0 * u; s1_11 += x1 * u; s2_11 += x2 * u; s3_11 += x3 * u
-                            u = w[12]
-                            s0_12 += x0 * u; s1_12 += x1 * u; s2_12 += x2 * u; s3_12 += x3 * u
-                            u = w[13]
-                            s0_13 += x0 * u; s1_13 += x1 * u; s2_13 += x2 * u; s3_13 += x3 * u
-                            u = w[14]
-                            s0_14 += x0 * u; s1_14 += x1 * u; s2_14 += x2 * u; s3_14 += x3 * u
-                            u = w[15]
-                            s0_15 += x0 * u; s1_15 += x1 * u; s2_15 += x2 * u; s3_15 += x3 * u
-                        bias = bp[fb]
-                        best[0] = max(max(max(s0_0, s1_0), max(s2_0, s3_0)) + bias[0], zero)
-                        best[1] = max(max(max(s0_1, s1_1), max(s2_1, s3_1)) + bias[1], zero)
-                        best[2] = max(max(max(s0_2, s1_2), max(s2_2, s3_2)) + bias[2], zero)
-                        best[3] = max(max(max(s0_3, s1_3), max(s2_3, s3_3)) + bias[3], zero)
-                        best[4] = max(max(max(s0_4, s1_4), max(s2_4, s3_4)) + bias[4], zero)
-                        best[5] = max(max(max(s0_5, s1_5), max(s2_5, s3_5)) + bias[5], zero)
-                        best[6] = max(max(max(s0_6, s1_6), max(s2_6, s3_6)) + bias[6], zero)
-                        best[7] = max(max(max(s0_7, s1_7), max(s2_7, s3_7)) + bias[7], zero)
-                        best[8] = max(max(max(s0_8, s1_8), max(s2_8, s3_8)) + bias[8], zero)
-                        best[9] = max(max(max(s0_9, s1_9), max(s2_9, s3_9)) + bias[9], zero)
-                        best[10] = max(max(max(s0_10, s1_10), max(s2_10, s3_10)) + bias[10], zero)
-                        best[11] = max(max(max(s0_11, s1_11), max(s2_11, s3_11)) + bias[11], zero)
-                        best[12] = max(max(max(s0_12, s1_12), max(s2_12, s3_12)) + bias[12], zero)
-                        best[13] = max(max(max(s0_13, s1_13), max(s2_13, s3_13)) + bias[13], zero)
-                        best[14] = max(max(max(s0_14, s1_14), max(s2_14, s3_14)) + bias[14], zero)
-                        best[15] = max(max(max(s0_15, s1_15), max(s2_15, s3_15)) + bias[15], zero)
-                        for l in range(min(16, F - 16 * fb)):
-                            out[n, first + 16 * fb + l, bi, bj + 0] = best[0 + l]
+        images_4x16(xflat, offs, Wp, wp, bp, first, F, tmp[t], t * chunk, min(N, (t + 1) * chunk), out)
 
 
-@njit(parallel=True, cache=True, fastmath={'contract'})
+@njit(cache=True, fastmath={'contract'})
+def images_8x16(xflat, offs, Wp, wp, bp, first, F, best, n0, n1, out):
+    """8 positions (2 2x2 blocks) x 16 filters per tile, images n0 to n1 - 1."""
+    K, Fb, _ = wp.shape
+    _, _, Hq, Wq = out.shape
+    zero = np.float32(0.0)
+    for n in range(n0, n1):
+        x = xflat[n]
+        for bi in range(Hq):
+            for bj0 in range(0, Wq, 2):
+                bj = min(bj0, Wq - 2)
+                p0 = 2 * bi * Wp + 2 * bj
+                r0 = x[p0 + 0 * Wp + 0:]
+                r1 = x[p0 + 0 * Wp + 1:]
+                r2 = x[p0 + 1 * Wp + 0:]
+                r3 = x[p0 + 1 * Wp + 1:]
+                r4 = x[p0 + 0 * Wp + 2:]
+                r5 = x[p0 + 0 * Wp + 3:]
+                r6 = x[p0 + 1 * Wp + 2:]
+                r7 = x[p0 + 1 * Wp + 3:]
+                for fb in range(Fb):
+                    s0_0 = s0_1 = s0_2 = s0_3 = s0_4 = s0_5 = s0_6 = s0_7 = s0_8 = s0_9 = s0_10 = s0_11 = s0_12 = s0_13 = s0_14 = s0_15 = zero
+                    s1_0 = s1_1 = s1_2 = s1_3 = s1_4 = s1_5 = s1_6 = s1_7 = s1_8 = s1_9 = s1_10 = s1_11 = s1_12 = s1_13 = s1_14 = s1_15 = zero
+                    s2_0 = s2_1 = s2_2 = s2_3 = s2_4 = s2_5 = s2_6 = s2_7 = s2_8 = s2_9 = s2_10 = s2_11 = s2_12 = s2_13 = s2_14 = s2_15 = zero
+                    s3_0 = s3_1 = s3_2 = s3_3 = s3_4 = s3_5 = s3_6 = s3_7 = s3_8 = s3_9 = s3_10 = s3_11 = s3_12 = s3_13 = s3_14 = s3_15 = zero
+                    s4_0 = s4_1 = s4_2 = s4_3 = s4_4 = s4_5 = s4_6 = s4_7 = s4_8 = s4_9 = s4_10 = s4_11 = s4_12 = s4_13 = s4_14 = s4_15 = zero
+                    s5_0 = s5_1 = s5_2 = s5_3 = s5_4 = s5_5 = s5_6 = s5_7 = s5_8 = s5_9 = s5_10 = s5_11 = s5_12 = s5_13 = s5_14 = s5_15 = zero
+                    s6_0 = s6_1 = s6_2 = s6_3 = s6_4 = s6_5 = s6_6 = s6_7 = s6_8 = s6_9 = s6_10 = s6_11 = s6_12 = s6_13 = s6_14 = s6_15 = zero
+                    s7_0 = s7_1 = s7_2 = s7_3 = s7_4 = s7_5 = s7_6 = s7_7 = s7_8 = s7_9 = s7_10 = s7_11 = s7_12 = s7_13 = s7_14 = s7_15 = zero
+                    for k in range(K):
+                        w = wp[k, fb]
+                        o = offs[k]
+                        x0 = r0[o]
+                        x1 = r1[o]
+                        x2 = r2[o]
+                        x3 = r3[o]
+                        x4 = r4[o]
+                        x5 = r5[o]
+                        x6 = r6[o]
+                        x7 = r7[o]
+                        u = w[0]
+                        s0_0 += x0 * u; s1_0 += x1 * u; s2_0 += x2 * u; s3_0 += x3 * u; s4_0 += x4 * u; s5_0 += x5 * u; s6_0 += x6 * u; s7_0 += x7 * u
+                        u = w[1]
+                        s0_1 += x0 * u; s1_1 += x1 * u; s2_1 += x2 * u; s3_1 += x3 * u; s4_1 += x4 * u; s5_1 += x5 * u; s6_1 += x6 * u; s7_1 += x7 * u
+                        u = w[2]
+                        s0_2 += x0 * u; s1_2 += x1 * u; s2_2 += x2 * u; s3_2 += x3 * u; s4_2 += x4 * u; s5_2 += x5 * u; s6_2 += x6 * u; s7_2 += x7 * u
+                        u = w[3]
+                        s0_3 += x0 * u; s1_3 += x1 * u; s2_3 += x2 * u; s3_3 += x3 * u; s4_3 += x4 * u; s5_3 += x5 * u; s6_3 += x6 * u; s7_3 += x7 * u
+                        u = w[4]
+                        s0_4 += x0 * u; s1_4 += x1 * u; s2_4 += x2 * u; s3_4 += x3 * u; s4_4 += x4 * u; s5_4 += x5 * u; s6_4 += x6 * u; s7_4 += x7 * u
+                        u = w[5]
+                        s0_5 += x0 * u; s1_5 += x1 * u; s2_5 += x2 * u; s3_5 += x3 * u; s4_5 += x4 * u; s5_5 += x5 * u; s6_5 += x6 * u; s7_5 += x7 * u
+                        u = w[6]
+                        s0_6 += x0 * u; s1_6 += x1 * u; s2_6 += x2 * u; s3_6 += x3 * u; s4_6 += x4 * u; s5_6 += x5 * u; s6_6 += x6 * u; s7_6 += x7 * u
+                        u = w[7]
+                        s0_7 += x0 * u; s1_7 += x1 * u; s2_7 += x2 * u; s3_7 += x3 * u; s4_7 += x4 * u; s5_7 += x5 * u; s6_7 += x6 * u; s7_7 += x7 * u
+                        u = w[8]
+                        s0_8 += x0 * u; s1_8 += x1 * u; s2_8 += x2 * u; s3_8 += x3 * u; s4_8 += x4 * u; s5_8 += x5 * u; s6_8 += x6 * u; s7_8 += x7 * u
+                        u = w[9]
+                        s0_9 += x0 * u; s1_9 += x1 * u; s2_9 += x2 * u; s3_9 += x3 * u; s4_9 += x4 * u; s5_9 += x5 * u; s6_9 += x6 * u; s7_9 += x7 * u
+                        u = w[10]
+                        s0_10 += x0 * u; s1_10 += x1 * u; s2_10 += x2 * u; s3_10 += x3 * u; s4_10 += x4 * u; s5_10 += x5 * u; s6_10 += x6 * u; s7_10 += x7 * u
+                        u = w[11]
+                        s0_11 += x0 * u; s1_11 += x1 * u; s2_11 += x2 * u; s3_11 += x3 * u; s4_11 += x4 * u; s5_11 += x5 * u; s6_11 += x6 * u; s7_11 += x7 * u
+                        u = w[12]
+                        s0_12 += x0 * u; s1_12 += x1 * u; s2_12 += x2 * u; s3_12 += x3 * u; s4_12 += x4 * u; s5_12 += x5 * u; s6_12 += x6 * u; s7_12 += x7 * u
+                        u = w[13]
+                        s0_13 += x0 * u; s1_13 += x1 * u; s2_13 += x2 * u; s3_13 += x3 * u; s4_13 += x4 * u; s5_13 += x5 * u; s6_13 += x6 * u; s7_13 += x7 * u
+                        u = w[14]
+                        s0_14 += x0 * u; s1_14 += x1 * u; s2_14 += x2 * u; s3_14 += x3 * u; s4_14 += x4 * u; s5_14 += x5 * u; s6_14 += x6 * u; s7_14 += x7 * u
+                        u = w[15]
+                        s0_15 += x0 * u; s1_15 += x1 * u; s2_15 += x2 * u; s3_15 += x3 * u; s4_15 += x4 * u; s5_15 += x5 * u; s6_15 += x6 * u; s7_15 += x7 * u
+                    bias = bp[fb]
+                    best[0] = max(max(max(s0_0, s1_0), max(s2_0, s3_0)) + bias[0], zero)
+                    best[1] = max(max(max(s0_1, s1_1), max(s2_1, s3_1)) + bias[1], zero)
+                    best[2] = max(max(max(s0_2, s1_2), max(s2_2, s3_2)) + bias[2], zero)
+                    best[3] = max(max(max(s0_3, s1_3), max(s2_3, s3_3)) + bias[3], zero)
+                    best[4] = max(max(max(s0_4, s1_4), max(s2_4, s3_4)) + bias[4], zero)
+                    best[5] = max(max(max(s0_5, s1_5), max(s2_5, s3_5)) + bias[5], zero)
+                    best[6] = max(max(max(s0_6, s1_6), max(s2_6, s3_6)) + bias[6], zero)
+                    best[7] = max(max(max(s0_7, s1_7), max(s2_7, s3_7)) + bias[7], zero)
+                    best[8] = max(max(max(s0_8, s1_8), max(s2_8, s3_8)) + bias[8], zero)
+                    best[9] = max(max(max(s0_9, s1_9), max(s2_9, s3_9)) + bias[9], zero)
+                    best[10] = max(max(max(s0_10, s1_10), max(s2_10, s3_10)) + bias[10], zero)
+                    best[11] = max(max(max(s0_11, s1_11), max(s2_11, s3_11)) + bias[11], zero)
+                    best[12] = max(max(max(s0_12, s1_12), max(s2_12, s3_12)) + bias[12], zero)
+                    best[13] = max(max(max(s0_13, s1_13), max(s2_13, s3_13)) + bias[13], zero)
+                    best[14] = max(max(max(s0_14, s1_14), max(s2_14, s3_14)) + bias[14], zero)
+                    best[15] = max(max(max(s0_15, s1_15), max(s2_15, s3_15)) + bias[15], zero)
+                    best[16] = max(max(max(s4_0, s5_0), max(s6_0, s7_0)) + bias[0], zero)
+                    best[17] = max(max(max(s4_1, s5_1), max(s6_1, s7_1)) + bias[1], zero)
+                    best[18] = max(max(max(s4_2, s5_2), max(s6_2, s7_2)) + bias[2], zero)
+                    best[19] = max(max(max(s4_3, s5_3), max(s6_3, s7_3)) + bias[3], zero)
+                    best[20] = max(max(max(s4_4, s5_4), max(s6_4, s7_4)) + bias[4], zero)
+                    best[21] = max(max(max(s4_5, s5_5), max(s6_5, s7_5)) + bias[5], zero)
+                    best[22] = max(max(max(s4_6, s5_6), max(s6_6, s7_6)) + bias[6], zero)
+                    best[23] = max(max(max(s4_7, s5_7), max(s6_7, s7_7)) + bias[7], zero)
+                    best[24] = max(max(max(s4_8, s5_8), max(s6_8, s7_8)) + bias[8], zero)
+                    best[25] = max(max(max(s4_9, s5_9), max(s6_9, s7_9)) + bias[9], zero)
+                    best[26] = max(max(max(s4_10, s5_10), max(s6_10, s7_10)) + bias[10], zero)
+                    best[27] = max(max(max(s4_11, s5_11), max(s6_11, s7_11)) + bias[11], zero)
+                    best[28] = max(max(max(s4_12, s5_12), max(s6_12, s7_12)) + bias[12], zero)
+                    best[29] = max(max(max(s4_13, s5_13), max(s6_13, s7_13)) + bias[13], zero)
+                    best[30] = max(max(max(s4_14, s5_14), max(s6_14, s7_14)) + bias[14], zero)
+                    best[31] = max(max(max(s4_15, s5_15), max(s6_15, s7_15)) + bias[15], zero)
+                    for l in range(min(16, F - 16 * fb)):
+                        out[n, first + 16 * fb + l, bi, bj + 0] = best[0 + l]
+                        out[n, first + 16 * fb + l, bi, bj + 1] = best[16 + l]
+
+
+@njit(parallel=True, cache=True)
 def tile_8x16(xflat, offs, Wp, wp, bp, first, F, tmp, out):
-    """8 positions (2 2x2 blocks) x 16 filters per tile."""
+    """The 8x16 tile on every image: thread t runs images_8x16 on its share, with scratch row tmp[t]."""
     N = xflat.shape[0]
-    K, Fb, _ = wp.shape
-    _, _, Hq, Wq = out.shape
     T = tmp.shape[0]
-    zero = np.float32(0.0)
     chunk = (N + T - 1) // T
     for t in prange(T):
-        best = tmp[t]
-        for n in range(t * chunk, min(N, (t + 1) * chunk)):
-            x = xflat[n]
-            for bi in range(Hq):
-                for bj0 in range(0, Wq, 2):
-                    bj = min(bj0, Wq - 2)
-                    p0 = 2 * bi * Wp + 2 * bj
-                    r0 = x[p0 + 0 * Wp + 0:]
-                    r1 = x[p0 + 0 * Wp + 1:]
-                    r2 = x[p0 + 1 * Wp + 0:]
-                    r3 = x[p0 + 1 * Wp + 1:]
-                    r4 = x[p0 + 0 * Wp + 2:]
-                    r5 = x[p0 + 0 * Wp + 3:]
-                    r6 = x[p0 + 1 * Wp + 2:]
-                    r7 = x[p0 + 1 * Wp + 3:]
-                    for fb in range(Fb):
-                        s0_0 = s0_1 = s0_2 = s0_3 = s0_4 = s0_5 = s0_6 = s0_7 = s0_8 = s0_9 = s0_10 = s0_11 = s0_12 = s0_13 = s0_14 = s0_15 = zero
-                        s1_0 = s1_1 = s1_2 = s1_3 = s1_4 = s1_5 = s1_6 = s1_7 = s1_8 = s1_9 = s1_10 = s1_11 = s1_12 = s1_13 = s1_14 = s1_15 = zero
-                        s2_0 = s2_1 = s2_2 = s2_3 = s2_4 = s2_5 = s2_6 = s2_7 = s2_8 = s2_9 = s2_10 = s2_11 = s2_12 = s2_13 = s2_14 = s2_15 = zero
-                        s3_0 = s3_1 = s3_2 = s3_3 = s3_4 = s3_5 = s3_6 = s3_7 = s3_8 = s3_9 = s3_10 = s3_11 = s3_12 = s3_13 = s3_14 = s3_15 = zero
-                        s4_0 = s4_1 = s4_2 = s4_3 = s4_4 = s4_5 = s4_6 = s4_7 = s4_8 = s4_9 = s4_10 = s4_11 = s4_12 = s4_13 = s4_14 = s4_15 = zero
-                        s5_0 = s5_1 = s5_2 = s5_3 = s5_4 = s5_5 = s5_6 = s5_7 = s5_8 = s5_9 = s5_10 = s5_11 = s5_12 = s5_13 = s5_14 = s5_15 = zero
-                        s6_0 = s6_1 = s6_2 = s6_3 = s6_4 = s6_5 = s6_6 = s6_7 = s6_8 = s6_9 = s6_10 = s6_11 = s6_12 = s6_13 = s6_14 = s6_15 = zero
-                        s7_0 = s7_1 = s7_2 = s7_3 = s7_4 = s7_5 = s7_6 = s7_7 = s7_8 = s7_9 = s7_10 = s7_11 = s7_12 = s7_13 = s7_14 = s7_15 = zero
-                        for k in range(K):
-                            w = wp[k, fb]
-                            o = offs[k]
-                            x0 = r0[o]
-                            x1 = r1[o]
-                            x2 = r2[o]
-                            x3 = r3[o]
-                            x4 = r4[o]
-                            x5 = r5[o]
-                            x6 = r6[o]
-                            x7 = r7[o]
-                            u = w[0]
-                            s0_0 += x0 * u; s1_0 += x1 * u; s2_0 += x2 * u; s3_0 += x3 * u; s4_0 += x4 * u; s5_0 += x5 * u; s6_0 += x6 * u; s7_0 += x7 * u
-                            u = w[1]
-                            s0_1 += x0 * u; s1_1 += x1 * u; s2_1 += x2 * u; s3_1 += x3 * u; s4_1 += x4 * u; s5_1 += x5 * u; s6_1 += x6 * u; s7_1 += x7 * u
-                            u = w[2]
-                            s0_2 += x0 * u; s1_2 += x1 * u; s2_2 += x2 * u; s3_2 += x3 * u; s4_2 += x4 * u; s5_2 += x5 * u; s6_2 += x6 * u; s7_2 += x7 * u
-                            u = w[3]
-                            s0_3 += x0 * u; s1_3 += x1 * u; s2_3 += x2 * u; s3_3 += x3 * u; s4_3 += x4 * u; s5_3 += x5 * u; s6_3 += x6 * u; s7_3 += x7 * u
-                            u = w[4]
-                            s0_4 += x0 * u; s1_4 += x1 * u; s2_4 += x2 * u; s3_4 += x3 * u; s4_4 += x4 * u; s5_4 += x5 * u; s6_4 += x6 * u; s7_4 += x7 * u
-                            u = w[5]
-                            s0_5 += x0 * u; s1_5 += x1 * u; s2_5 += x2 * u; s3_5 += x3 * u; s4_5 += x4 * u; s5_5 += x5 * u; s6_5 += x6 * u; s7_5 += x7 * u
-                            u = w[6]
-                            s0_6 += x0 * u; s1_6 += x1 * u; s2_6 += x2 * u; s3_6 += x3 * u; s4_6 += x4 * u; s5_6 += x5 * u; s6_6 += x6 * u; s7_6 += x7 * u
-                            u = w[7]
-                            s0_7 += x0 * u; s1_7 += x1 * u; s2_7 += x2 * u; s3_7 += x3 * u; s4_7 += x4 * u; s5_7 += x5 * u; s6_7 += x6 * u; s7_7 += x7 * u
-                            u = w[8]
-                            s0_8 += x0 * u; s1_8 += x1 * u; s2_8 += x2 * u; s3_8 += x3 * u; s4_8 += x4 * u; s5_8 += x5 * u; s6_8 += x6 * u; s7_8 += x7 * u
-                            u = w[9]
-                            s0_9 += x0 * u; s1_9 += x1 * u; s2_9 += x2 * u; s3_9 += x3 * u; s4_9 += x4 * u; s5_9 += x5 * u; s6_9 += x6 * u; s7_9 += x7 * u
-                            u = w[10]
-                            s0_10 += x0 * u; s1_10 += x1 * u; s2_10 += x2 * u; s3_10 += x3 * u; s4_10 += x4 * u; s5_10 += x5 * u; s6_10 += x6 * u; s7_10 += x7 * u
-                            u = w[11]
-                            s0_11 += x0 * u; s1_11 += x1 * u; s2_11 += x2 * u; s3_11 += x3 * u; s4_11 += x4 * u; s5_11 += x5 * u; s6_11 += x6 * u; s7_11 += x7 * u
-                            u = w[12]
-                            s0_12 += x0 * u; s1_12 += x1 * u; s2_12 += x2 * u; s3_12 += x3 * u; s4_12 += x4 * u; s5_12 += x5 * u; s6_12 += x6 * u; s7_12 += x7 * u
-                            u = w[13]
-                            s0_13 += x0 * u; s1_13 += x1 * u; s2_13 += x2 * u; s3_13 += x3 * u; s4_13 += x4 * u; s5_13 += x5 * u; s6_13 += x6 * u; s7_13 += x7 * u
-                            u = w[14]
-                            s0_14 += x0 * u; s1_14 += x1 * u; s2_14 += x2 * u; s3_14 += x3 * u; s4_14 += x4 * u; s5_14 += x5 * u; s6_14 += x6 * u; s7_14 += x7 * u
-                            u = w[15]
-                            s0_15 += x0 * u; s1_15 += x1 * u; s2_15 += x2 * u; s3_15 += x3 * u; s4_15 += x4 * u; s5_15 += x5 * u; s6_15 += x6 * u; s7_15 += x7 * u
-                        bias = bp[fb]
-                        best[0] = max(max(max(s0_0, s1_0), max(s2_0, s3_0)) + bias[0], zero)
-                        best[1] = max(max(max(s0_1, s1_1), max(s2_1, s3_1)) + bias[1], zero)
-                        best[2] = max(max(max(s0_2, s1_2), max(s2_2, s3_2)) + bias[2], zero)
-                        best[3] = max(max(max(s0_3, s1_3), max(s2_3, s3_3)) + bias[3], zero)
-                        best[4] = max(max(max(s0_4, s1_4), max(s2_4, s3_4)) + bias[4], zero)
-                        best[5] = max(max(max(s0_5, s1_5), max(s2_5, s3_5)) + bias[5], zero)
-                        best[6] = max(max(max(s0_6, s1_6), max(s2_6, s3_6)) + bias[6], zero)
-                        best[7] = max(max(max(s0_7, s1_7), max(s2_7, s3_7)) + bias[7], zero)
-                        best[8] = max(max(max(s0_8, s1_8), max(s2_8, s3_8)) + bias[8], zero)
-                        best[9] = max(max(max(s0_9, s1_9), max(s2_9, s3_9)) + bias[9], zero)
-                        best[10] = max(max(max(s0_10, s1_10), max(s2_10, s3_10)) + bias[10], zero)
-                        best[11] = max(max(max(s0_11, s1_11), max(s2_11, s3_11)) + bias[11], zero)
-                        best[12] = max(max(max(s0_12, s1_12), max(s2_12, s3_12)) + bias[12], zero)
-                        best[13] = max(max(max(s0_13, s1_13), max(s2_13, s3_13)) + bias[13], zero)
-                        best[14] = max(max(max(s0_14, s1_14), max(s2_14, s3_14)) + bias[14], zero)
-                        best[15] = max(max(max(s0_15, s1_15), max(s2_15, s3_15)) + bias[15], zero)
-                        best[16] = max(max(max(s4_0, s5_0), max(s6_0, s7_0)) + bias[0], zero)
-                        best[17] = max(max(max(s4_1, s5_1), max(s6_1, s7_1)) + bias[1], zero)
-                        best[18] = max(max(max(s4_2, s5_2), max(s6_2, s7_2)) + bias[2], zero)
-                        best[19] = max(max(max(s4_3, s5_3), max(s6_3, s7_3)) + bias[3], zero)
-                        best[20] = max(max(max(s4_4, s5_4), max(s6_4, s7_4)) + bias[4], zero)
-                        best[21] = max(max(max(s4_5, s5_5), max(s6_5, s7_5)) + bias[5], zero)
-                        best[22] = max(max(max(s4_6, s5_6), max(s6_6, s7_6)) + bias[6], zero)
-                        best[23] = max(max(max(s4_7, s5_7), max(s6_7, s7_7)) + bias[7], zero)
-                        best[24] = max(max(max(s4_8, s5_8), max(s6_8, s7_8)) + bias[8], zero)
-                        best[25] = max(max(max(s4_9, s5_9), max(s6_9, s7_9)) + bias[9], zero)
-                        best[26] = max(max(max(s4_10, s5_10), max(s6_10, s7_10)) + bias[10], zero)
-                        best[27] = max(max(max(s4_11, s5_11), max(s6_11, s7_11)) + bias[11], zero)
-                        best[28] = max(max(max(s4_12, s5_12), max(s6_12, s7_12)) + bias[12], zero)
-                        best[29] = max(max(max(s4_13, s5_13), max(s6_13, s7_13)) + bias[13], zero)
-                        best[30] = max(max(max(s4_14, s5_14), max(s6_14, s7_14)) + bias[14], zero)
-                        best[31] = max(max(max(s4_15, s5_15), max(s6_15, s7_15)) + bias[15], zero)
-                        for l in range(min(16, F - 16 * fb)):
-                            out[n, first + 16 * fb + l, bi, bj + 0] = best[0 + l]
-                            out[n, first + 16 * fb + l, bi, bj + 1] = best[16 + l]
+        images_8x16(xflat, offs, Wp, wp, bp, first, F, tmp[t], t * chunk, min(N, (t + 1) * chunk), out)
 
 
-@njit(parallel=True, cache=True, fastmath={'contract'})
+@njit(cache=True, fastmath={'contract'})
+def images_4x32(xflat, offs, Wp, wp, bp, first, F, best, n0, n1, out):
+    """4 positions (1 2x2 block) x 32 filters per tile, images n0 to n1 - 1."""
+    K, Fb, _ = wp.shape
+    _, _, Hq, Wq = out.shape
+    zero = np.float32(0.0)
+    for n in range(n0, n1):
+        x = xflat[n]
+        for bi in range(Hq):
+            for bj0 in range(0, Wq, 1):
+                bj = min(bj0, Wq - 1)
+                p0 = 2 * bi * Wp + 2 * bj
+                r0 = x[p0 + 0 * Wp + 0:]
+                r1 = x[p0 + 0 * Wp + 1:]
+                r2 = x[p0 + 1 * Wp + 0:]
+                r3 = x[p0 + 1 * Wp + 1:]
+                for fb in range(Fb):
+                    s0_0 = s0_1 = s0_2 = s0_3 = s0_4 = s0_5 = s0_6 = s0_7 = s0_8 = s0_9 = s0_10 = s0_11 = s0_12 = s0_13 = s0_14 = s0_15 = s0_16 = s0_17 = s0_18 = s0_19 = s0_20 = s0_21 = s0_22 = s0_23 = s0_24 = s0_25 = s0_26 = s0_27 = s0_28 = s0_29 = s0_30 = s0_31 = zero
+                    s1_0 = s1_1 = s1_2 = s1_3 = s1_4 = s1_5 = s1_6 = s1_7 = s1_8 = s1_9 = s1_10 = s1_11 = s1_12 = s1_13 = s1_14 = s1_15 = s1_16 = s1_17 = s1_18 = s1_19 = s1_20 = s1_21 = s1_22 = s1_23 = s1_24 = s1_25 = s1_26 = s1_27 = s1_28 = s1_29 = s1_30 = s1_31 = zero
+                    s2_0 = s2_1 = s2_2 = s2_3 = s2_4 = s2_5 = s2_6 = s2_7 = s2_8 = s2_9 = s2_10 = s2_11 = s2_12 = s2_13 = s2_14 = s2_15 = s2_16 = s2_17 = s2_18 = s2_19 = s2_20 = s2_21 = s2_22 = s2_23 = s2_24 = s2_25 = s2_26 = s2_27 = s2_28 = s2_29 = s2_30 = s2_31 = zero
+                    s3_0 = s3_1 = s3_2 = s3_3 = s3_4 = s3_5 = s3_6 = s3_7 = s3_8 = s3_9 = s3_10 = s3_11 = s3_12 = s3_13 = s3_14 = s3_15 = s3_16 = s3_17 = s3_18 = s3_19 = s3_20 = s3_21 = s3_22 = s3_23 = s3_24 = s3_25 = s3_26 = s3_27 = s3_28 = s3_29 = s3_30 = s3_31 = zero
+                    for k in range(K):
+                        w = wp[k, fb]
+                        o = offs[k]
+                        x0 = r0[o]
+                        x1 = r1[o]
+                        x2 = r2[o]
+                        x3 = r3[o]
+                        u = w[0]
+                        s0_0 += x0 * u; s1_0 += x1 * u; s2_0 += x2 * u; s3_0 += x3 * u
+                        u = w[1]
+                        s0_1 += x0 * u; s1_1 += x1 * u; s2_1 += x2 * u; s3_1 += x3 * u
+                        u = w[2]
+                        s0_2 += x0 * u; s1_2 += x1 * u; s2_2 += x2 * u; s3_2 += x3 * u
+                        u = w[3]
+                        s0_3 += x0 * u; s1_3 += x1 * u; s2_3 += x2 * u; s3_3 += x3 * u
+                        u = w[4]
+                        s0_4 += x0 * u; s1_4 += x1 * u; s2_4 += x2 * u; s3_4 += x3 * u
+                        u = w[5]
+                        s0_5 += x0 * u; s1_5 += x1 * u; s2_5 += x2 * u; s3_5 += x3 * u
+                        u = w[6]
+                        s0_6 += x0 * u; s1_6 += x1 * u; s2_6 += x2 * u; s3_6 += x3 * u
+                        u = w[7]
+                        s0_7 += x0 * u; s1_7 += x1 * u; s2_7 += x2 * u; s3_7 += x3 * u
+                        u = w[8]
+                        s0_8 += x0 * u; s1_8 += x1 * u; s2_8 += x2 * u; s3_8 += x3 * u
+                        u = w[9]
+                        s0_9 += x0 * u; s1_9 += x1 * u; s2_9 += x2 * u; s3_9 += x3 * u
+                        u = w[10]
+                        s0_10 += x0 * u; s1_10 += x1 * u; s2_10 += x2 * u; s3_10 += x3 * u
+                        u = w[11]
+                        s0_11 += x0 * u; s1_11 += x1 * u; s2_11 += x2 * u; s3_11 += x3 * u
+                        u = w[12]
+                        s0_12 += x0 * u; s1_12 += x1 * u; s2_12 += x2 * u; s3_12 += x3 * u
+                        u = w[13]
+                        s0_13 += x0 * u; s1_13 += x1 * u; s2_13 += x2 * u; s3_13 += x3 * u
+                        u = w[14]
+                        s0_14 += x0 * u; s1_14 += x1 * u; s2_14 += x2 * u; s3_14 += x3 * u
+                        u = w[15]
+                        s0_15 += x0 * u; s1_15 += x1 * u; s2_15 += x2 * u; s3_15 += x3 * u
+                        u = w[16]
+                        s0_16 += x0 * u; s1_16 += x1 * u; s2_16 += x2 * u; s3_16 += x3 * u
+                        u = w[17]
+                        s0_17 += x0 * u; s1_17 += x1 * u; s2_17 += x2 * u; s3_17 += x3 * u
+                        u = w[18]
+                        s0_18 += x0 * u; s1_18 += x1 * u; s2_18 += x2 * u; s3_18 += x3 * u
+                        u = w[19]
+                        s0_19 += x0 * u; s1_19 += x1 * u; s2_19 += x2 * u; s3_19 += x3 * u
+                        u = w[20]
+                        s0_20 += x0 * u; s1_20 += x1 * u; s2_20 += x2 * u; s3_20 += x3 * u
+                        u = w[21]
+                        s0_21 += x0 * u; s1_21 += x1 * u; s2_21 += x2 * u; s3_21 += x3 * u
+                        u = w[22]
+                        s0_22 += x0 * u; s1_22 += x1 * u; s2_22 += x2 * u; s3_22 += x3 * u
+                        u = w[23]
+                        s0_23 += x0 * u; s1_23 += x1 * u; s2_23 += x2 * u; s3_23 += x3 * u
+                        u = w[24]
+                        s0_24 += x0 * u; s1_24 += x1 * u; s2_24 += x2 * u; s3_24 += x3 * u
+                        u = w[25]
+                        s0_25 += x0 * u; s1_25 += x1 * u; s2_25 += x2 * u; s3_25 += x3 * u
+                        u = w[26]
+                        s0_26 += x0 * u; s1_26 += x1 * u; s2_26 += x2 * u; s3_26 += x3 * u
+                        u = w[27]
+                        s0_27 += x0 * u; s1_27 += x1 * u; s2_27 += x2 * u; s3_27 += x3 * u
+                        u = w[28]
+                        s0_28 += x0 * u; s1_28 += x1 * u; s2_28 += x2 * u; s3_28 += x3 * u
+                        u = w[29]
+                        s0_29 += x0 * u; s1_29 += x1 * u; s2_29 += x2 * u; s3_29 += x3 * u
+                        u = w[30]
+                        s0_30 += x0 * u; s1_30 += x1 * u; s2_30 += x2 * u; s3_30 += x3 * u
+                        u = w[31]
+                        s0_31 += x0 * u; s1_31 += x1 * u; s2_31 += x2 * u; s3_31 += x3 * u
+                    bias = bp[fb]
+                    best[0] = max(max(max(s0_0, s1_0), max(s2_0, s3_0)) + bias[0], zero)
+                    best[1] = max(max(max(s0_1, s1_1), max(s2_1, s3_1)) + bias[1], zero)
+                    best[2] = max(max(max(s0_2, s1_2), max(s2_2, s3_2)) + bias[2], zero)
+                    best[3] = max(max(max(s0_3, s1_3), max(s2_3, s3_3)) + bias[3], zero)
+                    best[4] = max(max(max(s0_4, s1_4), max(s2_4, s3_4)) + bias[4], zero)
+                    best[5] = max(max(max(s0_5, s1_5), max(s2_5, s3_5)) + bias[5], zero)
+                    best[6] = max(max(max(s0_6, s1_6), max(s2_6, s3_6)) + bias[6], zero)
+                    best[7] = max(max(max(s0_7, s1_7), max(s2_7, s3_7)) + bias[7], zero)
+                    best[8] = max(max(max(s0_8, s1_8), max(s2_8, s3_8)) + bias[8], zero)
+                    best[9] = max(max(max(s0_9, s1_9), max(s2_9, s3_9)) + bias[9], zero)
+                    best[10] = max(max(max(s0_10, s1_10), max(s2_10, s3_10)) + bias[10], zero)
+                    best[11] = max(max(max(s0_11, s1_11), max(s2_11, s3_11)) + bias[11], zero)
+                    best[12] = max(max(max(s0_12, s1_12), max(s2_12, s3_12)) + bias[12], zero)
+                    best[13] = max(max(max(s0_13, s1_13), max(s2_13, s3_13)) + bias[13], zero)
+                    best[14] = max(max(max(s0_14, s1_14), max(s2_14, s3_14)) + bias[14], zero)
+                    best[15] = max(max(max(s0_15, s1_15), max(s2_15, s3_15)) + bias[15], zero)
+                    best[16] = max(max(max(s0_16, s1_16), max(s2_16, s3_16)) + bias[16], zero)
+                    best[17] = max(max(max(s0_17, s1_17), max(s2_17, s3_17)) + bias[17], zero)
+                    best[18] = max(max(max(s0_18, s1_18), max(s2_18, s3_18)) + bias[18], zero)
+                    best[19] = max(max(max(s0_19, s1_19), max(s2_19, s3_19)) + bias[19], zero)
+                    best[20] = max(max(max(s0_20, s1_20), max(s2_20, s3_20)) + bias[20], zero)
+                    best[21] = max(max(max(s0_21, s1_21), max(s2_21, s3_21)) + bias[21], zero)
+                    best[22] = max(max(max(s0_22, s1_22), max(s2_22, s3_22)) + bias[22], zero)
+                    best[23] = max(max(max(s0_23, s1_23), max(s2_23, s3_23)) + bias[23], zero)
+                    best[24] = max(max(max(s0_24, s1_24), max(s2_24, s3_24)) + bias[24], zero)
+                    best[25] = max(max(max(s0_25, s1_25), max(s2_25, s3_25)) + bias[25], zero)
+                    best[26] = max(max(max(s0_26, s1_26), max(s2_26, s3_26)) + bias[26], zero)
+                    best[27] = max(max(max(s0_27, s1_27), max(s2_27, s3_27)) + bias[27], zero)
+                    best[28] = max(max(max(s0_28, s1_28), max(s2_28, s3_28)) + bias[28], zero)
+                    best[29] = max(max(max(s0_29, s1_29), max(s2_29, s3_29)) + bias[29], zero)
+                    best[30] = max(max(max(s0_30, s1_30), max(s2_30, s3_30)) + bias[30], zero)
+                    best[31] = max(max(max(s0_31, s1_31), max(s2_31, s3_31)) + bias[31], zero)
+                    for l in range(min(32, F - 32 * fb)):
+                        out[n, first + 32 * fb + l, bi, bj + 0] = best[0 + l]
+
+
+@njit(parallel=True, cache=True)
 def tile_4x32(xflat, offs, Wp, wp, bp, first, F, tmp, out):
-    """4 positions (1 2x2 block) x 32 filters per tile."""
+    """The 4x32 tile on every image: thread t runs images_4x32 on its share, with scratch row tmp[t]."""
     N = xflat.shape[0]
-    K, Fb, _ = wp.shape
-    _, _, Hq, Wq = out.shape
     T = tmp.shape[0]
-    zero = np.float32(0.0)
     chunk = (N + T - 1) // T
     for t in prange(T):
-        best = tmp[t]
-        for n in range(t * chunk, min(N, (t + 1) * chunk)):
-            x = xflat[n]
-            for bi in range(Hq):
-                for bj0 in range(0, Wq, 1):
-                    bj = min(bj0, Wq - 1)
-                    p0 = 2 * bi * Wp + 2 * bj
-                    r0 = x[p0 + 0 * Wp + 0:]
-                    r1 = x[p0 + 0 * Wp + 1:]
-                    r2 = x[p0 + 1 * Wp + 0:]
-                    r3 = x[p0 + 1 * Wp + 1:]
-                    for fb in range(Fb):
-                        s0_0 = s0_1 = s0_2 = s0_3 = s0_4 = s0_5 = s0_6 = s0_7 = s0_8 = s0_9 = s0_10 = s0_11 = s0_12 = s0_13 = s0_14 = s0_15 = s0_16 = s0_17 = s0_18 = s0_19 = s0_20 = s0_21 = s0_22 = s0_23 = s0_24 = s0_25 = s0_26 = s0_27 = s0_28 = s0_29 = s0_30 = s0_31 = zero
-                        s1_0 = s1_1 = s1_2 = s1_3 = s1_4 = s1_5 = s1_6 = s1_7 = s1_8 = s1_9 = s1_10 = s1_11 = s1_12 = s1_13 = s1_14 = s1_15 = s1_16 = s1_17 = s1_18 = s1_19 = s1_20 = s1_21 = s1_22 = s1_23 = s1_24 = s1_25 = s1_26 = s1_27 = s1_28 = s1_29 = s1_30 = s1_31 = zero
-                        s2_0 = s2_1 = s2_2 = s2_3 = s2_4 = s2_5 = s2_6 = s2_7 = s2_8 = s2_9 = s2_10 = s2_11 = s2_12 = s2_13 = s2_14 = s2_15 = s2_16 = s2_17 = s2_18 = s2_19 = s2_20 = s2_21 = s2_22 = s2_23 = s2_24 = s2_25 = s2_26 = s2_27 = s2_28 = s2_29 = s2_30 = s2_31 = zero
-                        s3_0 = s3_1 = s3_2 = s3_3 = s3_4 = s3_5 = s3_6 = s3_7 = s3_8 = s3_9 = s3_10 = s3_11 = s3_12 = s3_13 = s3_14 = s3_15 = s3_16 = s3_17 = s3_18 = s3_19 = s3_20 = s3_21 = s3_22 = s3_23 = s3_24 = s3_25 = s3_26 = s3_27 = s3_28 = s3_29 = s3_30 = s3_31 = zero
-                        for k in range(K):
-                            w = wp[k, fb]
-                            o = offs[k]
-                            x0 = r0[o]
-                            x1 = r1[o]
-                            x2 = r2[o]
-                            x3 = r3[o]
-                            u = w[0]
-                            s0_0 += x0 * u; s1_0 += x1 * u; s2_0 += x2 * u; s3_0 += x3 * u
-                            u = w[1]
-                            s0_1 += x0 * u; s1_1 += x1 * u; s2_1 += x2 * u; s3_1 += x3 * u
-                            u = w[2]
-                            s0_2 += x0 * u; s1_2 += x1 * u; s2_2 += x2 * u; s3_2 += x3 * u
-                            u = w[3]
-                            s0_3 += x0 * u; s1_3 += x1 * u; s2_3 += x2 * u; s3_3 += x3 * u
-                            u = w[4]
-                            s0_4 += x0 * u; s1_4 += x1 * u; s2_4 += x2 * u; s3_4 += x3 * u
-                            u = w[5]
-                            s0_5 += x0 * u; s1_5 += x1 * u; s2_5 += x2 * u; s3_5 += x3 * u
-                            u = w[6]
-                            s0_6 += x0 * u; s1_6 += x1 * u; s2_6 += x2 * u; s3_6 += x3 * u
-                            u = w[7]
-                            s0_7 += x0 * u; s1_7 += x1 * u; s2_7 += x2 * u; s3_7 += x3 * u
-                            u = w[8]
-                            s0_8 += x0 * u; s1_8 += x1 * u; s2_8 += x2 * u; s3_8 += x3 * u
-                            u = w[9]
-                            s0_9 += x0 * u; s1_9 += x1 * u; s2_9 += x2 * u; s3_9 += x3 * u
-                            u = w[10]
-                            s0_10 += x0 * u; s1_10 += x1 * u; s2_10 += x2 * u; s3_10 += x3 * u
-                            u = w[11]
-                            s0_11 += x0 * u; s1_11 += x1 * u; s2_11 += x2 * u; s3_11 += x3 * u
-                            u = w[12]
-                            s0_12 += x0 * u; s1_12 += x1 * u; s2_12 += x2 * u; s3_12 += x3 * u
-                            u = w[13]
-                            s0_13 += x0 * u; s1_13 += x1 * u; s2_13 += x2 * u; s3_13 += x3 * u
-                            u = w[14]
-                            s0_14 += x0 * u; s1_14 += x1 * u; s2_14 += x2 * u; s3_14 += x3 * u
-                            u = w[15]
-                            s0_15 += x0 * u; s1_15 += x1 * u; s2_15 += x2 * u; s3_15 += x3 * u
-                            u = w[16]
-                            s0_16 += x0 * u; s1_16 += x1 * u; s2_16 += x2 * u; s3_16 += x3 * u
-                            u = w[17]
-                            s0_17 += x0 * u; s1_17 += x1 * u; s2_17 += x2 * u; s3_17 += x3 * u
-                            u = w[18]
-                            s0_18 += x0 * u; s1_18 += x1 * u; s2_18 += x2 * u; s3_18 += x3 * u
-                            u = w[19]
-                            s0_19 += x0 * u; s1_19 += x1 * u; s2_19 += x2 * u; s3_19 += x3 * u
-                            u = w[20]
-                            s0_20 += x0 * u; s1_20 += x1 * u; s2_20 += x2 * u; s3_20 += x3 * u
-                            u = w[21]
-                            s0_21 += x0 * u; s1_21 += x1 * u; s2_21 += x2 * u; s3_21 += x3 * u
-                            u = w[22]
-                            s0_22 += x0 * u; s1_22 += x1 * u; s2_22 += x2 * u; s3_22 += x3 * u
-                            u = w[23]
-                            s0_23 += x0 * u; s1_23 += x1 * u; s2_23 += x2 * u; s3_23 += x3 * u
-                            u = w[24]
-                            s0_24 += x0 * u; s1_24 += x1 * u; s2_24 += x2 * u; s3_24 += x3 * u
-                            u = w[25]
-                            s0_25 += x0 * u; s1_25 += x1 * u; s2_25 += x2 * u; s3_25 += x3 * u
-                            u = w[26]
-                            s0_26 += x0 * u; s1_26 += x1 * u; s2_26 += x2 * u; s3_26 += x3 * u
-                            u = w[27]
-                            s0_27 += x0 * u; s1_27 += x1 * u; s2_27 += x2 * u; s3_27 += x3 * u
-                            u = w[28]
-                            s0_28 += x0 * u; s1_28 += x1 * u; s2_28 += x2 * u; s3_28 += x3 * u
-                            u = w[29]
-                            s0_29 += x0 * u; s1_29 += x1 * u; s2_29 += x2 * u; s3_29 += x3 * u
-                            u = w[30]
-                            s0_30 += x0 * u; s1_30 += x1 * u; s2_30 += x2 * u; s3_30 += x3 * u
-                            u = w[31]
-                            s0_31 += x0 * u; s1_31 += x1 * u; s2_31 += x2 * u; s3_31 += x3 * u
-                        bias = bp[fb]
-                        best[0] = max(max(max(s0_0, s1_0), max(s2_0, s3_0)) + bias[0], zero)
-                        best[1] = max(max(max(s0_1, s1_1), max(s2_1, s3_1)) + bias[1], zero)
-                        best[2] = max(max(max(s0_2, s1_2), max(s2_2, s3_2)) + bias[2], zero)
-                        best[3] = max(max(max(s0_3, s1_3), max(s2_3, s3_3)) + bias[3], zero)
-                        best[4] = max(max(max(s0_4, s1_4), max(s2_4, s3_4)) + bias[4], zero)
-                        best[5] = max(max(max(s0_5, s1_5), max(s2_5, s3_5)) + bias[5], zero)
-                        best[6] = max(max(max(s0_6, s1_6), max(s2_6, s3_6)) + bias[6], zero)
-                        best[7] = max(max(max(s0_7, s1_7), max(s2_7, s3_7)) + bias[7], zero)
-                        best[8] = max(max(max(s0_8, s1_8), max(s2_8, s3_8)) + bias[8], zero)
-                        best[9] = max(max(max(s0_9, s1_9), max(s2_9, s3_9)) + bias[9], zero)
-                        best[10] = max(max(max(s0_10, s1_10), max(s2_10, s3_10)) + bias[10], zero)
-                        best[11] = max(max(max(s0_11, s1_11), max(s2_11, s3_11)) + bias[11], zero)
-                        best[12] = max(max(max(s0_12, s1_12), max(s2_12, s3_12)) + bias[12], zero)
-                        best[13] = max(max(max(s0_13, s1_13), max(s2_13, s3_13)) + bias[13], zero)
-                        best[14] = max(max(max(s0_14, s1_14), max(s2_14, s3_14)) + bias[14], zero)
-                        best[15] = max(max(max(s0_15, s1_15), max(s2_15, s3_15)) + bias[15], zero)
-                        best[16] = max(max(max(s0_16, s1_16), max(s2_16, s3_16)) + bias[16], zero)
-                        best[17] = max(max(max(s0_17, s1_17), max(s2_17, s3_17)) + bias[17], zero)
-                        best[18] = max(max(max(s0_18, s1_18), max(s2_18, s3_18)) + bias[18], zero)
-                        best[19] = max(max(max(s0_19, s1_19), max(s2_19, s3_19)) + bias[19], zero)
-                        best[20] = max(max(max(s0_20, s1_20), max(s2_20, s3_20)) + bias[20], zero)
-                        best[21] = max(max(max(s0_21, s1_21), max(s2_21, s3_21)) + bias[21], zero)
-                        best[22] = max(max(max(s0_22, s1_22), max(s2_22, s3_22)) + bias[22], zero)
-                        best[23] = max(max(max(s0_23, s1_23), max(s2_23, s3_23)) + bias[23], zero)
-                        best[24] = max(max(max(s0_24, s1_24), max(s2_24, s3_24)) + bias[24], zero)
-                        best[25] = max(max(max(s0_25, s1_25), max(s2_25, s3_25)) + bias[25], zero)
-                        best[26] = max(max(max(s0_26, s1_26), max(s2_26, s3_26)) + bias[26], zero)
-                        best[27] = max(max(max(s0_27, s1_27), max(s2_27, s3_27)) + bias[27], zero)
-                        best[28] = max(max(max(s0_28, s1_28), max(s2_28, s3_28)) + bias[28], zero)
-                        best[29] = max(max(max(s0_29, s1_29), max(s2_29, s3_29)) + bias[29], zero)
-                        best[30] = max(max(max(s0_30, s1_30), max(s2_30, s3_30)) + bias[30], zero)
-                        best[31] = max(max(max(s0_31, s1_31), max(s2_31, s3_31)) + bias[31], zero)
-                        for l in range(min(32, F - 32 * fb)):
-                            out[n, first + 32 * fb + l, bi, bj + 0] = best[0 + l]
+        images_4x32(xflat, offs, Wp, wp, bp, first, F, tmp[t], t * chunk, min(N, (t + 1) * chunk), out)
 
 
-@njit(parallel=True, cache=True, fastmath={'contract'})
+@njit(cache=True, fastmath={'contract'})
+def images_8x32(xflat, offs, Wp, wp, bp, first, F, best, n0, n1, out):
+    """8 positions (2 2x2 blocks) x 32 filters per tile, images n0 to n1 - 1."""
+    K, Fb, _ = wp.shape
+    _, _, Hq, Wq = out.shape
+    zero = np.float32(0.0)
+    for n in range(n0, n1):
+        x = xflat[n]
+        for bi in range(Hq):
+            for bj0 in range(0, Wq, 2):
+                bj = min(bj0, Wq - 2)
+                p0 = 2 * bi * Wp + 2 * bj
+                r0 = x[p0 + 0 * Wp + 0:]
+                r1 = x[p0 + 0 * Wp + 1:]
+                r2 = x[p0 + 1 * Wp + 0:]
+                r3 = x[p0 + 1 * Wp + 1:]
+                r4 = x[p0 + 0 * Wp + 2:]
+                r5 = x[p0 + 0 * Wp + 3:]
+                r6 = x[p0 + 1 * Wp + 2:]
+                r7 = x[p0 + 1 * Wp + 3:]
+                for fb in range(Fb):
+                    s0_0 = s0_1 = s0_2 = s0_3 = s0_4 = s0_5 = s0_6 = s0_7 = s0_8 = s0_9 = s0_10 = s0_11 = s0_12 = s0_13 = s0_14 = s0_15 = s0_16 = s0_17 = s0_18 = s0_19 = s0_20 = s0_21 = s0_22 = s0_23 = s0_24 = s0_25 = s0_26 = s0_27 = s0_28 = s0_29 = s0_30 = s0_31 = zero
+                    s1_0 = s1_1 = s1_2 = s1_3 = s1_4 = s1_5 = s1_6 = s1_7 = s1_8 = s1_9 = s1_10 = s1_11 = s1_12 = s1_13 = s1_14 = s1_15 = s1_16 = s1_17 = s1_18 = s1_19 = s1_20 = s1_21 = s1_22 = s1_23 = s1_24 = s1_25 = s1_26 = s1_27 = s1_28 = s1_29 = s1_30 = s1_31 = zero
+                    s2_0 = s2_1 = s2_2 = s2_3 = s2_4 = s2_5 = s2_6 = s2_7 = s2_8 = s2_9 = s2_10 = s2_11 = s2_12 = s2_13 = s2_14 = s2_15 = s2_16 = s2_17 = s2_18 = s2_19 = s2_20 = s2_21 = s2_22 = s2_23 = s2_24 = s2_25 = s2_26 = s2_27 = s2_28 = s2_29 = s2_30 = s2_31 = zero
+                    s3_0 = s3_1 = s3_2 = s3_3 = s3_4 = s3_5 = s3_6 = s3_7 = s3_8 = s3_9 = s3_10 = s3_11 = s3_12 = s3_13 = s3_14 = s3_15 = s3_16 = s3_17 = s3_18 = s3_19 = s3_20 = s3_21 = s3_22 = s3_23 = s3_24 = s3_25 = s3_26 = s3_27 = s3_28 = s3_29 = s3_30 = s3_31 = zero
+                    s4_0 = s4_1 = s4_2 = s4_3 = s4_4 = s4_5 = s4_6 = s4_7 = s4_8 = s4_9 = s4_10 = s4_11 = s4_12 = s4_13 = s4_14 = s4_15 = s4_16 = s4_17 = s4_18 = s4_19 = s4_20 = s4_21 = s4_22 = s4_23 = s4_24 = s4_25 = s4_26 = s4_27 = s4_28 = s4_29 = s4_30 = s4_31 = zero
+                    s5_0 = s5_1 = s5_2 = s5_3 = s5_4 = s5_5 = s5_6 = s5_7 = s5_8 = s5_9 = s5_10 = s5_11 = s5_12 = s5_13 = s5_14 = s5_15 = s5_16 = s5_17 = s5_18 = s5_19 = s5_20 = s5_21 = s5_22 = s5_23 = s5_24 = s5_25 = s5_26 = s5_27 = s5_28 = s5_29 = s5_30 = s5_31 = zero
+                    s6_0 = s6_1 = s6_2 = s6_3 = s6_4 = s6_5 = s6_6 = s6_7 = s6_8 = s6_9 = s6_10 = s6_11 = s6_12 = s6_13 = s6_14 = s6_15 = s6_16 = s6_17 = s6_18 = s6_19 = s6_20 = s6_21 = s6_22 = s6_23 = s6_24 = s6_25 = s6_26 = s6_27 = s6_28 = s6_29 = s6_30 = s6_31 = zero
+                    s7_0 = s7_1 = s7_2 = s7_3 = s7_4 = s7_5 = s7_6 = s7_7 = s7_8 = s7_9 = s7_10 = s7_11 = s7_12 = s7_13 = s7_14 = s7_15 = s7_16 = s7_17 = s7_18 = s7_19 = s7_20 = s7_21 = s7_22 = s7_23 = s7_24 = s7_25 = s7_26 = s7_27 = s7_28 = s7_29 = s7_30 = s7_31 = zero
+                    for k in range(K):
+                        w = wp[k, fb]
+                        o = offs[k]
+                        x0 = r0[o]
+                        x1 = r1[o]
+                        x2 = r2[o]
+                        x3 = r3[o]
+                        x4 = r4[o]
+                        x5 = r5[o]
+                        x6 = r6[o]
+                        x7 = r7[o]
+                        u = w[0]
+                        s0_0 += x0 * u; s1_0 += x1 * u; s2_0 += x2 * u; s3_0 += x3 * u; s4_0 += x4 * u; s5_0 += x5 * u; s6_0 += x6 * u; s7_0 += x7 * u
+                        u = w[1]
+                        s0_1 += x0 * u; s1_1 += x1 * u; s2_1 += x2 * u; s3_1 += x3 * u; s4_1 += x4 * u; s5_1 += x5 * u; s6_1 += x6 * u; s7_1 += x7 * u
+                        u = w[2]
+                        s0_2 += x0 * u; s1_2 += x1 * u; s2_2 += x2 * u; s3_2 += x3 * u; s4_2 += x4 * u; s5_2 += x5 * u; s6_2 += x6 * u; s7_2 += x7 * u
+                        u = w[3]
+                        s0_3 += x0 * u; s1_3 += x1 * u; s2_3 += x2 * u; s3_3 += x3 * u; s4_3 += x4 * u; s5_3 += x5 * u; s6_3 += x6 * u; s7_3 += x7 * u
+                        u = w[4]
+                        s0_4 += x0 * u; s1_4 += x1 * u; s2_4 += x2 * u; s3_4 += x3 * u; s4_4 += x4 * u; s5_4 += x5 * u; s6_4 += x6 * u; s7_4 += x7 * u
+                        u = w[5]
+                        s0_5 += x0 * u; s1_5 += x1 * u; s2_5 += x2 * u; s3_5 += x3 * u; s4_5 += x4 * u; s5_5 += x5 * u; s6_5 += x6 * u; s7_5 += x7 * u
+                        u = w[6]
+                        s0_6 += x0 * u; s1_6 += x1 * u; s2_6 += x2 * u; s3_6 += x3 * u; s4_6 += x4 * u; s5_6 += x5 * u; s6_6 += x6 * u; s7_6 += x7 * u
+                        u = w[7]
+                        s0_7 += x0 * u; s1_7 += x1 * u; s2_7 += x2 * u; s3_7 += x3 * u; s4_7 += x4 * u; s5_7 += x5 * u; s6_7 += x6 * u; s7_7 += x7 * u
+                        u = w[8]
+                        s0_8 += x0 * u; s1_8 += x1 * u; s2_8 += x2 * u; s3_8 += x3 * u; s4_8 += x4 * u; s5_8 += x5 * u; s6_8 += x6 * u; s7_8 += x7 * u
+                        u = w[9]
+                        s0_9 += x0 * u; s1_9 += x1 * u; s2_9 += x2 * u; s3_9 += x3 * u; s4_9 += x4 * u; s5_9 += x5 * u; s6_9 += x6 * u; s7_9 += x7 * u
+                        u = w[10]
+                        s0_10 += x0 * u; s1_10 += x1 * u; s2_10 += x2 * u; s3_10 += x3 * u; s4_10 += x4 * u; s5_10 += x5 * u; s6_10 += x6 * u; s7_10 += x7 * u
+                        u = w[11]
+                        s0_11 += x0 * u; s1_11 += x1 * u; s2_11 += x2 * u; s3_11 += x3 * u; s4_11 += x4 * u; s5_11 += x5 * u; s6_11 += x6 * u; s7_11 += x7 * u
+                        u = w[12]
+                        s0_12 += x0 * u; s1_12 += x1 * u; s2_12 += x2 * u; s3_12 += x3 * u; s4_12 += x4 * u; s5_12 += x5 * u; s6_12 += x6 * u; s7_12 += x7 * u
+                        u = w[13]
+                        s0_13 += x0 * u; s1_13 += x1 * u; s2_13 += x2 * u; s3_13 += x3 * u; s4_13 += x4 * u; s5_13 += x5 * u; s6_13 += x6 * u; s7_13 += x7 * u
+                        u = w[14]
+                        s0_14 += x0 * u; s1_14 += x1 * u; s2_14 += x2 * u; s3_14 += x3 * u; s4_14 += x4 * u; s5_14 += x5 * u; s6_14 += x6 * u; s7_14 += x7 * u
+                        u = w[15]
+                        s0_15 += x0 * u; s1_15 += x1 * u; s2_15 += x2 * u; s3_15 += x3 * u; s4_15 += x4 * u; s5_15 += x5 * u; s6_15 += x6 * u; s7_15 += x7 * u
+                        u = w[16]
+                        s0_16 += x0 * u; s1_16 += x1 * u; s2_16 += x2 * u; s3_16 += x3 * u; s4_16 += x4 * u; s5_16 += x5 * u; s6_16 += x6 * u; s7_16 += x7 * u
+                        u = w[17]
+                        s0_17 += x0 * u; s1_17 += x1 * u; s2_17 += x2 * u; s3_17 += x3 * u; s4_17 += x4 * u; s5_17 += x5 * u; s6_17 += x6 * u; s7_17 += x7 * u
+                        u = w[18]
+                        s0_18 += x0 * u; s1_18 += x1 * u; s2_18 += x2 * u; s3_18 += x3 * u; s4_18 += x4 * u; s5_18 += x5 * u; s6_18 += x6 * u; s7_18 += x7 * u
+                        u = w[19]
+                        s0_19 += x0 * u; s1_19 += x1 * u; s2_19 += x2 * u; s3_19 += x3 * u; s4_19 += x4 * u; s5_19 += x5 * u; s6_19 += x6 * u; s7_19 += x7 * u
+                        u = w[20]
+                        s0_20 += x0 * u; s1_20 += x1 * u; s2_20 += x2 * u; s3_20 += x3 * u; s4_20 += x4 * u; s5_20 += x5 * u; s6_20 += x6 * u; s7_20 += x7 * u
+                        u = w[21]
+                        s0_21 += x0 * u; s1_21 += x1 * u; s2_21 += x2 * u; s3_21 += x3 * u; s4_21 += x4 * u; s5_21 += x5 * u; s6_21 += x6 * u; s7_21 += x7 * u
+                        u = w[22]
+                        s0_22 += x0 * u; s1_22 += x1 * u; s2_22 += x2 * u; s3_22 += x3 * u; s4_22 += x4 * u; s5_22 += x5 * u; s6_22 += x6 * u; s7_22 += x7 * u
+                        u = w[23]
+                        s0_23 += x0 * u; s1_23 += x1 * u; s2_23 += x2 * u; s3_23 += x3 * u; s4_23 += x4 * u; s5_23 += x5 * u; s6_23 += x6 * u; s7_23 += x7 * u
+                        u = w[24]
+                        s0_24 += x0 * u; s1_24 += x1 * u; s2_24 += x2 * u; s3_24 += x3 * u; s4_24 += x4 * u; s5_24 += x5 * u; s6_24 += x6 * u; s7_24 += x7 * u
+                        u = w[25]
+                        s0_25 += x0 * u; s1_25 += x1 * u; s2_25 += x2 * u; s3_25 += x3 * u; s4_25 += x4 * u; s5_25 += x5 * u; s6_25 += x6 * u; s7_25 += x7 * u
+                        u = w[26]
+                        s0_26 += x0 * u; s1_26 += x1 * u; s2_26 += x2 * u; s3_26 += x3 * u; s4_26 += x4 * u; s5_26 += x5 * u; s6_26 += x6 * u; s7_26 += x7 * u
+                        u = w[27]
+                        s0_27 += x0 * u; s1_27 += x1 * u; s2_27 += x2 * u; s3_27 += x3 * u; s4_27 += x4 * u; s5_27 += x5 * u; s6_27 += x6 * u; s7_27 += x7 * u
+                        u = w[28]
+                        s0_28 += x0 * u; s1_28 += x1 * u; s2_28 += x2 * u; s3_28 += x3 * u; s4_28 += x4 * u; s5_28 += x5 * u; s6_28 += x6 * u; s7_28 += x7 * u
+                        u = w[29]
+                        s0_29 += x0 * u; s1_29 += x1 * u; s2_29 += x2 * u; s3_29 += x3 * u; s4_29 += x4 * u; s5_29 += x5 * u; s6_29 += x6 * u; s7_29 += x7 * u
+                        u = w[30]
+                        s0_30 += x0 * u; s1_30 += x1 * u; s2_30 += x2 * u; s3_30 += x3 * u; s4_30 += x4 * u; s5_30 += x5 * u; s6_30 += x6 * u; s7_30 += x7 * u
+                        u = w[31]
+                        s0_31 += x0 * u; s1_31 += x1 * u; s2_31 += x2 * u; s3_31 += x3 * u; s4_31 += x4 * u; s5_31 += x5 * u; s6_31 += x6 * u; s7_31 += x7 * u
+                    bias = bp[fb]
+                    best[0] = max(max(max(s0_0, s1_0), max(s2_0, s3_0)) + bias[0], zero)
+                    best[1] = max(max(max(s0_1, s1_1), max(s2_1, s3_1)) + bias[1], zero)
+                    best[2] = max(max(max(s0_2, s1_2), max(s2_2, s3_2)) + bias[2], zero)
+                    best[3] = max(max(max(s0_3, s1_3), max(s2_3, s3_3)) + bias[3], zero)
+                    best[4] = max(max(max(s0_4, s1_4), max(s2_4, s3_4)) + bias[4], zero)
+                    best[5] = max(max(max(s0_5, s1_5), max(s2_5, s3_5)) + bias[5], zero)
+                    best[6] = max(max(max(s0_6, s1_6), max(s2_6, s3_6)) + bias[6], zero)
+                    best[7] = max(max(max(s0_7, s1_7), max(s2_7, s3_7)) + bias[7], zero)
+                    best[8] = max(max(max(s0_8, s1_8), max(s2_8, s3_8)) + bias[8], zero)
+                    best[9] = max(max(max(s0_9, s1_9), max(s2_9, s3_9)) + bias[9], zero)
+                    best[10] = max(max(max(s0_10, s1_10), max(s2_10, s3_10)) + bias[10], zero)
+                    best[11] = max(max(max(s0_11, s1_11), max(s2_11, s3_11)) + bias[11], zero)
+                    best[12] = max(max(max(s0_12, s1_12), max(s2_12, s3_12)) + bias[12], zero)
+                    best[13] = max(max(max(s0_13, s1_13), max(s2_13, s3_13)) + bias[13], zero)
+                    best[14] = max(max(max(s0_14, s1_14), max(s2_14, s3_14)) + bias[14], zero)
+                    best[15] = max(max(max(s0_15, s1_15), max(s2_15, s3_15)) + bias[15], zero)
+                    best[16] = max(max(max(s0_16, s1_16), max(s2_16, s3_16)) + bias[16], zero)
+                    best[17] = max(max(max(s0_17, s1_17), max(s2_17, s3_17)) + bias[17], zero)
+                    best[18] = max(max(max(s0_18, s1_18), max(s2_18, s3_18)) + bias[18], zero)
+                    best[19] = max(max(max(s0_19, s1_19), max(s2_19, s3_19)) + bias[19], zero)
+                    best[20] = max(max(max(s0_20, s1_20), max(s2_20, s3_20)) + bias[20], zero)
+                    best[21] = max(max(max(s0_21, s1_21), max(s2_21, s3_21)) + bias[21], zero)
+                    best[22] = max(max(max(s0_22, s1_22), max(s2_22, s3_22)) + bias[22], zero)
+                    best[23] = max(max(max(s0_23, s1_23), max(s2_23, s3_23)) + bias[23], zero)
+                    best[24] = max(max(max(s0_24, s1_24), max(s2_24, s3_24)) + bias[24], zero)
+                    best[25] = max(max(max(s0_25, s1_25), max(s2_25, s3_25)) + bias[25], zero)
+                    best[26] = max(max(max(s0_26, s1_26), max(s2_26, s3_26)) + bias[26], zero)
+                    best[27] = max(max(max(s0_27, s1_27), max(s2_27, s3_27)) + bias[27], zero)
+                    best[28] = max(max(max(s0_28, s1_28), max(s2_28, s3_28)) + bias[28], zero)
+                    best[29] = max(max(max(s0_29, s1_29), max(s2_29, s3_29)) + bias[29], zero)
+                    best[30] = max(max(max(s0_30, s1_30), max(s2_30, s3_30)) + bias[30], zero)
+                    best[31] = max(max(max(s0_31, s1_31), max(s2_31, s3_31)) + bias[31], zero)
+                    best[32] = max(max(max(s4_0, s5_0), max(s6_0, s7_0)) + bias[0], zero)
+                    best[33] = max(max(max(s4_1, s5_1), max(s6_1, s7_1)) + bias[1], zero)
+                    best[34] = max(max(max(s4_2, s5_2), max(s6_2, s7_2)) + bias[2], zero)
+                    best[35] = max(max(max(s4_3, s5_3), max(s6_3, s7_3)) + bias[3], zero)
+                    best[36] = max(max(max(s4_4, s5_4), max(s6_4, s7_4)) + bias[4], zero)
+                    best[37] = max(max(max(s4_5, s5_5), max(s6_5, s7_5)) + bias[5], zero)
+                    best[38] = max(max(max(s4_6, s5_6), max(s6_6, s7_6)) + bias[6], zero)
+                    best[39] = max(max(max(s4_7, s5_7), max(s6_7, s7_7)) + bias[7], zero)
+                    best[40] = max(max(max(s4_8, s5_8), max(s6_8, s7_8)) + bias[8], zero)
+                    best[41] = max(max(max(s4_9, s5_9), max(s6_9, s7_9)) + bias[9], zero)
+                    best[42] = max(max(max(s4_10, s5_10), max(s6_10, s7_10)) + bias[10], zero)
+                    best[43] = max(max(max(s4_11, s5_11), max(s6_11, s7_11)) + bias[11], zero)
+                    best[44] = max(max(max(s4_12, s5_12), max(s6_12, s7_12)) + bias[12], zero)
+                    best[45] = max(max(max(s4_13, s5_13), max(s6_13, s7_13)) + bias[13], zero)
+                    best[46] = max(max(max(s4_14, s5_14), max(s6_14, s7_14)) + bias[14], zero)
+                    best[47] = max(max(max(s4_15, s5_15), max(s6_15, s7_15)) + bias[15], zero)
+                    best[48] = max(max(max(s4_16, s5_16), max(s6_16, s7_16)) + bias[16], zero)
+                    best[49] = max(max(max(s4_17, s5_17), max(s6_17, s7_17)) + bias[17], zero)
+                    best[50] = max(max(max(s4_18, s5_18), max(s6_18, s7_18)) + bias[18], zero)
+                    best[51] = max(max(max(s4_19, s5_19), max(s6_19, s7_19)) + bias[19], zero)
+                    best[52] = max(max(max(s4_20, s5_20), max(s6_20, s7_20)) + bias[20], zero)
+                    best[53] = max(max(max(s4_21, s5_21), max(s6_21, s7_21)) + bias[21], zero)
+                    best[54] = max(max(max(s4_22, s5_22), max(s6_22, s7_22)) + bias[22], zero)
+                    best[55] = max(max(max(s4_23, s5_23), max(s6_23, s7_23)) + bias[23], zero)
+                    best[56] = max(max(max(s4_24, s5_24), max(s6_24, s7_24)) + bias[24], zero)
+                    best[57] = max(max(max(s4_25, s5_25), max(s6_25, s7_25)) + bias[25], zero)
+                    best[58] = max(max(max(s4_26, s5_26), max(s6_26, s7_26)) + bias[26], zero)
+                    best[59] = max(max(max(s4_27, s5_27), max(s6_27, s7_27)) + bias[27], zero)
+                    best[60] = max(max(max(s4_28, s5_28), max(s6_28, s7_28)) + bias[28], zero)
+                    best[61] = max(max(max(s4_29, s5_29), max(s6_29, s7_29)) + bias[29], zero)
+                    best[62] = max(max(max(s4_30, s5_30), max(s6_30, s7_30)) + bias[30], zero)
+                    best[63] = max(max(max(s4_31, s5_31), max(s6_31, s7_31)) + bias[31], zero)
+                    for l in range(min(32, F - 32 * fb)):
+                        out[n, first + 32 * fb + l, bi, bj + 0] = best[0 + l]
+                        out[n, first + 32 * fb + l, bi, bj + 1] = best[32 + l]
+
+
+@njit(parallel=True, cache=True)
 def tile_8x32(xflat, offs, Wp, wp, bp, first, F, tmp, out):
-    """8 positions (2 2x2 blocks) x 32 filters per tile."""
+    """The 8x32 tile on every image: thread t runs images_8x32 on its share, with scratch row tmp[t]."""
     N = xflat.shape[0]
-    K, Fb, _ = wp.shape
-    _, _, Hq, Wq = out.shape
     T = tmp.shape[0]
-    zero = np.float32(0.0)
     chunk = (N + T - 1) // T
     for t in prange(T):
-        best = tmp[t]
-        for n in range(t * chunk, min(N, (t + 1) * chunk)):
-            x = xflat[n]
-            for bi in range(Hq):
-                for bj0 in range(0, Wq, 2):
-                    bj = min(bj0, Wq - 2)
-                    p0 = 2 * bi * Wp + 2 * bj
-                    r0 = x[p0 + 0 * Wp + 0:]
-                    r1 = x[p0 + 0 * Wp + 1:]
-                    r2 = x[p0 + 1 * Wp + 0:]
-                    r3 = x[p0 + 1 * Wp + 1:]
-                    r4 = x[p0 + 0 * Wp + 2:]
-                    r5 = x[p0 + 0 * Wp + 3:]
-                    r6 = x[p0 + 1 * Wp + 2:]
-                    r7 = x[p0 + 1 * Wp + 3:]
-                    for fb in range(Fb):
-                        s0_0 = s0_1 = s0_2 = s0_3 = s0_4 = s0_5 = s0_6 = s0_7 = s0_8 = s0_9 = s0_10 = s0_11 = s0_12 = s0_13 = s0_14 = s0_15 = s0_16 = s0_17 = s0_18 = s0_19 = s0_20 = s0_21 = s0_22 = s0_23 = s0_24 = s0_25 = s0_26 = s0_27 = s0_28 = s0_29 = s0_30 = s0_31 = zero
-                        s1_0 = s1_1 = s1_2 = s1_3 = s1_4 = s1_5 = s1_6 = s1_7 = s1_8 = s1_9 = s1_10 = s1_11 = s1_12 = s1_13 = s1_14 = s1_15 = s1_16 = s1_17 = s1_18 = s1_19 = s1_20 = s1_21 = s1_22 = s1_23 = s1_24 = s1_25 = s1_26 = s1_27 = s1_28 = s1_29 = s1_30 = s1_31 = zero
-                        s2_0 = s2_1 = s2_2 = s2_3 = s2_4 = s2_5 = s2_6 = s2_7 = s2_8 = s2_9 = s2_10 = s2_11 = s2_12 = s2_13 = s2_14 = s2_15 = s2_16 = s2_17 = s2_18 = s2_19 = s2_20 = s2_21 = s2_22 = s2_23 = s2_24 = s2_25 = s2_26 = s2_27 = s2_28 = s2_29 = s2_30 = s2_31 = zero
-                        s3_0 = s3_1 = s3_2 = s3_3 = s3_4 = s3_5 = s3_6 = s3_7 = s3_8 = s3_9 = s3_10 = s3_11 = s3_12 = s3_13 = s3_14 = s3_15 = s3_16 = s3_17 = s3_18 = s3_19 = s3_20 = s3_21 = s3_22 = s3_23 = s3_24 = s3_25 = s3_26 = s3_27 = s3_28 = s3_29 = s3_30 = s3_31 = zero
-                        s4_0 = s4_1 = s4_2 = s4_3 = s4_4 = s4_5 = s4_6 = s4_7 = s4_8 = s4_9 = s4_10 = s4_11 = s4_12 = s4_13 = s4_14 = s4_15 = s4_16 = s4_17 = s4_18 = s4_19 = s4_20 = s4_21 = s4_22 = s4_23 = s4_24 = s4_25 = s4_26 = s4_27 = s4_28 = s4_29 = s4_30 = s4_31 = zero
-                        s5_0 = s5_1 = s5_2 = s5_3 = s5_4 = s5_5 = s5_6 = s5_7 = s5_8 = s5_9 = s5_10 = s5_11 = s5_12 = s5_13 = s5_14 = s5_15 = s5_16 = s5_17 = s5_18 = s5_19 = s5_20 = s5_21 = s5_22 = s5_23 = s5_24 = s5_25 = s5_26 = s5_27 = s5_28 = s5_29 = s5_30 = s5_31 = zero
-                        s6_0 = s6_1 = s6_2 = s6_3 = s6_4 = s6_5 = s6_6 = s6_7 = s6_8 = s6_9 = s6_10 = s6_11 = s6_12 = s6_13 = s6_14 = s6_15 = s6_16 = s6_17 = s6_18 = s6_19 = s6_20 = s6_21 = s6_22 = s6_23 = s6_24 = s6_25 = s6_26 = s6_27 = s6_28 = s6_29 = s6_30 = s6_31 = zero
-                        s7_0 = s7_1 = s7_2 = s7_3 = s7_4 = s7_5 = s7_6 = s7_7 = s7_8 = s7_9 = s7_10 = s7_11 = s7_12 = s7_13 = s7_14 = s7_15 = s7_16 = s7_17 = s7_18 = s7_19 = s7_20 = s7_21 = s7_22 = s7_23 = s7_24 = s7_25 = s7_26 = s7_27 = s7_28 = s7_29 = s7_30 = s7_31 = zero
-                        for k in range(K):
-                            w = wp[k, fb]
-                            o = offs[k]
-                            x0 = r0[o]
-                            x1 = r1[o]
-                            x2 = r2[o]
-                            x3 = r3[o]
-                            x4 = r4[o]
-                            x5 = r5[o]
-                            x6 = r6[o]
-                            x7 = r7[o]
-                            u = w[0]
-                            s0_0 += x0 * u; s1_0 += x1 * u; s2_0 += x2 * u; s3_0 += x3 * u; s4_0 += x4 * u; s5_0 += x5 * u; s6_0 += x6 * u; s7_0 += x7 * u
-                            u = w[1]
-                            s0_1 += x0 * u; s1_1 += x1 * u; s2_1 += x2 * u; s3_1 += x3 * u; s4_1 += x4 * u; s5_1 += x5 * u; s6_1 += x6 * u; s7_1 += x7 * u
-                            u = w[2]
-                            s0_2 += x0 * u; s1_2 += x1 * u; s2_2 += x2 * u; s3_2 += x3 * u; s4_2 += x4 * u; s5_2 += x5 * u; s6_2 += x6 * u; s7_2 += x7 * u
-                            u = w[3]
-                            s0_3 += x0 * u; s1_3 += x1 * u; s2_3 += x2 * u; s3_3 += x3 * u; s4_3 += x4 * u; s5_3 += x5 * u; s6_3 += x6 * u; s7_3 += x7 * u
-                            u = w[4]
-                            s0_4 += x0 * u; s1_4 += x1 * u; s2_4 += x2 * u; s3_4 += x3 * u; s4_4 += x4 * u; s5_4 += x5 * u; s6_4 += x6 * u; s7_4 += x7 * u
-                            u = w[5]
-                            s0_5 += x0 * u; s1_5 += x1 * u; s2_5 += x2 * u; s3_5 += x3 * u; s4_5 += x4 * u; s5_5 += x5 * u; s6_5 += x6 * u; s7_5 += x7 * u
-                            u = w[6]
-                            s0_6 += x0 * u; s1_6 += x1 * u; s2_6 += x2 * u; s3_6 += x3 * u; s4_6 += x4 * u; s5_6 += x5 * u; s6_6 += x6 * u; s7_6 += x7 * u
-                            u = w[7]
-                            s0_7 += x0 * u; s1_7 += x1 * u; s2_7 += x2 * u; s3_7 += x3 * u; s4_7 += x4 * u; s5_7 += x5 * u; s6_7 += x6 * u; s7_7 += x7 * u
-                            u = w[8]
-                            s0_8 += x0 * u; s1_8 += x1 * u; s2_8 += x2 * u; s3_8 += x3 * u; s4_8 += x4 * u; s5_8 += x5 * u; s6_8 += x6 * u; s7_8 += x7 * u
-                            u = w[9]
-                            s0_9 += x0 * u; s1_9 += x1 * u; s2_9 += x2 * u; s3_9 += x3 * u; s4_9 += x4 * u; s5_9 += x5 * u; s6_9 += x6 * u; s7_9 += x7 * u
-                            u = w[10]
-                            s0_10 += x0 * u; s1_10 += x1 * u; s2_10 += x2 * u; s3_10 += x3 * u; s4_10 += x4 * u; s5_10 += x5 * u; s6_10 += x6 * u; s7_10 += x7 * u
-                            u = w[11]
-                            s0_11 += x0 * u; s1_11 += x1 * u; s2_11 += x2 * u; s3_11 += x3 * u; s4_11 += x4 * u; s5_11 += x5 * u; s6_11 += x6 * u; s7_11 += x7 * u
-                            u = w[12]
-                            s0_12 += x0 * u; s1_12 += x1 * u; s2_12 += x2 * u; s3_12 += x3 * u; s4_12 += x4 * u; s5_12 += x5 * u; s6_12 += x6 * u; s7_12 += x7 * u
-                            u = w[13]
-                            s0_13 += x0 * u; s1_13 += x1 * u; s2_13 += x2 * u; s3_13 += x3 * u; s4_13 += x4 * u; s5_13 += x5 * u; s6_13 += x6 * u; s7_13 += x7 * u
-                            u = w[14]
-                            s0_14 += x0 * u; s1_14 += x1 * u; s2_14 += x2 * u; s3_14 += x3 * u; s4_14 += x4 * u; s5_14 += x5 * u; s6_14 += x6 * u; s7_14 += x7 * u
-                            u = w[15]
-                            s0_15 += x0 * u; s1_15 += x1 * u; s2_15 += x2 * u; s3_15 += x3 * u; s4_15 += x4 * u; s5_15 += x5 * u; s6_15 += x6 * u; s7_15 += x7 * u
-                            u = w[16]
-                            s0_16 += x0 * u; s1_16 += x1 * u; s2_16 += x2 * u; s3_16 += x3 * u; s4_16 += x4 * u; s5_16 += x5 * u; s6_16 += x6 * u; s7_16 += x7 * u
-                            u = w[17]
-                            s0_17 += x0 * u; s1_17 += x1 * u; s2_17 += x2 * u; s3_17 += x3 * u; s4_17 += x4 * u; s5_17 += x5 * u; s6_17 += x6 * u; s7_17 += x7 * u
-                            u = w[18]
-                            s0_18 += x0 * u; s1_18 += x1 * u; s2_18 += x2 * u; s3_18 += x3 * u; s4_18 += x4 * u; s5_18 += x5 * u; s6_18 += x6 * u; s7_18 += x7 * u
-                            u = w[19]
-                            s0_19 += x0 * u; s1_19 += x1 * u; s2_19 += x2 * u; s3_19 += x3 * u; s4_19 += x4 * u; s5_19 += x5 * u; s6_19 += x6 * u; s7_19 += x7 * u
-                            u = w[20]
-                            s0_20 += x0 * u; s1_20 += x1 * u; s2_20 += x2 * u; s3_20 += x3 * u; s4_20 += x4 * u; s5_20 += x5 * u; s6_20 += x6 * u; s7_20 += x7 * u
-                            u = w[21]
-                            s0_21 += x0 * u; s1_21 += x1 * u; s2_21 += x2 * u; s3_21 += x3 * u; s4_21 += x4 * u; s5_21 += x5 * u; s6_21 += x6 * u; s7_21 += x7 * u
-                            u = w[22]
-                            s0_22 += x0 * u; s1_22 += x1 * u; s2_22 += x2 * u; s3_22 += x3 * u; s4_22 += x4 * u; s5_22 += x5 * u; s6_22 += x6 * u; s7_22 += x7 * u
-                            u = w[23]
-                            s0_23 += x0 * u; s1_23 += x1 * u; s2_23 += x2 * u; s3_23 += x3 * u; s4_23 += x4 * u; s5_23 += x5 * u; s6_23 += x6 * u; s7_23 += x7 * u
-                            u = w[24]
-                            s0_24 += x0 * u; s1_24 += x1 * u; s2_24 += x2 * u; s3_24 += x3 * u; s4_24 += x4 * u; s5_24 += x5 * u; s6_24 += x6 * u; s7_24 += x7 * u
-                            u = w[25]
-                            s0_25 += x0 * u; s1_25 += x1 * u; s2_25 += x2 * u; s3_25 += x3 * u; s4_25 += x4 * u; s5_25 += x5 * u; s6_25 += x6 * u; s7_25 += x7 * u
-                            u = w[26]
-                            s0_26 += x0 * u; s1_26 += x1 * u; s2_26 += x2 * u; s3_26 += x3 * u; s4_26 += x4 * u; s5_26 += x5 * u; s6_26 += x6 * u; s7_26 += x7 * u
-                            u = w[27]
-                            s0_27 += x0 * u; s1_27 += x1 * u; s2_27 += x2 * u; s3_27 += x3 * u; s4_27 += x4 * u; s5_27 += x5 * u; s6_27 += x6 * u; s7_27 += x7 * u
-                            u = w[28]
-                            s0_28 += x0 * u; s1_28 += x1 * u; s2_28 += x2 * u; s3_28 += x3 * u; s4_28 += x4 * u; s5_28 += x5 * u; s6_28 += x6 * u; s7_28 += x7 * u
-                            u = w[29]
-                            s0_29 += x0 * u; s1_29 += x1 * u; s2_29 += x2 * u; s3_29 += x3 * u; s4_29 += x4 * u; s5_29 += x5 * u; s6_29 += x6 * u; s7_29 += x7 * u
-                            u = w[30]
-                            s0_30 += x0 * u; s1_30 += x1 * u; s2_30 += x2 * u; s3_30 += x3 * u; s4_30 += x4 * u; s5_30 += x5 * u; s6_30 += x6 * u; s7_30 += x7 * u
-                            u = w[31]
-                            s0_31 += x0 * u; s1_31 += x1 * u; s2_31 += x2 * u; s3_31 += x3 * u; s4_31 += x4 * u; s5_31 += x5 * u; s6_31 += x6 * u; s7_31 += x7 * u
-                        bias = bp[fb]
-                        best[0] = max(max(max(s0_0, s1_0), max(s2_0, s3_0)) + bias[0], zero)
-                        best[1] = max(max(max(s0_1, s1_1), max(s2_1, s3_1)) + bias[1], zero)
-                        best[2] = max(max(max(s0_2, s1_2), max(s2_2, s3_2)) + bias[2], zero)
-                        best[3] = max(max(max(s0_3, s1_3), max(s2_3, s3_3)) + bias[3], zero)
-                        best[4] = max(max(max(s0_4, s1_4), max(s2_4, s3_4)) + bias[4], zero)
-                        best[5] = max(max(max(s0_5, s1_5), max(s2_5, s3_5)) + bias[5], zero)
-                        best[6] = max(max(max(s0_6, s1_6), max(s2_6, s3_6)) + bias[6], zero)
-                        best[7] = max(max(max(s0_7, s1_7), max(s2_7, s3_7)) + bias[7], zero)
-                        best[8] = max(max(max(s0_8, s1_8), max(s2_8, s3_8)) + bias[8], zero)
-                        best[9] = max(max(max(s0_9, s1_9), max(s2_9, s3_9)) + bias[9], zero)
-                        best[10] = max(max(max(s0_10, s1_10), max(s2_10, s3_10)) + bias[10], zero)
-                        best[11] = max(max(max(s0_11, s1_11), max(s2_11, s3_11)) + bias[11], zero)
-                        best[12] = max(max(max(s0_12, s1_12), max(s2_12, s3_12)) + bias[12], zero)
-                        best[13] = max(max(max(s0_13, s1_13), max(s2_13, s3_13)) + bias[13], zero)
-                        best[14] = max(max(max(s0_14, s1_14), max(s2_14, s3_14)) + bias[14], zero)
-                        best[15] = max(max(max(s0_15, s1_15), max(s2_15, s3_15)) + bias[15], zero)
-                        best[16] = max(max(max(s0_16, s1_16), max(s2_16, s3_16)) + bias[16], zero)
-                        best[17] = max(max(max(s0_17, s1_17), max(s2_17, s3_17)) + bias[17], zero)
-                        best[18] = max(max(max(s0_18, s1_18), max(s2_18, s3_18)) + bias[18], zero)
-                        best[19] = max(max(max(s0_19, s1_19), max(s2_19, s3_19)) + bias[19], zero)
-                        best[20] = max(max(max(s0_20, s1_20), max(s2_20, s3_20)) + bias[20], zero)
-                        best[21] = max(max(max(s0_21, s1_21), max(s2_21, s3_21)) + bias[21], zero)
-                        best[22] = max(max(max(s0_22, s1_22), max(s2_22, s3_22)) + bias[22], zero)
-                        best[23] = max(max(max(s0_23, s1_23), max(s2_23, s3_23)) + bias[23], zero)
-                        best[24] = max(max(max(s0_24, s1_24), max(s2_24, s3_24)) + bias[24], zero)
-                        best[25] = max(max(max(s0_25, s1_25), max(s2_25, s3_25)) + bias[25], zero)
-                        best[26] = max(max(max(s0_26, s1_26), max(s2_26, s3_26)) + bias[26], zero)
-                        best[27] = max(max(max(s0_27, s1_27), max(s2_27, s3_27)) + bias[27], zero)
-                        best[28] = max(max(max(s0_28, s1_28), max(s2_28, s3_28)) + bias[28], zero)
-                        best[29] = max(max(max(s0_29, s1_29), max(s2_29, s3_29)) + bias[29], zero)
-                        best[30] = max(max(max(s0_30, s1_30), max(s2_30, s3_30)) + bias[30], zero)
-                        best[31] = max(max(max(s0_31, s1_31), max(s2_31, s3_31)) + bias[31], zero)
-                        best[32] = max(max(max(s4_0, s5_0), max(s6_0, s7_0)) + bias[0], zero)
-                        best[33] = max(max(max(s4_1, s5_1), max(s6_1, s7_1)) + bias[1], zero)
-                        best[34] = max(max(max(s4_2, s5_2), max(s6_2, s7_2)) + bias[2], zero)
-                        best[35] = max(max(max(s4_3, s5_3), max(s6_3, s7_3)) + bias[3], zero)
-                        best[36] = max(max(max(s4_4, s5_4), max(s6_4, s7_4)) + bias[4], zero)
-                        best[37] = max(max(max(s4_5, s5_5), max(s6_5, s7_5)) + bias[5], zero)
-                        best[38] = max(max(max(s4_6, s5_6), max(s6_6, s7_6)) + bias[6], zero)
-                        best[39] = max(max(max(s4_7, s5_7), max(s6_7, s7_7)) + bias[7], zero)
-                        best[40] = max(max(max(s4_8, s5_8), max(s6_8, s7_8)) + bias[8], zero)
-                        best[41] = max(max(max(s4_9, s5_9), max(s6_9, s7_9)) + bias[9], zero)
-                        best[42] = max(max(max(s4_10, s5_10), max(s6_10, s7_10)) + bias[10], zero)
-                        best[43] = max(max(max(s4_11, s5_11), max(s6_11, s7_11)) + bias[11], zero)
-                        best[44] = max(max(max(s4_12, s5_12), max(s6_12, s7_12)) + bias[12], zero)
-                        best[45] = max(max(max(s4_13, s5_13), max(s6_13, s7_13)) + bias[13], zero)
-                        best[46] = max(max(max(s4_14, s5_14), max(s6_14, s7_14)) + bias[14], zero)
-                        best[47] = max(max(max(s4_15, s5_15), max(s6_15, s7_15)) + bias[15], zero)
-                        best[48] = max(max(max(s4_16, s5_16), max(s6_16, s7_16)) + bias[16], zero)
-                        best[49] = max(max(max(s4_17, s5_17), max(s6_17, s7_17)) + bias[17], zero)
-                        best[50] = max(max(max(s4_18, s5_18), max(s6_18, s7_18)) + bias[18], zero)
-                        best[51] = max(max(max(s4_19, s5_19), max(s6_19, s7_19)) + bias[19], zero)
-                        best[52] = max(max(max(s4_20, s5_20), max(s6_20, s7_20)) + bias[20], zero)
-                        best[53] = max(max(max(s4_21, s5_21), max(s6_21, s7_21)) + bias[21], zero)
-                        best[54] = max(max(max(s4_22, s5_22), max(s6_22, s7_22)) + bias[22], zero)
-                        best[55] = max(max(max(s4_23, s5_23), max(s6_23, s7_23)) + bias[23], zero)
-                        best[56] = max(max(max(s4_24, s5_24), max(s6_24, s7_24)) + bias[24], zero)
-                        best[57] = max(max(max(s4_25, s5_25), max(s6_25, s7_25)) + bias[25], zero)
-                        best[58] = max(max(max(s4_26, s5_26), max(s6_26, s7_26)) + bias[26], zero)
-                        best[59] = max(max(max(s4_27, s5_27), max(s6_27, s7_27)) + bias[27], zero)
-                        best[60] = max(max(max(s4_28, s5_28), max(s6_28, s7_28)) + bias[28], zero)
-                        best[61] = max(max(max(s4_29, s5_29), max(s6_29, s7_29)) + bias[29], zero)
-                        best[62] = max(max(max(s4_30, s5_30), max(s6_30, s7_30)) + bias[30], zero)
-                        best[63] = max(max(max(s4_31, s5_31), max(s6_31, s7_31)) + bias[31], zero)
-                        for l in range(min(32, F - 32 * fb)):
-                            out[n, first + 32 * fb + l, bi, bj + 0] = best[0 + l]
-                            out[n, first + 32 * fb + l, bi, bj + 1] = best[32 + l]
+        images_8x32(xflat, offs, Wp, wp, bp, first, F, tmp[t], t * chunk, min(N, (t + 1) * chunk), out)
 
 
-@njit(parallel=True, cache=True, fastmath={'contract'})
+@njit(cache=True, fastmath={'contract'})
+def images_8x8(xflat, offs, Wp, wp, bp, first, F, best, n0, n1, out):
+    """8 positions (2 2x2 blocks) x 8 filters per tile, images n0 to n1 - 1."""
+    K, Fb, _ = wp.shape
+    _, _, Hq, Wq = out.shape
+    zero = np.float32(0.0)
+    for n in range(n0, n1):
+        x = xflat[n]
+        for bi in range(Hq):
+            for bj0 in range(0, Wq, 2):
+                bj = min(bj0, Wq - 2)
+                p0 = 2 * bi * Wp + 2 * bj
+                r0 = x[p0 + 0 * Wp + 0:]
+                r1 = x[p0 + 0 * Wp + 1:]
+                r2 = x[p0 + 1 * Wp + 0:]
+                r3 = x[p0 + 1 * Wp + 1:]
+                r4 = x[p0 + 0 * Wp + 2:]
+                r5 = x[p0 + 0 * Wp + 3:]
+                r6 = x[p0 + 1 * Wp + 2:]
+                r7 = x[p0 + 1 * Wp + 3:]
+                for fb in range(Fb):
+                    s0_0 = s0_1 = s0_2 = s0_3 = s0_4 = s0_5 = s0_6 = s0_7 = zero
+                    s1_0 = s1_1 = s1_2 = s1_3 = s1_4 = s1_5 = s1_6 = s1_7 = zero
+                    s2_0 = s2_1 = s2_2 = s2_3 = s2_4 = s2_5 = s2_6 = s2_7 = zero
+                    s3_0 = s3_1 = s3_2 = s3_3 = s3_4 = s3_5 = s3_6 = s3_7 = zero
+                    s4_0 = s4_1 = s4_2 = s4_3 = s4_4 = s4_5 = s4_6 = s4_7 = zero
+                    s5_0 = s5_1 = s5_2 = s5_3 = s5_4 = s5_5 = s5_6 = s5_7 = zero
+                    s6_0 = s6_1 = s6_2 = s6_3 = s6_4 = s6_5 = s6_6 = s6_7 = zero
+                    s7_0 = s7_1 = s7_2 = s7_3 = s7_4 = s7_5 = s7_6 = s7_7 = zero
+                    for k in range(K):
+                        w = wp[k, fb]
+                        o = offs[k]
+                        x0 = r0[o]
+                        x1 = r1[o]
+                        x2 = r2[o]
+                        x3 = r3[o]
+                        x4 = r4[o]
+                        x5 = r5[o]
+                        x6 = r6[o]
+                        x7 = r7[o]
+                        u = w[0]
+                        s0_0 += x0 * u; s1_0 += x1 * u; s2_0 += x2 * u; s3_0 += x3 * u; s4_0 += x4 * u; s5_0 += x5 * u; s6_0 += x6 * u; s7_0 += x7 * u
+                        u = w[1]
+                        s0_1 += x0 * u; s1_1 += x1 * u; s2_1 += x2 * u; s3_1 += x3 * u; s4_1 += x4 * u; s5_1 += x5 * u; s6_1 += x6 * u; s7_1 += x7 * u
+                        u = w[2]
+                        s0_2 += x0 * u; s1_2 += x1 * u; s2_2 += x2 * u; s3_2 += x3 * u; s4_2 += x4 * u; s5_2 += x5 * u; s6_2 += x6 * u; s7_2 += x7 * u
+                        u = w[3]
+                        s0_3 += x0 * u; s1_3 += x1 * u; s2_3 += x2 * u; s3_3 += x3 * u; s4_3 += x4 * u; s5_3 += x5 * u; s6_3 += x6 * u; s7_3 += x7 * u
+                        u = w[4]
+                        s0_4 += x0 * u; s1_4 += x1 * u; s2_4 += x2 * u; s3_4 += x3 * u; s4_4 += x4 * u; s5_4 += x5 * u; s6_4 += x6 * u; s7_4 += x7 * u
+                        u = w[5]
+                        s0_5 += x0 * u; s1_5 += x1 * u; s2_5 += x2 * u; s3_5 += x3 * u; s4_5 += x4 * u; s5_5 += x5 * u; s6_5 += x6 * u; s7_5 += x7 * u
+                        u = w[6]
+                        s0_6 += x0 * u; s1_6 += x1 * u; s2_6 += x2 * u; s3_6 += x3 * u; s4_6 += x4 * u; s5_6 += x5 * u; s6_6 += x6 * u; s7_6 += x7 * u
+                        u = w[7]
+                        s0_7 += x0 * u; s1_7 += x1 * u; s2_7 += x2 * u; s3_7 += x3 * u; s4_7 += x4 * u; s5_7 += x5 * u; s6_7 += x6 * u; s7_7 += x7 * u
+                    bias = bp[fb]
+                    best[0] = max(max(max(s0_0, s1_0), max(s2_0, s3_0)) + bias[0], zero)
+                    best[1] = max(max(max(s0_1, s1_1), max(s2_1, s3_1)) + bias[1], zero)
+                    best[2] = max(max(max(s0_2, s1_2), max(s2_2, s3_2)) + bias[2], zero)
+                    best[3] = max(max(max(s0_3, s1_3), max(s2_3, s3_3)) + bias[3], zero)
+                    best[4] = max(max(max(s0_4, s1_4), max(s2_4, s3_4)) + bias[4], zero)
+                    best[5] = max(max(max(s0_5, s1_5), max(s2_5, s3_5)) + bias[5], zero)
+                    best[6] = max(max(max(s0_6, s1_6), max(s2_6, s3_6)) + bias[6], zero)
+                    best[7] = max(max(max(s0_7, s1_7), max(s2_7, s3_7)) + bias[7], zero)
+                    best[8] = max(max(max(s4_0, s5_0), max(s6_0, s7_0)) + bias[0], zero)
+                    best[9] = max(max(max(s4_1, s5_1), max(s6_1, s7_1)) + bias[1], zero)
+                    best[10] = max(max(max(s4_2, s5_2), max(s6_2, s7_2)) + bias[2], zero)
+                    best[11] = max(max(max(s4_3, s5_3), max(s6_3, s7_3)) + bias[3], zero)
+                    best[12] = max(max(max(s4_4, s5_4), max(s6_4, s7_4)) + bias[4], zero)
+                    best[13] = max(max(max(s4_5, s5_5), max(s6_5, s7_5)) + bias[5], zero)
+                    best[14] = max(max(max(s4_6, s5_6), max(s6_6, s7_6)) + bias[6], zero)
+                    best[15] = max(max(max(s4_7, s5_7), max(s6_7, s7_7)) + bias[7], zero)
+                    for l in range(min(8, F - 8 * fb)):
+                        out[n, first + 8 * fb + l, bi, bj + 0] = best[0 + l]
+                        out[n, first + 8 * fb + l, bi, bj + 1] = best[8 + l]
+
+
+@njit(parallel=True, cache=True)
 def tile_8x8(xflat, offs, Wp, wp, bp, first, F, tmp, out):
-    """8 positions (2 2x2 blocks) x 8 filters per tile."""
+    """The 8x8 tile on every image: thread t runs images_8x8 on its share, with scratch row tmp[t]."""
     N = xflat.shape[0]
-    K, Fb, _ = wp.shape
-    _, _, Hq, Wq = out.shape
     T = tmp.shape[0]
-    zero = np.float32(0.0)
     chunk = (N + T - 1) // T
     for t in prange(T):
-        best = tmp[t]
-        for n in range(t * chunk, min(N, (t + 1) * chunk)):
-            x = xflat[n]
-            for bi in range(Hq):
-                for bj0 in range(0, Wq, 2):
-                    bj = min(bj0, Wq - 2)
-                    p0 = 2 * bi * Wp + 2 * bj
-                    r0 = x[p0 + 0 * Wp + 0:]
-                    r1 = x[p0 + 0 * Wp + 1:]
-                    r2 = x[p0 + 1 * Wp + 0:]
-                    r3 = x[p0 + 1 * Wp + 1:]
-                    r4 = x[p0 + 0 * Wp + 2:]
-                    r5 = x[p0 + 0 * Wp + 3:]
-                    r6 = x[p0 + 1 * Wp + 2:]
-                    r7 = x[p0 + 1 * Wp + 3:]
-                    for fb in range(Fb):
-                        s0_0 = s0_1 = s0_2 = s0_3 = s0_4 = s0_5 = s0_6 = s0_7 = zero
-                        s1_0 = s1_1 = s1_2 = s1_3 = s1_4 = s1_5 = s1_6 = s1_7 = zero
-                        s2_0 = s2_1 = s2_2 = s2_3 = s2_4 = s2_5 = s2_6 = s2_7 = zero
-                        s3_0 = s3_1 = s3_2 = s3_3 = s3_4 = s3_5 = s3_6 = s3_7 = zero
-                        s4_0 = s4_1 = s4_2 = s4_3 = s4_4 = s4_5 = s4_6 = s4_7 = zero
-                        s5_0 = s5_1 = s5_2 = s5_3 = s5_4 = s5_5 = s5_6 = s5_7 = zero
-                        s6_0 = s6_1 = s6_2 = s6_3 = s6_4 = s6_5 = s6_6 = s6_7 = zero
-                        s7_0 = s7_1 = s7_2 = s7_3 = s7_4 = s7_5 = s7_6 = s7_7 = zero
-                        for k in range(K):
-                            w = wp[k, fb]
-                            o = offs[k]
-                            x0 = r0[o]
-                            x1 = r1[o]
-                            x2 = r2[o]
-                            x3 = r3[o]
-                            x4 = r4[o]
-                            x5 = r5[o]
-                            x6 = r6[o]
-                            x7 = r7[o]
-                            u = w[0]
-                            s0_0 += x0 * u; s1_0 += x1 * u; s2_0 += x2 * u; s3_0 += x3 * u; s4_0 += x4 * u; s5_0 += x5 * u; s6_0 += x6 * u; s7_0 += x7 * u
-                            u = w[1]
-                            s0_1 += x0 * u; s1_1 += x1 * u; s2_1 += x2 * u; s3_1 += x3 * u; s4_1 += x4 * u; s5_1 += x5 * u; s6_1 += x6 * u; s7_1 += x7 * u
-                            u = w[2]
-                            s0_2 += x0 * u; s1_2 += x1 * u; s2_2 += x2 * u; s3_2 += x3 * u; s4_2 += x4 * u; s5_2 += x5 * u; s6_2 += x6 * u; s7_2 += x7 * u
-                            u = w[3]
-                            s0_3 += x0 * u; s1_3 += x1 * u; s2_3 += x2 * u; s3_3 += x3 * u; s4_3 += x4 * u; s5_3 += x5 * u; s6_3 += x6 * u; s7_3 += x7 * u
-                            u = w[4]
-                            s0_4 += x0 * u; s1_4 += x1 * u; s2_4 += x2 * u; s3_4 += x3 * u; s4_4 += x4 * u; s5_4 += x5 * u; s6_4 += x6 * u; s7_4 += x7 * u
-                            u = w[5]
-                            s0_5 += x0 * u; s1_5 += x1 * u; s2_5 += x2 * u; s3_5 += x3 * u; s4_5 += x4 * u; s5_5 += x5 * u; s6_5 += x6 * u; s7_5 += x7 * u
-                            u = w[6]
-                            s0_6 += x0 * u; s1_6 += x1 * u; s2_6 += x2 * u; s3_6 += x3 * u; s4_6 += x4 * u; s5_6 += x5 * u; s6_6 += x6 * u; s7_6 += x7 * u
-                            u = w[7]
-                            s0_7 += x0 * u; s1_7 += x1 * u; s2_7 += x2 * u; s3_7 += x3 * u; s4_7 += x4 * u; s5_7 += x5 * u; s6_7 += x6 * u; s7_7 += x7 * u
-                        bias = bp[fb]
-                        best[0] = max(max(max(s0_0, s1_0), max(s2_0, s3_0)) + bias[0], zero)
-                        best[1] = max(max(max(s0_1, s1_1), max(s2_1, s3_1)) + bias[1], zero)
-                        best[2] = max(max(max(s0_2, s1_2), max(s2_2, s3_2)) + bias[2], zero)
-                        best[3] = max(max(max(s0_3, s1_3), max(s2_3, s3_3)) + bias[3], zero)
-                        best[4] = max(max(max(s0_4, s1_4), max(s2_4, s3_4)) + bias[4], zero)
-                        best[5] = max(max(max(s0_5, s1_5), max(s2_5, s3_5)) + bias[5], zero)
-                        best[6] = max(max(max(s0_6, s1_6), max(s2_6, s3_6)) + bias[6], zero)
-                        best[7] = max(max(max(s0_7, s1_7), max(s2_7, s3_7)) + bias[7], zero)
-                        best[8] = max(max(max(s4_0, s5_0), max(s6_0, s7_0)) + bias[0], zero)
-                        best[9] = max(max(max(s4_1, s5_1), max(s6_1, s7_1)) + bias[1], zero)
-                        best[10] = max(max(max(s4_2, s5_2), max(s6_2, s7_2)) + bias[2], zero)
-                        best[11] = max(max(max(s4_3, s5_3), max(s6_3, s7_3)) + bias[3], zero)
-                        best[12] = max(max(max(s4_4, s5_4), max(s6_4, s7_4)) + bias[4], zero)
-                        best[13] = max(max(max(s4_5, s5_5), max(s6_5, s7_5)) + bias[5], zero)
-                        best[14] = max(max(max(s4_6, s5_6), max(s6_6, s7_6)) + bias[6], zero)
-                        best[15] = max(max(max(s4_7, s5_7), max(s6_7, s7_7)) + bias[7], zero)
-                        for l in range(min(8, F - 8 * fb)):
-                            out[n, first + 8 * fb + l, bi, bj + 0] = best[0 + l]
-                            out[n, first + 8 * fb + l, bi, bj + 1] = best[8 + l]
+        images_8x8(xflat, offs, Wp, wp, bp, first, F, tmp[t], t * chunk, min(N, (t + 1) * chunk), out)
 
 
 TILE_KERNELS = {(4, 16): tile_4x16, (8, 16): tile_8x16, (4, 32): tile_4x32, (8, 32): tile_8x32, (8, 8): tile_8x8}
+TILE_BODIES = {(4, 16): images_4x16, (8, 16): images_8x16, (4, 32): images_4x32, (8, 32): images_8x32, (8, 8): images_8x8}     # the serial functions: their assembly holds the tile

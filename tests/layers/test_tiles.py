@@ -203,7 +203,7 @@ import json
 import numpy as np
 from ece662.layers import functional as fn, kernels_tiles
 x, w = np.ones((1, 2, 8, 8), np.float32), np.ones((32, 2, 3, 3), np.float32)
-for t, k in kernels_tiles.TILE_KERNELS.items():
+for t, k in kernels_tiles.TILE_BODIES.items():      # the serial function each tile's threads run
     fn.conv2d_relu_maxpool2_tuned(x, w, None, tile=(t,))
     print(json.dumps([t, k.inspect_asm(k.signatures[0])]))
 """
