@@ -20,7 +20,9 @@ import tempfile
 import pytest
 
 os.environ.setdefault("ECE662_TILE_CACHE", tempfile.mkdtemp(prefix="ece662-test-tiles-"))
-os.environ["ECE662_SPARSE_FROM"] = "0.6"        # tuning.DEFAULT_SPARSE_FROM; tests of the measurement unset it
+from ece662.layers.tuning import DEFAULT_SPARSE_FROM  # noqa: E402
+
+os.environ["ECE662_SPARSE_FROM"] = str(DEFAULT_SPARSE_FROM)     # the tests of the measurement unset it
 
 NEEDS_ONNX = ("onnx_format",)   # modules whose doctests call the onnx package
 

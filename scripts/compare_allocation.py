@@ -48,7 +48,8 @@ def collect(seeds=SEEDS, sparsities=SPARSITIES):
         records += [dict(r, seed=seed) for r in recs]
         print(f"seed {seed} done, {time.perf_counter() - t0:.0f} s", flush=True)
     dense = experiments.evaluate(model, data["X_test"], data["y_test"])["accuracy"]
-    return {"command": "python scripts/compare_allocation.py", "data": data["source"],
+    command = "python scripts/compare_allocation.py" + ("" if tuple(seeds) == SEEDS else f" --seeds {len(seeds)}")
+    return {"command": command, "data": data["source"],
             "test_images": int(len(data["y_test"])), "train_images": int(len(raw["y_train"])),
             "dense_accuracy": dense, "seeds": list(seeds), "threads": numba.get_num_threads(),
             "seconds": round(time.perf_counter() - t0, 1), "machine": platform.processor() or platform.machine(),
@@ -63,6 +64,9 @@ def summary(results):
         groups.setdefault((r["method"], r["target"]), []).append(r)
     out = {}
     for key, rs in groups.items():
+        if len({r["accuracy"] for r in rs}) != 1:
+            raise ValueError(f"{key}: the one-shot accuracy differs between seeds, but its masks do not depend on "
+                             f"them: {sorted({r['accuracy'] for r in rs})}")
         tuned = [r["accuracy_finetuned"] for r in rs]
         out[key] = {"oneshot": rs[0]["accuracy"], "mean": float(sum(tuned) / len(tuned)), "low": min(tuned),
                     "high": max(tuned), "spread": max(tuned) - min(tuned), "n": len(tuned),
@@ -122,10 +126,20 @@ def write_page(results):
     os.replace(PAGE + ".tmp", PAGE)
 
 
+def _at_least_one(text):
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"a whole number of seeds >= 1, got {text!r}")
+    return n
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--render", action="store_true", help="only re-render docs/allocation.md")
-    ap.add_argument("--seeds", type=int, default=len(SEEDS), help="fine-tuning seeds per point (default 3)")
+    ap.add_argument("--seeds", type=_at_least_one, default=len(SEEDS), help="fine-tuning seeds per point (default 3)")
     args = ap.parse_args()
     if args.render:
         with open(RESULTS) as f:

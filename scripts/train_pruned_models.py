@@ -166,13 +166,19 @@ def main():
                f"gradual {args.allocation} unstructured to 0.8, {args.epochs_80} epochs, {how}", "unstructured",
                {"per_layer_sparsity": per_layer(m)})
     if args.which in ("all", "pruned-90"):
-        m = load_model(os.path.join(args.out_dir, SHIPPED["pruned-80"]))
+        base = os.path.join(args.out_dir, SHIPPED["pruned-80"])
+        m = load_model(base)
+        try:                                       # what the pruned-80 it continues was made with, for the record
+            with open(os.path.splitext(base)[0] + "_training.json") as f:
+                base_recipe = str(json.load(f)["recipe"])
+        except (OSError, ValueError, KeyError, TypeError):
+            base_recipe = "its recipe not recorded"
         t0 = time.time()
         h = gradual(m, X, y, 0.9, args.epochs_90, initial_sparsity=0.8, optimizer=sgd(), scope=args.allocation,
                     **gradual_kw)
         finish("pruned-90", m, time.time() - t0, h, SHIPPED["pruned-80"],
-               f"from pruned-80: gradual {args.allocation} unstructured 0.8 -> 0.9, {args.epochs_90} epochs, "
-               f"{how}", "unstructured", {"per_layer_sparsity": per_layer(m)})
+               f"from pruned-80 ({base_recipe}): gradual {args.allocation} unstructured 0.8 -> 0.9, "
+               f"{args.epochs_90} epochs, {how}", "unstructured", {"per_layer_sparsity": per_layer(m)})
     if args.which in ("all", "filters-50"):
         m = copy_model(dense)
         t0 = time.time()

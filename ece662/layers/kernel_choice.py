@@ -21,8 +21,8 @@ MODES = ("auto", "dense", "reference")
 # layer's live weights are zero.  For a conv with a fused ReLU + 2x2 pool that fraction is measured on this
 # CPU for the layer's shape, against the v7 tile it would replace (tuning.sparse_from): the break-even was
 # near 48% (conv1) and 55% (conv2) against v6 on the AVX2 EPYC (benchmarks/RESULTS.md, "Unstructured sparse
-# kernel"), 22-36% against v7 on Zen 4 ("Kernel v7").  Elsewhere, and when nothing is measured, this default:
-SPARSE_THRESHOLD = tuning.DEFAULT_SPARSE_FROM
+# kernel"), 22-36% against v7 on Zen 4 ("Kernel v7").  Elsewhere, and when nothing is measured,
+# tuning.DEFAULT_SPARSE_FROM (0.6); ECE662_SPARSE_FROM forces one value everywhere.
 
 
 # The kernel for a stride-1 conv followed by ReLU and MaxPool2d(2): v7, v6's tile at the size measured
@@ -70,27 +70,43 @@ class KernelChoice(NamedTuple):
 
 
 # ============================================================================ conv kernels
-def choose_conv_kernel(mode, w_live, stride, pool2, sparse_from=None):
+def choose_conv_kernel(mode, w_live, stride, pool2, threshold=None):
     """``(version, reason)`` for a conv with the (live) weights ``w_live``.
 
     * ``'reference'`` mode: the plain-loop reference;
-    * ``'auto'``, stride 1, and at least ``sparse_from`` of the live weights zero: the sparse kernel of
-      ``kernels_sparse`` (work proportional to the non-zeros).  ``sparse_from`` is ``(fraction, why)``
-      (the plan passes ``tuning.sparse_from``, measured for the layer's shape); by default
-      ``tuning.unmeasured_sparse_from()``: ``ECE662_SPARSE_FROM`` or ``SPARSE_THRESHOLD``;
+    * ``'auto'``, stride 1, and at least the threshold's fraction of the live weights zero: the sparse
+      kernel of ``kernels_sparse`` (work proportional to the non-zeros).  ``threshold`` is
+      ``(fraction, why)``: the plan passes ``tuning.sparse_from``, measured for the layer's shape; by
+      default ``tuning.unmeasured_sparse_from()``, ``ECE662_SPARSE_FROM`` or ``tuning.DEFAULT_SPARSE_FROM``;
     * a fused 2x2 max pool: ``FUSED_POOL_KERNEL`` (v7; v6, v5 or v4: conv + ReLU + pool in one pass);
     * everything else: v3 (register-tiled patches).
     """
     if mode == "reference":
         return "reference", "kernels='reference'"
-    frac, frac_why = sparse_from or tuning.unmeasured_sparse_from()
-    zeros = 1.0 - np.count_nonzero(w_live) / max(w_live.size, 1)
-    if mode == "auto" and stride == 1 and zeros >= frac and w_live.size:
-        return "sparse", f"{zeros:.0%} of live weights are zero (>= {frac:.0%}, {frac_why})"
-    why = "kernels='dense'" if mode == "dense" else f"{zeros:.0%} zeros, fewer than {frac:.0%} ({frac_why})"
+    if mode == "dense":
+        why = "kernels='dense'"
+    else:
+        frac, frac_why = _check_threshold(threshold or tuning.unmeasured_sparse_from())
+        zeros = 1.0 - np.count_nonzero(w_live) / max(w_live.size, 1)
+        if stride == 1 and zeros >= frac and w_live.size:
+            return "sparse", f"{zeros:.0%} of live weights are zero (>= {frac:.0%}, {frac_why})"
+        why = f"{zeros:.0%} zeros, fewer than {frac:.0%} ({frac_why})"
     if pool2:
         return FUSED_POOL_KERNEL, why + "; ReLU and MaxPool2d(2) follow a stride-1 conv"
     return "v3", why
+
+
+def _check_threshold(threshold):
+    """``threshold`` as ``(fraction in [0, 1], reason)``, or a ValueError saying what it must be."""
+    try:
+        frac, why = threshold
+        ok = not isinstance(frac, bool) and 0.0 <= float(frac) <= 1.0
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise ValueError(f"choose_conv_kernel: threshold must be (fraction of zero weights in [0, 1], reason), "
+                         f"e.g. (0.6, 'the default'), got {threshold!r}")
+    return float(frac), str(why)
 
 
 def run_conv(version, x, w, b, stride, pad, relu=False, pool2=False, alive_f=None, packed=None, tile=None):

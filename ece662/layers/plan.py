@@ -501,8 +501,8 @@ def _conv_step(group, mode, live, const, in_shape):
     F, C, KH, KW = step.weight.shape
     # the sparse kernel's break-even against the v7 tile, measured for this shape on this CPU
     measured = mode == "auto" and pool2 and conv.stride == 1 and F > 0 and kernel_choice.FUSED_POOL_KERNEL == "v7"
-    sparse_from = tuning.sparse_from(C, in_shape[2], in_shape[3], F, KH, KW, conv.padding) if measured else None
-    version, reason = choose_conv_kernel(mode, step.weight, conv.stride, pool2, sparse_from)
+    threshold = tuning.sparse_from(C, in_shape[2], in_shape[3], F, KH, KW, conv.padding) if measured else None
+    version, reason = choose_conv_kernel(mode, step.weight, conv.stride, pool2, threshold)
     tile = ""
     if version == "v6":
         step.packed = fn.pack_filters_lanes(step.weight, step.bias)

@@ -130,9 +130,12 @@ def cpu_key():
     """The CPU the choice belongs to: LLVM's name for it and a digest of its features
     (e.g. ``'znver4-3f2a9c1e'``): two machines with the same name but other vector units differ."""
     import llvmlite.binding as llvm
-    name = numba.config.CPU_NAME or llvm.get_host_cpu_name()       # NUMBA_CPU_NAME: Numba compiles for that CPU
-    features = numba.config.CPU_FEATURES if numba.config.CPU_NAME else llvm.get_host_cpu_features().flatten()
-    return f"{name}-{hashlib.sha256(str(features).encode()).hexdigest()[:8]}"
+    # Numba's own rule for the code it compiles: NUMBA_CPU_NAME and NUMBA_CPU_FEATURES, each where it is set
+    name = numba.config.CPU_NAME or llvm.get_host_cpu_name()
+    features = numba.config.CPU_FEATURES
+    if features is None:
+        features = llvm.get_host_cpu_features().flatten()
+    return f"{name}-{hashlib.sha256(features.encode()).hexdigest()[:8]}"
 
 
 @functools.lru_cache(maxsize=1)
@@ -165,7 +168,7 @@ def _read_cache(path):
         if len(data) > MAX_CACHE_BYTES:
             return {}
         table = json.loads(data.decode("utf-8"))
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):      # RecursionError: arrays nested thousands deep
         return {}
     return table if isinstance(table, dict) else {}
 
@@ -177,6 +180,8 @@ def _recorded(entry):
     except (TypeError, KeyError, ValueError):
         return None
     if isinstance(frac, bool) or not isinstance(frac, (int, float)) or not 0.0 <= frac <= 1.0:
+        return None
+    if tile == LANES and frac != 0.0:        # the sparse kernel is the lanes layout: it wins at once (break_even)
         return None
     return tile, float(frac)
 
@@ -203,7 +208,7 @@ def break_even(seconds, probe_seconds, probe=SPARSE_PROBE):
     return float(min(1.0, round(probe * (lanes - best) / (lanes - probe_seconds), 3)))
 
 
-def _write_choice(path, key, tile, seconds, sparse_from=DEFAULT_SPARSE_FROM):
+def _write_choice(path, key, tile, seconds, sparse_from):
     """Add one choice to the cache file: under a lock, read, merge, write a temporary file, rename.
     True when it was written; otherwise it says why on stderr (once per folder) and returns False."""
     from filelock import FileLock, Timeout
@@ -255,7 +260,8 @@ def measure(C, H, W, F, KH, KW, pad, tiles=None, rounds=ROUNDS, seed=0, probe=Tr
     x = rng.standard_normal((B, C, H, W)).astype(np.float32)
     w = rng.standard_normal((F, C, KH, KW)).astype(np.float32)
     b = rng.standard_normal(F).astype(np.float32)
-    w_probe = np.where(rng.random(w.shape) < SPARSE_PROBE, np.float32(0), w)
+    w_probe = w.copy()                 # exactly SPARSE_PROBE of the weights zero, at random places
+    w_probe.ravel()[rng.permutation(w.size)[:int(round(SPARSE_PROBE * w.size))]] = 0.0
     packed = {t: pack(w, b, t) for t in tiles}
     weights = {t: w for t in tiles}
     if probe:

@@ -24,7 +24,8 @@ network"; see :func:`ece662.training.optim.distillation_loss`).
 biases are never pruned); ``structure='filters'`` prunes whole output filters of the conv
 layers (L2 norm), which :func:`ece662.pruning.shrink` then removes physically.
 ``scope='global'`` ranks all the layers together; ``scope='layer'`` gives every layer the
-same sparsity.
+same sparsity; ``scope='lamp'`` ranks all the layers together by LAMP scores (Lee et al., 2021),
+which share the sparsity out per layer by their own rule (single weights only).
 """
 import numpy as np
 
@@ -45,6 +46,7 @@ def _check_choice(value, choices, name):
 
 
 def _check_scope(scope, structure):
+    _check_choice(structure, STRUCTURES, "structure")
     _check_choice(scope, SCOPES, "scope")
     if scope == "lamp" and structure != "unstructured":
         raise ValueError(f"scope='lamp' ranks single weights; it has no meaning for structure={structure!r} "

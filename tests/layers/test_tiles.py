@@ -100,7 +100,8 @@ def test_the_measured_choice_is_recorded_and_read_back(tile_cache, capsys):
     assert set(entry["seconds"]) == {tuning.format_tile(t) for t in tuning.candidates(24)} | {tuning.PROBE}
     ranked = sorted(((tuning.parse_tile(t), s) for t, s in entry["seconds"].items() if t != tuning.PROBE),
                     key=lambda ts: ts[1])
-    assert entry["sparse_from"] == tuning.break_even(ranked, entry["seconds"][tuning.PROBE])
+    # from the recorded seconds (rounded to 0.1 µs in the file), to the rounding
+    assert entry["sparse_from"] == pytest.approx(tuning.break_even(ranked, entry["seconds"][tuning.PROBE]), abs=0.01)
     tuning._memory.clear()
     assert tuning.choose_tile(3, 12, 12, 24, 3, 3, 0)[0] == tile
     assert capsys.readouterr().err == ""                      # read, not measured
@@ -109,9 +110,11 @@ def test_the_measured_choice_is_recorded_and_read_back(tile_cache, capsys):
 @pytest.mark.parametrize("content", [b"\x00\xff not json", b"[1, 2]", {"tile": "6x6", "sparse_from": 0.5},
                                      {"tile": "8x32"}, {"tile": "8x32", "sparse_from": 1.5},
                                      {"tile": "8x32", "sparse_from": True}, {"tile": "8x32", "sparse_from": "0.3"},
+                                     {"tile": "lanes", "sparse_from": 0.5}, b"[" * 50000 + b"]" * 50000,
                                      b" " * (tuning.MAX_CACHE_BYTES + 1)],
                          ids=["bytes", "list", "unknown tile", "no break-even (an older file)", "break-even > 1",
-                              "break-even a bool", "break-even a string", "huge"])
+                              "break-even a bool", "break-even a string", "lanes fastest yet sparse from 50%",
+                              "nested 50,000 deep", "huge"])
 def test_a_damaged_cache_file_is_measured_over(tile_cache, content, capsys):
     """A cache file that is not JSON, not a table, names an unknown tile, lacks a break-even or holds one that
     is not a fraction, or is too large is not trusted: the shape is measured again and the file rewritten."""
@@ -254,3 +257,32 @@ def test_the_plan_runs_the_sparse_kernel_from_the_measured_break_even(tile_cache
     monkeypatch.setenv("ECE662_SPARSE_FROM", "lots")
     with pytest.raises(ValueError, match=r"ECE662_SPARSE_FROM: a fraction of zero weights in \[0, 1\].*'lots'"):
         conv2_kernel(0.5)
+
+
+def test_the_cache_is_keyed_by_the_cpu_numba_compiles_for(monkeypatch):
+    """NUMBA_CPU_NAME and NUMBA_CPU_FEATURES change the code Numba makes, each on its own: each changes the key."""
+    host = tuning.cpu_key()
+    tuning.cpu_key.cache_clear()
+    try:
+        monkeypatch.setattr(numba.config, "CPU_FEATURES", "+avx2,+fma,-avx512f")
+        features_only = tuning.cpu_key()
+        tuning.cpu_key.cache_clear()
+        monkeypatch.setattr(numba.config, "CPU_NAME", "haswell")
+        monkeypatch.setattr(numba.config, "CPU_FEATURES", "")
+        haswell = tuning.cpu_key()
+    finally:
+        tuning.cpu_key.cache_clear()
+    assert haswell.startswith("haswell-") and len({host, features_only, haswell}) == 3
+
+
+def test_a_threshold_is_a_fraction_with_its_reason(monkeypatch):
+    """choose_conv_kernel's threshold is checked; kernels='dense' makes no sparse decision, so a bad
+    ECE662_SPARSE_FROM does not stop it."""
+    from ece662.layers.kernel_choice import choose_conv_kernel
+    w = np.zeros((4, 2, 3, 3), np.float32)
+    for bad in (0.3, (float("nan"), "x"), (1.5, "x"), (True, "x")):
+        with pytest.raises(ValueError, match="threshold must be \\(fraction of zero weights in \\[0, 1\\], reason\\)"):
+            choose_conv_kernel("auto", w, 1, True, bad)
+    assert choose_conv_kernel("auto", w, 1, True, (0.5, "a test"))[0] == "sparse"
+    monkeypatch.setenv("ECE662_SPARSE_FROM", "lots")
+    assert choose_conv_kernel("dense", w, 1, True)[0] == "v7"

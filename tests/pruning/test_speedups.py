@@ -6,7 +6,8 @@ import ece662.pruning as prune
 from helpers import assert_close
 from ece662.experiments import copy_model, dense_twin
 from ece662.layers import Conv2d, Flatten, Linear, ReLU, Sequential
-from ece662.layers.kernel_choice import SPARSE_THRESHOLD, KernelChoice
+from ece662.layers import tuning
+from ece662.layers.kernel_choice import KernelChoice
 from ece662.models import default_convnet
 from ece662.pruning_helper import load_model
 
@@ -133,7 +134,7 @@ def test_sparse_path_matches_dense_on_unstructured_masks(amount):
                               pruning_method=prune.L1Unstructured, amount=amount)
     got = model.eval()(X)
     sparse = 1 - np.count_nonzero(model.conv2.weight) / model.conv2.weight.size
-    assert (model.conv2.last_kernel.version == "sparse") == (sparse >= SPARSE_THRESHOLD)
+    assert (model.conv2.last_kernel.version == "sparse") == (sparse >= tuning.unmeasured_sparse_from()[0])
     assert_close(got, dense_twin(model)(X), {"amount": amount}, rtol=1e-4, atol=1e-4)
 
 

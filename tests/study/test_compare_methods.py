@@ -207,6 +207,20 @@ def test_a_later_run_is_added_only_with_the_same_settings_and_new_arms(every_arm
         module.add(run, dict(extra, epochs=3))
     with pytest.raises(ValueError, match=r"repeats arms already here: snip \(global\) at 90%"):
         module.add(run, dict(base, records=first))
+    with pytest.raises(ValueError, match="lacks seconds"):
+        module.add(run, {k: v for k, v in extra.items() if k != "seconds"})
+    with pytest.raises(ValueError, match="lacks command"):
+        module.add(run, [])
+    with pytest.raises(ValueError, match="the trained model's accuracy"):
+        module.add(run, dict(extra, records=[dict(r, accuracy=0.1) if r["method"] == "dense" else r
+                                             for r in later]))
+    with pytest.raises(ValueError, match="the command's options"):
+        module.add(run, dict(extra, command=extra["command"] + " --max-lr 0.1"))
+    odd = dict(later[-1], method="bogus", sparsity=0.9, accuracy=float("nan"))
+    with pytest.raises(ValueError, match="cannot hold.*'bogus' at 0.9: accuracy nan"):
+        module.add(run, dict(extra, records=later + [odd]))
+    with pytest.raises(ValueError, match="cannot hold.*'snip' at 0.5"):
+        module.add(run, dict(extra, records=later + [dict(first[-1], sparsity=0.5)]))
     joined = module.add(run, extra)
     assert len(joined["records"]) == len(first) + 2
     assert {r["method"] for r in joined["summary"]} == {"dense", "snip", "dense-scratch"}
