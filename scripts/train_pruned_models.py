@@ -97,6 +97,8 @@ def main():
                     help="how pruned-80 and pruned-90 share the sparsity among the layers: one magnitude "
                          "threshold (global, the recipe), LAMP scores (Lee et al. 2021), or the same fraction "
                          "of each layer (layer)")
+    ap.add_argument("--pruned-80", default=None, metavar="PATH",
+                    help="the pruned-80 that pruned-90 continues from (default: pruned_80.npz in --out-dir)")
     ap.add_argument("--holdout", action="store_true",
                     help="choosing a recipe: train on the train split only and score the val split instead "
                          "of the test split (give --dense a model trained on the train split only, and an "
@@ -166,7 +168,7 @@ def main():
                f"gradual {args.allocation} unstructured to 0.8, {args.epochs_80} epochs, {how}", "unstructured",
                {"per_layer_sparsity": per_layer(m)})
     if args.which in ("all", "pruned-90"):
-        base = os.path.join(args.out_dir, SHIPPED["pruned-80"])
+        base = args.pruned_80 or os.path.join(args.out_dir, SHIPPED["pruned-80"])
         m = load_model(base)
         try:                                       # what the pruned-80 it continues was made with, for the record
             with open(os.path.splitext(base)[0] + "_training.json") as f:
@@ -176,7 +178,7 @@ def main():
         t0 = time.time()
         h = gradual(m, X, y, 0.9, args.epochs_90, initial_sparsity=0.8, optimizer=sgd(), scope=args.allocation,
                     **gradual_kw)
-        finish("pruned-90", m, time.time() - t0, h, SHIPPED["pruned-80"],
+        finish("pruned-90", m, time.time() - t0, h, os.path.basename(base),
                f"from pruned-80 ({base_recipe}): gradual {args.allocation} unstructured 0.8 -> 0.9, "
                f"{args.epochs_90} epochs, {how}", "unstructured", {"per_layer_sparsity": per_layer(m)})
     if args.which in ("all", "filters-50"):
