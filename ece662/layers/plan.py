@@ -39,8 +39,8 @@ Examples
 >>> net = default_convnet(seed=0)
 >>> _ = prune.ln_structured(net.conv1, "weight", amount=16, n=2, dim=0)
 >>> print(net.plan((3, 32, 32)))          # doctest: +NORMALIZE_WHITESPACE +ELLIPSIS
-conv1+relu1+pool1  (32, 14, 14)  16/32 filters live, 3/3 input channels -> v7 tile ... skip, fused ReLU + 2x2 max pool (fewer than 60% zeros; ReLU and MaxPool2d(2) follow a stride-1 conv; tile ...: measured fastest on ...)
-conv2+relu2+pool2  (32, 6, 6)    32/32 filters live, 16/32 input channels -> v7 tile ... skip, fused ReLU + 2x2 max pool (fewer than 60% zeros; ReLU and MaxPool2d(2) follow a stride-1 conv; tile ...: measured fastest on ...)
+conv1+relu1+pool1  (32, 14, 14)  16/32 filters live, 3/3 input channels -> v7 tile ... skip, fused ReLU + 2x2 max pool (0% zeros, fewer than ...% (...); ReLU and MaxPool2d(2) follow a stride-1 conv; tile ...: measured fastest on ...)
+conv2+relu2+pool2  (32, 6, 6)    32/32 filters live, 16/32 input channels -> v7 tile ... skip, fused ReLU + 2x2 max pool (0% zeros, fewer than ...% (...); ReLU and MaxPool2d(2) follow a stride-1 conv; tile ...: measured fastest on ...)
 flatten            (1152,)
 fc                 (10,)         1152/1152 input features -> linear (kernels='auto')
 """

@@ -196,7 +196,7 @@ def break_even(seconds, probe_seconds, probe=SPARSE_PROBE):
 
     Examples
     --------
-    >>> break_even([((8, 32),), 1.0), ("lanes", 1.5)], 0.75), break_even([("lanes", 1.0)], 0.5)
+    >>> break_even([(((8, 32),), 1.0), ("lanes", 1.5)], 0.75), break_even([("lanes", 1.0)], 0.5)
     (0.5, 0.0)
     """
     best = seconds[0][1]

@@ -63,7 +63,7 @@ def test_the_bytes_add_up(shared90, good):
         key = f"{r['layer']}.weight"
         assert r["huffman"] == sum(a.nbytes for k, a in arrays.items() if k.startswith(key + "."))
         counts = arrays[key + ".counts"]
-        assert r["code_bits_per_weight"] * r["survivors"] == counts[1]
+        assert r["code_bits_per_weight"] * r["survivors"] == pytest.approx(int(counts[1]), rel=1e-12)   # a float ratio
         assert len(arrays[key + ".codes"]) == -(-int(counts[1]) // 8)
         assert r["shared"] == -(-(r["survivors"] * 4 + r["entries"] * r["index_bits"]) // 8) + 4 * 16
     assert rows[-1]["huffman"] == sum(a.nbytes for k, a in arrays.items() if k.endswith(".bias"))
@@ -161,7 +161,7 @@ HOSTILE = {
     "over-full code lengths": (_lengths(1), r"over-full"),
     "incomplete code lengths": (_lengths(5), r"incomplete"),
     "code table longer than the codebook": (_set("conv2.weight.code_lengths", np.full(9, 0x44, np.uint8)),
-                                            r"hold 18 code lengths, but there are only 1[56] symbols"),
+                                            r"hold 18 code lengths, but there are only 1\d symbols"),
     "position table for 2**9 symbols": (_set("conv2.weight.position_lengths", np.full(200, 0x88, np.uint8)),
                                         r"400 code lengths, but there are only 256 symbols"),
     "counts of the wrong type": (_set("conv2.weight.counts", np.zeros(5, np.int64)), r"expected uint32 of shape \(5,\)"),
