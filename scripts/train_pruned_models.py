@@ -9,7 +9,15 @@ train + val images it was trained on, seed 0, test split evaluated once at the e
   weight to 80% on Zhu & Gupta's cubic schedule over the first 60% of the run, with
   distillation from the dense model (T = 4, weight 0.7), one-cycle learning rate peaking
   at 0.02, SGD weight decay 5e-4;
-* ``pruned-90``: the same recipe, 12 epochs, continued from ``pruned-80`` (cubic from 80% to 90%);
+* ``pruned-90``: the same recipe with LAMP allocation (``--allocation lamp``) in both phases: a LAMP pruned-80
+  (24 epochs, not shipped), then 12 epochs continued from it (cubic from 80% to 90%); since 2026-12-04,
+  chosen on held-out data (PRUNED_MODELS.md).  Two commands make it (``all`` and the defaults make the
+  global-threshold pruned-90 of before)::
+
+      NUMBA_NUM_THREADS=2 python scripts/train_pruned_models.py --which pruned-80 --allocation lamp --out-dir lamp80
+      NUMBA_NUM_THREADS=2 python scripts/train_pruned_models.py --which pruned-90 --allocation lamp \
+          --pruned-80 lamp80/pruned_80.npz
+
 * ``filters-50``: 20 epochs of gradual L2 filter pruning of each conv layer to 50% of its
   filters with distillation, then the dead filters removed (``ece662.pruning.shrink``) and
   the smaller network fine-tuned 40 epochs with distillation (8 before 2026-12-02: 40 scored
@@ -26,7 +34,8 @@ shrunk filters-50's, chosen on held-out data; ``--which`` makes one model (``pru
 ``pruned_80.npz`` from ``--out-dir``), with the same result as the ``all`` run.
 
 The run is deterministic (seeded): with the same number of Numba threads (recorded as
-``threads``; the gradients are summed per thread) it reproduces the shipped files bit for bit.
+``threads``; the gradients are summed per thread) and the commands above it reproduces the shipped
+files bit for bit.
 
 Writes ``<name>.npz`` and ``<name>_training.json`` (accuracy, time, history) per model.
 """
@@ -111,6 +120,7 @@ def main():
         args.epochs_80 = args.epochs_90 = args.epochs_filters = args.epochs
     if args.holdout and os.path.abspath(args.out_dir) == os.path.abspath(models_dir()):
         ap.error("--holdout models are not the shipped ones: give an --out-dir outside ece662/models")
+    os.makedirs(args.out_dir, exist_ok=True)
     raw = get_CINIC10_data(args.data, normalize=False, channels_first=False)
     if args.holdout:
         X, y = raw["X_train"], raw["y_train"]
@@ -178,7 +188,7 @@ def main():
         t0 = time.time()
         h = gradual(m, X, y, 0.9, args.epochs_90, initial_sparsity=0.8, optimizer=sgd(), scope=args.allocation,
                     **gradual_kw)
-        finish("pruned-90", m, time.time() - t0, h, os.path.basename(base),
+        finish("pruned-90", m, time.time() - t0, h, base if args.pruned_80 else os.path.basename(base),
                f"from pruned-80 ({base_recipe}): gradual {args.allocation} unstructured 0.8 -> 0.9, "
                f"{args.epochs_90} epochs, {how}", "unstructured", {"per_layer_sparsity": per_layer(m)})
     if args.which in ("all", "filters-50"):

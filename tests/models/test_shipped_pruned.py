@@ -76,3 +76,36 @@ def test_default_convnet_can_be_made_wider_for_a_teacher(tmp_path):
     assert default_convnet(seed=1).conv1.weight.shape == (32, 3, 5, 5)     # the course's widths by default
     with pytest.raises(ValueError, match="filters must be two counts >= 1"):
         default_convnet(filters=(0, 32))
+
+
+def test_the_cards_held_out_allocation_runs_are_their_record():
+    """PRUNED_MODELS.md's held-out section of 2026-12-04 quotes only the recorded runs
+    (pruned_90_heldout.json): every val accuracy, each allocation's two-seed mean and points lost; and the
+    shipped pruned-90 is LAMP's, made from a LAMP pruned-80 whose record it carries."""
+    import re
+    folder = os.path.dirname(named_model_path("pruned-90"))
+    with open(os.path.join(folder, "pruned_90_heldout.json")) as f:
+        run = json.load(f)
+    with open(os.path.join(folder, "PRUNED_MODELS.md"), encoding="utf-8") as f:
+        card = f.read()
+    section = card.split("### Held-out runs of 2026-12-04", 1)[1].split("\n## ", 1)[0]
+    dense = run["dense"]["val_accuracy"]
+    recorded = {f"{dense:.4f}"} | {f"{r['pruned_80_val_accuracy']:.4f}" for r in run["runs"]} \
+        | {f"{r['pruned_90_val_accuracy']:.4f}" for r in run["runs"]} | {f"{v['val_accuracy']:.4f}" for v in run["variants"]}
+    both = {}
+    for r in run["runs"]:
+        if r["allocation_80"] == r["allocation_90"]:
+            both.setdefault(r["allocation_90"], []).append(r["pruned_90_val_accuracy"])
+    means = {a: sum(v) / len(v) for a, v in both.items()}
+    assert {a: len(v) for a, v in both.items()} == {"global": 2, "lamp": 2, "layer": 2}
+    for a, m in means.items():
+        assert f"{m:.4f}" in section and f"{100 * (dense - m):.2f}" in section, a
+    recorded |= {f"{m:.4f}" for m in means.values()}
+    quoted = set(re.findall(r"\b0\.\d{4}\b", section))
+    card90 = _card("pruned-90")
+    recorded |= {f"{card90['test_accuracy']:.4f}", "0.6952", "0.7213", "0.7119", "0.7220",   # the test-split lines
+                 "0.7472", "0.7490"}                               # the earlier held-out dense models
+    values = [float(v) for v in recorded]
+    diffs = {f"{abs(x - y):.4f}" for x in values for y in values}     # the differences the prose quotes
+    assert quoted <= recorded | diffs, sorted(quoted - recorded - diffs)
+    assert "lamp" in card90["recipe"] and "lamp" in card90["pruned_80_record"]["recipe"]
