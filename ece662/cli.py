@@ -520,6 +520,20 @@ def _check_out_prefix(out):
         raise SystemExit(f"ece662: cannot write to the folder of --out {out}, {folder}: {e.strerror}")
 
 
+def _compare_inputs(args):
+    """What both comparisons train and score: the training images (raw uint8, ``--train-images`` of them), the
+    test split (normalised) and the trained model (``--model``, or the shipped one), checked to be a classifier
+    of the test images."""
+    from ece662.data_utils import get_CINIC10_data
+    from ece662.pruning_helper import load_model
+    raw = get_CINIC10_data(args.data, splits=("train",), num_training=args.train_images, normalize=False,
+                           channels_first=False, progress=False)
+    test = get_CINIC10_data(args.data, splits=("test",), progress=False)
+    model = load_model(args.model, mode=args.mode if args.model else "numpy")
+    _check_classifier(model, args.model, test["X_test"])
+    return raw, test, model
+
+
 def _compare(args, argv):
     """``python -m ece662 compare``: every schedule at the same epoch budget (``experiments.compare_schedules``);
     writes ``<out>.json`` (with the command that made it) and ``<out>.png``.
@@ -537,15 +551,9 @@ def _compare(args, argv):
     matplotlib.use("Agg")
     from ece662 import experiments as E
     from ece662 import plots
-    from ece662.data_utils import get_CINIC10_data
     from ece662.formats.common import atomic_write
-    from ece662.pruning_helper import load_model
     _check_out_prefix(args.out)
-    raw = get_CINIC10_data(args.data, splits=("train",), num_training=args.train_images, normalize=False,
-                           channels_first=False, progress=False)
-    test = get_CINIC10_data(args.data, splits=("test",), progress=False)
-    model = load_model(args.model, mode=args.mode if args.model else "numpy")
-    _check_classifier(model, args.model, test["X_test"])
+    raw, test, model = _compare_inputs(args)
     t0 = time.perf_counter()
     recs = E.compare_schedules(model, raw["X_train"], raw["y_train"], test["X_test"], test["y_test"],
                                sparsities=args.sparsities, epochs=args.epochs, structure=args.structure,
@@ -633,9 +641,7 @@ def _compare_methods(args, argv):
     import datetime
     from ece662 import experiments as E
     from ece662 import plots
-    from ece662.data_utils import get_CINIC10_data
     from ece662.formats.common import atomic_write
-    from ece662.pruning_helper import load_model
     from ece662.timing import cpu_description
     methods = list(E.METHODS) if args.methods == ["all"] else E.check_methods(args.methods)
     allocation = args.allocation[0] if args.allocation in (["default"], ["all"]) else args.allocation
@@ -648,11 +654,7 @@ def _compare_methods(args, argv):
                          "each method prunes single weights, shared out by --allocation")
     args.out = args.out or "compare_methods"
     _check_out_prefix(args.out)
-    raw = get_CINIC10_data(args.data, splits=("train",), num_training=args.train_images, normalize=False,
-                           channels_first=False, progress=False)
-    test = get_CINIC10_data(args.data, splits=("test",), progress=False)
-    model = load_model(args.model, mode=args.mode if args.model else "numpy")
-    _check_classifier(model, args.model, test["X_test"])
+    raw, test, model = _compare_inputs(args)
     t0 = time.perf_counter()
 
     def show(r):

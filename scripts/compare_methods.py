@@ -15,6 +15,8 @@ import os
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))     # page_section, beside this script
+from page_section import replace_section  # noqa: E402
 RESULTS = os.path.join(ROOT, "docs", "methods.json")
 sys.path.insert(0, ROOT)
 PAGE = os.path.join(ROOT, "docs", "methods.md")
@@ -133,9 +135,9 @@ def render(run):
         best = here[0]
         tied = [r for r in here[1:] if not _beyond_noise(best, r, n)[2]]
         lines.append(f"- {s:.0%}: the best is {_name(best)} [{best['phase']}], {best['mean']:.4f}; "
-                     + (f"within the noise of it: " + ", ".join(f"{_name(r)} {r['mean']:.4f}" for r in tied)
+                     + ("within the noise of it: " + ", ".join(f"{_name(r)} {r['mean']:.4f}" for r in tied)
                         if tied else "every other arm is below it beyond the noise")
-                     + f"; the next beyond the noise: "
+                     + "; the next beyond the noise: "
                      + next((f"{_name(r)} {r['mean']:.4f} ({_versus(best, r, n)})" for r in here[1:]
                              if _beyond_noise(best, r, n)[2]), "none") + ".")
     lines += ["", "**The best arm of each phase**, and how far each lies from the best before-training arm (the "
@@ -171,13 +173,7 @@ def render(run):
 
 
 def write_page(run):
-    with open(PAGE, encoding="utf-8") as f:
-        text = f.read()
-    head, rest = text.split(BEGIN, 1)
-    _, tail = rest.split(END, 1)
-    with open(PAGE + ".tmp", "w", encoding="utf-8") as f:
-        f.write(head + BEGIN + "\n" + render(run) + "\n" + END + tail)
-    os.replace(PAGE + ".tmp", PAGE)
+    replace_section(PAGE, BEGIN, END, render(run))
 
 
 def main():

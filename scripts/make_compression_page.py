@@ -17,6 +17,8 @@ import sys
 import tempfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))     # page_section, beside this script
+from page_section import replace_section  # noqa: E402
 RESULTS = os.path.join(ROOT, "docs", "compression.json")
 FIGURE = os.path.join(ROOT, "docs", "compression.png")
 PAGE = os.path.join(ROOT, "docs", "compression.md")
@@ -38,13 +40,7 @@ def render(results):
 
 
 def write_page(results):
-    with open(PAGE, encoding="utf-8") as f:
-        text = f.read()
-    head, rest = text.split(BEGIN, 1)
-    _, tail = rest.split(END, 1)
-    with open(PAGE + ".tmp", "w", encoding="utf-8") as f:
-        f.write(head + BEGIN + "\n" + render(results) + "\n" + END + tail)
-    os.replace(PAGE + ".tmp", PAGE)
+    replace_section(PAGE, BEGIN, END, render(results))
 
 
 def main():

@@ -33,13 +33,17 @@ def _readme():
     return _page("README.md")
 
 
-@pytest.fixture(scope="module")
-def script():
-    spec = importlib.util.spec_from_file_location("make_readme_results",
-                                                  os.path.join(ROOT, "scripts", "make_readme_results.py"))
+def _script(name):
+    """The script ``scripts/<name>.py`` as a module (its ``render`` and markers)."""
+    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "scripts", name + ".py"))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+@pytest.fixture(scope="module")
+def script():
+    return _script("make_readme_results")
 
 
 @pytest.fixture(scope="module")
@@ -48,8 +52,8 @@ def results():
         return json.load(f)
 
 
-def _section(script):
-    text = _page("docs/sweep.md")
+def _section(script, page="docs/sweep.md"):
+    text = _page(page)
     assert text.count(script.BEGIN) == 1 and text.count(script.END) == 1, "the generated section's markers"
     return text.split(script.BEGIN, 1)[1].split(script.END, 1)[0].strip("\n")
 
@@ -159,14 +163,11 @@ def test_ci_runs_the_readmes_own_commands_first():
 def test_allocation_page_is_its_recorded_run():
     """docs/allocation.md's table is rendered from docs/allocation.json, and every accuracy its prose quotes is
     one of that run's."""
-    spec = importlib.util.spec_from_file_location("compare_allocation",
-                                                  os.path.join(ROOT, "scripts", "compare_allocation.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = _script("compare_allocation")
     with open(os.path.join(ROOT, "docs", "allocation.json")) as f:
         run = json.load(f)
     text = _page("docs/allocation.md")
-    section = text.split(module.BEGIN, 1)[1].split(module.END, 1)[0].strip("\n")
+    section = _section(module, "docs/allocation.md")
     assert section == module.render(run), "run `python scripts/compare_allocation.py --render`"
     at = module.summary(run)
     recorded = ({f"{v:.4f}" for r in at.values() for k, v in r.items() if k in ("oneshot", "mean", "low", "high")}
@@ -201,14 +202,11 @@ def test_methods_page_is_its_recorded_run():
     """docs/methods.md's generated section is what scripts/compare_methods.py renders from docs/methods.json; the
     command shown is the one recorded; every accuracy the prose around it quotes (a mean, a seed's extreme, or
     the difference of two means at one sparsity) is one of that run's."""
-    spec = importlib.util.spec_from_file_location("compare_methods",
-                                                  os.path.join(ROOT, "scripts", "compare_methods.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = _script("compare_methods")
     with open(os.path.join(ROOT, "docs", "methods.json")) as f:
         run = json.load(f)
     text = _page("docs/methods.md")
-    section = text.split(module.BEGIN, 1)[1].split(module.END, 1)[0].strip("\n")
+    section = _section(module, "docs/methods.md")
     assert section == module.render(run), "run `python scripts/compare_methods.py`"
     assert re.search(r"```bash\n(python -m ece662 compare [^\n]*)\n```", text).group(1) == run["command"]
     rows = run["summary"]
