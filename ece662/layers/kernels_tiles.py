@@ -16,10 +16,13 @@ one before it (it recomputes a block rather than leave a scalar tail).
 import numpy as np
 from numba import njit, prange
 
+from ece662.layers.llvm_hints import prefer_broadcast_loads
+
 
 @njit(cache=True, fastmath={'contract'})
 def images_4x16(xflat, offs, Wp, wp, bp, first, F, best, n0, n1, out):
     """4 positions (1 2x2 block) x 16 filters per tile, images n0 to n1 - 1."""
+    prefer_broadcast_loads()
     K, Fb, _ = wp.shape
     _, _, Hq, Wq = out.shape
     zero = np.float32(0.0)
@@ -111,6 +114,7 @@ def tile_4x16(xflat, offs, Wp, wp, bp, first, F, tmp, out):
 @njit(cache=True, fastmath={'contract'})
 def images_8x16(xflat, offs, Wp, wp, bp, first, F, best, n0, n1, out):
     """8 positions (2 2x2 blocks) x 16 filters per tile, images n0 to n1 - 1."""
+    prefer_broadcast_loads()
     K, Fb, _ = wp.shape
     _, _, Hq, Wq = out.shape
     zero = np.float32(0.0)
@@ -231,6 +235,7 @@ def tile_8x16(xflat, offs, Wp, wp, bp, first, F, tmp, out):
 @njit(cache=True, fastmath={'contract'})
 def images_4x32(xflat, offs, Wp, wp, bp, first, F, best, n0, n1, out):
     """4 positions (1 2x2 block) x 32 filters per tile, images n0 to n1 - 1."""
+    prefer_broadcast_loads()
     K, Fb, _ = wp.shape
     _, _, Hq, Wq = out.shape
     zero = np.float32(0.0)
@@ -370,6 +375,7 @@ def tile_4x32(xflat, offs, Wp, wp, bp, first, F, tmp, out):
 @njit(cache=True, fastmath={'contract'})
 def images_8x32(xflat, offs, Wp, wp, bp, first, F, best, n0, n1, out):
     """8 positions (2 2x2 blocks) x 32 filters per tile, images n0 to n1 - 1."""
+    prefer_broadcast_loads()
     K, Fb, _ = wp.shape
     _, _, Hq, Wq = out.shape
     zero = np.float32(0.0)
@@ -554,6 +560,7 @@ def tile_8x32(xflat, offs, Wp, wp, bp, first, F, tmp, out):
 @njit(cache=True, fastmath={'contract'})
 def images_8x8(xflat, offs, Wp, wp, bp, first, F, best, n0, n1, out):
     """8 positions (2 2x2 blocks) x 8 filters per tile, images n0 to n1 - 1."""
+    prefer_broadcast_loads()
     K, Fb, _ = wp.shape
     _, _, Hq, Wq = out.shape
     zero = np.float32(0.0)

@@ -19,6 +19,10 @@ kernels are a real module, checked in and kept equal to this generator by a test
 Each sum runs over the taps k in the same order in every tile, with FMA contraction only
 (``fastmath={'contract'}``, no reassociation), so every tile returns bit-identical outputs: which tile
 the measurement picks never changes a logit.
+
+Each body starts with ``prefer_broadcast_loads()`` (``llvm_hints.py``): without it, LLVM loads a tile's
+inputs on AVX-512 CPUs with a gather and a dozen shuffles per tap instead of one broadcast load each, and
+the tiles ran at about half their speed on Zen 4.
 """
 import os
 
@@ -43,6 +47,8 @@ one before it (it recomputes a block rather than leave a scalar tail).
 """
 import numpy as np
 from numba import njit, prange
+
+from ece662.layers.llvm_hints import prefer_broadcast_loads
 '''
 
 
@@ -56,8 +62,9 @@ def body_name(positions, lanes):
     return f"images_{positions}x{lanes}"
 
 
-def tile_kernel_source(positions, lanes):
-    """The source of one tile kernel: ``positions`` (a multiple of 4: that many / 4 blocks) x ``lanes``.
+def tile_kernel_source(positions, lanes, hint=True):
+    """The source of one tile kernel: ``positions`` (a multiple of 4: that many / 4 blocks) x ``lanes``;
+    ``hint=False`` leaves out the compiler hint (``benchmarks/bench_hint.py`` times the kernels without it).
 
     The body is the v6 tile written out for this size: ``s{q}_{l}`` is the running sum of position q
     and lane (filter) l; per tap, one row of ``lanes`` weights and ``positions`` inputs feed
@@ -75,6 +82,7 @@ def tile_kernel_source(positions, lanes):
         "@njit(cache=True, fastmath={'contract'})",
         f"def {body_name(P, L)}(xflat, offs, Wp, wp, bp, first, F, best, n0, n1, out):",
         f'    """{P} positions ({blocks} 2x2 block{"s" if blocks > 1 else ""}) x {L} filters per tile, images n0 to n1 - 1."""',
+        *(["    prefer_broadcast_loads()"] if hint else []),
         "    K, Fb, _ = wp.shape",
         "    _, _, Hq, Wq = out.shape",
         "    zero = np.float32(0.0)",

@@ -197,8 +197,9 @@ def test_the_plan_counts_the_tiles_padding(tile_cache, monkeypatch):
 @pytest.mark.parametrize("target", TARGETS)
 def test_every_tile_is_vectorised(tmp_path, target):
     """Every generated tile compiles to packed FMAs only: positions x lanes multiply-adds per tap in vector
-    lanes (8 per ymm FMA on AVX2, 16 per zmm on AVX-512), no scalar FMA.  Compiled afresh in a subprocess
-    (numba cannot show the assembly of cached code)."""
+    lanes (8 per ymm FMA on AVX2, 16 per zmm on AVX-512), no scalar FMA; and no gather loads its inputs
+    (``llvm_hints``: on AVX-512 a gather and its shuffles halved the tiles' speed).
+    Compiled afresh in a subprocess (numba cannot show the assembly of cached code)."""
     if os.environ.get("NUMBA_DISABLE_JIT") == "1":
         pytest.skip("no machine code without the JIT")
     code = """
@@ -219,6 +220,7 @@ for t, k in kernels_tiles.TILE_BODIES.items():      # the serial function each t
         packed, scalar = fma_lanes(asm)
         assert packed >= positions * lanes and scalar == 0, \
             f"tile {positions}x{lanes}: {packed} lanes in packed FMAs, {scalar} scalar FMAs"
+        assert "vgather" not in asm, f"tile {positions}x{lanes} loads its inputs with a gather"
 
 
 def test_break_even_is_where_the_sparse_kernels_line_meets_the_fastest_tile():

@@ -1,0 +1,99 @@
+"""What the compiler hint of kernel v7 is worth: each register tile with and without ``prefer_broadcast_loads()``.
+
+    python benchmarks/bench_hint.py [--images 64] [--rounds 9]
+
+The generated tiles (``ece662/layers/kernels_tiles.py``) start with ``prefer_broadcast_loads()``
+(``ece662/layers/llvm_hints.py``): LLVM then loads each input of a tile with a broadcast, not with a gather
+and a dozen shuffles.  Here every tile of ``tile_source.TILES`` is written twice, with and without the
+hint, into a scratch module; the serial body of each (``images_PxL``, one thread) runs the course CNN's two
+conv shapes (conv + bias + ReLU + 2x2 max pool) on the same random batch, both versions interleaved round by
+round.  Printed per tile and layer: the gathers in each version's machine code, GFLOP/s of each (fastest
+round) and the median of the per-round speed ratios with their min-max.  The outputs of the two versions are
+checked equal bit for bit (the hint chooses instructions, not arithmetic).
+"""
+import argparse
+import importlib.util
+import os
+import re
+import sys
+import tempfile
+import time
+
+import numpy as np
+import numba
+
+from ece662.layers import functional as fn
+from ece662.layers import tile_source
+from ece662.timing import cpu_description
+
+LAYERS = {"conv1 3x32x32 -> 32 of 5x5": (3, 32, 32, 5), "conv2 32x14x14 -> 32 of 3x3": (32, 14, 32, 3)}
+
+
+def scratch_module(folder):
+    """Both versions of every tile in one module file (Numba caches only functions that live in a file)."""
+    parts = [tile_source.HEADER]
+    for p, l in tile_source.TILES:
+        parts.append(tile_source.tile_kernel_source(p, l))
+        plain = tile_source.tile_kernel_source(p, l, hint=False)
+        parts.append(plain.replace(f"def {tile_source.body_name(p, l)}(", f"def {tile_source.body_name(p, l)}_plain(")
+                          .replace(f"def {tile_source.tile_name(p, l)}(", f"def {tile_source.tile_name(p, l)}_plain(")
+                          .replace(f"{tile_source.body_name(p, l)}(xflat", f"{tile_source.body_name(p, l)}_plain(xflat"))
+    path = os.path.join(folder, "hint_tiles.py")
+    with open(path, "w", encoding="utf-8") as f:
+        f.write("\n\n".join(parts))
+    spec = importlib.util.spec_from_file_location("hint_tiles", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--images", type=int, default=64)
+    ap.add_argument("--rounds", type=int, default=9)
+    args = ap.parse_args()
+    numba.config.SLP_VECTORIZE = 1           # as functional.slp_vectorizer() compiles the real tiles
+    rng = np.random.default_rng(0)
+    print(f"{cpu_description()}; one thread (the serial tile bodies); batch {args.images}; "
+          f"{args.rounds} interleaved rounds; load average {os.getloadavg()[0]:.1f}")
+    print(f"{'layer':28s} {'tile':5s} {'gathers':>9s} {'GFLOP/s plain':>14s} {'GFLOP/s hint':>13s}   hint / plain")
+    with tempfile.TemporaryDirectory() as folder:
+        tiles = scratch_module(folder)
+        for name, (C, H, F, k) in LAYERS.items():
+            N = args.images
+            x = rng.standard_normal((N, C, H, H)).astype(np.float32)
+            w = rng.standard_normal((F, C, k, k)).astype(np.float32)
+            b = rng.standard_normal(F).astype(np.float32)
+            Hq = (H - k + 1) // 2
+            flops = 2.0 * N * (H - k + 1) ** 2 * F * C * k * k
+            for p, l in tile_source.TILES:
+                extra = max(0, p // 4 - Hq)
+                xp = np.ascontiguousarray(np.pad(x, ((0, 0), (0, 0), (0, 0), (0, 2 * extra))))
+                Hp, Wp = xp.shape[2:]
+                xflat, offs = xp.reshape(N, -1), fn.tap_offsets(C, k, k, Hp, Wp)
+                ((_, _, first, count, wp, bp),) = fn.pack_filters_tile(w, b, ((p, l),))
+                kernels = {"plain": getattr(tiles, tile_source.body_name(p, l) + "_plain"),
+                           "hint": getattr(tiles, tile_source.body_name(p, l))}
+                outs = {v: np.zeros((N, F, Hq, Hq + extra), np.float32) for v in kernels}
+                best = np.empty(p // 4 * l, np.float32)
+
+                def call(v):
+                    kernels[v](xflat, offs, Wp, wp, bp, first, count, best, 0, N, outs[v])
+                for v in kernels:
+                    call(v)                                   # compile
+                assert np.array_equal(outs["plain"], outs["hint"]), f"{p}x{l}: the hint changed the output"
+                gathers = {v: len(re.findall("vgather", k.inspect_asm(k.signatures[0]))) for v, k in kernels.items()}
+                times = {v: [] for v in kernels}
+                for r in range(args.rounds):
+                    for v in (("plain", "hint") if r % 2 == 0 else ("hint", "plain")):
+                        t0 = time.perf_counter()
+                        call(v)
+                        times[v].append(time.perf_counter() - t0)
+                ratio = np.array(times["plain"]) / np.array(times["hint"])
+                print(f"{name:28s} {p}x{l:<3d} {gathers['plain']:>4d} / {gathers['hint']:<2d} "
+                      f"{flops / min(times['plain']) / 1e9:14.1f} {flops / min(times['hint']) / 1e9:13.1f}   "
+                      f"{np.median(ratio):.2f}x ({ratio.min():.2f}-{ratio.max():.2f})", flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
