@@ -27,8 +27,16 @@ The same measurement answers a second question: from how many zero weights on do
 :data:`LANES` on the same weights with :data:`SPARSE_PROBE` of them zeroed at random, and
 :func:`break_even` draws the line through the two lanes timings (its time falls with the non-zeros) to where
 it meets the chosen tile's: :func:`sparse_from`.  On the AVX2 EPYC the break-even was about 0.5, on Zen 4
-0.2-0.4 (``benchmarks/RESULTS.md``): one fixed threshold cannot serve both.  ``ECE662_SPARSE_FROM=0.6``
+0.2-0.4 against the tiles before their compiler hint (``llvm_hints``) and 0.6-0.7 after it
+(``benchmarks/RESULTS.md``): one fixed threshold cannot serve every CPU and kernel.  ``ECE662_SPARSE_FROM=0.6``
 forces it; with ``ECE662_TILE`` set or without the JIT it is :data:`DEFAULT_SPARSE_FROM`.
+
+Before the first measurement on a new machine Numba compiles every candidate, about 17 s on Zen 4 one by
+one.  Numba compiles in one thread, so :func:`measure` shares the candidates with a second Python process
+(:func:`compile_in_helper`), which compiles its share into Numba's cache while this one compiles the rest;
+this process then loads the helper's share from the cache.  When the cache already held everything (this
+process's share took under :data:`WARM_COMPILE` seconds) the helper is stopped, and a helper that fails
+costs nothing but its time: whatever is not in the cache is compiled here, as without it.
 
 The cache file is input like any other: it is read only up to :data:`MAX_CACHE_BYTES`, and an entry that
 does not name known tiles is ignored (and measured again).  It is written atomically under a lock.
@@ -37,6 +45,7 @@ import functools
 import hashlib
 import json
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -58,6 +67,8 @@ ROUNDS = 7                         # interleaved timing rounds per candidate (th
 WORK = 2e8                         # multiply-adds x 2 per timed call: about 2 ms at 100 GFLOP/s
 MAX_CACHE_BYTES = 1 << 20          # a cache file larger than this is not read
 MAX_ENTRIES = 2000                 # shapes kept per CPU in the cache file (the oldest are dropped)
+WARM_COMPILE = 1.0                 # seconds: a share compiled faster came from Numba's cache
+HELPER_TIMEOUT = 600               # seconds a compile helper may take before it is stopped
 
 _memory = {}                       # (cpu, shape key) -> {'tile', 'reason', 'sparse_from', 'sparse_reason'}
 _told = set()                      # cache folders we could not write, said once
@@ -245,6 +256,101 @@ def _write_choice(path, key, tile, seconds, sparse_from):
         return False
 
 
+def kernels_of(tiles):
+    """The compiled kernels ``tiles`` (layouts as :func:`candidates` gives them) run: tile sizes and
+    :data:`LANES`, each once, largest first.
+
+    Examples
+    --------
+    >>> kernels_of([((8, 16),), ((8, 16), (8, 8)), "lanes", "lanes@75%"])
+    ['lanes', (8, 16), (8, 8)]
+    """
+    found = []
+    for t in tiles:
+        for k in ([LANES] if isinstance(t, str) else list(t)):     # LANES, or PROBE: the lanes kernel too
+            if k not in found:
+                found.append(k)
+    return sorted(found, key=lambda k: -_compile_cost(k))
+
+
+def _compile_cost(kernel):
+    """A kernel's relative compile time (measured on Zen 4: 8x32 4.5 s, the lanes kernel 4.3 s, 8x8 1.5 s):
+    about its number of sums, the lanes kernel as the largest tile."""
+    return 256 if kernel == LANES else kernel[0] * kernel[1]
+
+
+def split_for_helper(kernels):
+    """``(mine, helpers)``: ``kernels`` (largest first) dealt to this process and a helper so both finish
+    together, each next kernel to the one with less work so far.
+
+    Examples
+    --------
+    >>> split_for_helper(["lanes", (8, 32), (8, 16), (4, 32), (4, 16), (8, 8)])
+    (['lanes', (8, 16), (4, 16)], [(8, 32), (4, 32), (8, 8)])
+    """
+    mine, helpers, load = [], [], [0, 0]
+    for k in kernels:
+        side = 0 if load[0] <= load[1] else 1
+        (mine, helpers)[side].append(k)
+        load[side] += _compile_cost(k)
+    return mine, helpers
+
+
+def compile_kernels(kernels):
+    """Compile ``kernels`` (tile sizes and/or :data:`LANES`) with the argument types a measurement uses,
+    on a tiny batch: afterwards Numba's cache holds them.  What a compile helper process runs."""
+    x = np.ones((2, 2, 8, 8), np.float32)
+    w = np.ones((32, 2, 3, 3), np.float32)
+    b = np.zeros(32, np.float32)
+    for k in kernels:
+        run(x, w, b, 1, k if k == LANES else (tuple(k),))
+
+
+def compile_in_helper(kernels):
+    """Start a second Python process that compiles ``kernels`` into Numba's cache (:func:`compile_kernels`);
+    the :class:`subprocess.Popen`, or None where there is no second core or no Python to start."""
+    if not kernels or (os.cpu_count() or 1) < 2 or not sys.executable:
+        return None
+    package_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH")) if p))
+    wanted = [k if k == LANES else list(k) for k in kernels]
+    code = f"from ece662.layers import tuning; tuning.compile_kernels({wanted!r})"
+    try:
+        return subprocess.Popen([sys.executable, "-c", code], env=env, stdin=subprocess.DEVNULL,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    except OSError:
+        return None
+
+
+def _never_compiled(kernels):
+    """Whether this process has compiled (or loaded) none of ``kernels`` yet: only then can a helper help."""
+    from ece662.layers import kernels_tiles
+    dispatchers = [sparse.conv2d_sparse_lanes if k == LANES else kernels_tiles.TILE_KERNELS[k] for k in kernels]
+    return not any(d.signatures for d in dispatchers)
+
+
+def _warm_up(tiles, call):
+    """Run every layout once (compiling what Numba's cache lacks), with a compile helper on a fresh process;
+    ``(seconds, helped)``."""
+    kernels = kernels_of(tiles)
+    mine, theirs = split_for_helper(kernels)
+    helper = compile_in_helper(theirs) if _never_compiled(kernels) else None
+    t0 = time.perf_counter()
+    if helper is not None:
+        try:
+            compile_kernels(mine)
+            if time.perf_counter() - t0 < WARM_COMPILE:      # Numba's cache had them: load the rest here too
+                helper.kill()
+            helper.wait(timeout=HELPER_TIMEOUT)
+        finally:                       # never leave it running: on a timeout, an error, Ctrl-C
+            if helper.poll() is None:
+                helper.kill()
+                helper.wait()
+    for t in tiles:                    # compiles here whatever the cache still lacks
+        call(t)
+    return time.perf_counter() - t0, helper is not None and helper.returncode == 0
+
+
 def measure(C, H, W, F, KH, KW, pad, tiles=None, rounds=ROUNDS, seed=0, probe=True):
     """``(ranked, warm_up, probe_seconds)``: ``ranked`` is ``[(tile, seconds of its fastest round), ...]`` for
     each of ``tiles`` (default :func:`candidates`) on a synthetic batch of shape ``(B, C, H, W)`` and ``F``
@@ -271,10 +377,7 @@ def measure(C, H, W, F, KH, KW, pad, tiles=None, rounds=ROUNDS, seed=0, probe=Tr
 
     def call(t):
         run(x, weights[t], b, pad, LANES if t == PROBE else t, packed[t])
-    t0 = time.perf_counter()
-    for t in tiles:                    # the first call compiles a tile not yet in Numba's cache
-        call(t)
-    warm_up = time.perf_counter() - t0
+    warm_up, _ = _warm_up(tiles, call)  # the first call compiles a tile not yet in Numba's cache
     for r in range(rounds):
         for t in tiles[r % len(tiles):] + tiles[:r % len(tiles)]:
             t0 = time.perf_counter()

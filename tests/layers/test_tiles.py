@@ -288,3 +288,42 @@ def test_a_threshold_is_a_fraction_with_its_reason(monkeypatch):
     assert choose_conv_kernel("auto", w, 1, True, (0.5, "a test"))[0] == "sparse"
     monkeypatch.setenv("ECE662_SPARSE_FROM", "lots")
     assert choose_conv_kernel("dense", w, 1, True)[0] == "v7"
+
+
+def test_a_first_measurement_shares_the_compiling_with_a_helper_process(tmp_path):
+    """On a new machine (empty Numba cache) a second process compiles part of the candidates into the cache,
+    and this process loads that part from there instead of compiling it (``tuning._warm_up``).  The choice
+    is one of the candidates either way."""
+    if os.environ.get("NUMBA_DISABLE_JIT") == "1":
+        pytest.skip("nothing is compiled without the JIT")
+    if (os.cpu_count() or 1) < 2:
+        pytest.skip("the helper runs only with a second core")
+    code = """
+import json
+from ece662.layers import kernels_sparse, kernels_tiles, tuning
+ranked, warm, probe = tuning.measure(3, 8, 8, 24, 3, 3, 1, rounds=1)
+kernels = tuning.kernels_of(tuning.candidates(24))
+mine, theirs = tuning.split_for_helper(kernels)
+def hits(k):
+    d = kernels_sparse.conv2d_sparse_lanes if k == tuning.LANES else kernels_tiles.TILE_KERNELS[k]
+    return d.stats.cache_hits
+print(json.dumps({"theirs": {str(k): sum(hits(k).values()) for k in theirs},
+                  "mine": {str(k): sum(hits(k).values()) for k in mine}, "best": str(ranked[0][0])}))
+"""
+    env = dict(os.environ, PYTHONPATH=REPO, NUMBA_CACHE_DIR=str(tmp_path / "numba"))
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=900)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout.splitlines()[-1])
+    assert out["theirs"] and all(n > 0 for n in out["theirs"].values()), \
+        f"the helper's share was compiled here, not loaded from the cache: {out}"
+    assert all(n == 0 for n in out["mine"].values()), f"this process's share came from a cache it had no way to fill: {out}"
+    assert out["best"] in {str(t) for t in tuning.candidates(24)}
+
+
+def test_the_compile_helper_deals_the_largest_kernels_out_first():
+    kernels = tuning.kernels_of(tuning.candidates(32) + [tuning.PROBE])
+    assert sorted(map(str, kernels)) == sorted(map(str, list(tile_source.TILES) + [tuning.LANES]))
+    mine, theirs = tuning.split_for_helper(kernels)
+    assert sorted(map(str, mine + theirs)) == sorted(map(str, kernels)) and not set(map(str, mine)) & set(map(str, theirs))
+    cost = lambda ks: sum(tuning.LANES == k and 256 or k[0] * k[1] for k in ks)
+    assert abs(cost(mine) - cost(theirs)) <= 64       # the two finish about together
