@@ -64,7 +64,9 @@ DEFAULT_SPARSE_FROM = 0.6         # the sparse kernel's threshold when nothing i
 SPARSE_PROBE = 0.75                # the fraction of zero weights the sparse kernel is also timed at
 PROBE = "lanes@75%"                # its name in the cache file's seconds
 ROUNDS = 7                         # interleaved timing rounds per candidate (the fastest is kept)
-WORK = 2e8                         # multiply-adds x 2 per timed call: about 2 ms at 100 GFLOP/s
+WORK = 1e9                         # multiply-adds x 2 per timed call: about 10 ms at 100 GFLOP/s
+MAX_BATCH = 256                    # images per timed call at most (at 64 a call's fixed costs, larger for the
+                                   # sparse kernel, put conv2's break-even 20 points above the kernels' crossing)
 MAX_CACHE_BYTES = 1 << 20          # a cache file larger than this is not read
 MAX_ENTRIES = 2000                 # shapes kept per CPU in the cache file (the oldest are dropped)
 WARM_COMPILE = 1.0                 # seconds: a share compiled faster came from Numba's cache
@@ -361,7 +363,7 @@ def measure(C, H, W, F, KH, KW, pad, tiles=None, rounds=ROUNDS, seed=0, probe=Tr
     tiles = list(tiles or candidates(F))
     Ho, Wo = H + 2 * pad - KH + 1, W + 2 * pad - KW + 1
     flops = 2.0 * Ho * Wo * F * C * KH * KW
-    B = int(np.clip(WORK / max(flops, 1.0), 2 * fn.thread_count(), 64))
+    B = int(np.clip(WORK / max(flops, 1.0), 2 * fn.thread_count(), MAX_BATCH))
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((B, C, H, W)).astype(np.float32)
     w = rng.standard_normal((F, C, KH, KW)).astype(np.float32)
