@@ -24,6 +24,11 @@ CASES = [(3, 3, 32, 32, 32, 5, 5, 0), (2, 32, 14, 14, 32, 3, 3, 0), (2, 5, 9, 11
 TILES = [(t,) for t in tile_source.TILES] + [((8, 16), (8, 8)), ((4, 32), (8, 8)), ((8, 32), (4, 16))]
 
 
+def _read_json(path):
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
 def _inputs(rng, case):
     N, C, H, W, F, KH, KW, pad = case
     return (rng.standard_normal((N, C, H, W)).astype(np.float32), rng.standard_normal((F, C, KH, KW)).astype(np.float32),
@@ -95,7 +100,7 @@ def test_the_measured_choice_is_recorded_and_read_back(tile_cache, capsys):
     assert "timed" in capsys.readouterr().err and why.startswith("measured fastest on")
     path = tuning.cache_path()
     assert os.path.dirname(path) == str(tile_cache)
-    entry = json.load(open(path))["C3 H12 W12 F24 k3x3 pad0 threads%d" % fn.thread_count()]
+    entry = _read_json(path)["C3 H12 W12 F24 k3x3 pad0 threads%d" % fn.thread_count()]
     assert tuning.parse_tile(entry["tile"]) == tile
     assert set(entry["seconds"]) == {tuning.format_tile(t) for t in tuning.candidates(24)} | {tuning.PROBE}
     ranked = sorted(((tuning.parse_tile(t), s) for t, s in entry["seconds"].items() if t != tuning.PROBE),
@@ -126,8 +131,8 @@ def test_a_damaged_cache_file_is_measured_over(tile_cache, content, capsys):
         f.write(content)
     tile, why = tuning.choose_tile(3, 12, 12, 24, 3, 3, 0)
     assert "timed" in capsys.readouterr().err
-    assert tuning.parse_tile(json.load(open(path))[key]["tile"]) == tile
-    assert 0.0 <= json.load(open(path))[key]["sparse_from"] <= 1.0
+    assert tuning.parse_tile(_read_json(path)[key]["tile"]) == tile
+    assert 0.0 <= _read_json(path)[key]["sparse_from"] <= 1.0
 
 
 def test_an_unwritable_cache_folder_still_gives_a_tile(tmp_path, monkeypatch, capsys):
