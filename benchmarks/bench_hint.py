@@ -39,8 +39,8 @@ def scratch_module(folder):
                           .replace(f"def {tile_source.tile_name(p, l)}(", f"def {tile_source.tile_name(p, l)}_plain(")
                           .replace(f"{tile_source.body_name(p, l)}(xflat", f"{tile_source.body_name(p, l)}_plain(xflat"))
     path = os.path.join(folder, "hint_tiles.py")
-    with open(path, "w", encoding="utf-8") as f:
-        f.write("\n\n".join(parts))
+    with open(path, "w", encoding="utf-8") as f:      # not cached: the folder is thrown away after the run
+        f.write("\n\n".join(parts).replace("cache=True", "cache=False"))
     spec = importlib.util.spec_from_file_location("hint_tiles", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

@@ -20,8 +20,12 @@ instructions the CPU has; it cannot make code the CPU cannot run, and it changes
 multiply-adds in the same order).  ``llvmlite`` checks function attributes against a fixed list that
 lacks LLVM's string attributes, so the attribute is added to the set directly, as LLVM IR text.
 
-With ``NUMBA_DISABLE_JIT=1`` the kernels run as Python and the hint is a function that does nothing.
+With ``NUMBA_DISABLE_JIT=1`` the kernels run as Python and the hint is a function that does nothing.  The hint
+reaches into two details of Numba and llvmlite (the codegen's feature string, the attribute set); should another
+version change them, the tiles compile without it and a warning says so.
 """
+import warnings
+
 import numba
 from numba import types
 from numba.extending import intrinsic
@@ -51,8 +55,12 @@ else:
     def prefer_broadcast_loads(typingctx):
         """Call first thing in a jitted kernel: LLVM compiles that kernel with ``+prefer-no-gather``."""
         def codegen(context, builder, signature, args):
-            numba_features = context.codegen().magic_tuple()[2]
-            attribute = f'"target-features"="{function_features(numba_features)}"'
-            set.add(builder.function.attributes, attribute)   # see the module's docstring
+            try:
+                numba_features = context.codegen().magic_tuple()[2]
+                attribute = f'"target-features"="{function_features(numba_features)}"'
+                set.add(builder.function.attributes, attribute)   # see the module's docstring
+            except (AttributeError, IndexError, TypeError) as e:  # another Numba / llvmlite: compile without
+                warnings.warn(f"ece662: the tiles are compiled without their compiler hint ({e!r}); they may "
+                              f"run at half speed on AVX-512 CPUs", RuntimeWarning)
             return context.get_dummy_value()
         return types.none(), codegen

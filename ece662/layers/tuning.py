@@ -35,8 +35,10 @@ Before the first measurement on a new machine Numba compiles every candidate, ab
 one.  Numba compiles in one thread, so :func:`measure` shares the candidates with a second Python process
 (:func:`compile_in_helper`), which compiles its share into Numba's cache while this one compiles the rest;
 this process then loads the helper's share from the cache.  When the cache already held everything (this
-process's share took under :data:`WARM_COMPILE` seconds) the helper is stopped, and a helper that fails
-costs nothing but its time: whatever is not in the cache is compiled here, as without it.
+process's share took under :data:`WARM_COMPILE` seconds) the helper is stopped; so is a helper still running
+long after this process finished its share (:data:`HELPER_SLACK`).  A helper that fails or is stopped costs
+nothing but its time: whatever is not in the cache is compiled here, as without it, and the message on
+stderr says whether a helper helped.
 
 The cache file is input like any other: it is read only up to :data:`MAX_CACHE_BYTES`, and an entry that
 does not name known tiles is ignored (and measured again).  It is written atomically under a lock.
@@ -65,12 +67,13 @@ SPARSE_PROBE = 0.75                # the fraction of zero weights the sparse ker
 PROBE = "lanes@75%"                # its name in the cache file's seconds
 ROUNDS = 7                         # interleaved timing rounds per candidate (the fastest is kept)
 WORK = 1e9                         # multiply-adds x 2 per timed call: about 10 ms at 100 GFLOP/s
+MAX_BYTES = 5e7                    # bytes of input per timed call at most (a large image with few filters)
 MAX_BATCH = 256                    # images per timed call at most (at 64 a call's fixed costs, larger for the
                                    # sparse kernel, put conv2's break-even 20 points above the kernels' crossing)
 MAX_CACHE_BYTES = 1 << 20          # a cache file larger than this is not read
 MAX_ENTRIES = 2000                 # shapes kept per CPU in the cache file (the oldest are dropped)
 WARM_COMPILE = 1.0                 # seconds: a share compiled faster came from Numba's cache
-HELPER_TIMEOUT = 600               # seconds a compile helper may take before it is stopped
+HELPER_SLACK = 2.0                 # a compile helper may take this many times this process's share (+ 5 s)
 
 _memory = {}                       # (cpu, shape key) -> {'tile', 'reason', 'sparse_from', 'sparse_reason'}
 _told = set()                      # cache folders we could not write, said once
@@ -308,17 +311,30 @@ def compile_kernels(kernels):
         run(x, w, b, 1, k if k == LANES else (tuple(k),))
 
 
+def usable_cores():
+    """The cores this process may run on (its CPU affinity where the OS says, e.g. under ``taskset``)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
 def compile_in_helper(kernels):
     """Start a second Python process that compiles ``kernels`` into Numba's cache (:func:`compile_kernels`);
-    the :class:`subprocess.Popen`, or None where there is no second core or no Python to start."""
-    if not kernels or (os.cpu_count() or 1) < 2 or not sys.executable:
+    the :class:`subprocess.Popen`, or None where there is no second core or no Python to start.
+
+    The helper imports what this process imported: it is started isolated (``-I``: no current folder, no
+    ``PYTHON*`` variables on its path) and given the folder this ece662 came from, then this process's
+    ``sys.path`` without the current folder, so neither a file in the current folder nor another copy of
+    ece662 can stand in for the modules it compiles."""
+    if not kernels or usable_cores() < 2 or not sys.executable or getattr(sys, "frozen", False):
         return None
     package_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH")) if p))
+    path = [package_root] + [p for p in sys.path if p and p != package_root]    # '' (the current folder) left out
     wanted = [k if k == LANES else list(k) for k in kernels]
-    code = f"from ece662.layers import tuning; tuning.compile_kernels({wanted!r})"
+    code = f"import sys; sys.path[:] = {path!r}; from ece662.layers import tuning; tuning.compile_kernels({wanted!r})"
     try:
-        return subprocess.Popen([sys.executable, "-c", code], env=env, stdin=subprocess.DEVNULL,
+        return subprocess.Popen([sys.executable, "-I", "-c", code], stdin=subprocess.DEVNULL,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     except OSError:
         return None
@@ -341,9 +357,14 @@ def _warm_up(tiles, call):
     if helper is not None:
         try:
             compile_kernels(mine)
-            if time.perf_counter() - t0 < WARM_COMPILE:      # Numba's cache had them: load the rest here too
+            own = time.perf_counter() - t0
+            if own < WARM_COMPILE:     # Numba's cache had them: load the rest here too
                 helper.kill()
-            helper.wait(timeout=HELPER_TIMEOUT)
+            # the two shares are about equal: a helper much slower than this process is stuck or starved,
+            # and whatever it has not finished is compiled here below
+            helper.wait(timeout=HELPER_SLACK * own + 5.0)
+        except subprocess.TimeoutExpired:
+            pass
         finally:                       # never leave it running: on a timeout, an error, Ctrl-C
             if helper.poll() is None:
                 helper.kill()
@@ -354,16 +375,17 @@ def _warm_up(tiles, call):
 
 
 def measure(C, H, W, F, KH, KW, pad, tiles=None, rounds=ROUNDS, seed=0, probe=True):
-    """``(ranked, warm_up, probe_seconds)``: ``ranked`` is ``[(tile, seconds of its fastest round), ...]`` for
+    """``(ranked, warm_up, probe_seconds, helped)``: ``ranked`` is ``[(tile, seconds of its fastest round), ...]`` for
     each of ``tiles`` (default :func:`candidates`) on a synthetic batch of shape ``(B, C, H, W)`` and ``F``
     filters of ``KH x KW``, fastest first; ``warm_up`` the seconds of the one untimed call per candidate before
     the rounds (compiling a tile not yet in Numba's cache); ``probe_seconds`` (None with ``probe=False``) the
-    fastest round of :data:`LANES` on the same weights with :data:`SPARSE_PROBE` of them zeroed at random.
+    fastest round of :data:`LANES` on the same weights with :data:`SPARSE_PROBE` of them zeroed at random;
+    ``helped`` whether a second process compiled part of the candidates (:func:`compile_in_helper`).
     The rounds interleave the candidates, so a busy moment of the machine falls on all of them."""
     tiles = list(tiles or candidates(F))
     Ho, Wo = H + 2 * pad - KH + 1, W + 2 * pad - KW + 1
     flops = 2.0 * Ho * Wo * F * C * KH * KW
-    B = int(np.clip(WORK / max(flops, 1.0), 2 * fn.thread_count(), MAX_BATCH))
+    B = int(np.clip(min(WORK / max(flops, 1.0), MAX_BYTES / (4.0 * C * H * W)), 2 * fn.thread_count(), MAX_BATCH))
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((B, C, H, W)).astype(np.float32)
     w = rng.standard_normal((F, C, KH, KW)).astype(np.float32)
@@ -379,14 +401,15 @@ def measure(C, H, W, F, KH, KW, pad, tiles=None, rounds=ROUNDS, seed=0, probe=Tr
 
     def call(t):
         run(x, weights[t], b, pad, LANES if t == PROBE else t, packed[t])
-    warm_up, _ = _warm_up(tiles, call)  # the first call compiles a tile not yet in Numba's cache
+    warm_up, helped = _warm_up(tiles, call)  # the first call compiles a tile not yet in Numba's cache
     for r in range(rounds):
         for t in tiles[r % len(tiles):] + tiles[:r % len(tiles)]:
             t0 = time.perf_counter()
             call(t)
             times[t].append(time.perf_counter() - t0)
     probe_seconds = float(np.min(times.pop(PROBE))) if probe else None
-    return sorted(((t, float(np.min(s))) for t, s in times.items()), key=lambda ts: ts[1]), warm_up, probe_seconds
+    ranked = sorted(((t, float(np.min(s))) for t, s in times.items()), key=lambda ts: ts[1])
+    return ranked, warm_up, probe_seconds, helped
 
 
 def _forced_sparse_from():
@@ -448,13 +471,14 @@ def _choice(C, H, W, F, KH, KW, pad):
 def _measure_and_record(C, H, W, F, KH, KW, pad, cpu, key, path):
     name = cpu.split("-")[0]
     t0 = time.perf_counter()
-    seconds, warm, probe_seconds = measure(C, H, W, F, KH, KW, pad)
+    seconds, warm, probe_seconds, helped = measure(C, H, W, F, KH, KW, pad)
     total = time.perf_counter() - t0
     tile = seconds[0][0]
     frac = break_even(seconds, probe_seconds)
     runner_up = f", next {format_tile(seconds[1][0])} {seconds[1][1] / seconds[0][1]:.2f}x slower" \
         if len(seconds) > 1 else ""
-    compiled = f" (of which {warm:.0f} s compiling the tiles, once per machine)" if warm > 2 else ""
+    compiled = f" (of which {warm:.0f} s compiling the tiles, once per machine" \
+               f"{', half of them in a second process' if helped else ''})" if warm > 2 else ""
     kept = f"recorded in {path}" if _write_choice(path, key, tile, seconds + [(PROBE, probe_seconds)], frac) \
         else "kept for this run only"
     print(f"ece662: timed {len(seconds)} layouts of kernel v7 for a conv of {C}x{H}x{W} -> {F} filters of "

@@ -301,27 +301,29 @@ def test_a_first_measurement_shares_the_compiling_with_a_helper_process(tmp_path
     is one of the candidates either way."""
     if os.environ.get("NUMBA_DISABLE_JIT") == "1":
         pytest.skip("nothing is compiled without the JIT")
-    if (os.cpu_count() or 1) < 2:
+    if tuning.usable_cores() < 2:
         pytest.skip("the helper runs only with a second core")
     code = """
 import json
 from ece662.layers import kernels_sparse, kernels_tiles, tuning
-ranked, warm, probe = tuning.measure(3, 8, 8, 24, 3, 3, 1, rounds=1)
+ranked, warm, probe, helped = tuning.measure(3, 8, 8, 24, 3, 3, 1, rounds=1)
 kernels = tuning.kernels_of(tuning.candidates(24))
 mine, theirs = tuning.split_for_helper(kernels)
-def hits(k):
+def stats(k):
     d = kernels_sparse.conv2d_sparse_lanes if k == tuning.LANES else kernels_tiles.TILE_KERNELS[k]
-    return d.stats.cache_hits
-print(json.dumps({"theirs": {str(k): sum(hits(k).values()) for k in theirs},
-                  "mine": {str(k): sum(hits(k).values()) for k in mine}, "best": str(ranked[0][0])}))
+    return [sum(d.stats.cache_hits.values()), sum(d.stats.cache_misses.values())]
+print(json.dumps({"theirs": {str(k): stats(k) for k in theirs}, "mine": {str(k): stats(k) for k in mine},
+                  "best": str(ranked[0][0]), "helped": helped}))
 """
     env = dict(os.environ, PYTHONPATH=REPO, NUMBA_CACHE_DIR=str(tmp_path / "numba"))
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=900)
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout.splitlines()[-1])
-    assert out["theirs"] and all(n > 0 for n in out["theirs"].values()), \
-        f"the helper's share was compiled here, not loaded from the cache: {out}"
-    assert all(n == 0 for n in out["mine"].values()), f"this process's share came from a cache it had no way to fill: {out}"
+    assert out["helped"] and out["theirs"], out
+    assert all(hits > 0 and misses == 0 for hits, misses in out["theirs"].values()), \
+        f"the helper's share was compiled here, not (only) loaded from the cache: {out}"
+    assert all(hits == 0 for hits, _ in out["mine"].values()), \
+        f"this process's share came from a cache it had no way to fill: {out}"
     assert out["best"] in {str(t) for t in tuning.candidates(24)}
 
 
@@ -332,3 +334,39 @@ def test_the_compile_helper_deals_the_largest_kernels_out_first():
     assert sorted(map(str, mine + theirs)) == sorted(map(str, kernels)) and not set(map(str, mine)) & set(map(str, theirs))
     cost = lambda ks: sum(tuning.LANES == k and 256 or k[0] * k[1] for k in ks)
     assert abs(cost(mine) - cost(theirs)) <= 64       # the two finish about together
+
+
+def test_a_stuck_compile_helper_is_stopped_and_its_share_compiled_here(monkeypatch):
+    """A helper that never finishes delays the first measurement by about this process's own share, not
+    indefinitely, and is not left running; every layout still runs (here)."""
+    import time
+    started = []
+
+    def stuck(kernels):
+        started.append(subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"]))
+        return started[-1]
+    monkeypatch.setattr(tuning, "compile_in_helper", stuck)
+    monkeypatch.setattr(tuning, "_never_compiled", lambda kernels: True)
+    monkeypatch.setattr(tuning, "compile_kernels", lambda kernels: time.sleep(tuning.WARM_COMPILE + 0.2))
+    ran = []
+    t0 = time.perf_counter()
+    seconds, helped = tuning._warm_up([((8, 8),), tuning.LANES], ran.append)
+    assert time.perf_counter() - t0 < 30 and not helped
+    assert started and started[0].poll() is not None, "the stuck helper was left running"
+    assert ran == [((8, 8),), tuning.LANES]
+
+
+def test_the_compile_helper_does_not_import_from_the_current_folder(tmp_path, monkeypatch):
+    """A ``numpy.py`` in the folder a student runs from cannot run in the helper (it imports what this process
+    imported, isolated from the current folder and from PYTHONPATH)."""
+    if os.environ.get("NUMBA_DISABLE_JIT") == "1":
+        pytest.skip("nothing is compiled without the JIT")
+    if tuning.usable_cores() < 2:
+        pytest.skip("the helper runs only with a second core")
+    marker = tmp_path / "imported"
+    (tmp_path / "numpy.py").write_text(f"open({str(marker)!r}, 'w').close()\nraise SystemExit(3)\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    helper = tuning.compile_in_helper([(8, 8)])
+    assert helper is not None
+    assert helper.wait(timeout=600) == 0 and not marker.exists()
