@@ -385,7 +385,8 @@ def measure(C, H, W, F, KH, KW, pad, tiles=None, rounds=ROUNDS, seed=0, probe=Tr
     tiles = list(tiles or candidates(F))
     Ho, Wo = H + 2 * pad - KH + 1, W + 2 * pad - KW + 1
     flops = 2.0 * Ho * Wo * F * C * KH * KW
-    B = int(np.clip(min(WORK / max(flops, 1.0), MAX_BYTES / max(4.0 * C * H * W, 1.0)), 2 * fn.thread_count(), MAX_BATCH))
+    images = min(WORK / max(flops, 1.0), MAX_BYTES / max(4.0 * C * H * W, 1.0))
+    B = int(np.clip(images, 2 * fn.thread_count(), MAX_BATCH))
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((B, C, H, W)).astype(np.float32)
     w = rng.standard_normal((F, C, KH, KW)).astype(np.float32)
