@@ -5,7 +5,7 @@
 The generated tiles (``ece662/layers/kernels_tiles.py``) start with ``prefer_broadcast_loads()``
 (``ece662/layers/llvm_hints.py``): LLVM then loads each input of a tile with a broadcast, not with a gather
 and a dozen shuffles.  Here every tile of ``tile_source.TILES`` is written twice, with and without the
-hint, into a scratch module; the serial body of each (``images_PxL``, one thread) runs the course CNN's two
+hint, into two scratch modules; the serial body of each (``images_PxL``, one thread) runs the course CNN's two
 conv shapes (conv + bias + ReLU + 2x2 max pool) on the same random batch, both versions interleaved round by
 round.  Printed per tile and layer: the gathers in each version's machine code, GFLOP/s of each (fastest
 round) and the median of the per-round speed ratios with their min-max.  The outputs of the two versions are
@@ -29,19 +29,16 @@ from ece662.timing import cpu_description
 LAYERS = {"conv1 3x32x32 -> 32 of 5x5": (3, 32, 32, 5), "conv2 32x14x14 -> 32 of 3x3": (32, 14, 32, 3)}
 
 
-def scratch_module(folder):
-    """Both versions of every tile in one module file (Numba caches only functions that live in a file)."""
-    parts = [tile_source.HEADER]
-    for p, l in tile_source.TILES:
-        parts.append(tile_source.tile_kernel_source(p, l))
-        plain = tile_source.tile_kernel_source(p, l, hint=False)
-        parts.append(plain.replace(f"def {tile_source.body_name(p, l)}(", f"def {tile_source.body_name(p, l)}_plain(")
-                          .replace(f"def {tile_source.tile_name(p, l)}(", f"def {tile_source.tile_name(p, l)}_plain(")
-                          .replace(f"{tile_source.body_name(p, l)}(xflat", f"{tile_source.body_name(p, l)}_plain(xflat"))
-    path = os.path.join(folder, "hint_tiles.py")
-    with open(path, "w", encoding="utf-8") as f:      # not cached: the folder is thrown away after the run
-        f.write("\n\n".join(parts).replace("cache=True", "cache=False"))
-    spec = importlib.util.spec_from_file_location("hint_tiles", path)
+def scratch_module(folder, hint):
+    """Every tile, with or without the hint, as a module file of its own (Numba compiles only functions that
+    live in a file); not cached, as the folder is thrown away after the run."""
+    name = "tiles_hint" if hint else "tiles_plain"
+    source = "\n".join([tile_source.HEADER] + [tile_source.tile_kernel_source(p, l, hint=hint)
+                                               for p, l in tile_source.TILES])
+    path = os.path.join(folder, name + ".py")
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(source.replace("cache=True", "cache=False"))
+    spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -58,7 +55,7 @@ def main():
           f"{args.rounds} interleaved rounds; load average {os.getloadavg()[0]:.1f}")
     print(f"{'layer':28s} {'tile':5s} {'gathers':>9s} {'GFLOP/s plain':>14s} {'GFLOP/s hint':>13s}   hint / plain")
     with tempfile.TemporaryDirectory() as folder:
-        tiles = scratch_module(folder)
+        tiles = {"plain": scratch_module(folder, hint=False), "hint": scratch_module(folder, hint=True)}
         for name, (C, H, F, k) in LAYERS.items():
             N = args.images
             x = rng.standard_normal((N, C, H, H)).astype(np.float32)
@@ -72,8 +69,7 @@ def main():
                 Hp, Wp = xp.shape[2:]
                 xflat, offs = xp.reshape(N, -1), fn.tap_offsets(C, k, k, Hp, Wp)
                 ((_, _, first, count, wp, bp),) = fn.pack_filters_tile(w, b, ((p, l),))
-                kernels = {"plain": getattr(tiles, tile_source.body_name(p, l) + "_plain"),
-                           "hint": getattr(tiles, tile_source.body_name(p, l))}
+                kernels = {v: getattr(module, tile_source.body_name(p, l)) for v, module in tiles.items()}
                 outs = {v: np.zeros((N, F, Hq, Hq + extra), np.float32) for v in kernels}
                 best = np.empty(p // 4 * l, np.float32)
 

@@ -10,8 +10,7 @@ different offsets and packs them into one *gather* instruction, then takes the v
 lane by lane, with a dozen shuffles to make the P broadcasts.  On AMD Zen 4 the shuffles share the
 execution ports of the multiply-adds, and every tile ran 1.6-3.0x slower than the same tile with
 broadcast loads (``python benchmarks/bench_hint.py``; ``benchmarks/RESULTS.md``, "Broadcast loads instead
-of a gather").  On an
-AVX2 CPU LLVM already prefers the broadcasts, so the hint changes nothing there.
+of a gather").  On an AVX2 CPU LLVM already prefers the broadcasts, so the hint changes nothing there.
 
 The hint is the target feature ``prefer-no-gather`` (what clang's ``-mno-gather`` sets), attached to
 one function only: the feature string of the function that calls :func:`prefer_broadcast_loads` becomes

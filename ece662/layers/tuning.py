@@ -57,6 +57,7 @@ import numpy as np
 
 from ece662.layers import functional as fn
 from ece662.layers import kernels_sparse as sparse
+from ece662.layers import kernels_tiles
 from ece662.layers.tile_source import TILES, module_source
 
 DEFAULT_TILE = ((4, 16), (8, 8))   # v6's shape: 16-wide blocks of one 2x2 block, the rest 8 positions x 8
@@ -285,7 +286,7 @@ def _compile_cost(kernel):
 
 
 def split_for_helper(kernels):
-    """``(mine, helpers)``: ``kernels`` (largest first) dealt to this process and a helper so both finish
+    """``(mine, theirs)``: ``kernels`` (largest first) dealt to this process and a helper so both finish
     together, each next kernel to the one with less work so far.
 
     Examples
@@ -293,12 +294,12 @@ def split_for_helper(kernels):
     >>> split_for_helper(["lanes", (8, 32), (8, 16), (4, 32), (4, 16), (8, 8)])
     (['lanes', (8, 16), (4, 16)], [(8, 32), (4, 32), (8, 8)])
     """
-    mine, helpers, load = [], [], [0, 0]
+    mine, theirs, load = [], [], [0, 0]
     for k in kernels:
         side = 0 if load[0] <= load[1] else 1
-        (mine, helpers)[side].append(k)
+        (mine, theirs)[side].append(k)
         load[side] += _compile_cost(k)
-    return mine, helpers
+    return mine, theirs
 
 
 def compile_kernels(kernels):
@@ -308,7 +309,7 @@ def compile_kernels(kernels):
     w = np.ones((32, 2, 3, 3), np.float32)
     b = np.zeros(32, np.float32)
     for k in kernels:
-        run(x, w, b, 1, k if k == LANES else (tuple(k),))
+        run(x, w, b, 1, k if k == LANES else (k,))
 
 
 def usable_cores():
@@ -331,8 +332,7 @@ def compile_in_helper(kernels):
         return None
     package_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     path = [package_root] + [p for p in sys.path if p and p != package_root]    # '' (the current folder) left out
-    wanted = [k if k == LANES else list(k) for k in kernels]
-    code = f"import sys; sys.path[:] = {path!r}; from ece662.layers import tuning; tuning.compile_kernels({wanted!r})"
+    code = f"import sys; sys.path[:] = {path!r}; from ece662.layers import tuning; tuning.compile_kernels({kernels!r})"
     try:
         return subprocess.Popen([sys.executable, "-I", "-c", code], stdin=subprocess.DEVNULL,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -340,11 +340,14 @@ def compile_in_helper(kernels):
         return None
 
 
+def dispatcher(kernel):
+    """The Numba function that holds ``kernel`` (a tile size or :data:`LANES`) once compiled."""
+    return sparse.conv2d_sparse_lanes if kernel == LANES else kernels_tiles.TILE_KERNELS[kernel]
+
+
 def _never_compiled(kernels):
     """Whether this process has compiled (or loaded) none of ``kernels`` yet: only then can a helper help."""
-    from ece662.layers import kernels_tiles
-    dispatchers = [sparse.conv2d_sparse_lanes if k == LANES else kernels_tiles.TILE_KERNELS[k] for k in kernels]
-    return not any(d.signatures for d in dispatchers)
+    return not any(dispatcher(k).signatures for k in kernels)
 
 
 def _warm_up(tiles, call):

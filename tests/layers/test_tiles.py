@@ -305,12 +305,12 @@ def test_a_first_measurement_shares_the_compiling_with_a_helper_process(tmp_path
         pytest.skip("the helper runs only with a second core")
     code = """
 import json
-from ece662.layers import kernels_sparse, kernels_tiles, tuning
+from ece662.layers import tuning
 ranked, warm, probe, helped = tuning.measure(3, 8, 8, 24, 3, 3, 1, rounds=1)
 kernels = tuning.kernels_of(tuning.candidates(24))
 mine, theirs = tuning.split_for_helper(kernels)
 def stats(k):
-    d = kernels_sparse.conv2d_sparse_lanes if k == tuning.LANES else kernels_tiles.TILE_KERNELS[k]
+    d = tuning.dispatcher(k)
     return [sum(d.stats.cache_hits.values()), sum(d.stats.cache_misses.values())]
 print(json.dumps({"theirs": {str(k): stats(k) for k in theirs}, "mine": {str(k): stats(k) for k in mine},
                   "best": str(ranked[0][0]), "helped": helped}))
@@ -332,7 +332,7 @@ def test_the_compile_helper_deals_the_largest_kernels_out_first():
     assert sorted(map(str, kernels)) == sorted(map(str, list(tile_source.TILES) + [tuning.LANES]))
     mine, theirs = tuning.split_for_helper(kernels)
     assert sorted(map(str, mine + theirs)) == sorted(map(str, kernels)) and not set(map(str, mine)) & set(map(str, theirs))
-    cost = lambda ks: sum(tuning.LANES == k and 256 or k[0] * k[1] for k in ks)
+    cost = lambda ks: sum(256 if k == tuning.LANES else k[0] * k[1] for k in ks)
     assert abs(cost(mine) - cost(theirs)) <= 64       # the two finish about together
 
 
