@@ -55,19 +55,24 @@ are never read.  No load leaves the buffer, so ``NUMBA_DISABLE_JIT=1`` runs the 
 plain NumPy.
 
 Compiled like v5: LLVM's SLP vectoriser on (``functional.slp_vectorizer``) turns the 64 named
-scalar sums into 8 registers; ``fastmath={"contract"}`` permits FMAs and no reassociation.
+scalar sums into 8 registers; ``fastmath={"contract"}`` permits FMAs and no reassociation.  The tiles skip
+Numba's two SSA passes (``numba_pipeline.WithoutSSA``, as kernel v7's tiles): the same code, compiled sooner.
 """
+from functools import partial
+
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 from ece662.layers import functional as fn
+from ece662.layers.numba_pipeline import WithoutSSA
+from ece662.layers.threads import image_shares, run_shares
 from ece662.layers.shapes import conv_output_size
 
 SLACK = 64        # zero floats after the padded image: a last tile's overrun stays inside the buffer
 
 
 # ============================================================================ tiles
-@njit(cache=True, fastmath={"contract"})
+@njit(cache=True, fastmath={"contract"}, pipeline_class=WithoutSSA)
 def _tile64(x, offs, wts, q0, q1, plane, p0):
     """64 consecutive positions p0 ... p0+63 of one filter's flattened plane: the taps q0:q1, each one
     broadcast weight times 64 consecutive inputs, summed in 64 scalars that LLVM's SLP vectoriser
@@ -119,7 +124,7 @@ def _tile64(x, offs, wts, q0, q1, plane, p0):
     a[60] = s60; a[61] = s61; a[62] = s62; a[63] = s63
 
 
-@njit(cache=True, fastmath={"contract"})
+@njit(cache=True, fastmath={"contract"}, pipeline_class=WithoutSSA)
 def _tile32(x, offs, wts, q0, q1, plane, p0):
     """32 consecutive positions p0 ... p0+31 of one filter's flattened plane: the taps q0:q1, each one
     broadcast weight times 32 consecutive inputs, summed in 32 scalars that LLVM's SLP vectoriser
@@ -151,7 +156,7 @@ def _tile32(x, offs, wts, q0, q1, plane, p0):
     a[28] = s28; a[29] = s29; a[30] = s30; a[31] = s31
 
 
-@njit(cache=True, fastmath={"contract"})
+@njit(cache=True, fastmath={"contract"}, pipeline_class=WithoutSSA)
 def _tile8(x, offs, wts, q0, q1, plane, p0):
     """8 consecutive positions p0 ... p0+7 of one filter's flattened plane: the taps q0:q1, each one
     broadcast weight times 8 consecutive inputs, summed in 8 scalars that LLVM's SLP vectoriser
@@ -169,7 +174,57 @@ def _tile8(x, offs, wts, q0, q1, plane, p0):
 
 
 # ============================================================================ the kernel
-@njit(parallel=True, cache=True)
+@njit(cache=True, nogil=True)
+def sparse_images(x, pad, ptr, offs, wts, b, HH, WW, relu, pool2, xi, plane, n0, n1, out):
+    """Images n0 to n1 - 1 of :func:`conv2d_sparse_lanes`, with one thread's padded image ``xi`` and ``plane``."""
+    _, C, H, W = x.shape
+    F = ptr.shape[0] - 1
+    Hp, Wp = H + 2 * pad, W + 2 * pad
+    H_out, W_out = Hp - HH + 1, Wp - WW + 1
+    rows, cols = H_out, W_out
+    if pool2:                                        # the rows and columns the pool reads
+        rows, cols = 2 * (H_out // 2), 2 * (W_out // 2)
+    L = (rows - 1) * Wp + cols                       # flattened positions computed per filter
+    zero = np.float32(0.0)
+    for n in range(n0, n1):
+        for c in range(C):                           # the image, padded and flattened
+            for i in range(H):
+                row = c * Hp * Wp + (i + pad) * Wp + pad
+                for j in range(W):
+                    xi[row + j] = x[n, c, i, j]
+        for f in range(F):
+            q0, q1 = ptr[f], ptr[f + 1]
+            bf = b[f]
+            if q0 == q1:                             # no non-zero weight: the plane is the bias
+                v = max(bf, zero) if relu else bf
+                for i in range(out.shape[2]):
+                    for j in range(out.shape[3]):
+                        out[n, f, i, j] = v
+                continue
+            p0 = np.int64(0)                         # tiles of 64, then 32, then 8 positions (not a literal 0:
+                                                     # Numba would compile _tile64 once more, for p0 == 0)
+            while L - p0 > 48:
+                _tile64(xi, offs, wts, q0, q1, plane, p0)
+                p0 += 64
+            if L - p0 > 16:
+                _tile32(xi, offs, wts, q0, q1, plane, p0)
+                p0 += 32
+            while p0 < L:
+                _tile8(xi, offs, wts, q0, q1, plane, p0)
+                p0 += 8
+            if pool2:                                # max commutes with the bias and the ReLU
+                for bi in range(rows // 2):
+                    for bj in range(cols // 2):
+                        p = 2 * bi * Wp + 2 * bj
+                        v = max(max(plane[p], plane[p + 1]), max(plane[p + Wp], plane[p + Wp + 1])) + bf
+                        out[n, f, bi, bj] = max(v, zero) if relu else v
+            else:
+                for i in range(rows):
+                    for j in range(cols):
+                        v = plane[i * Wp + j] + bf
+                        out[n, f, i, j] = max(v, zero) if relu else v
+
+
 def conv2d_sparse_lanes(x, pad, ptr, offs, wts, b, HH, WW, relu, pool2, ximg, planes, out):
     """Sparse conv (stride 1), output positions as the vector lanes; bias, ReLU and 2x2/2 max pool fused.
 
@@ -178,57 +233,12 @@ def conv2d_sparse_lanes(x, pad, ptr, offs, wts, b, HH, WW, relu, pool2, ximg, pl
     wts: (nnz,) float32 their weights; b: (F,); relu: max(., 0) after the bias; pool2: 2x2/2 max
     pool (out: (N, F, H'//2, W'//2), else (N, F, H', W')); ximg: (T, C*Hp*Wp + SLACK) per-thread
     padded image, ZERO on entry (its border and slack are never written); planes: (T, L + SLACK).
+    Thread t runs :func:`sparse_images` on one chunk of the images, with ximg[t] and planes[t]: Python
+    threads (``threads.py``, as kernel v7's tiles), because a Numba ``prange`` loop around it cost 2.4 s of
+    compile on first use.
     """
-    N, C, H, W = x.shape
-    F = ptr.shape[0] - 1
-    T = ximg.shape[0]
-    Hp, Wp = H + 2 * pad, W + 2 * pad
-    H_out, W_out = Hp - HH + 1, Wp - WW + 1
-    rows, cols = H_out, W_out
-    if pool2:                                        # the rows and columns the pool reads
-        rows, cols = 2 * (H_out // 2), 2 * (W_out // 2)
-    L = (rows - 1) * Wp + cols                       # flattened positions computed per filter
-    zero = np.float32(0.0)
-    chunk = (N + T - 1) // T
-    for t in prange(T):                              # one chunk of images per thread
-        xi = ximg[t]
-        plane = planes[t]
-        for n in range(t * chunk, min(N, (t + 1) * chunk)):
-            for c in range(C):                       # the image, padded and flattened
-                for i in range(H):
-                    row = c * Hp * Wp + (i + pad) * Wp + pad
-                    for j in range(W):
-                        xi[row + j] = x[n, c, i, j]
-            for f in range(F):
-                q0, q1 = ptr[f], ptr[f + 1]
-                bf = b[f]
-                if q0 == q1:                         # no non-zero weight: the plane is the bias
-                    v = max(bf, zero) if relu else bf
-                    for i in range(out.shape[2]):
-                        for j in range(out.shape[3]):
-                            out[n, f, i, j] = v
-                    continue
-                p0 = 0                               # tiles of 64, then 32, then 8 positions
-                while L - p0 > 48:
-                    _tile64(xi, offs, wts, q0, q1, plane, p0)
-                    p0 += 64
-                if L - p0 > 16:
-                    _tile32(xi, offs, wts, q0, q1, plane, p0)
-                    p0 += 32
-                while p0 < L:
-                    _tile8(xi, offs, wts, q0, q1, plane, p0)
-                    p0 += 8
-                if pool2:                            # max commutes with the bias and the ReLU
-                    for bi in range(rows // 2):
-                        for bj in range(cols // 2):
-                            p = 2 * bi * Wp + 2 * bj
-                            v = max(max(plane[p], plane[p + 1]), max(plane[p + Wp], plane[p + Wp + 1])) + bf
-                            out[n, f, bi, bj] = max(v, zero) if relu else v
-                else:
-                    for i in range(rows):
-                        for j in range(cols):
-                            v = plane[i * Wp + j] + bf
-                            out[n, f, i, j] = max(v, zero) if relu else v
+    run_shares([partial(sparse_images, x, pad, ptr, offs, wts, b, HH, WW, relu, pool2, ximg[t], planes[t], n0, n1, out)
+                for t, (n0, n1) in enumerate(image_shares(x.shape[0], ximg.shape[0]))])
 
 
 # ============================================================================ the wrapper

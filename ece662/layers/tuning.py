@@ -341,8 +341,9 @@ def compile_in_helper(kernels):
 
 
 def dispatcher(kernel):
-    """The Numba function that holds ``kernel`` (a tile size or :data:`LANES`) once compiled."""
-    return sparse.conv2d_sparse_lanes if kernel == LANES else kernels_tiles.TILE_KERNELS[kernel]
+    """The Numba function that holds ``kernel`` (a tile size or :data:`LANES`) once compiled: the serial
+    function each thread runs (the threads themselves are Python's, ``threads.py``)."""
+    return sparse.sparse_images if kernel == LANES else kernels_tiles.TILE_BODIES[kernel]
 
 
 def _never_compiled(kernels):
