@@ -631,5 +631,66 @@ def tile_8x8(xflat, offs, Wp, wp, bp, first, F, tmp, out):
                 for t, (n0, n1) in enumerate(image_shares(xflat.shape[0], tmp.shape[0]))])
 
 
+@njit(cache=True, nogil=True, fastmath={'contract'}, pipeline_class=WithoutSSA)
+def outer_4x16(r0, r1, r2, r3, B, fb, n, acc):
+    """acc[j, l] = sum over t < n of r_j[t] * B[t, fb, l], for 4 rows r_j and 16 lanes l."""
+    prefer_broadcast_loads()
+    zero = np.float32(0.0)
+    s0_0 = s0_1 = s0_2 = s0_3 = s0_4 = s0_5 = s0_6 = s0_7 = s0_8 = s0_9 = s0_10 = s0_11 = s0_12 = s0_13 = s0_14 = s0_15 = zero
+    s1_0 = s1_1 = s1_2 = s1_3 = s1_4 = s1_5 = s1_6 = s1_7 = s1_8 = s1_9 = s1_10 = s1_11 = s1_12 = s1_13 = s1_14 = s1_15 = zero
+    s2_0 = s2_1 = s2_2 = s2_3 = s2_4 = s2_5 = s2_6 = s2_7 = s2_8 = s2_9 = s2_10 = s2_11 = s2_12 = s2_13 = s2_14 = s2_15 = zero
+    s3_0 = s3_1 = s3_2 = s3_3 = s3_4 = s3_5 = s3_6 = s3_7 = s3_8 = s3_9 = s3_10 = s3_11 = s3_12 = s3_13 = s3_14 = s3_15 = zero
+    for t in range(n):
+        w = B[t, fb]
+        x0 = r0[t]
+        x1 = r1[t]
+        x2 = r2[t]
+        x3 = r3[t]
+        u = w[0]
+        s0_0 += x0 * u; s1_0 += x1 * u; s2_0 += x2 * u; s3_0 += x3 * u
+        u = w[1]
+        s0_1 += x0 * u; s1_1 += x1 * u; s2_1 += x2 * u; s3_1 += x3 * u
+        u = w[2]
+        s0_2 += x0 * u; s1_2 += x1 * u; s2_2 += x2 * u; s3_2 += x3 * u
+        u = w[3]
+        s0_3 += x0 * u; s1_3 += x1 * u; s2_3 += x2 * u; s3_3 += x3 * u
+        u = w[4]
+        s0_4 += x0 * u; s1_4 += x1 * u; s2_4 += x2 * u; s3_4 += x3 * u
+        u = w[5]
+        s0_5 += x0 * u; s1_5 += x1 * u; s2_5 += x2 * u; s3_5 += x3 * u
+        u = w[6]
+        s0_6 += x0 * u; s1_6 += x1 * u; s2_6 += x2 * u; s3_6 += x3 * u
+        u = w[7]
+        s0_7 += x0 * u; s1_7 += x1 * u; s2_7 += x2 * u; s3_7 += x3 * u
+        u = w[8]
+        s0_8 += x0 * u; s1_8 += x1 * u; s2_8 += x2 * u; s3_8 += x3 * u
+        u = w[9]
+        s0_9 += x0 * u; s1_9 += x1 * u; s2_9 += x2 * u; s3_9 += x3 * u
+        u = w[10]
+        s0_10 += x0 * u; s1_10 += x1 * u; s2_10 += x2 * u; s3_10 += x3 * u
+        u = w[11]
+        s0_11 += x0 * u; s1_11 += x1 * u; s2_11 += x2 * u; s3_11 += x3 * u
+        u = w[12]
+        s0_12 += x0 * u; s1_12 += x1 * u; s2_12 += x2 * u; s3_12 += x3 * u
+        u = w[13]
+        s0_13 += x0 * u; s1_13 += x1 * u; s2_13 += x2 * u; s3_13 += x3 * u
+        u = w[14]
+        s0_14 += x0 * u; s1_14 += x1 * u; s2_14 += x2 * u; s3_14 += x3 * u
+        u = w[15]
+        s0_15 += x0 * u; s1_15 += x1 * u; s2_15 += x2 * u; s3_15 += x3 * u
+    a = acc[0]
+    a[0] = s0_0; a[1] = s0_1; a[2] = s0_2; a[3] = s0_3; a[4] = s0_4; a[5] = s0_5; a[6] = s0_6; a[7] = s0_7
+    a[8] = s0_8; a[9] = s0_9; a[10] = s0_10; a[11] = s0_11; a[12] = s0_12; a[13] = s0_13; a[14] = s0_14; a[15] = s0_15
+    a = acc[1]
+    a[0] = s1_0; a[1] = s1_1; a[2] = s1_2; a[3] = s1_3; a[4] = s1_4; a[5] = s1_5; a[6] = s1_6; a[7] = s1_7
+    a[8] = s1_8; a[9] = s1_9; a[10] = s1_10; a[11] = s1_11; a[12] = s1_12; a[13] = s1_13; a[14] = s1_14; a[15] = s1_15
+    a = acc[2]
+    a[0] = s2_0; a[1] = s2_1; a[2] = s2_2; a[3] = s2_3; a[4] = s2_4; a[5] = s2_5; a[6] = s2_6; a[7] = s2_7
+    a[8] = s2_8; a[9] = s2_9; a[10] = s2_10; a[11] = s2_11; a[12] = s2_12; a[13] = s2_13; a[14] = s2_14; a[15] = s2_15
+    a = acc[3]
+    a[0] = s3_0; a[1] = s3_1; a[2] = s3_2; a[3] = s3_3; a[4] = s3_4; a[5] = s3_5; a[6] = s3_6; a[7] = s3_7
+    a[8] = s3_8; a[9] = s3_9; a[10] = s3_10; a[11] = s3_11; a[12] = s3_12; a[13] = s3_13; a[14] = s3_14; a[15] = s3_15
+
+
 TILE_KERNELS = {(4, 16): tile_4x16, (8, 16): tile_8x16, (4, 32): tile_4x32, (8, 32): tile_8x32, (8, 8): tile_8x8}
 TILE_BODIES = {(4, 16): images_4x16, (8, 16): images_8x16, (4, 32): images_4x32, (8, 32): images_8x32, (8, 8): images_8x8}     # the serial functions: their assembly holds the tile

@@ -228,7 +228,8 @@ print("ok")
 @requires_x86
 @pytest.mark.parametrize("target", TARGETS)
 def test_training_tile_is_vectorised(tmp_path, target):
-    """The dw kernel (and with it the shared 4x16 tile) compiles to packed vector FMAs only.
+    """The dw kernel (and with it the generated 4x16 tile, ``kernels_tiles.outer_4x16``) compiles to packed
+    vector FMAs only, and loads no input with a gather.
     Compiled afresh in a subprocess (numba cannot show the assembly of cached code)."""
     if os.environ.get("NUMBA_DISABLE_JIT") == "1":
         pytest.skip("no machine code without the JIT")
@@ -245,6 +246,8 @@ print(json.dumps(asm))
     env = target_env(target, tmp_path)
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600)
     assert r.returncode == 0, r.stderr
-    check_width(target, json.loads(r.stdout))
-    lanes, scalar = fma_lanes(json.loads(r.stdout))
+    asm = json.loads(r.stdout)
+    check_width(target, asm)
+    lanes, scalar = fma_lanes(asm)
     assert lanes >= 4 * 16 and scalar == 0, f"{lanes} multiply-add lanes in packed FMAs and {scalar} scalar FMAs"
+    assert "vgather" not in asm, "the training tile loads its inputs with a gather"
