@@ -48,6 +48,8 @@ def _executor(workers):
     global _pool
     with _lock:
         if _pool is None or _pool[1] < workers or _pool[2] != os.getpid():
+            # a smaller pool is left as it is (not shut down): another thread may be submitting to it now;
+            # its threads stay idle, and the pools only grow up to the largest thread count asked for
             _pool = (ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ece662-tile"), workers, os.getpid())
         return _pool[0]
 
