@@ -1,6 +1,6 @@
 """What a first use on a new CPU costs, and what the two compile-time changes of kernel v7 are worth.
 
-    python benchmarks/bench_compile.py [--repeat 2] [--images 256] [--rounds 15]     (about 3 minutes)
+    python benchmarks/bench_compile.py [--repeat 2] [--images 256] [--rounds 15] [--before CHECKOUT]   (3-4 minutes)
 
 Before the planner can time the tiles on a new CPU, Numba compiles all of them (``ece662/layers/tuning.py``).
 Two things cut that compile, and this measures both, each against the way it was done before:
@@ -15,8 +15,10 @@ Two things cut that compile, and this measures both, each against the way it was
    threads, on the course CNN's two conv shapes (2 threads, ``--images`` per call), rounds interleaved; the
    outputs must be equal bit for bit.  Printed: the median of the per-round ratios (prange / threads) and its
    min-max: above 1 means the threads are faster.
-3. **The whole first use**, ``--repeat`` times: a fresh process with empty Numba and tile caches runs
-   ``load_model()``, ``plan()`` and one forward of 256 images; the time and what the planner said on stderr.
+3. **The whole first use**, ``--repeat`` times: a fresh process with empty Numba and tile caches imports
+   ece662, then runs ``load_model()``, ``plan()`` and one forward of 256 images; both times and what the planner
+   said on stderr.  With ``--before CHECKOUT`` (e.g. ``git worktree add /tmp/before 967886d``) the same first
+   use of that checkout runs in turn with this one's.
 """
 import argparse
 import os
@@ -59,8 +61,8 @@ def scratch_source(version):
         source = tile_source.tile_kernel_source(p, l)
         if version != "no-SSA + threads":                  # cut the threads driver, put a prange one
             source = source[:source.index(f"def {tile_source.tile_name(p, l)}")] + prange_driver(p, l)
-        if version == "prange":
-            source = source.replace(", pipeline_class=WithoutSSA", "")
+        if version == "prange":                              # exactly the decorator of the time
+            source = source.replace(", pipeline_class=WithoutSSA", "").replace("nogil=True, ", "")
         parts.append(source.replace("cache=True", "cache=False"))
     return "\n\n".join(parts)
 
@@ -145,20 +147,30 @@ import time
 t0 = time.perf_counter()
 import numpy as np
 from ece662.pruning_helper import load_model
+t1 = time.perf_counter()
 model = load_model()
 model.plan()
 model(np.zeros((256, 3, 32, 32), np.float32))
-print(time.perf_counter() - t0)
+print(t1 - t0, time.perf_counter() - t1)
 """
 
 
-def first_use():
-    """Seconds of one first use (fresh process, empty caches) and the planner's lines on stderr."""
+def checkout_of(module):
+    """The folder that holds the ``ece662`` package ``module`` belongs to."""
+    return os.path.dirname(os.path.dirname(os.path.abspath(module.__file__)))
+
+
+def first_use(checkout):
+    """(seconds importing, seconds after: load_model, plan, forward) of one first use of the ece662 in
+    ``checkout`` (a fresh process with empty caches, run from an empty folder), and the planner's lines."""
     with tempfile.TemporaryDirectory() as cache:
-        env = dict(os.environ, NUMBA_CACHE_DIR=cache, ECE662_TILE_CACHE=os.path.join(cache, "tiles"))
-        done = subprocess.run([sys.executable, "-c", FIRST_USE], capture_output=True, text=True, env=env, check=True)
+        env = dict(os.environ, NUMBA_CACHE_DIR=cache, ECE662_TILE_CACHE=os.path.join(cache, "tiles"),
+                   PYTHONPATH=checkout)
+        done = subprocess.run([sys.executable, "-c", FIRST_USE], capture_output=True, text=True, env=env,
+                              cwd=cache, check=True)
     said = [re.sub(r" \(once per CPU.*", "", line) for line in done.stderr.splitlines() if line.startswith("ece662: timed")]
-    return float(done.stdout.split()[-1]), said
+    imported, rest = map(float, done.stdout.split()[-2:])
+    return imported, rest, said
 
 
 def main():
@@ -166,6 +178,8 @@ def main():
     ap.add_argument("--repeat", type=int, default=2, help="passes of the compile table, and whole first uses to time")
     ap.add_argument("--images", type=int, default=256)
     ap.add_argument("--rounds", type=int, default=15)
+    ap.add_argument("--before", metavar="CHECKOUT", help="another checkout of ece662 (e.g. a clone at an older "
+                    "commit) whose first use is timed in turn with this one's, in part 3")
     args = ap.parse_args()
     print(f"{cpu_description()}; load average {os.getloadavg()[0]:.1f}")
     with tempfile.TemporaryDirectory() as folder:
@@ -184,13 +198,17 @@ def main():
         for name, tile, t_prange, t_threads, ratio in run_times(folder, names, args.images, args.rounds):
             print(f"{name:28s} {tile:5s} {t_prange * 1e3:8.2f} ms {t_threads * 1e3:8.2f} ms   "
                   f"{np.median(ratio):.2f}x ({ratio.min():.2f}-{ratio.max():.2f})", flush=True)
-    print(f"\n3. whole first use (empty caches; load_model, plan, one forward of 256 images), load average "
-          f"{os.getloadavg()[0]:.1f}")
+    print(f"\n3. whole first use (empty caches; import, then load_model, plan and one forward of 256 images), "
+          f"load average {os.getloadavg()[0]:.1f}")
+    checkouts = {"this checkout": checkout_of(fn)}
+    if args.before:
+        checkouts["before (" + args.before + ")"] = os.path.abspath(args.before)
     for _ in range(args.repeat):
-        seconds, said = first_use()
-        print(f"{seconds:.1f} s")
-        for line in said:
-            print("   " + line)
+        for name, checkout in checkouts.items():
+            imported, rest, said = first_use(checkout)
+            print(f"{name}: import {imported:.1f} s, then {rest:.1f} s (total {imported + rest:.1f} s)")
+            for line in said:
+                print("   " + line)
 
 
 if __name__ == "__main__":

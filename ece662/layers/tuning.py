@@ -31,9 +31,9 @@ it meets the chosen tile's: :func:`sparse_from`.  On the AVX2 EPYC the break-eve
 (``benchmarks/RESULTS.md``): one fixed threshold cannot serve every CPU and kernel.  ``ECE662_SPARSE_FROM=0.6``
 forces it; with ``ECE662_TILE`` set or without the JIT it is :data:`DEFAULT_SPARSE_FROM`.
 
-Before the first measurement on a new machine Numba compiles every candidate, about 11 s on Zen 4 one by
-one (the five tiles 8.4 s, the sparse kernel 2.3 s; 22 s before the tiles skipped Numba's SSA passes and its
-``prange`` drivers: ``numba_pipeline.py``, ``threads.py``).  Numba compiles in one thread, so :func:`measure` shares the candidates with a second Python process
+Before the first measurement on a new machine Numba compiles every candidate: on Zen 4, each in a fresh
+process, the five tiles 8.4-9.5 s and the sparse kernel 2.3 s (15.9-17.6 s and 5.3-6.6 s before the tiles
+skipped Numba's SSA passes and its ``prange`` drivers: ``numba_pipeline.py``, ``threads.py``).  Numba compiles in one thread, so :func:`measure` shares the candidates with a second Python process
 (:func:`compile_in_helper`), which compiles its share into Numba's cache while this one compiles the rest;
 this process then loads the helper's share from the cache.  When the cache already held everything (this
 process's share took under :data:`WARM_COMPILE` seconds) the helper is stopped; so is a helper still running

@@ -1,5 +1,8 @@
 """The Python threads that run kernel v7's tiles and the sparse kernel (``ece662/layers/threads.py``)."""
 import multiprocessing
+import os
+import subprocess
+import sys
 import threading
 import time
 
@@ -7,6 +10,7 @@ import numba
 import numpy as np
 import pytest
 
+from helpers import REPO
 from ece662.layers import functional as fn
 from ece662.layers import kernels_sparse as sparse
 from ece662.layers import threads
@@ -90,3 +94,69 @@ def test_a_forked_child_gets_its_own_pool():
         child.join(timeout=10)
         if child.is_alive():
             child.kill()
+
+
+def test_a_keyboard_interrupt_wins_over_an_ordinary_error():
+    def fails():
+        raise ValueError("an ordinary error")
+
+    def interrupted():
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        threads.run_shares([fails, interrupted])
+    with pytest.raises(ValueError, match="share 0"):       # else the lowest-numbered share's error
+        threads.run_shares([lambda: (_ for _ in ()).throw(ValueError("share 0")), fails])
+
+
+def _run(code, timeout=300):
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout,
+                          env=dict(os.environ, PYTHONPATH=REPO))
+
+
+def test_ctrl_c_while_waiting_is_raised_only_after_every_share_stopped():
+    """A Ctrl-C while the caller waits for the pool's shares is kept, not raised at once: the shares write into
+    the caller's arrays, so the call returns only when they have stopped."""
+    r = _run("""
+import os, signal, threading, time
+from ece662.layers import threads
+done = []
+def slow():
+    time.sleep(1.5)
+    done.append(time.perf_counter())
+threading.Timer(0.3, lambda: os.kill(os.getpid(), signal.SIGINT)).start()
+t0 = time.perf_counter()
+try:
+    threads.run_shares([lambda: None, slow])
+except KeyboardInterrupt:
+    print("interrupted after", round(time.perf_counter() - t0, 2), "slow share done:", bool(done))
+""")
+    assert r.returncode == 0, r.stderr
+    said = r.stdout.split()
+    assert said[:2] == ["interrupted", "after"] and float(said[2]) >= 1.4 and said[-1] == "True", r.stdout
+
+
+def test_forwards_run_while_the_interpreter_shuts_down():
+    """No new thread can start once Python is shutting down (a forward in an atexit handler, or in a thread the
+    main program left running): the shares then run on the calling thread, and the results are the same."""
+    r = _run("""
+import atexit, threading, time
+import numpy as np
+from ece662.layers import functional as fn, kernels_sparse as sparse
+rng = np.random.default_rng(0)
+x = rng.standard_normal((4, 3, 10, 10)).astype(np.float32)
+w = rng.standard_normal((16, 3, 3, 3)).astype(np.float32); b = np.zeros(16, np.float32)
+expected = (fn.conv2d_relu_maxpool2_tuned(x, w, b, 1, tile=((4, 16),)),
+            sparse.conv2d_forward_sparse_lanes(x, w, b, 1, 1, relu=True, pool2=True))
+def forward(where):
+    got = (fn.conv2d_relu_maxpool2_tuned(x, w, b, 1, tile=((4, 16),)),
+           sparse.conv2d_forward_sparse_lanes(x, w, b, 1, 1, relu=True, pool2=True))
+    print(where, all(np.array_equal(g, e) for g, e in zip(got, expected)), flush=True)
+def late():
+    time.sleep(1.0)            # the main program has ended by now
+    forward("thread")
+atexit.register(forward, "atexit")
+threading.Thread(target=late).start()
+""")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["thread", "True", "atexit", "True"], (r.stdout, r.stderr)

@@ -370,3 +370,65 @@ def test_the_compile_helper_does_not_import_from_the_current_folder(tmp_path, mo
     helper = tuning.compile_in_helper([(8, 8)])
     assert helper is not None
     assert helper.wait(timeout=600) == 0 and not marker.exists()
+
+
+@requires_x86
+def test_the_pipeline_without_ssa_compiles_the_same_instructions(tmp_path):
+    """``numba_pipeline.WithoutSSA`` only saves compile time: the 4x16 tile compiled with Numba's full pipeline
+    and without its two SSA passes gives the same instructions in the same order (mnemonics; registers may be
+    named differently) and the same bits.  Compiled afresh in a subprocess, from two scratch modules."""
+    if os.environ.get("NUMBA_DISABLE_JIT") == "1":
+        pytest.skip("no machine code without the JIT")
+    source = tile_source.HEADER + tile_source.tile_kernel_source(4, 16)
+    for name, text in (("with_ssa", source.replace(", pipeline_class=WithoutSSA", "")), ("without_ssa", source)):
+        assert text.count("pipeline_class=WithoutSSA") == (name == "without_ssa")
+        (tmp_path / f"{name}.py").write_text(text.replace("cache=True", "cache=False"), encoding="utf-8")
+    code = """
+import json, re, sys
+import numpy as np, numba
+sys.path.insert(0, sys.argv[1])
+import with_ssa, without_ssa
+from ece662.layers import functional as fn
+numba.config.SLP_VECTORIZE = 1
+rng = np.random.default_rng(0)
+x = rng.standard_normal((2, 3 * 10 * 10)).astype(np.float32)
+offs = fn.tap_offsets(3, 3, 3, 10, 10)
+wp = rng.standard_normal((27, 2, 16)).astype(np.float32); bp = rng.standard_normal((2, 16)).astype(np.float32)
+result = {}
+for m in (with_ssa, without_ssa):
+    out = np.zeros((2, 32, 4, 4), np.float32)
+    m.images_4x16(x, offs, 10, wp, bp, 0, 32, np.empty(16, np.float32), 0, 2, out)
+    asm = m.images_4x16.inspect_asm(m.images_4x16.signatures[0])
+    ops = [line.split()[0] for line in asm.splitlines() if line.startswith("\\t") and not line.strip().startswith(".")]
+    result[m.__name__] = [ops, out.tolist()]
+print(json.dumps(result))
+"""
+    r = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, timeout=600,
+                       env=dict(os.environ, PYTHONPATH=REPO))
+    assert r.returncode == 0, r.stderr
+    result = json.loads(r.stdout)
+    (ops_ssa, out_ssa), (ops_no, out_no) = result["with_ssa"], result["without_ssa"]
+    assert len(ops_ssa) > 100 and ops_ssa == ops_no
+    assert out_ssa == out_no
+
+
+def test_the_shorter_pipeline_falls_back_to_numbas_own_with_a_warning(monkeypatch):
+    """Should a Numba version not run the two SSA passes where ``WithoutSSA`` expects them, the tiles still
+    compile (with Numba's full pipeline) and a warning says their first use takes longer."""
+    if os.environ.get("NUMBA_DISABLE_JIT") == "1":
+        pytest.skip("nothing is compiled without the JIT")
+    from ece662.layers import numba_pipeline
+
+    class NotInThePipeline:
+        pass
+    monkeypatch.setattr(numba_pipeline, "ReconstructSSA", NotInThePipeline)
+    monkeypatch.setattr(numba_pipeline, "_warned", [])
+
+    def add_up(a):
+        s = np.float32(0.0)
+        for v in a:
+            s += v
+        return s
+    with pytest.warns(RuntimeWarning, match="full pipeline"):
+        total = numba.njit(pipeline_class=numba_pipeline.WithoutSSA)(add_up)(np.arange(5, dtype=np.float32))
+    assert total == 10.0
