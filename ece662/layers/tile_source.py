@@ -115,7 +115,7 @@ def outer_tile_source(rows, lanes):
     lines += outer_product_lines(R, L, "    ", "t", "n", "B[t, fb]", "r{q}[t]")
     for j in range(R):
         lines.append(f"    a = acc[{j}]")
-        lines += [f"    " + "; ".join(f"a[{l}] = s{j}_{l}" for l in range(l0, min(L, l0 + 8))) for l0 in range(0, L, 8)]
+        lines += ["    " + "; ".join(f"a[{l}] = s{j}_{l}" for l in range(l0, min(L, l0 + 8))) for l0 in range(0, L, 8)]
     return "\n".join(lines) + "\n"
 
 
