@@ -160,3 +160,33 @@ threading.Thread(target=late).start()
 """)
     assert r.returncode == 0, r.stderr
     assert r.stdout.split() == ["thread", "True", "atexit", "True"], (r.stdout, r.stderr)
+
+
+def test_models_called_from_several_threads_at_once_give_their_results():
+    """Numba's workqueue layer ends the process when two threads run its parallel kernels together; forward
+    calls take turns instead (``module._RUNNING``), and every thread gets the same logits as a lone call."""
+    r = _run("""
+import threading
+import numpy as np
+from ece662.pruning_helper import load_model
+model = load_model()
+other = load_model()
+rng = np.random.default_rng(1)
+xs = [rng.standard_normal((n, 3, 32, 32)).astype(np.float32) for n in (1, 3, 8, 17)]
+expected = [model(x).copy() for x in xs]
+wrong = []
+def work(k):
+    net = model if k % 2 else other
+    for it in range(4):
+        i = (k + it) % len(xs)
+        if not np.array_equal(net(xs[i]), expected[i]):
+            wrong.append((k, it))
+workers = [threading.Thread(target=work, args=(k,)) for k in range(4)]
+for t in workers:
+    t.start()
+for t in workers:
+    t.join(120)
+print("alive", sum(t.is_alive() for t in workers), "wrong", len(wrong))
+""")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert r.stdout.split()[-4:] == ["alive", "0", "wrong", "0"], r.stdout + r.stderr
