@@ -85,7 +85,7 @@ def sparsity_of(model, structure="unstructured"):
     --------
     >>> from ece662.models import default_convnet
     >>> net = default_convnet()
-    >>> prune_to(net, 0.8)
+    >>> prune_to(net, 0.8, scope="layer")     # each layer 80% (a global threshold on random weights would empty fc)
     >>> round(sparsity_of(net), 4)
     0.8
     """
@@ -189,7 +189,7 @@ class GradualPruning:
     Examples
     --------
     >>> from ece662.models import default_convnet
-    >>> net, g = default_convnet(), GradualPruning(0.9, start_step=0, end_step=10, frequency=5)
+    >>> net, g = default_convnet(), GradualPruning(0.9, start_step=0, end_step=10, frequency=5, scope="layer")
     >>> for t in range(12):
     ...     g.update(net, t)
     >>> g.updates, round(sparsity_of(net), 3)
