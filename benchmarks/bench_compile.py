@@ -21,13 +21,13 @@ Two things cut that compile, and this measures both, each against the way it was
    use of that checkout runs in turn with this one's.
 """
 import argparse
+import functools
 import os
 import re
 import subprocess
 import sys
 import tempfile
 import textwrap
-import time
 
 import numpy as np
 import numba
@@ -35,6 +35,7 @@ import numba
 from ece662.layers import functional as fn
 from ece662.layers import tile_source
 from ece662.timing import cpu_description
+from tile_ab import interleaved, layer, scratch_module, tile_arguments
 
 LAYERS = {"conv1 3x32x32 -> 32 of 5x5": (3, 32, 32, 5, 2), "conv2 32x14x14 -> 32 of 3x3": (32, 14, 32, 3, 0)}
 VERSIONS = ("prange", "no-SSA + prange", "no-SSA + threads")
@@ -55,7 +56,7 @@ def prange_driver(positions, lanes):
 
 
 def scratch_source(version):
-    """Every tile as ``version`` builds it, as the text of one module (not cached: a scratch folder)."""
+    """Every tile as ``version`` builds it, as the text of one module."""
     parts = [tile_source.HEADER.replace("from numba import njit", "from numba import njit, prange")]
     for p, l in tile_source.TILES:
         source = tile_source.tile_kernel_source(p, l)
@@ -63,17 +64,13 @@ def scratch_source(version):
             source = source[:source.index(f"def {tile_source.tile_name(p, l)}")] + prange_driver(p, l)
         if version == "prange":                              # exactly the decorator of the time
             source = source.replace(", pipeline_class=WithoutSSA", "").replace("nogil=True, ", "")
-        parts.append(source.replace("cache=True", "cache=False"))
+        parts.append(source)
     return "\n\n".join(parts)
 
 
 def write_modules(folder):
-    names = {}
-    for i, version in enumerate(VERSIONS):
-        names[version] = f"tiles_v{i}"
-        with open(os.path.join(folder, names[version] + ".py"), "w", encoding="utf-8") as f:
-            f.write(scratch_source(version))
-    return names
+    """{version: its scratch module}, each also a file in ``folder`` that the compile processes import."""
+    return {version: scratch_module(folder, f"tiles_v{i}", scratch_source(version)) for i, version in enumerate(VERSIONS)}
 
 
 COMPILE_ONE = """
@@ -91,52 +88,40 @@ print(time.perf_counter() - t)
 """
 
 
-def compile_times(folder, names, repeat):
+def compile_times(folder, modules, repeat):
     """{(tile, version): [seconds, ...]} to compile one tile in a fresh process (Numba imported before the
     clock), ``repeat`` passes over every tile and version."""
     times = {}
     for _ in range(repeat):
         for p, l in tile_source.TILES:
             for version in VERSIONS:
-                code = COMPILE_ONE.format(folder=folder, module=names[version], positions=p, lanes=l,
+                code = COMPILE_ONE.format(folder=folder, module=modules[version].__name__, positions=p, lanes=l,
                                           tile=tile_source.tile_name(p, l))
                 done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
                 times.setdefault(((p, l), version), []).append(float(done.stdout.split()[-1]))
     return times
 
 
-def run_times(folder, names, images, rounds):
+def run_times(modules, images, rounds):
     """Per layer and tile: the per-round ratios prange time / threads time, same body, same batch."""
-    sys.path.insert(0, folder)
-    prange_tiles = __import__(names["no-SSA + prange"])
-    thread_tiles = __import__(names["no-SSA + threads"])
     numba.config.SLP_VECTORIZE = 1
     rng = np.random.default_rng(0)
     T = min(fn.thread_count(), images)
     rows = []
     for name, (C, H, F, k, pad) in LAYERS.items():
-        x = rng.standard_normal((images, C, H, H)).astype(np.float32)
-        w = rng.standard_normal((F, C, k, k)).astype(np.float32)
-        b = rng.standard_normal(F).astype(np.float32)
-        xp = np.ascontiguousarray(np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad + 4))))
-        Hp, Wp = xp.shape[2:]
-        Hq = (H + 2 * pad - k + 1) // 2
-        xflat, offs = xp.reshape(images, -1), fn.tap_offsets(C, k, k, Hp, Wp)
+        x, w, b, _ = layer(rng, images, C, H, F, k, pad)
         for p, l in tile_source.TILES:
-            ((_, _, first, count, wp, bp),) = fn.pack_filters_tile(w, b, ((p, l),))
-            kernels = {"prange": getattr(prange_tiles, tile_source.tile_name(p, l)),
-                       "threads": getattr(thread_tiles, tile_source.tile_name(p, l))}
-            outs = {v: np.zeros((images, F, Hq, Hq + 2), np.float32) for v in kernels}
+            arguments, out = tile_arguments(x, w, b, pad, (p, l))
+            tile = tile_source.tile_name(p, l)
+            kernels = {"prange": getattr(modules["no-SSA + prange"], tile),
+                       "threads": getattr(modules["no-SSA + threads"], tile)}
+            outs = {v: out.copy() for v in kernels}
             tmp = np.empty((T, p // 4 * l), np.float32)
-            for v, kernel in kernels.items():
-                kernel(xflat, offs, Wp, wp, bp, first, count, tmp, outs[v])      # compile
+            calls = {v: functools.partial(kernels[v], *arguments, tmp, outs[v]) for v in kernels}
+            for call in calls.values():
+                call()                                        # compile
             assert np.array_equal(outs["prange"], outs["threads"]), f"{p}x{l}: the threads changed the output"
-            times = {v: [] for v in kernels}
-            for r in range(rounds):
-                for v in (("prange", "threads") if r % 2 == 0 else ("threads", "prange")):
-                    t0 = time.perf_counter()
-                    kernels[v](xflat, offs, Wp, wp, bp, first, count, tmp, outs[v])
-                    times[v].append(time.perf_counter() - t0)
+            times = interleaved(calls, rounds)
             ratio = np.array(times["prange"]) / np.array(times["threads"])
             rows.append((name, f"{p}x{l}", min(times["prange"]), min(times["threads"]), ratio))
     return rows
@@ -183,9 +168,9 @@ def main():
     args = ap.parse_args()
     print(f"{cpu_description()}; load average {os.getloadavg()[0]:.1f}")
     with tempfile.TemporaryDirectory() as folder:
-        names = write_modules(folder)
+        modules = write_modules(folder)
         print(f"\n1. compile time of one tile in a fresh process, seconds: fastest of {args.repeat} (slowest)")
-        times = compile_times(folder, names, args.repeat)
+        times = compile_times(folder, modules, args.repeat)
         print(f"{'tile':6s}" + "".join(f"{v:>20s}" for v in VERSIONS))
         for p, l in tile_source.TILES + (("all", ""),):
             cells = []
@@ -195,7 +180,7 @@ def main():
             print(f"{p}{'x' if l else ''}{l!s:<4s}".ljust(6) + "".join(f"{c:>20s}" for c in cells))
         print(f"\n2. run time, prange / threads, {args.images} images, {fn.thread_count()} threads, "
               f"{args.rounds} interleaved rounds (above 1: threads faster)")
-        for name, tile, t_prange, t_threads, ratio in run_times(folder, names, args.images, args.rounds):
+        for name, tile, t_prange, t_threads, ratio in run_times(modules, args.images, args.rounds):
             print(f"{name:28s} {tile:5s} {t_prange * 1e3:8.2f} ms {t_threads * 1e3:8.2f} ms   "
                   f"{np.median(ratio):.2f}x ({ratio.min():.2f}-{ratio.max():.2f})", flush=True)
     print(f"\n3. whole first use (empty caches; import, then load_model, plan and one forward of 256 images), "

@@ -12,36 +12,28 @@ round) and the median of the per-round speed ratios with their min-max.  The out
 checked equal bit for bit (the hint chooses instructions, not arithmetic).
 """
 import argparse
-import importlib.util
+import functools
 import os
 import re
 import sys
 import tempfile
-import time
 
 import numpy as np
 import numba
 
-from ece662.layers import functional as fn
 from ece662.layers import tile_source
 from ece662.timing import cpu_description
+from tile_ab import interleaved, layer, scratch_module, tile_arguments
 
 LAYERS = {"conv1 3x32x32 -> 32 of 5x5": (3, 32, 32, 5), "conv2 32x14x14 -> 32 of 3x3": (32, 14, 32, 3)}
 
 
-def scratch_module(folder, hint):
-    """Every tile, with or without the hint, as a module file of its own (Numba compiles only functions that
-    live in a file); not cached, as the folder is thrown away after the run."""
+def tiles_module(folder, hint):
+    """Every tile, with or without the hint, as a scratch module of its own."""
     name = "tiles_hint" if hint else "tiles_plain"
     source = "\n".join([tile_source.HEADER] + [tile_source.tile_kernel_source(p, l, hint=hint)
                                                for p, l in tile_source.TILES])
-    path = os.path.join(folder, name + ".py")
-    with open(path, "w", encoding="utf-8") as f:
-        f.write(source.replace("cache=True", "cache=False"))
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return scratch_module(folder, name, source)
 
 
 def main():
@@ -55,36 +47,21 @@ def main():
           f"{args.rounds} interleaved rounds; load average {os.getloadavg()[0]:.1f}")
     print(f"{'layer':28s} {'tile':5s} {'gathers':>9s} {'GFLOP/s plain':>14s} {'GFLOP/s hint':>13s}   hint / plain")
     with tempfile.TemporaryDirectory() as folder:
-        tiles = {"plain": scratch_module(folder, hint=False), "hint": scratch_module(folder, hint=True)}
+        tiles = {"plain": tiles_module(folder, hint=False), "hint": tiles_module(folder, hint=True)}
         for name, (C, H, F, k) in LAYERS.items():
             N = args.images
-            x = rng.standard_normal((N, C, H, H)).astype(np.float32)
-            w = rng.standard_normal((F, C, k, k)).astype(np.float32)
-            b = rng.standard_normal(F).astype(np.float32)
-            Hq = (H - k + 1) // 2
-            flops = 2.0 * N * (H - k + 1) ** 2 * F * C * k * k
+            x, w, b, flops = layer(rng, N, C, H, F, k, 0)
             for p, l in tile_source.TILES:
-                extra = max(0, p // 4 - Hq)
-                xp = np.ascontiguousarray(np.pad(x, ((0, 0), (0, 0), (0, 0), (0, 2 * extra))))
-                Hp, Wp = xp.shape[2:]
-                xflat, offs = xp.reshape(N, -1), fn.tap_offsets(C, k, k, Hp, Wp)
-                ((_, _, first, count, wp, bp),) = fn.pack_filters_tile(w, b, ((p, l),))
+                arguments, out = tile_arguments(x, w, b, 0, (p, l))
                 kernels = {v: getattr(module, tile_source.body_name(p, l)) for v, module in tiles.items()}
-                outs = {v: np.zeros((N, F, Hq, Hq + extra), np.float32) for v in kernels}
+                outs = {v: out.copy() for v in kernels}
                 best = np.empty(p // 4 * l, np.float32)
-
-                def call(v):
-                    kernels[v](xflat, offs, Wp, wp, bp, first, count, best, 0, N, outs[v])
-                for v in kernels:
-                    call(v)                                   # compile
+                calls = {v: functools.partial(kernels[v], *arguments, best, 0, N, outs[v]) for v in kernels}
+                for call in calls.values():
+                    call()                                    # compile
                 assert np.array_equal(outs["plain"], outs["hint"]), f"{p}x{l}: the hint changed the output"
                 gathers = {v: len(re.findall("vgather", k.inspect_asm(k.signatures[0]))) for v, k in kernels.items()}
-                times = {v: [] for v in kernels}
-                for r in range(args.rounds):
-                    for v in (("plain", "hint") if r % 2 == 0 else ("hint", "plain")):
-                        t0 = time.perf_counter()
-                        call(v)
-                        times[v].append(time.perf_counter() - t0)
+                times = interleaved(calls, args.rounds)
                 ratio = np.array(times["plain"]) / np.array(times["hint"])
                 print(f"{name:28s} {p}x{l:<3d} {gathers['plain']:>4d} / {gathers['hint']:<2d} "
                       f"{flops / min(times['plain']) / 1e9:14.1f} {flops / min(times['hint']) / 1e9:13.1f}   "

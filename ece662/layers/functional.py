@@ -387,6 +387,21 @@ def pack_filters_tile(w, b, tile):
     return packed
 
 
+def tile_input(x, HH, WW, pad, tile):
+    """What every kernel v7 tile reads, from a checked ``x (N, C, H, W)``: ``(xflat, offs, Wp, extra)``, the
+    images zero-padded by ``pad`` and flattened, ``xflat (N, C*Hp*Wp)``; the tap offsets ``offs (C*HH*WW,)``
+    (:func:`tap_offsets`); the padded width ``Wp``; and ``extra``, the blocks of zero input added at the end of
+    each row of 2x2 blocks: a tile of B blocks needs B blocks in a row, and their outputs are thrown away.
+    The kernel's output is ``(N, F, Hq, Wq + extra)`` for the pooled size ``Hq x Wq``."""
+    N, C, H, W = x.shape
+    Wq = (W + 2 * pad - WW + 1) // 2
+    extra = max(0, max(p // 4 for p, _ in tile) - Wq)
+    xp = x if pad == 0 and not extra else np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad + 2 * extra)))
+    xp = np.ascontiguousarray(xp)
+    Hp, Wp = xp.shape[2], xp.shape[3]
+    return xp.reshape(N, C * Hp * Wp), tap_offsets(C, HH, WW, Hp, Wp), Wp, extra
+
+
 def conv2d_relu_maxpool2_tuned(x, w, b, pad=0, tile=((8, 16), (8, 8)), packed=None):
     """Conv (stride 1) + ReLU + 2x2 max pooling, kernel v7: v6's tile at the size ``tile`` says.
 
@@ -412,16 +427,11 @@ def conv2d_relu_maxpool2_tuned(x, w, b, pad=0, tile=((8, 16), (8, 8)), packed=No
     unknown = [t for t in tile if tuple(t) not in kernels_tiles.TILE_KERNELS]
     if unknown or not tile:
         raise ValueError(f"{where}: tile must be one or more sizes of {sorted(kernels_tiles.TILE_KERNELS)}, got {tile!r}")
-    # a tile of B blocks needs B blocks in a row: a narrower row gets blocks of zero input, thrown away
-    extra = max(0, max(p // 4 for p, _ in tile) - Wq)
-    xp = x if pad == 0 and not extra else np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad + 2 * extra)))
-    xp = np.ascontiguousarray(xp)
-    Hp, Wp = xp.shape[2], xp.shape[3]
+    xflat, offs, Wp, extra = tile_input(x, HH, WW, pad, tile)
     packed = packed if packed is not None else pack_filters_tile(w, b, tile)
     out = np.empty((N, F, Hq, Wq + extra), dtype=np.float32)
     if F and N:
         T = min(thread_count(), N)
-        xflat, offs = xp.reshape(N, C * Hp * Wp), tap_offsets(C, HH, WW, Hp, Wp)
         with slp_vectorizer():
             for positions, lanes, first, count, wp, bp in packed:
                 kernel = kernels_tiles.TILE_KERNELS[(positions, lanes)]

@@ -33,7 +33,8 @@ forces it; with ``ECE662_TILE`` set or without the JIT it is :data:`DEFAULT_SPAR
 
 Before the first measurement on a new machine Numba compiles every candidate: on Zen 4, each in a fresh
 process, the five tiles 8.4-9.5 s and the sparse kernel 2.3 s (15.9-17.6 s and 5.3-6.6 s before the tiles
-skipped Numba's SSA passes and its ``prange`` drivers: ``numba_pipeline.py``, ``threads.py``).  Numba compiles in one thread, so :func:`measure` shares the candidates with a second Python process
+skipped Numba's SSA passes and its ``prange`` drivers: ``numba_pipeline.py``, ``threads.py``).  Numba
+compiles in one thread, so :func:`measure` shares the candidates with a second Python process
 (:func:`compile_in_helper`), which compiles its share into Numba's cache while this one compiles the rest;
 this process then loads the helper's share from the cache.  When the cache already held everything (this
 process's share took under :data:`WARM_COMPILE` seconds) the helper is stopped; so is a helper still running
@@ -281,8 +282,9 @@ def kernels_of(tiles):
 
 
 def _compile_cost(kernel):
-    """A kernel's relative compile time (measured on Zen 4: 8x32 4.5 s, the lanes kernel 4.3 s, 8x8 1.5 s):
-    about its number of sums, the lanes kernel as the largest tile."""
+    """A kernel's relative compile time: about its number of sums, the lanes kernel as the largest tile
+    (Zen 4, each in a fresh process, ``benchmarks/bench_compile.py``: 8x32 2.8-3.0 s, the lanes kernel 2.3 s,
+    8x16 and 4x32 1.5-2.0 s, 4x16 and 8x8 1.0-1.2 s)."""
     return 256 if kernel == LANES else kernel[0] * kernel[1]
 
 
